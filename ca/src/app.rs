@@ -1,0 +1,251 @@
+//! Wiring: builds every part of the CA from a [`Config`], binds the listeners and
+//! returns a [`Bound`] handle with the real addresses, so tests can bind port 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+
+use warden_proto::admin::admin_server::AdminServer;
+use warden_proto::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
+
+use crate::admin::AdminService;
+use crate::auth::{Authenticator, JwtValidator};
+use crate::config::Config;
+use crate::monitoring::{self, Metrics, Readiness};
+use crate::pki::Authority;
+use crate::server::CaService;
+use crate::store::Store;
+
+/// Largest gRPC message accepted (a CSR request is a few KiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// A running CA.
+#[derive(Debug)]
+pub struct Bound {
+    /// Address of the gRPC/TLS certificate API.
+    pub grpc_addr: SocketAddr,
+    /// Address of the monitoring endpoints.
+    pub monitoring_addr: SocketAddr,
+    /// Path of the admin socket.
+    pub admin_socket: PathBuf,
+    /// Path of the trust bundle clients should use.
+    pub root_cert_path: PathBuf,
+    /// Metrics, shared with the servers.
+    pub metrics: Arc<Metrics>,
+    /// The storage handle.
+    pub store: Store,
+    ready: Arc<Readiness>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    drain_timeout: Duration,
+}
+
+/// Builds and starts the CA.
+pub async fn build(config: Config) -> anyhow::Result<Bound> {
+    create_data_dir(&config.data_dir)?;
+    let authority = Arc::new(
+        Authority::load(
+            &config.data_dir,
+            config.plugin_certs.as_deref(),
+            &config.trust_domain,
+            config.key_type,
+        )
+        .context("loading the CA's keys and certificates")?,
+    );
+    tracing::info!(source = authority.source(), root_not_after = %authority.root_not_after(), "authority loaded");
+    let store = Store::open(&config.database_url)
+        .await
+        .with_context(|| format!("opening the database {}", config.database_url_redacted()))?;
+
+    let jwt = match &config.jwks {
+        Some(path) => Some(
+            JwtValidator::from_file(
+                path,
+                config.token_issuer.as_deref().unwrap_or_default(),
+                &config.token_audiences,
+                &config.trust_domain,
+            )
+            .map_err(anyhow::Error::msg)
+            .context("--jwks")?,
+        ),
+        None => None,
+    };
+    let auth = Arc::new(Authenticator::new(
+        config.trust_domain.clone(),
+        jwt,
+        config.trusted_node_accounts.clone(),
+        store.clone(),
+    ));
+    let metrics = Arc::new(Metrics::default());
+    metrics.root_cert_expiry_timestamp.store(
+        authority.root_not_after().unix_timestamp(),
+        Ordering::Relaxed,
+    );
+    metrics.cert_chain_expiry_timestamp.store(
+        authority.chain_not_after().unix_timestamp(),
+        Ordering::Relaxed,
+    );
+    let ready = Arc::new(Readiness::default());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // Certificate API over TLS.
+    let (chain, key) = authority
+        .serving_cert(&config.serving_dns_names, &config.serving_ip_addrs)
+        .context("making the serving certificate")?;
+    let tls =
+        crate::tls::server_config(chain, key, authority.roots_der()).map_err(anyhow::Error::msg)?;
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding --grpc-addr {}", config.grpc_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let (conn_tx, conn_rx) = mpsc::channel(256);
+    tasks.push(tokio::spawn(crate::tls::accept_loop(
+        grpc_listener,
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+        conn_tx,
+        shutdown_rx.clone(),
+    )));
+    let service = CaService::new(
+        authority.clone(),
+        auth,
+        store.clone(),
+        metrics.clone(),
+        config.workload_cert_ttl,
+        config.max_workload_cert_ttl,
+    );
+    let grpc = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .add_service(
+            IstioCertificateServiceServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        );
+    let incoming = ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>);
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let signal = async move {
+            let _ = rx.changed().await;
+        };
+        if let Err(e) = grpc.serve_with_incoming_shutdown(incoming, signal).await {
+            tracing::error!(error = %e, "certificate API server failed");
+        }
+    }));
+
+    // Admin API on a unix socket only the CA's user can open.
+    let admin_socket = config.admin_socket();
+    let admin_listener = bind_admin_socket(&admin_socket).await?;
+    let admin = AdminService::new(
+        store.clone(),
+        config.trust_domain.clone(),
+        config.join_token_ttl,
+    );
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let signal = async move {
+            let _ = rx.changed().await;
+        };
+        let result = tonic::transport::Server::builder()
+            .add_service(AdminServer::new(admin).max_decoding_message_size(MAX_MESSAGE_BYTES))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), signal)
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "admin API server failed");
+        }
+    }));
+
+    // Monitoring.
+    let monitoring_listener = TcpListener::bind(config.monitoring_addr)
+        .await
+        .with_context(|| format!("binding --monitoring-addr {}", config.monitoring_addr))?;
+    let monitoring_addr = monitoring_listener.local_addr()?;
+    tasks.push(tokio::spawn(monitoring::serve(
+        monitoring_listener,
+        metrics.clone(),
+        ready.clone(),
+        shutdown_rx,
+    )));
+
+    ready.set(true);
+    let root_cert_path = config.data_dir.join("root-cert.pem");
+    tracing::info!(
+        grpc_addr = %grpc_addr,
+        monitoring_addr = %monitoring_addr,
+        admin_socket = %admin_socket.display(),
+        root_cert = %root_cert_path.display(),
+        trust_domain = %config.trust_domain,
+        "warden-ca serving"
+    );
+    Ok(Bound {
+        grpc_addr,
+        monitoring_addr,
+        admin_socket,
+        root_cert_path,
+        metrics,
+        store,
+        ready,
+        shutdown,
+        tasks,
+        drain_timeout: config.drain_timeout,
+    })
+}
+
+impl Bound {
+    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), flushes
+    /// the audit writer and closes the database.
+    pub async fn shutdown(self) {
+        self.ready.set(false);
+        let _ = self.shutdown.send(true);
+        let drain = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(self.drain_timeout, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?self.drain_timeout, "drain timed out; exiting with requests in flight");
+        }
+        let _ = std::fs::remove_file(&self.admin_socket);
+        self.store.close().await;
+        tracing::info!("warden-ca stopped");
+    }
+}
+
+fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating --data-dir {}", dir.display()))?;
+    }
+    if !dir.is_dir() {
+        bail!("--data-dir {} is not a directory", dir.display());
+    }
+    Ok(())
+}
+
+async fn bind_admin_socket(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "{} is in use: another warden-ca is running with this --data-dir",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding admin socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(listener)
+}

@@ -1,0 +1,511 @@
+//! The CA's configuration: flags, optionally a YAML file, parsed once into [`Config`].
+//!
+//! Every flag can also be set in the `--config` YAML file under the same name
+//! (`trust-domain: example.org`); flags given on the command line win over the file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::pki::KeyType;
+
+/// Flags of `warden-ca run`. All optional here so a config file can fill them in.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct RunArgs {
+    /// YAML file with any of the settings below (same names as the flags).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory for the CA's keys, its SQLite database and the admin socket. Required.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Trust domain of issued SPIFFE IDs [default: cluster.local].
+    #[arg(long)]
+    pub trust_domain: Option<String>,
+    /// Address of the gRPC/TLS certificate API [default: 0.0.0.0:15012].
+    #[arg(long)]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Address of /metrics, /ready and /healthz [default: 0.0.0.0:15014].
+    #[arg(long)]
+    pub monitoring_addr: Option<SocketAddr>,
+    /// `sqlite://PATH` or `postgres://...` [default: SQLite file `<data-dir>/warden.db`].
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Istio `cacerts` directory (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem):
+    /// sign as that intermediate instead of a self-signed root.
+    #[arg(long)]
+    pub plugin_certs: Option<PathBuf>,
+    /// Lifetime of a workload certificate when the request names none [default: 24h].
+    #[arg(long, value_parser = parse_duration)]
+    pub workload_cert_ttl: Option<Duration>,
+    /// Longest lifetime a request may ask for; longer requests are refused [default: 90d].
+    #[arg(long, value_parser = parse_duration)]
+    pub max_workload_cert_ttl: Option<Duration>,
+    /// Key type of a newly created root: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096
+    /// [default: ec-p256].
+    #[arg(long)]
+    pub key_type: Option<KeyType>,
+    /// JWKS file with the keys that sign service-account tokens (RS256, ES256).
+    #[arg(long)]
+    pub jwks: Option<PathBuf>,
+    /// Required `iss` of bearer tokens; required when --jwks is set.
+    #[arg(long)]
+    pub token_issuer: Option<String>,
+    /// Accepted `aud` of bearer tokens; repeat for several [default: istio-ca].
+    #[arg(long)]
+    pub token_audience: Vec<String>,
+    /// Service accounts trusted as nodes for impersonation, `ns/sa`, comma-separated or
+    /// repeated (Istio's CA_TRUSTED_NODE_ACCOUNTS), e.g. istio-system/ztunnel.
+    #[arg(long, value_delimiter = ',')]
+    pub trusted_node_accounts: Vec<String>,
+    /// DNS SANs of the serving certificate [default: istiod.istio-system.svc,
+    /// warden-ca.istio-system.svc, localhost].
+    #[arg(long, value_delimiter = ',')]
+    pub serving_dns_names: Vec<String>,
+    /// IP SANs of the serving certificate [default: 127.0.0.1].
+    #[arg(long, value_delimiter = ',')]
+    pub serving_ip_addrs: Vec<IpAddr>,
+    /// Default lifetime of join tokens made by `warden token create` [default: 1h].
+    #[arg(long, value_parser = parse_duration)]
+    pub join_token_ttl: Option<Duration>,
+    /// How long SIGTERM waits for in-flight requests [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// Log format: text or json [default: text].
+    #[arg(long)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The YAML config file: the same settings as the flags, kebab-case, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    trust_domain: Option<String>,
+    grpc_addr: Option<SocketAddr>,
+    monitoring_addr: Option<SocketAddr>,
+    database_url: Option<String>,
+    plugin_certs: Option<PathBuf>,
+    workload_cert_ttl: Option<String>,
+    max_workload_cert_ttl: Option<String>,
+    key_type: Option<String>,
+    jwks: Option<PathBuf>,
+    token_issuer: Option<String>,
+    #[serde(default)]
+    token_audience: Vec<String>,
+    #[serde(default)]
+    trusted_node_accounts: Vec<String>,
+    #[serde(default)]
+    serving_dns_names: Vec<String>,
+    #[serde(default)]
+    serving_ip_addrs: Vec<IpAddr>,
+    join_token_ttl: Option<String>,
+    drain_timeout: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+/// A Kubernetes service account, `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccount {
+    /// Namespace.
+    pub namespace: String,
+    /// Service account name.
+    pub name: String,
+}
+
+/// The CA's effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Keys, database and admin socket live here.
+    pub data_dir: PathBuf,
+    /// Trust domain, e.g. `cluster.local`.
+    pub trust_domain: String,
+    /// gRPC/TLS listen address.
+    pub grpc_addr: SocketAddr,
+    /// Monitoring HTTP listen address.
+    pub monitoring_addr: SocketAddr,
+    /// Database URL (`sqlite://...` or `postgres://...`).
+    pub database_url: String,
+    /// Istio `cacerts` directory, when signing as a plugged-in intermediate.
+    pub plugin_certs: Option<PathBuf>,
+    /// Default workload certificate lifetime.
+    pub workload_cert_ttl: Duration,
+    /// Longest lifetime a request may ask for.
+    pub max_workload_cert_ttl: Duration,
+    /// Key type used when a new root is made.
+    pub key_type: KeyType,
+    /// JWKS for bearer-token validation; `None` disables JWT authentication.
+    pub jwks: Option<PathBuf>,
+    /// Required token issuer.
+    pub token_issuer: Option<String>,
+    /// Accepted token audiences.
+    pub token_audiences: Vec<String>,
+    /// Service accounts allowed to impersonate the workloads registered under them.
+    pub trusted_node_accounts: Vec<ServiceAccount>,
+    /// DNS SANs of the serving certificate.
+    pub serving_dns_names: Vec<String>,
+    /// IP SANs of the serving certificate.
+    pub serving_ip_addrs: Vec<IpAddr>,
+    /// Default join-token lifetime.
+    pub join_token_ttl: Duration,
+    /// Grace period for in-flight requests on SIGTERM.
+    pub drain_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// A configuration that cannot be used, naming the flag or file key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid YAML for this schema.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A setting has a value that cannot be used.
+    #[error("{setting}: {message}")]
+    Invalid {
+        /// Flag / key name.
+        setting: &'static str,
+        /// What was expected.
+        message: String,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    warden_proto::duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+fn file_duration(
+    setting: &'static str,
+    value: Option<String>,
+) -> Result<Option<Duration>, ConfigError> {
+    value
+        .map(|v| warden_proto::duration::parse(&v).map_err(|e| invalid(setting, e.to_string())))
+        .transpose()
+}
+
+fn or_file<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
+    if flag.is_empty() { file } else { flag }
+}
+
+impl Config {
+    /// Merges flags over the optional config file and applies defaults and checks.
+    pub fn load(args: RunArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .ok_or_else(|| invalid("--data-dir", "is required"))?;
+        let trust_domain = args
+            .trust_domain
+            .or(file.trust_domain)
+            .unwrap_or_else(|| "cluster.local".to_string());
+        warden_proto::SpiffeId::parse(&format!("spiffe://{trust_domain}"))
+            .map_err(|e| invalid("--trust-domain", e.to_string()))?;
+        let key_type = match args.key_type {
+            Some(k) => k,
+            None => match file.key_type {
+                Some(k) => k.parse().map_err(|e: String| invalid("--key-type", e))?,
+                None => KeyType::EcP256,
+            },
+        };
+        let workload_cert_ttl = args
+            .workload_cert_ttl
+            .or(file_duration("workload-cert-ttl", file.workload_cert_ttl)?)
+            .unwrap_or(Duration::from_secs(24 * 3600));
+        let max_workload_cert_ttl = args
+            .max_workload_cert_ttl
+            .or(file_duration(
+                "max-workload-cert-ttl",
+                file.max_workload_cert_ttl,
+            )?)
+            .unwrap_or(Duration::from_secs(90 * 86_400));
+        if workload_cert_ttl.is_zero() || workload_cert_ttl > max_workload_cert_ttl {
+            return Err(invalid(
+                "--workload-cert-ttl",
+                format!(
+                    "must be more than 0 and at most --max-workload-cert-ttl ({})",
+                    warden_proto::duration::format(max_workload_cert_ttl)
+                ),
+            ));
+        }
+        let jwks = args.jwks.or(file.jwks);
+        let token_issuer = args.token_issuer.or(file.token_issuer);
+        if jwks.is_some() && token_issuer.is_none() {
+            return Err(invalid(
+                "--token-issuer",
+                "is required with --jwks: tokens are only accepted from a named issuer",
+            ));
+        }
+        let mut token_audiences = or_file(args.token_audience, file.token_audience);
+        if token_audiences.is_empty() {
+            token_audiences.push("istio-ca".to_string());
+        }
+        let trusted_node_accounts = or_file(args.trusted_node_accounts, file.trusted_node_accounts)
+            .iter()
+            .map(|s| parse_service_account(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut serving_dns_names = or_file(args.serving_dns_names, file.serving_dns_names);
+        if serving_dns_names.is_empty() {
+            serving_dns_names = [
+                "istiod.istio-system.svc",
+                "warden-ca.istio-system.svc",
+                "localhost",
+            ]
+            .map(String::from)
+            .to_vec();
+        }
+        let mut serving_ip_addrs = or_file(args.serving_ip_addrs, file.serving_ip_addrs);
+        if serving_ip_addrs.is_empty() {
+            serving_ip_addrs.push(IpAddr::from([127, 0, 0, 1]));
+        }
+        let database_url = args
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("warden.db").display()));
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "--database-url",
+                "expected sqlite://PATH, postgres://... or postgresql://...",
+            ));
+        }
+        Ok(Config {
+            trust_domain,
+            grpc_addr: args
+                .grpc_addr
+                .or(file.grpc_addr)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 15012))),
+            monitoring_addr: args
+                .monitoring_addr
+                .or(file.monitoring_addr)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 15014))),
+            database_url,
+            plugin_certs: args.plugin_certs.or(file.plugin_certs),
+            workload_cert_ttl,
+            max_workload_cert_ttl,
+            key_type,
+            jwks,
+            token_issuer,
+            token_audiences,
+            trusted_node_accounts,
+            serving_dns_names,
+            serving_ip_addrs,
+            join_token_ttl: args
+                .join_token_ttl
+                .or(file_duration("join-token-ttl", file.join_token_ttl)?)
+                .unwrap_or(Duration::from_secs(3600)),
+            drain_timeout: args
+                .drain_timeout
+                .or(file_duration("drain-timeout", file.drain_timeout)?)
+                .unwrap_or(Duration::from_secs(10)),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            data_dir,
+        })
+    }
+
+    /// Path of the admin API socket.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.data_dir.join("admin.sock")
+    }
+
+    /// The database URL with any password replaced, for logs.
+    pub fn database_url_redacted(&self) -> String {
+        redact_url_password(&self.database_url)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn parse_service_account(s: &str) -> Result<ServiceAccount, ConfigError> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(ServiceAccount {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            })
+        }
+        _ => Err(invalid(
+            "--trusted-node-accounts",
+            format!("{s:?} is not a service account: expected namespace/name"),
+        )),
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` with `***`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &str) -> RunArgs {
+        RunArgs {
+            data_dir: Some(dir.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_match_istiod() {
+        let c = Config::load(args("/tmp/x")).unwrap();
+        assert_eq!(c.trust_domain, "cluster.local");
+        assert_eq!(c.grpc_addr.port(), 15012);
+        assert_eq!(c.monitoring_addr.port(), 15014);
+        assert_eq!(c.workload_cert_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.max_workload_cert_ttl, Duration::from_secs(90 * 86_400));
+        assert_eq!(c.token_audiences, vec!["istio-ca"]);
+        assert_eq!(c.database_url, "sqlite:///tmp/x/warden.db");
+        assert_eq!(c.key_type, KeyType::EcP256);
+    }
+
+    #[test]
+    fn file_fills_in_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.yaml");
+        std::fs::write(
+            &path,
+            "data-dir: /var/lib/warden\ntrust-domain: example.org\nworkload-cert-ttl: 1h\n\
+             key-type: rsa-2048\ntrusted-node-accounts: [istio-system/ztunnel]\n",
+        )
+        .unwrap();
+        let c = Config::load(RunArgs {
+            config: Some(path),
+            trust_domain: Some("flag.example".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/warden"));
+        assert_eq!(c.trust_domain, "flag.example");
+        assert_eq!(c.workload_cert_ttl, Duration::from_secs(3600));
+        assert_eq!(c.key_type, KeyType::Rsa(2048));
+        assert_eq!(c.trusted_node_accounts[0].name, "ztunnel");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.yaml");
+        std::fs::write(&path, "data-dir: /x\ntrust-domian: typo\n").unwrap();
+        let err = Config::load(RunArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("trust-domian") && err.contains("ca.yaml"),
+            "{err}"
+        );
+
+        let err = Config::load(RunArgs::default()).unwrap_err().to_string();
+        assert_eq!(err, "--data-dir: is required");
+
+        let mut a = args("/x");
+        a.jwks = Some("/jwks.json".into());
+        assert!(
+            Config::load(a)
+                .unwrap_err()
+                .to_string()
+                .contains("--token-issuer")
+        );
+
+        let mut a = args("/x");
+        a.trusted_node_accounts = vec!["ztunnel".into()];
+        assert!(
+            Config::load(a)
+                .unwrap_err()
+                .to_string()
+                .contains("namespace/name")
+        );
+
+        let mut a = args("/x");
+        a.workload_cert_ttl = Some(Duration::from_secs(100 * 86_400));
+        assert!(
+            Config::load(a)
+                .unwrap_err()
+                .to_string()
+                .contains("--workload-cert-ttl")
+        );
+
+        let mut a = args("/x");
+        a.trust_domain = Some("Bad Domain".into());
+        assert!(
+            Config::load(a)
+                .unwrap_err()
+                .to_string()
+                .contains("--trust-domain")
+        );
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url_password("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url_password("postgres://u@h/db"),
+            "postgres://u@h/db"
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! Warden's certificate authority.
+//!
+//! It issues X.509-SVIDs (`spiffe://<td>/ns/<ns>/sa/<sa>`) over Istio's certificate API,
+//! so istio-agent and ztunnel can use it in place of istiod's CA. The parts, by folder:
+//! [`config`] (flags and YAML), [`pki`] (roots, CSR checks, signing), [`auth`] (who is
+//! asking, node impersonation), [`store`] (SQLite/PostgreSQL, hash-chained audit log with
+//! group commit), [`server`] (CreateCertificate), [`admin`] (the CLI's unix-socket API),
+//! [`monitoring`] (istiod-named metrics, health) and [`app`] (wiring; `build` returns the
+//! bound addresses).
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod monitoring;
+pub mod pki;
+pub mod server;
+pub mod store;
+pub mod tls;

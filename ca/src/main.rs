@@ -1,0 +1,103 @@
+//! `warden-ca`: the certificate authority server.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use warden_ca::config::{Config, LogFormat, RunArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "warden-ca",
+    version,
+    about = "Warden's SPIFFE certificate authority"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the CA server.
+    Run(RunArgs),
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+}
+
+fn main() -> ExitCode {
+    // Only ring is compiled in, but make the choice explicit (see shared/CRATES.md).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Command::Run(args) = Cli::parse().command;
+    let config = match Config::load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warden-ca: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format);
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        trust_domain = %config.trust_domain,
+        database = %config.database_url_redacted(),
+        plugin_certs = ?config.plugin_certs,
+        workload_cert_ttl = %warden_proto::duration::format(config.workload_cert_ttl),
+        max_workload_cert_ttl = %warden_proto::duration::format(config.max_workload_cert_ttl),
+        key_type = %config.key_type,
+        jwks = ?config.jwks,
+        token_issuer = ?config.token_issuer,
+        token_audiences = ?config.token_audiences,
+        trusted_node_accounts = ?config.trusted_node_accounts.iter().map(|a| format!("{}/{}", a.namespace, a.name)).collect::<Vec<_>>(),
+        "effective configuration"
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warden-ca: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let bound = match warden_ca::app::build(config).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("warden-ca: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        bound.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}

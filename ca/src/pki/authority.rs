@@ -1,0 +1,546 @@
+//! The signing authority: the CA certificate and key Warden signs with, the chain up to
+//! the roots, and the trust bundle clients use.
+//!
+//! Two sources, as istiod has: a self-signed root Warden makes on first start and keeps in
+//! its data directory, or a plugged-in intermediate in Istio's `cacerts` layout.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SubjectPublicKeyInfo,
+};
+use ring::rand::SecureRandom;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use warden_proto::SpiffeId;
+
+use super::csr::CsrKey;
+use super::keys::{self, KeyType};
+
+/// How far `notBefore` is set in the past, for clocks that run behind (istiod: 2 min).
+pub const CLOCK_SKEW: Duration = Duration::from_secs(120);
+/// Lifetime of a root Warden makes for itself (istiod: 10 years).
+const ROOT_LIFETIME: Duration = Duration::from_secs(3650 * 86_400);
+/// Lifetime of the CA's own serving certificate.
+const SERVING_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+
+/// The CA's signing state, loaded once at start.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    /// DER of the certificate Warden signs with.
+    signing_cert: CertificateDer<'static>,
+    /// PEM of the chain above a leaf, excluding roots (empty when signing as the root).
+    intermediates_pem: Vec<String>,
+    /// DER of the same chain, for the serving certificate's TLS chain.
+    intermediates_der: Vec<CertificateDer<'static>>,
+    /// Every trusted root, PEM, concatenated (the `root-cert.pem` bundle).
+    roots_pem: String,
+    /// Every trusted root, DER.
+    roots_der: Vec<CertificateDer<'static>>,
+    /// Earliest `notAfter` of the signing chain; no leaf may outlive it.
+    chain_not_after: OffsetDateTime,
+    /// Earliest `notAfter` among the roots.
+    root_not_after: OffsetDateTime,
+    /// Where the authority came from, for logs.
+    source: String,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("Authority")
+            .field("source", &self.source)
+            .field("chain_not_after", &self.chain_not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A certificate Warden has signed.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// DER encoding.
+    pub der: Vec<u8>,
+    /// PEM encoding (ends with a newline).
+    pub pem: String,
+    /// Serial number, lowercase hex.
+    pub serial_hex: String,
+    /// SHA-256 of the DER, lowercase hex.
+    pub fingerprint_hex: String,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+}
+
+/// A problem with the CA's keys or certificates, naming the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A file cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file's contents are not what was expected.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+    /// Key generation failed.
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    /// Signing failed (a bug or an unusable key).
+    #[error("signing failed: {0}")]
+    Sign(String),
+    /// The authority expires before the certificate could be useful.
+    #[error("the CA certificate expires at {0}; it cannot sign any more certificates")]
+    Expired(OffsetDateTime),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> PkiError {
+    PkiError::Invalid {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn sign_err(e: rcgen::Error) -> PkiError {
+    PkiError::Sign(e.to_string())
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(io_err(path))
+}
+
+fn parse_pem_certs(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(path, format!("not PEM certificates: {e:?}")))?;
+    if certs.is_empty() {
+        return Err(invalid(path, "holds no PEM CERTIFICATE block"));
+    }
+    for c in &certs {
+        X509Certificate::from_der(c)
+            .map_err(|e| invalid(path, format!("a certificate does not parse: {e}")))?;
+    }
+    Ok(certs)
+}
+
+fn to_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 60);
+    out.push_str("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        // base64 output is ASCII.
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+fn not_after_of(der: &[u8]) -> OffsetDateTime {
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c.validity().not_after.to_datetime())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// A random positive serial of 127 bits (RFC 5280 allows up to 20 octets).
+fn random_serial() -> Result<SerialNumber, PkiError> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| PkiError::Sign("the system random generator failed".into()))?;
+    // Positive, and never shorter than 16 octets.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, data))
+}
+
+impl Authority {
+    /// Loads the plugged-in `cacerts` directory, or the data directory's own root,
+    /// creating that root on first start. Writes the trust bundle to
+    /// `<data_dir>/root-cert.pem` either way.
+    pub fn load(
+        data_dir: &Path,
+        plugin_certs: Option<&Path>,
+        trust_domain: &str,
+        key_type: KeyType,
+    ) -> Result<Self, PkiError> {
+        let authority = match plugin_certs {
+            Some(dir) => Self::load_plugged(dir)?,
+            None => Self::load_or_create_root(data_dir, trust_domain, key_type)?,
+        };
+        super::write_atomic(
+            &data_dir.join("root-cert.pem"),
+            authority.roots_pem.as_bytes(),
+            0o644,
+        )
+        .map_err(io_err(&data_dir.join("root-cert.pem")))?;
+        Ok(authority)
+    }
+
+    fn load_or_create_root(
+        data_dir: &Path,
+        trust_domain: &str,
+        key_type: KeyType,
+    ) -> Result<Self, PkiError> {
+        let cert_path = data_dir.join("ca-cert.pem");
+        let key_path = data_dir.join("ca-key.pem");
+        if !cert_path.exists() && !key_path.exists() {
+            tracing::info!(%key_type, path = %cert_path.display(), "creating a self-signed root CA");
+            let key = key_type.generate()?;
+            let mut params = CertificateParams::default();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::OrganizationName, trust_domain);
+            dn.push(DnType::CommonName, "Warden Root CA");
+            params.distinguished_name = dn;
+            let td = SpiffeId::parse(&format!("spiffe://{trust_domain}"))
+                .map_err(|e| invalid(&cert_path, e.to_string()))?;
+            params.subject_alt_names =
+                vec![SanType::URI(td.as_str().try_into().map_err(sign_err)?)];
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let now = OffsetDateTime::now_utc();
+            params.not_before = now - Duration::from_secs(3600);
+            params.not_after = now + ROOT_LIFETIME;
+            params.serial_number = Some(random_serial()?);
+            let cert = params.self_signed(&key).map_err(sign_err)?;
+            // Key first: a crash between the two leaves a key without a cert, which the
+            // check below reports rather than silently replacing.
+            super::write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)
+                .map_err(io_err(&key_path))?;
+            super::write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)
+                .map_err(io_err(&cert_path))?;
+        } else if !cert_path.exists() || !key_path.exists() {
+            let missing = if cert_path.exists() {
+                &key_path
+            } else {
+                &cert_path
+            };
+            return Err(invalid(
+                missing,
+                "is missing while its pair exists; restore it or remove both to make a new root",
+            ));
+        }
+        tighten_key_mode(&key_path)?;
+        let cert_pem = read(&cert_path)?;
+        let key =
+            keys::load_pem_key(&read(&key_path)?).map_err(|e| invalid(&key_path, e.to_string()))?;
+        let certs = parse_pem_certs(&cert_path, &cert_pem)?;
+        let root = certs[0].clone();
+        check_key_matches(&cert_path, &root, &key)?;
+        check_is_ca(&cert_path, &root)?;
+        let issuer =
+            Issuer::from_ca_cert_der(&root, key).map_err(|e| invalid(&cert_path, e.to_string()))?;
+        let not_after = not_after_of(&root);
+        Ok(Self {
+            issuer,
+            signing_cert: root.clone(),
+            intermediates_pem: Vec::new(),
+            intermediates_der: Vec::new(),
+            roots_pem: to_pem(&root),
+            roots_der: vec![root],
+            chain_not_after: not_after,
+            root_not_after: not_after,
+            source: format!("self-signed root {}", cert_path.display()),
+        })
+    }
+
+    fn load_plugged(dir: &Path) -> Result<Self, PkiError> {
+        let cert_path = dir.join("ca-cert.pem");
+        let key_path = dir.join("ca-key.pem");
+        let chain_path = dir.join("cert-chain.pem");
+        let root_path = dir.join("root-cert.pem");
+        let signing = parse_pem_certs(&cert_path, &read(&cert_path)?)?.remove(0);
+        let key =
+            keys::load_pem_key(&read(&key_path)?).map_err(|e| invalid(&key_path, e.to_string()))?;
+        check_key_matches(&cert_path, &signing, &key)?;
+        check_is_ca(&cert_path, &signing)?;
+        let roots = parse_pem_certs(&root_path, &read(&root_path)?)?;
+        // cert-chain.pem is ca-cert.pem followed by intermediates; some tools append the
+        // root too. Keep the certificates between the signing cert and the roots.
+        let chain = if chain_path.exists() {
+            parse_pem_certs(&chain_path, &read(&chain_path)?)?
+        } else {
+            vec![signing.clone()]
+        };
+        let mut intermediates: Vec<CertificateDer<'static>> = chain
+            .into_iter()
+            .filter(|c| *c != signing && !roots.contains(c))
+            .collect();
+        // The signing cert itself goes first in the chain a leaf is served with.
+        intermediates.insert(0, signing.clone());
+        verify_chain(&chain_path, &intermediates, &roots)?;
+        let issuer = Issuer::from_ca_cert_der(&signing, key)
+            .map_err(|e| invalid(&cert_path, e.to_string()))?;
+        let chain_not_after = intermediates
+            .iter()
+            .chain(roots.iter())
+            .map(|c| not_after_of(c))
+            .min()
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let root_not_after = roots
+            .iter()
+            .map(|c| not_after_of(c))
+            .min()
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        Ok(Self {
+            issuer,
+            signing_cert: signing,
+            intermediates_pem: intermediates.iter().map(|c| to_pem(c)).collect(),
+            intermediates_der: intermediates,
+            roots_pem: roots.iter().map(|c| to_pem(c)).collect(),
+            roots_der: roots,
+            chain_not_after,
+            root_not_after,
+            source: format!("plugged-in CA {}", dir.display()),
+        })
+    }
+
+    /// Where the authority came from, for logs.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The trust bundle, PEM.
+    pub fn roots_pem(&self) -> &str {
+        &self.roots_pem
+    }
+
+    /// The trust bundle, DER.
+    pub fn roots_der(&self) -> &[CertificateDer<'static>] {
+        &self.roots_der
+    }
+
+    /// Earliest expiry among the roots.
+    pub fn root_not_after(&self) -> OffsetDateTime {
+        self.root_not_after
+    }
+
+    /// Earliest expiry along the signing chain.
+    pub fn chain_not_after(&self) -> OffsetDateTime {
+        self.chain_not_after
+    }
+
+    /// DER of the signing certificate.
+    pub fn signing_cert(&self) -> &CertificateDer<'static> {
+        &self.signing_cert
+    }
+
+    /// The `cert_chain` of a CreateCertificate response: leaf, intermediates, then the
+    /// root bundle as one element (Istio's order; clients split several roots from it).
+    pub fn response_chain(&self, leaf_pem: String) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.intermediates_pem.len() + 2);
+        out.push(leaf_pem);
+        out.extend(self.intermediates_pem.iter().cloned());
+        out.push(self.roots_pem.clone());
+        out
+    }
+
+    /// Signs an X.509-SVID for `id` over the given public key, valid from now (less the
+    /// clock-skew allowance) for `ttl`, clamped to the signing chain's expiry.
+    pub fn sign_svid(
+        &self,
+        spki_der: &[u8],
+        key: CsrKey,
+        id: &SpiffeId,
+        ttl: Duration,
+    ) -> Result<IssuedCert, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        if self.chain_not_after <= now {
+            return Err(PkiError::Expired(self.chain_not_after));
+        }
+        let mut params = CertificateParams::default();
+        // Empty subject: the URI SAN is the identity and is marked critical (X.509-SVID).
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(id.as_str().try_into().map_err(sign_err)?)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = if key.is_rsa() {
+            vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ]
+        } else {
+            vec![KeyUsagePurpose::DigitalSignature]
+        };
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let serial = random_serial()?;
+        let serial_hex = hex::encode(serial.to_bytes());
+        params.serial_number = Some(serial);
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = (now + ttl).min(self.chain_not_after);
+        let public_key = SubjectPublicKeyInfo::from_der(spki_der).map_err(sign_err)?;
+        let cert = params
+            .signed_by(&public_key, &self.issuer)
+            .map_err(sign_err)?;
+        let der = cert.der().to_vec();
+        Ok(IssuedCert {
+            fingerprint_hex: sha256_hex(&der),
+            pem: cert.pem(),
+            der,
+            serial_hex,
+            not_before: params.not_before,
+            not_after: params.not_after,
+        })
+    }
+
+    /// Makes the CA's TLS serving certificate (fresh P-256 key, kept in memory only) with
+    /// the given DNS and IP SANs. Returns the chain to present and the key.
+    pub fn serving_cert(
+        &self,
+        dns_names: &[String],
+        ips: &[IpAddr],
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
+        let key = KeyType::EcP256.generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "warden-ca");
+        params.distinguished_name = dn;
+        let mut sans = Vec::new();
+        for name in dns_names {
+            sans.push(SanType::DnsName(name.as_str().try_into().map_err(
+                |_| PkiError::Sign(format!("--serving-dns-names: {name:?} is not a DNS name")),
+            )?));
+        }
+        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial()?);
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = (now + SERVING_LIFETIME).min(self.chain_not_after);
+        let cert = params.signed_by(&key, &self.issuer).map_err(sign_err)?;
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.intermediates_der.iter().cloned());
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((chain, key_der))
+    }
+}
+
+fn tighten_key_mode(path: &Path) -> Result<(), PkiError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "CA key was readable by others; setting mode 0600");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err(path))?;
+    }
+    Ok(())
+}
+
+fn check_key_matches(
+    path: &Path,
+    cert: &CertificateDer<'_>,
+    key: &KeyPair,
+) -> Result<(), PkiError> {
+    let (_, parsed) = X509Certificate::from_der(cert)
+        .map_err(|e| invalid(path, format!("does not parse: {e}")))?;
+    if parsed.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+        return Err(invalid(
+            path,
+            "the certificate's public key does not match the private key",
+        ));
+    }
+    Ok(())
+}
+
+fn check_is_ca(path: &Path, cert: &CertificateDer<'_>) -> Result<(), PkiError> {
+    let (_, parsed) = X509Certificate::from_der(cert)
+        .map_err(|e| invalid(path, format!("does not parse: {e}")))?;
+    if !parsed.is_ca() {
+        return Err(invalid(
+            path,
+            "is not a CA certificate (basic constraints CA:true expected)",
+        ));
+    }
+    if let Ok(Some(ku)) = parsed.key_usage() {
+        if !ku.value.key_cert_sign() {
+            return Err(invalid(path, "key usage lacks keyCertSign"));
+        }
+    }
+    if parsed.validity().not_after.to_datetime() <= OffsetDateTime::now_utc() {
+        return Err(invalid(path, "the CA certificate has expired"));
+    }
+    Ok(())
+}
+
+/// Checks that each certificate in `chain` is signed by the next, and the last by a root.
+fn verify_chain(
+    path: &Path,
+    chain: &[CertificateDer<'static>],
+    roots: &[CertificateDer<'static>],
+) -> Result<(), PkiError> {
+    fn parse<'a>(
+        path: &Path,
+        c: &'a CertificateDer<'static>,
+    ) -> Result<X509Certificate<'a>, PkiError> {
+        X509Certificate::from_der(c)
+            .map(|(_, p)| p)
+            .map_err(|e| invalid(path, format!("does not parse: {e}")))
+    }
+    for pair in chain.windows(2) {
+        let (child, parent) = (parse(path, &pair[0])?, parse(path, &pair[1])?);
+        child
+            .verify_signature(Some(parent.public_key()))
+            .map_err(|_| {
+                invalid(
+                    path,
+                    format!("{} is not signed by {}", child.subject(), parent.subject()),
+                )
+            })?;
+    }
+    let Some(last) = chain.last() else {
+        return Ok(());
+    };
+    let last = parse(path, last)?;
+    let signed_by_root = roots.iter().any(|r| {
+        parse(path, r)
+            .map(|root| last.verify_signature(Some(root.public_key())).is_ok())
+            .unwrap_or(false)
+    });
+    if !signed_by_root {
+        return Err(invalid(
+            path,
+            format!(
+                "{} is not signed by any certificate in root-cert.pem",
+                last.subject()
+            ),
+        ));
+    }
+    Ok(())
+}

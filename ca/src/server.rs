@@ -1,0 +1,354 @@
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate`: authenticate, authorize,
+//! check the CSR, sign, record durably, answer. Every refusal is audited with its reason
+//! and answered with a gRPC status naming what was wrong.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost_types::value::Kind;
+use tonic::{Request, Response, Status};
+
+use warden_proto::istio_ca::istio_certificate_service_server::IstioCertificateService;
+use warden_proto::istio_ca::{IstioCertificateRequest, IstioCertificateResponse};
+use warden_proto::{IMPERSONATED_IDENTITY, SpiffeId};
+
+use crate::auth::{AuthMethod, Authenticator, Caller};
+use crate::monitoring::Metrics;
+use crate::pki::{Authority, csr};
+use crate::store::{AuditEvent, CertRecord, Op, Outcome, Store};
+
+/// The certificate service's shared state.
+#[derive(Debug)]
+pub struct CaService {
+    authority: Arc<Authority>,
+    auth: Arc<Authenticator>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    default_ttl: Duration,
+    max_ttl: Duration,
+}
+
+/// A refusal: the status for the caller and the audit details.
+struct Denial {
+    status: Status,
+    /// `error` label for `citadel_server_csr_sign_err_count`.
+    label: &'static str,
+    /// The identity the request concerned, when known.
+    identity: String,
+    /// Whether the refusal still needs an audit row (the store writes its own for
+    /// join-token races, and cannot write one when it is the thing that failed).
+    audit: bool,
+}
+
+impl Denial {
+    fn new(status: Status, label: &'static str, identity: impl Into<String>) -> Self {
+        Self {
+            status,
+            label,
+            identity: identity.into(),
+            audit: true,
+        }
+    }
+
+    fn unaudited(self) -> Self {
+        Self {
+            audit: false,
+            ..self
+        }
+    }
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl CaService {
+    /// Builds the service.
+    pub fn new(
+        authority: Arc<Authority>,
+        auth: Arc<Authenticator>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        default_ttl: Duration,
+        max_ttl: Duration,
+    ) -> Self {
+        Self {
+            authority,
+            auth,
+            store,
+            metrics,
+            default_ttl,
+            max_ttl,
+        }
+    }
+
+    async fn handle(
+        &self,
+        caller: &Caller,
+        req: &IstioCertificateRequest,
+        peer: &str,
+    ) -> Result<Vec<String>, Denial> {
+        let impersonated = req
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY));
+        let identity: SpiffeId = match impersonated.map(|v| &v.kind) {
+            None => caller.id.clone(),
+            Some(Some(Kind::StringValue(s))) => self
+                .auth
+                .authorize_impersonation(caller, s)
+                .await
+                .map_err(|e| {
+                    let status = match e {
+                        crate::auth::ImpersonationError::Store(_) => {
+                            Status::unavailable(e.to_string())
+                        }
+                        _ => Status::permission_denied(e.to_string()),
+                    };
+                    Denial::new(status, "impersonation", s.clone())
+                })?,
+            Some(_) => {
+                return Err(Denial::new(
+                    Status::invalid_argument(
+                        "metadata ImpersonatedIdentity must be a string SPIFFE ID",
+                    ),
+                    "impersonation",
+                    "",
+                ));
+            }
+        };
+        if caller.method == AuthMethod::JoinToken && identity != caller.id {
+            return Err(Denial::new(
+                Status::permission_denied(format!(
+                    "a join token proves only the node's own identity {}; obtain the node SVID first",
+                    caller.id
+                )),
+                "impersonation",
+                identity.as_str(),
+            ));
+        }
+        if let Some(signer) = req
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get("CertSigner"))
+        {
+            let name = match &signer.kind {
+                Some(Kind::StringValue(s)) => s.clone(),
+                _ => String::new(),
+            };
+            if !name.is_empty() {
+                return Err(Denial::new(
+                    Status::invalid_argument(format!(
+                        "metadata CertSigner {name:?} is not supported: this CA signs with its own chain only"
+                    )),
+                    "cert_signer",
+                    identity.as_str(),
+                ));
+            }
+        }
+        let ttl = match req.validity_duration {
+            d if d <= 0 => self.default_ttl,
+            d => {
+                let requested = Duration::from_secs(d.unsigned_abs());
+                if requested > self.max_ttl {
+                    return Err(Denial::new(
+                        Status::invalid_argument(format!(
+                            "requested TTL {}s is greater than the max allowed TTL {}s",
+                            d,
+                            self.max_ttl.as_secs()
+                        )),
+                        "ttl",
+                        identity.as_str(),
+                    ));
+                }
+                requested
+            }
+        };
+        let sign_start = Instant::now();
+        let der = csr::decode_pem(&req.csr).map_err(|e| {
+            self.metrics
+                .csr_parsing_err_count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Denial::new(
+                Status::invalid_argument(e.to_string()),
+                e.metric_label(),
+                identity.as_str(),
+            )
+        })?;
+        let checked = csr::check(&der, &identity).map_err(|e| {
+            Denial::new(
+                Status::invalid_argument(e.to_string()),
+                e.metric_label(),
+                identity.as_str(),
+            )
+        })?;
+        let cert = self
+            .authority
+            .sign_svid(&checked.spki_der, checked.key, &identity, ttl)
+            .map_err(|e| {
+                tracing::error!(error = %e, %identity, "signing failed");
+                Denial::new(Status::internal(e.to_string()), "sign", identity.as_str())
+            })?;
+        self.metrics.sign_duration.observe(sign_start.elapsed());
+
+        let event = AuditEvent {
+            event: "cert.issued",
+            outcome: "issued",
+            identity: identity.to_string(),
+            requester: caller.id.to_string(),
+            peer_addr: peer.to_string(),
+            detail: serde_json::json!({
+                "serial": cert.serial_hex,
+                "not_before": cert.not_before.unix_timestamp(),
+                "not_after": cert.not_after.unix_timestamp(),
+                "fingerprint_sha256": cert.fingerprint_hex,
+                "auth": caller.method.as_str(),
+                "impersonated": identity != caller.id,
+            }),
+        };
+        let record = CertRecord {
+            serial: cert.serial_hex.clone(),
+            spiffe_id: identity.to_string(),
+            not_before: cert.not_before.unix_timestamp(),
+            not_after: cert.not_after.unix_timestamp(),
+            fingerprint: cert.fingerprint_hex.clone(),
+            requester: caller.id.to_string(),
+            node: caller.id.node_name().map(str::to_string),
+            peer_addr: peer.to_string(),
+        };
+        let op = Op::Issue {
+            cert: record,
+            event,
+            consume_token: caller.join_token_hash.clone(),
+        };
+        match self.store.apply(op).await {
+            Ok(Outcome::Done) => {}
+            Ok(_) => {
+                // The join token was spent by a concurrent request; the store recorded
+                // the denial in the same transaction. The certificate is discarded.
+                return Err(Denial::new(
+                    Status::unauthenticated("the join token is unknown, already used, or expired"),
+                    "join_token",
+                    identity.as_str(),
+                )
+                .unaudited());
+            }
+            Err(e) => {
+                self.metrics
+                    .store_failure_count
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(error = %e, %identity, "cannot record issuance; refusing");
+                return Err(Denial::new(
+                    Status::unavailable(format!(
+                        "the CA could not record the issuance durably, so no certificate was issued: {e}"
+                    )),
+                    "store",
+                    identity.as_str(),
+                )
+                .unaudited());
+            }
+        }
+        tracing::info!(
+            %identity,
+            requester = %caller.id,
+            serial = %cert.serial_hex,
+            not_after = cert.not_after.unix_timestamp(),
+            peer,
+            "certificate issued"
+        );
+        Ok(self.authority.response_chain(cert.pem))
+    }
+
+    /// Audits a refusal; audit failures are logged (the request is refused regardless).
+    async fn audit_denial(&self, identity: String, requester: String, peer: &str, reason: &str) {
+        let event = AuditEvent {
+            event: "cert.denied",
+            outcome: "denied",
+            identity,
+            requester,
+            peer_addr: peer.to_string(),
+            detail: serde_json::json!({ "reason": reason }),
+        };
+        if let Err(e) = self.store.audit(event).await {
+            self.metrics
+                .store_failure_count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, "cannot record a denial in the audit log");
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CaService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let start = Instant::now();
+        self.metrics.csr_count.fetch_add(1, Relaxed);
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let peer_certs = request.peer_certs();
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let caller = match self
+            .auth
+            .authenticate(
+                peer_certs.as_deref().map(Vec::as_slice),
+                authorization.as_deref(),
+                now_unix(),
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics
+                    .authentication_failure_count
+                    .fetch_add(1, Relaxed);
+                let reason = e.to_string();
+                tracing::warn!(peer, reason, "request denied: authentication failed");
+                self.audit_denial(String::new(), "unauthenticated".into(), &peer, &reason)
+                    .await;
+                let status = match e {
+                    crate::auth::AuthError::Store(_) => Status::unavailable(reason),
+                    _ => Status::unauthenticated(reason),
+                };
+                return Err(status);
+            }
+        };
+        let result = self.handle(&caller, request.get_ref(), &peer).await;
+        self.metrics.request_duration.observe(start.elapsed());
+        match result {
+            Ok(chain) => {
+                self.metrics
+                    .success_cert_issuance_count
+                    .fetch_add(1, Relaxed);
+                Ok(Response::new(IstioCertificateResponse {
+                    cert_chain: chain,
+                }))
+            }
+            Err(denial) => {
+                let reason = denial.status.message().to_string();
+                tracing::warn!(
+                    peer,
+                    caller = %caller.id,
+                    identity = %denial.identity,
+                    reason,
+                    "request denied"
+                );
+                self.metrics.sign_error(denial.label);
+                if denial.audit {
+                    self.audit_denial(denial.identity, caller.id.to_string(), &peer, &reason)
+                        .await;
+                }
+                Err(denial.status)
+            }
+        }
+    }
+}

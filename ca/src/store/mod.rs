@@ -1,0 +1,595 @@
+//! The CA's durable state in SQLite or PostgreSQL, through one set of queries.
+//!
+//! Reads go straight to the pool. Every write goes through one writer task that groups
+//! whatever is queued into a single transaction (group commit): the certificate record,
+//! the registration change or the token use, together with its audit rows, commit
+//! before any caller in the batch gets its answer. A failed commit fails every caller
+//! in the batch, so no certificate is ever handed out unrecorded.
+
+pub mod audit;
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Executor, Row};
+use tokio::sync::{mpsc, oneshot};
+
+pub use audit::{AuditEvent, AuditRow, VerifyReport};
+
+/// Largest number of operations committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// Queue depth in front of the writer; callers wait when it is full.
+const QUEUE_DEPTH: usize = 4096;
+
+/// A storage failure. The caller's request fails; nothing is half-applied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed an operation.
+    #[error("database error: {0}")]
+    Db(String),
+    /// Migrations could not be applied.
+    #[error("database migration failed: {0}")]
+    Migrate(String),
+    /// The writer task has stopped (the CA is shutting down).
+    #[error("the audit writer has stopped")]
+    WriterGone,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(e.to_string())
+    }
+}
+
+/// Which database is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// A certificate to record.
+#[derive(Debug, Clone)]
+pub struct CertRecord {
+    /// Serial, hex.
+    pub serial: String,
+    /// SPIFFE ID in the certificate.
+    pub spiffe_id: String,
+    /// Validity start, unix seconds.
+    pub not_before: i64,
+    /// Validity end, unix seconds.
+    pub not_after: i64,
+    /// SHA-256 of the DER, hex.
+    pub fingerprint: String,
+    /// Authenticated caller.
+    pub requester: String,
+    /// Node name, when a node asked.
+    pub node: Option<String>,
+    /// Caller address.
+    pub peer_addr: String,
+}
+
+/// A registration entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRecord {
+    /// Entry ID (a UUID).
+    pub id: String,
+    /// Parent (node) SPIFFE ID.
+    pub parent_id: String,
+    /// The SPIFFE ID the entry grants.
+    pub spiffe_id: String,
+    /// `type:value` selectors, sorted.
+    pub selectors: Vec<String>,
+    /// Creation time, unix seconds.
+    pub created_at: i64,
+}
+
+/// A join token to store (hash only).
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    /// SHA-256 of the token, hex.
+    pub hash: String,
+    /// Node the token attests.
+    pub node_name: String,
+    /// Creation time, unix seconds.
+    pub created_at: i64,
+    /// Expiry, unix seconds.
+    pub expires_at: i64,
+}
+
+/// One write, applied atomically with its audit rows.
+#[derive(Debug)]
+pub enum Op {
+    /// Record an issued certificate; when `consume_token` is set, also spend that join
+    /// token, and record a denial instead if it was spent or expired meanwhile.
+    Issue {
+        /// The certificate.
+        cert: CertRecord,
+        /// Its `cert.issued` event.
+        event: AuditEvent,
+        /// Join token hash to spend in the same transaction.
+        consume_token: Option<String>,
+    },
+    /// Only an audit event (a denial, a failure).
+    Event(AuditEvent),
+    /// Create a registration entry unless an identical one exists.
+    CreateEntry {
+        /// The entry.
+        entry: EntryRecord,
+        /// Its `entry.created` event.
+        event: AuditEvent,
+    },
+    /// Delete a registration entry by ID.
+    DeleteEntry {
+        /// Entry ID.
+        id: String,
+        /// Its `entry.deleted` event.
+        event: AuditEvent,
+    },
+    /// Store a new join token.
+    CreateToken {
+        /// The token's record.
+        token: TokenRecord,
+        /// Its `token.created` event.
+        event: AuditEvent,
+    },
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied.
+    Done,
+    /// The join token was already used or has expired; a denial was recorded.
+    TokenSpent,
+    /// An identical entry exists (its ID); nothing changed.
+    EntryExists(String),
+    /// No entry has that ID; nothing changed.
+    EntryNotFound,
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// Filters for listing the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only rows about this identity.
+    pub identity: Option<String>,
+    /// Only rows with this outcome.
+    pub outcome: Option<String>,
+    /// Only rows at or after this time (unix nanoseconds).
+    pub since_nanos: Option<i64>,
+    /// At most this many rows (the latest ones are dropped, order is by seq).
+    pub limit: Option<i64>,
+}
+
+/// Handle to the database and its writer.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    writer: mpsc::Sender<Job>,
+}
+
+fn migrator() -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            sqlx::SqlSafeStr::into_sql_str(include_str!("../../migrations/0001_init.sql")),
+            false,
+        )]),
+        ..Migrator::DEFAULT
+    }
+}
+
+impl Store {
+    /// Connects, applies migrations and starts the writer task.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let url = match backend {
+            // Create the file on first start.
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_string(),
+        };
+        let opts: AnyConnectOptions = url.parse()?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 8,
+            })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL for concurrent readers; FULL so a commit is on disk before
+                        // the caller is answered.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migrate(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(writer_loop(pool.clone(), rx));
+        Ok(Self {
+            pool,
+            backend,
+            writer: tx,
+        })
+    }
+
+    /// Which backend is in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies a write with its audit rows; returns once committed.
+    pub async fn apply(&self, op: Op) -> Result<Outcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Records an audit event on its own.
+    pub async fn audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.apply(Op::Event(event)).await.map(|_| ())
+    }
+
+    /// Whether an entry grants `spiffe_id` under `parent_id`.
+    pub async fn entry_exists(&self, parent_id: &str, spiffe_id: &str) -> Result<bool, StoreError> {
+        let row =
+            sqlx::query("SELECT 1 FROM entries WHERE parent_id = $1 AND spiffe_id = $2 LIMIT 1")
+                .bind(parent_id)
+                .bind(spiffe_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+
+    /// Lists entries, optionally filtered by parent and/or SPIFFE ID.
+    pub async fn list_entries(
+        &self,
+        parent_id: Option<&str>,
+        spiffe_id: Option<&str>,
+    ) -> Result<Vec<EntryRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, parent_id, spiffe_id, selectors, created_at FROM entries \
+             WHERE ($1 = '' OR parent_id = $1) AND ($2 = '' OR spiffe_id = $2) \
+             ORDER BY created_at, id",
+        )
+        .bind(parent_id.unwrap_or(""))
+        .bind(spiffe_id.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let selectors: String = r.try_get("selectors")?;
+                Ok(EntryRecord {
+                    id: r.try_get("id")?,
+                    parent_id: r.try_get("parent_id")?,
+                    spiffe_id: r.try_get("spiffe_id")?,
+                    selectors: serde_json::from_str(&selectors)
+                        .map_err(|e| StoreError::Db(format!("entry selectors: {e}")))?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The node a join token attests, if the token exists, is unused and unexpired.
+    /// Spending it happens with the issuance, in [`Op::Issue`].
+    pub async fn join_token_node(
+        &self,
+        hash: &str,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT node_name FROM join_tokens \
+             WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("node_name")?),
+            None => None,
+        })
+    }
+
+    /// Lists audit rows in chain order.
+    pub async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, ts_nanos, event, outcome, identity, requester, peer_addr, detail, \
+             prev_hash, hash FROM audit_log \
+             WHERE ($1 = '' OR identity = $1) AND ($2 = '' OR outcome = $2) AND ts_nanos >= $3 \
+             ORDER BY seq LIMIT $4",
+        )
+        .bind(f.identity.clone().unwrap_or_default())
+        .bind(f.outcome.clone().unwrap_or_default())
+        .bind(f.since_nanos.unwrap_or(0))
+        .bind(f.limit.filter(|l| *l > 0).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_row).collect()
+    }
+
+    /// Walks the whole audit chain and checks it against the recorded head.
+    pub async fn verify_audit(&self) -> Result<VerifyReport, StoreError> {
+        const PAGE: i64 = 5000;
+        let mut verifier = audit::ChainVerifier::default();
+        // Read the head first: rows appended while we walk are beyond it and ignored.
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        let head_seq: i64 = head.try_get("seq")?;
+        let head_hash: String = head.try_get("hash")?;
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, ts_nanos, event, outcome, identity, requester, peer_addr, detail, \
+                 prev_hash, hash FROM audit_log WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(after)
+            .bind(head_seq)
+            .bind(PAGE)
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                let row = audit_row(r)?;
+                after = row.seq;
+                verifier.push(&row);
+            }
+        }
+        Ok(verifier.finish(head_seq, &head_hash))
+    }
+
+    /// Number of issued certificates recorded (for tests and the benchmark).
+    pub async fn issued_count(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM issued_certs")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Closes the pool after the writer has drained.
+    pub async fn close(self) {
+        drop(self.writer);
+        self.pool.close().await;
+    }
+}
+
+fn audit_row(r: &sqlx::any::AnyRow) -> Result<AuditRow, StoreError> {
+    Ok(AuditRow {
+        seq: r.try_get("seq")?,
+        ts_nanos: r.try_get("ts_nanos")?,
+        event: r.try_get("event")?,
+        outcome: r.try_get("outcome")?,
+        identity: r.try_get("identity")?,
+        requester: r.try_get("requester")?,
+        peer_addr: r.try_get("peer_addr")?,
+        detail: r.try_get("detail")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+async fn writer_loop(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        match write_batch(&pool, &batch).await {
+            Ok(outcomes) => {
+                for (job, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = batch.len(), "audit batch failed; callers get errors");
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn now_nanos() -> i64 {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    i64::try_from(now).unwrap_or(i64::MAX)
+}
+
+async fn write_batch(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Outcome>, StoreError> {
+    let mut tx = pool.begin().await?;
+    // Lock the chain head first: PostgreSQL holds the row lock until commit, so replicas
+    // sharing a database append one batch at a time; SQLite takes its write lock here.
+    sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1")
+        .execute(&mut *tx)
+        .await?;
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut seq: i64 = head.try_get("seq")?;
+    let mut prev: String = head.try_get("hash")?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        let (outcome, event) = apply_op(&mut tx, &job.op).await?;
+        if let Some(ev) = event {
+            seq += 1;
+            let ts = now_nanos();
+            let detail = ev.detail.to_string();
+            let hash = audit::chain_hash(
+                &prev,
+                seq,
+                ts,
+                ev.event,
+                ev.outcome,
+                &ev.identity,
+                &ev.requester,
+                &ev.peer_addr,
+                &detail,
+            );
+            sqlx::query(
+                "INSERT INTO audit_log (seq, ts_nanos, event, outcome, identity, requester, \
+                 peer_addr, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(seq)
+            .bind(ts)
+            .bind(ev.event)
+            .bind(ev.outcome)
+            .bind(ev.identity.as_str())
+            .bind(ev.requester.as_str())
+            .bind(ev.peer_addr.as_str())
+            .bind(detail)
+            .bind(prev.as_str())
+            .bind(hash.as_str())
+            .execute(&mut *tx)
+            .await?;
+            prev = hash;
+        }
+        outcomes.push(outcome);
+    }
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(seq)
+        .bind(prev)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Applies one op inside the batch transaction; returns its outcome and the audit event
+/// to append (an op that changes nothing may still be audited, e.g. a spent token).
+async fn apply_op(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    op: &Op,
+) -> Result<(Outcome, Option<AuditEvent>), StoreError> {
+    match op {
+        Op::Issue {
+            cert,
+            event,
+            consume_token,
+        } => {
+            if let Some(hash) = consume_token {
+                let now = now_nanos() / 1_000_000_000;
+                let spent = sqlx::query(
+                    "UPDATE join_tokens SET used_at = $1 \
+                     WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1",
+                )
+                .bind(now)
+                .bind(hash.as_str())
+                .execute(&mut **tx)
+                .await?;
+                if spent.rows_affected() != 1 {
+                    let mut denied = event.clone();
+                    denied.event = "cert.denied";
+                    denied.outcome = "denied";
+                    denied.detail = serde_json::json!({
+                        "reason": "join token already used or expired",
+                    });
+                    return Ok((Outcome::TokenSpent, Some(denied)));
+                }
+            }
+            sqlx::query(
+                "INSERT INTO issued_certs (serial, spiffe_id, not_before, not_after, fingerprint, \
+                 requester, node, peer_addr, issued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(cert.serial.as_str())
+            .bind(cert.spiffe_id.as_str())
+            .bind(cert.not_before)
+            .bind(cert.not_after)
+            .bind(cert.fingerprint.as_str())
+            .bind(cert.requester.as_str())
+            .bind(cert.node.clone())
+            .bind(cert.peer_addr.as_str())
+            .bind(now_nanos() / 1_000_000_000)
+            .execute(&mut **tx)
+            .await?;
+            Ok((Outcome::Done, Some(event.clone())))
+        }
+        Op::Event(event) => Ok((Outcome::Done, Some(event.clone()))),
+        Op::CreateEntry { entry, event } => {
+            let selectors = serde_json::to_string(&entry.selectors)
+                .map_err(|e| StoreError::Db(e.to_string()))?;
+            let existing = sqlx::query(
+                "SELECT id FROM entries WHERE parent_id = $1 AND spiffe_id = $2 AND selectors = $3",
+            )
+            .bind(entry.parent_id.as_str())
+            .bind(entry.spiffe_id.as_str())
+            .bind(selectors.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(row) = existing {
+                return Ok((Outcome::EntryExists(row.try_get("id")?), None));
+            }
+            sqlx::query(
+                "INSERT INTO entries (id, parent_id, spiffe_id, selectors, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(entry.id.as_str())
+            .bind(entry.parent_id.as_str())
+            .bind(entry.spiffe_id.as_str())
+            .bind(selectors)
+            .bind(entry.created_at)
+            .execute(&mut **tx)
+            .await?;
+            Ok((Outcome::Done, Some(event.clone())))
+        }
+        Op::DeleteEntry { id, event } => {
+            let res = sqlx::query("DELETE FROM entries WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut **tx)
+                .await?;
+            if res.rows_affected() == 0 {
+                return Ok((Outcome::EntryNotFound, None));
+            }
+            Ok((Outcome::Done, Some(event.clone())))
+        }
+        Op::CreateToken { token, event } => {
+            sqlx::query(
+                "INSERT INTO join_tokens (token_hash, node_name, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(token.hash.as_str())
+            .bind(token.node_name.as_str())
+            .bind(token.created_at)
+            .bind(token.expires_at)
+            .execute(&mut **tx)
+            .await?;
+            Ok((Outcome::Done, Some(event.clone())))
+        }
+    }
+}

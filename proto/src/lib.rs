@@ -1,0 +1,23 @@
+//! Everything that crosses a Warden process boundary, with no I/O: the generated
+//! gRPC types for Istio's certificate API ([`istio_ca`]) and Warden's admin API
+//! ([`admin`]), and the [`SpiffeId`] type every component uses to name identities.
+
+pub mod duration;
+pub mod spiffe;
+
+pub use spiffe::{SpiffeId, SpiffeIdError};
+
+/// `istio.v1.auth.IstioCertificateService`, wire-compatible with Istio's `ca.proto`.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod istio_ca {
+    tonic::include_proto!("istio.v1.auth");
+}
+
+/// `warden.admin.v1.Admin`, the CA's local admin API used by the `warden` CLI.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod admin {
+    tonic::include_proto!("warden.admin.v1");
+}
+
+/// Metadata key of a CreateCertificate request naming the identity a node asks for.
+pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
