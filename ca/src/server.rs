@@ -92,6 +92,16 @@ impl CaService {
             .metadata
             .as_ref()
             .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY));
+        if caller.method == AuthMethod::JoinToken && impersonated.is_some() {
+            return Err(Denial::new(
+                Status::permission_denied(format!(
+                    "a join token proves only the node's own identity {}; obtain the node SVID first and impersonate over mTLS",
+                    caller.id
+                )),
+                "impersonation",
+                caller.id.as_str(),
+            ));
+        }
         let identity: SpiffeId = match impersonated.map(|v| &v.kind) {
             None => caller.id.clone(),
             Some(Some(Kind::StringValue(s))) => self
@@ -117,16 +127,6 @@ impl CaService {
                 ));
             }
         };
-        if caller.method == AuthMethod::JoinToken && identity != caller.id {
-            return Err(Denial::new(
-                Status::permission_denied(format!(
-                    "a join token proves only the node's own identity {}; obtain the node SVID first",
-                    caller.id
-                )),
-                "impersonation",
-                identity.as_str(),
-            ));
-        }
         if let Some(signer) = req
             .metadata
             .as_ref()

@@ -1,1 +1,71 @@
-fn main() {}
+//! `warden`: the command line for operating a Warden mesh.
+//!
+//! Talks to the CA's admin socket for registration entries, join tokens and the audit
+//! log, and reads certificates locally (`warden cert inspect`).
+
+mod admin;
+mod cert;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "warden",
+    version,
+    about = "Operate a Warden mesh: the CA's entries, tokens and audit log; certificates"
+)]
+struct Cli {
+    /// The CA's admin socket.
+    #[arg(long, global = true, default_value = "./data/admin.sock")]
+    admin_socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read and verify the CA's audit log.
+    #[command(subcommand)]
+    Audit(admin::AuditCmd),
+    /// Manage registration entries (which node may obtain which identity).
+    #[command(subcommand)]
+    Entry(admin::EntryCmd),
+    /// Manage one-time node join tokens.
+    #[command(subcommand)]
+    Token(admin::TokenCmd),
+    /// Inspect certificates.
+    #[command(subcommand)]
+    Cert(cert::CertCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warden: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Audit(cmd) => admin::audit(&cli.admin_socket, cmd).await,
+            Command::Entry(cmd) => admin::entry(&cli.admin_socket, cmd).await,
+            Command::Token(cmd) => admin::token(&cli.admin_socket, cmd).await,
+            Command::Cert(cmd) => cert::run(cmd),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("warden: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -446,8 +446,8 @@ async fn write_batch(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Outcome>, Stor
     let mut prev: String = head.try_get("hash")?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for job in batch {
-        let (outcome, event) = apply_op(&mut tx, &job.op).await?;
-        if let Some(ev) = event {
+        let (outcome, events) = apply_op(&mut tx, &job.op).await?;
+        for ev in events {
             seq += 1;
             let ts = now_nanos();
             let detail = ev.detail.to_string();
@@ -491,12 +491,12 @@ async fn write_batch(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Outcome>, Stor
     Ok(outcomes)
 }
 
-/// Applies one op inside the batch transaction; returns its outcome and the audit event
+/// Applies one op inside the batch transaction; returns its outcome and the audit events
 /// to append (an op that changes nothing may still be audited, e.g. a spent token).
 async fn apply_op(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     op: &Op,
-) -> Result<(Outcome, Option<AuditEvent>), StoreError> {
+) -> Result<(Outcome, Vec<AuditEvent>), StoreError> {
     match op {
         Op::Issue {
             cert,
@@ -520,7 +520,7 @@ async fn apply_op(
                     denied.detail = serde_json::json!({
                         "reason": "join token already used or expired",
                     });
-                    return Ok((Outcome::TokenSpent, Some(denied)));
+                    return Ok((Outcome::TokenSpent, vec![denied]));
                 }
             }
             sqlx::query(
@@ -538,9 +538,24 @@ async fn apply_op(
             .bind(now_nanos() / 1_000_000_000)
             .execute(&mut **tx)
             .await?;
-            Ok((Outcome::Done, Some(event.clone())))
+            let mut events = Vec::with_capacity(2);
+            if let Some(hash) = consume_token {
+                events.push(AuditEvent {
+                    event: "token.used",
+                    outcome: "used",
+                    identity: event.identity.clone(),
+                    requester: event.requester.clone(),
+                    peer_addr: event.peer_addr.clone(),
+                    detail: serde_json::json!({
+                        "token_sha256_prefix": hash.get(..12).unwrap_or_default(),
+                        "serial": cert.serial,
+                    }),
+                });
+            }
+            events.push(event.clone());
+            Ok((Outcome::Done, events))
         }
-        Op::Event(event) => Ok((Outcome::Done, Some(event.clone()))),
+        Op::Event(event) => Ok((Outcome::Done, vec![event.clone()])),
         Op::CreateEntry { entry, event } => {
             let selectors = serde_json::to_string(&entry.selectors)
                 .map_err(|e| StoreError::Db(e.to_string()))?;
@@ -553,7 +568,7 @@ async fn apply_op(
             .fetch_optional(&mut **tx)
             .await?;
             if let Some(row) = existing {
-                return Ok((Outcome::EntryExists(row.try_get("id")?), None));
+                return Ok((Outcome::EntryExists(row.try_get("id")?), Vec::new()));
             }
             sqlx::query(
                 "INSERT INTO entries (id, parent_id, spiffe_id, selectors, created_at) \
@@ -566,7 +581,7 @@ async fn apply_op(
             .bind(entry.created_at)
             .execute(&mut **tx)
             .await?;
-            Ok((Outcome::Done, Some(event.clone())))
+            Ok((Outcome::Done, vec![event.clone()]))
         }
         Op::DeleteEntry { id, event } => {
             let res = sqlx::query("DELETE FROM entries WHERE id = $1")
@@ -574,9 +589,9 @@ async fn apply_op(
                 .execute(&mut **tx)
                 .await?;
             if res.rows_affected() == 0 {
-                return Ok((Outcome::EntryNotFound, None));
+                return Ok((Outcome::EntryNotFound, Vec::new()));
             }
-            Ok((Outcome::Done, Some(event.clone())))
+            Ok((Outcome::Done, vec![event.clone()]))
         }
         Op::CreateToken { token, event } => {
             sqlx::query(
@@ -589,7 +604,7 @@ async fn apply_op(
             .bind(token.expires_at)
             .execute(&mut **tx)
             .await?;
-            Ok((Outcome::Done, Some(event.clone())))
+            Ok((Outcome::Done, vec![event.clone()]))
         }
     }
 }

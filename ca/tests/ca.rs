@@ -1,0 +1,751 @@
+//! The CA over real TLS on loopback: every authentication path, every refusal, the
+//! certificates it issues (checked with x509-parser and openssl), and its audit log, on
+//! SQLite and on PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use tonic::Code;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use common::*;
+use warden_proto::admin::{CreateEntryRequest, CreateJoinTokenRequest, Selector};
+
+fn pem_to_der(pem: &str) -> Vec<Vec<u8>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.unwrap().to_vec())
+        .collect()
+}
+
+/// Checks an issued leaf against the X.509-SVID rules and returns its serial.
+fn check_svid(leaf_pem: &str, want_id: &str, want_ttl: Duration) -> Vec<u8> {
+    let der = &pem_to_der(leaf_pem)[0];
+    let (rest, cert) = X509Certificate::from_der(der).unwrap();
+    assert!(rest.is_empty());
+    assert!(
+        cert.subject().iter().next().is_none(),
+        "subject should be empty"
+    );
+    let mut uris = Vec::new();
+    let mut san_critical = false;
+    let mut saw_ku = false;
+    let mut saw_eku = false;
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => {
+                san_critical = ext.critical;
+                for n in &san.general_names {
+                    match n {
+                        GeneralName::URI(u) => uris.push(u.to_string()),
+                        other => panic!("unexpected SAN {other:?}"),
+                    }
+                }
+            }
+            ParsedExtension::BasicConstraints(bc) => assert!(!bc.ca, "leaf must be CA:false"),
+            ParsedExtension::KeyUsage(ku) => {
+                saw_ku = true;
+                assert!(ext.critical, "key usage must be critical");
+                assert!(ku.digital_signature());
+                assert!(!ku.key_cert_sign() && !ku.crl_sign());
+            }
+            ParsedExtension::ExtendedKeyUsage(eku) => {
+                saw_eku = true;
+                assert!(eku.server_auth && eku.client_auth);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(uris, vec![want_id.to_string()]);
+    assert!(
+        san_critical,
+        "URI SAN must be critical with an empty subject"
+    );
+    assert!(saw_ku && saw_eku);
+    let serial = cert.raw_serial().to_vec();
+    assert!(serial.len() * 8 >= 64, "serial too short");
+    assert!(serial[0] & 0x80 == 0, "serial must be positive");
+    let nb = cert.validity().not_before.timestamp();
+    let na = cert.validity().not_after.timestamp();
+    let now = now();
+    assert!(
+        nb < now - 30 && nb > now - 600,
+        "notBefore should be backdated a little"
+    );
+    let ttl = want_ttl.as_secs() as i64;
+    assert!(
+        (na - (now + ttl)).abs() <= 5,
+        "notAfter {na} should be about now+{ttl}"
+    );
+    serial
+}
+
+async fn istio_style_jwt_request(db: Db) {
+    let Some(ca) = TestCa::start(db, Opts::default()).await else {
+        return;
+    };
+    let mut client = ca.client(None).await;
+    for alg in [Algorithm::ES256, Algorithm::RS256] {
+        let token = sign_token(&sa_claims("default", "web"), alg);
+        let (csr, _key) = csr(None);
+        let chain = create(&mut client, request(&csr, 3600, Some(&token), None))
+            .await
+            .unwrap();
+        assert_eq!(chain.len(), 2, "leaf and root bundle");
+        assert_eq!(chain[1], ca.roots_pem(), "root bundle last");
+        check_svid(
+            &chain[0],
+            &sa_id("default", "web"),
+            Duration::from_secs(3600),
+        );
+        for purpose in ["sslclient", "sslserver"] {
+            openssl_verify(ca.dir.path(), &chain[0], &[], &chain[1], purpose);
+        }
+    }
+    // No TTL asked: the default, 24h as istiod.
+    let (csr, _key) = csr(Some(&sa_id("default", "web")));
+    let chain = create(
+        &mut client,
+        request(&csr, 0, Some(&sa_token("default", "web")), None),
+    )
+    .await
+    .unwrap();
+    check_svid(
+        &chain[0],
+        &sa_id("default", "web"),
+        Duration::from_secs(86_400),
+    );
+
+    let metrics = ca.metrics().await;
+    assert!(metrics.contains("citadel_server_csr_count 3"), "{metrics}");
+    assert!(metrics.contains("citadel_server_success_cert_issuance_count 3"));
+    let rows = audit_rows(&ca).await;
+    assert_eq!(rows.iter().filter(|r| r.event == "cert.issued").count(), 3);
+    assert!(rows.iter().all(|r| r.identity == sa_id("default", "web")));
+    assert!(rows[0].detail_json.contains("\"auth\":\"jwt\""));
+    ca.stop().await;
+}
+
+async fn jwt_refusals(db: Db) {
+    let Some(ca) = TestCa::start(db, Opts::default()).await else {
+        return;
+    };
+    let mut client = ca.client(None).await;
+    let (csr, _key) = csr(None);
+    let base = sa_claims("default", "web");
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = base.clone();
+        f(&mut c);
+        sign_token(&c, Algorithm::ES256)
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (with(&|c| c["exp"] = (now() - 3600).into()), "expired"),
+        (
+            with(&|c| c["aud"] = serde_json::json!(["other"])),
+            "audience",
+        ),
+        (
+            with(&|c| c["iss"] = "https://evil.example".into()),
+            "issuer",
+        ),
+        (with(&|c| c["nbf"] = (now() + 3600).into()), "not valid yet"),
+        (
+            with(&|c| c["sub"] = "system:serviceaccount:default:admin".into()),
+            "kubernetes.io names default/web",
+        ),
+        (
+            with(&|c| c["sub"] = "alice".into()),
+            "not a Kubernetes service-account token",
+        ),
+        (
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("kubernetes.io");
+            }),
+            "no kubernetes.io claim",
+        ),
+        (
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+            "exp",
+        ),
+        ("not.a.jwt".to_string(), "not a valid JWT"),
+    ];
+    for (token, needle) in &cases {
+        let res = create(&mut client, request(&csr, 0, Some(token), None)).await;
+        assert_refused(res, Code::Unauthenticated, needle);
+    }
+    // A token signed by a key outside the JWKS, with a known kid.
+    let foreign = {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut h = jsonwebtoken::Header::new(Algorithm::ES256);
+        h.kid = Some("ec-1".into());
+        jsonwebtoken::encode(
+            &h,
+            &base,
+            &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_refused(
+        create(&mut client, request(&csr, 0, Some(&foreign), None)).await,
+        Code::Unauthenticated,
+        "signature does not verify",
+    );
+    // HS256 with the public key as secret (algorithm confusion) is refused outright.
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &base,
+        &jsonwebtoken::EncodingKey::from_secret(token_keys().jwks.as_bytes()),
+    )
+    .unwrap();
+    assert_refused(
+        create(&mut client, request(&csr, 0, Some(&hs), None)).await,
+        Code::Unauthenticated,
+        "only RS256 and ES256",
+    );
+    // No credentials, and a malformed header.
+    assert_refused(
+        create(&mut client, request(&csr, 0, None, None)).await,
+        Code::Unauthenticated,
+        "no credentials",
+    );
+    let mut req = request(&csr, 0, None, None);
+    req.metadata_mut()
+        .insert("authorization", "Basic Zm9vOmJhcg==".parse().unwrap());
+    assert_refused(
+        create(&mut client, req).await,
+        Code::Unauthenticated,
+        "Bearer",
+    );
+
+    let expected = cases.len() as u64 + 4;
+    let metrics = ca.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "citadel_server_authentication_failure_count {expected}"
+        )),
+        "{metrics}"
+    );
+    let rows = audit_rows(&ca).await;
+    assert_eq!(rows.len() as u64, expected, "every refusal is audited");
+    assert!(
+        rows.iter()
+            .all(|r| r.outcome == "denied" && r.requester == "unauthenticated")
+    );
+    assert!(rows.iter().any(|r| r.detail_json.contains("expired")));
+    // Tokens never reach the audit log.
+    for (token, _) in &cases {
+        assert!(rows.iter().all(|r| !r.detail_json.contains(token.as_str())));
+    }
+    ca.stop().await;
+}
+
+async fn renewal_with_client_cert(db: Db) {
+    let Some(ca) = TestCa::start(db, Opts::default()).await else {
+        return;
+    };
+    let mut client = ca.client(None).await;
+    let (csr1, key1) = csr(None);
+    let chain = create(
+        &mut client,
+        request(&csr1, 3600, Some(&sa_token("ns1", "api")), None),
+    )
+    .await
+    .unwrap();
+    // Renew over mTLS with the certificate just issued, and no token.
+    let mut mtls = ca.client(Some((&chain[0], &key1.serialize_pem()))).await;
+    let (csr2, _key2) = csr(Some(&sa_id("ns1", "api")));
+    let renewed = create(&mut mtls, request(&csr2, 1800, None, None))
+        .await
+        .unwrap();
+    check_svid(&renewed[0], &sa_id("ns1", "api"), Duration::from_secs(1800));
+    // The client certificate wins over a token for someone else (istiod's order).
+    let (csr3, _k) = csr(None);
+    let renewed = create(
+        &mut mtls,
+        request(&csr3, 600, Some(&sa_token("ns1", "other")), None),
+    )
+    .await
+    .unwrap();
+    check_svid(&renewed[0], &sa_id("ns1", "api"), Duration::from_secs(600));
+    // A workload certificate cannot impersonate.
+    let (csr4, _k) = csr(None);
+    assert_refused(
+        create(
+            &mut mtls,
+            request(&csr4, 600, None, Some(&sa_id("ns1", "db"))),
+        )
+        .await,
+        Code::PermissionDenied,
+        "may not impersonate",
+    );
+    let rows = audit_rows(&ca).await;
+    assert!(
+        rows.iter()
+            .any(|r| r.event == "cert.issued" && r.detail_json.contains("\"auth\":\"x509\""))
+    );
+    ca.stop().await;
+}
+
+async fn join_token_and_impersonation(db: Db) {
+    let Some(ca) = TestCa::start(db, Opts::default()).await else {
+        return;
+    };
+    let mut admin = ca.admin().await;
+    let tok = admin
+        .create_join_token(CreateJoinTokenRequest {
+            node_name: "node-1".into(),
+            ttl_seconds: 600,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let node_id = format!("spiffe://{TD}/warden/node/node-1");
+    assert_eq!(tok.spiffe_id, node_id);
+    let mut client = ca.client(None).await;
+
+    // A join token cannot be used to impersonate directly.
+    let (csr0, _k) = csr(None);
+    assert_refused(
+        create(
+            &mut client,
+            request(&csr0, 0, Some(&tok.token), Some(&sa_id("default", "web"))),
+        )
+        .await,
+        Code::PermissionDenied,
+        "join token proves only the node's own identity",
+    );
+    // The token gives the node its SVID, once.
+    let (csr1, node_key) = csr(None);
+    let node_chain = create(&mut client, request(&csr1, 3600, Some(&tok.token), None))
+        .await
+        .unwrap();
+    check_svid(&node_chain[0], &node_id, Duration::from_secs(3600));
+    let (csr2, _k) = csr(None);
+    assert_refused(
+        create(&mut client, request(&csr2, 3600, Some(&tok.token), None)).await,
+        Code::Unauthenticated,
+        "join token is unknown, already used, or expired",
+    );
+
+    // The node renews over mTLS and asks for a workload registered under it.
+    let web = sa_id("default", "web");
+    admin
+        .create_entry(CreateEntryRequest {
+            parent_id: node_id.clone(),
+            spiffe_id: web.clone(),
+            selectors: vec![Selector {
+                r#type: "unix".into(),
+                value: "uid:1000".into(),
+            }],
+        })
+        .await
+        .unwrap();
+    let mut node = ca
+        .client(Some((&node_chain[0], &node_key.serialize_pem())))
+        .await;
+    let (csr3, _k) = csr(Some(&web));
+    let chain = create(&mut node, request(&csr3, 600, None, Some(&web)))
+        .await
+        .unwrap();
+    check_svid(&chain[0], &web, Duration::from_secs(600));
+    let (csr4, _k) = csr(None);
+    let renewed = create(&mut node, request(&csr4, 600, None, None))
+        .await
+        .unwrap();
+    check_svid(&renewed[0], &node_id, Duration::from_secs(600));
+
+    // Not registered under this node: refused, naming why.
+    let (csr5, _k) = csr(None);
+    assert_refused(
+        create(
+            &mut node,
+            request(&csr5, 600, None, Some(&sa_id("default", "db"))),
+        )
+        .await,
+        Code::PermissionDenied,
+        "no registration entry has parent spiffe://cluster.local/warden/node/node-1",
+    );
+    // CSR for another identity than the impersonated one.
+    let (csr6, _k) = csr(Some(&sa_id("default", "db")));
+    assert_refused(
+        create(&mut node, request(&csr6, 600, None, Some(&web))).await,
+        Code::InvalidArgument,
+        "the CSR asks for spiffe://cluster.local/ns/default/sa/db",
+    );
+    // Malformed and foreign impersonation targets.
+    for (target, needle) in [
+        ("not-a-spiffe-id", "is not a workload SPIFFE ID"),
+        ("spiffe://other.domain/ns/a/sa/b", "foreign trust domain"),
+    ] {
+        let (c, _k) = csr(None);
+        assert_refused(
+            create(&mut node, request(&c, 600, None, Some(target))).await,
+            Code::PermissionDenied,
+            needle,
+        );
+    }
+
+    let rows = audit_rows(&ca).await;
+    let events: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
+    for e in [
+        "token.created",
+        "token.used",
+        "entry.created",
+        "cert.issued",
+        "cert.denied",
+    ] {
+        assert!(events.contains(&e), "missing {e} in {events:?}");
+    }
+    let used = rows.iter().find(|r| r.event == "token.used").unwrap();
+    assert_eq!(used.identity, node_id);
+    // The token itself is never stored or logged.
+    assert!(rows.iter().all(|r| !r.detail_json.contains(&tok.token)));
+    ca.stop().await;
+}
+
+async fn trusted_node_account_impersonation(db: Db) {
+    let opts = Opts {
+        trusted_node_accounts: vec!["istio-system/ztunnel".into()],
+        ..Default::default()
+    };
+    let Some(ca) = TestCa::start(db, opts).await else {
+        return;
+    };
+    let ztunnel = sa_id("istio-system", "ztunnel");
+    let web = sa_id("default", "web");
+    let mut admin = ca.admin().await;
+    admin
+        .create_entry(CreateEntryRequest {
+            parent_id: ztunnel.clone(),
+            spiffe_id: web.clone(),
+            selectors: vec![Selector {
+                r#type: "socket".into(),
+                value: "web".into(),
+            }],
+        })
+        .await
+        .unwrap();
+    let mut client = ca.client(None).await;
+    let zt_token = sa_token("istio-system", "ztunnel");
+    // ztunnel's own request, as ztunnel sends it: its token, ImpersonatedIdentity, a
+    // CSR with the workload's URI SAN.
+    let (c, _k) = csr(Some(&web));
+    let chain = create(
+        &mut client,
+        request(&c, 86_400, Some(&zt_token), Some(&web)),
+    )
+    .await
+    .unwrap();
+    check_svid(&chain[0], &web, Duration::from_secs(86_400));
+    let (c, _k) = csr(None);
+    assert_refused(
+        create(
+            &mut client,
+            request(&c, 0, Some(&zt_token), Some(&sa_id("default", "db"))),
+        )
+        .await,
+        Code::PermissionDenied,
+        "no registration entry",
+    );
+    // A service account that is not a trusted node account.
+    let (c, _k) = csr(None);
+    assert_refused(
+        create(
+            &mut client,
+            request(&c, 0, Some(&sa_token("default", "web")), Some(&web)),
+        )
+        .await,
+        Code::PermissionDenied,
+        "--trusted-node-accounts",
+    );
+    // Entries deleted at the CA take effect at once.
+    let entries = admin
+        .list_entries(warden_proto::admin::ListEntriesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    admin
+        .delete_entry(warden_proto::admin::DeleteEntryRequest {
+            id: entries[0].id.clone(),
+        })
+        .await
+        .unwrap();
+    let (c, _k) = csr(None);
+    assert_refused(
+        create(&mut client, request(&c, 0, Some(&zt_token), Some(&web))).await,
+        Code::PermissionDenied,
+        "no registration entry",
+    );
+    let rows = audit_rows(&ca).await;
+    assert!(
+        rows.iter()
+            .any(|r| r.event == "entry.deleted" && r.identity == web)
+    );
+    ca.stop().await;
+}
+
+async fn csr_and_ttl_refusals(db: Db) {
+    let opts = Opts {
+        max_ttl: Some(Duration::from_secs(7 * 86_400)),
+        ..Default::default()
+    };
+    let Some(ca) = TestCa::start(db, opts).await else {
+        return;
+    };
+    let mut client = ca.client(None).await;
+    let token = sa_token("default", "web");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let make = |f: &dyn Fn(&mut rcgen::CertificateParams)| {
+        let mut p = rcgen::CertificateParams::default();
+        f(&mut p);
+        p.serialize_request(&key).unwrap().pem().unwrap()
+    };
+    let valid = make(&|_| {});
+    let mut tampered: Vec<char> = valid.chars().collect();
+    let mid = tampered.len() / 2;
+    tampered[mid] = if tampered[mid] == 'A' { 'B' } else { 'A' };
+    let tampered: String = tampered.into_iter().collect();
+    let cases: Vec<(String, i64, &str)> = vec![
+        (
+            make(&|p| {
+                p.subject_alt_names = vec![rcgen::SanType::URI(
+                    sa_id("default", "admin").as_str().try_into().unwrap(),
+                )]
+            }),
+            0,
+            "authorized only for spiffe://cluster.local/ns/default/sa/web",
+        ),
+        (
+            make(&|p| {
+                p.subject_alt_names = vec![rcgen::SanType::DnsName(
+                    "web.default.svc".try_into().unwrap(),
+                )]
+            }),
+            0,
+            "DNS SAN",
+        ),
+        (
+            make(&|p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained)),
+            0,
+            "CA:true",
+        ),
+        (
+            "-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n"
+                .into(),
+            0,
+            "not PEM",
+        ),
+        ("".into(), 0, "no CSR"),
+        (key.serialize_pem(), 0, "expected \"CERTIFICATE REQUEST\""),
+        (tampered, 0, "CSR"),
+        (
+            valid.clone(),
+            8 * 86_400,
+            "requested TTL 691200s is greater than the max allowed TTL 604800s",
+        ),
+    ];
+    for (csr, ttl, needle) in &cases {
+        let res = create(&mut client, request(csr, *ttl, Some(&token), None)).await;
+        assert_refused(res, Code::InvalidArgument, needle);
+    }
+    // An RSA-1024 CSR from openssl.
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-new", "-newkey", "rsa:1024", "-nodes", "-subj", "/CN=web", "-keyout",
+        ])
+        .arg(ca.dir.path().join("k.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let res = create(
+        &mut client,
+        request(
+            &String::from_utf8(out.stdout).unwrap(),
+            0,
+            Some(&token),
+            None,
+        ),
+    )
+    .await;
+    assert_refused(res, Code::InvalidArgument, "RSA-1024");
+    // An RSA-2048 CSR from openssl is accepted, and keyEncipherment is added.
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=web", "-keyout",
+        ])
+        .arg(ca.dir.path().join("k2.pem"))
+        .output()
+        .unwrap();
+    let chain = create(
+        &mut client,
+        request(
+            &String::from_utf8(out.stdout).unwrap(),
+            0,
+            Some(&token),
+            None,
+        ),
+    )
+    .await
+    .unwrap();
+    let der = &pem_to_der(&chain[0])[0];
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    let ku = cert.key_usage().unwrap().unwrap();
+    assert!(ku.value.digital_signature() && ku.value.key_encipherment());
+    openssl_verify(ca.dir.path(), &chain[0], &[], &chain[1], "sslserver");
+
+    // Oversized request: refused before it is parsed.
+    let huge = "A".repeat(100 * 1024);
+    let res = create(&mut client, request(&huge, 0, Some(&token), None)).await;
+    let status = res.unwrap_err();
+    assert!(
+        matches!(
+            status.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+        ),
+        "{status:?}"
+    );
+    // Too large for a CSR but under the message limit: a named refusal.
+    let big = "A".repeat(20 * 1024);
+    assert_refused(
+        create(&mut client, request(&big, 0, Some(&token), None)).await,
+        Code::InvalidArgument,
+        "at most 16384",
+    );
+
+    let metrics = ca.metrics().await;
+    assert!(
+        metrics.contains("citadel_server_csr_sign_err_count{error=\"csr_san\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("citadel_server_csr_sign_err_count{error=\"ttl\"} 1"),
+        "{metrics}"
+    );
+    let rows = audit_rows(&ca).await;
+    let denied = rows.iter().filter(|r| r.outcome == "denied").count();
+    assert_eq!(denied, cases.len() + 2, "each refusal audited once");
+    assert!(
+        rows.iter()
+            .filter(|r| r.outcome == "denied")
+            .all(|r| r.identity == sa_id("default", "web"))
+    );
+    ca.stop().await;
+}
+
+async fn restart_keeps_root_and_chain(db: Db) {
+    let Some(mut ca) = TestCa::start(db, Opts::default()).await else {
+        return;
+    };
+    let root = ca.roots_pem();
+    let mut client = ca.client(None).await;
+    let (c, _k) = csr(None);
+    create(&mut client, request(&c, 0, Some(&sa_token("a", "b")), None))
+        .await
+        .unwrap();
+    ca.restart().await;
+    assert_eq!(ca.roots_pem(), root, "the root survives a restart");
+    let mut client = ca.client(None).await;
+    let (c, _k) = csr(None);
+    let chain = create(&mut client, request(&c, 0, Some(&sa_token("a", "b")), None))
+        .await
+        .unwrap();
+    assert_eq!(chain[1], root);
+    let v = ca
+        .admin()
+        .await
+        .verify_audit(warden_proto::admin::VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.ok, "{v:?}");
+    assert_eq!(v.rows_checked, 2);
+    ca.stop().await;
+}
+
+async fn concurrent_join_token_use_issues_once(db: Db) {
+    let Some(ca) = TestCa::start(db, Opts::default()).await else {
+        return;
+    };
+    let tok = ca
+        .admin()
+        .await
+        .create_join_token(CreateJoinTokenRequest {
+            node_name: "racer".into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut client = ca.client(None).await;
+        let tok = tok.clone();
+        tasks.push(tokio::spawn(async move {
+            let (c, _k) = csr(None);
+            create(&mut client, request(&c, 0, Some(&tok), None))
+                .await
+                .is_ok()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.unwrap());
+    }
+    assert_eq!(ok, 1, "a join token is single-use");
+    assert_eq!(ca.bound().store.issued_count().await.unwrap(), 1);
+    ca.stop().await;
+}
+
+async fn audit_load_is_durable_and_chained(db: Db) {
+    let Some(ca) = TestCa::start(db, Opts::default()).await else {
+        return;
+    };
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let mut client = ca.client(None).await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let (c, _k) = csr(None);
+                create(
+                    &mut client,
+                    request(&c, 0, Some(&sa_token("load", &format!("sa{i}"))), None),
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(ca.bound().store.issued_count().await.unwrap(), 160);
+    let v = ca
+        .admin()
+        .await
+        .verify_audit(warden_proto::admin::VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.ok && v.rows_checked == 160, "{v:?}");
+    ca.stop().await;
+}
+
+on_both_backends!(
+    istio_style_jwt_request,
+    jwt_refusals,
+    renewal_with_client_cert,
+    join_token_and_impersonation,
+    trusted_node_account_impersonation,
+    csr_and_ttl_refusals,
+    restart_keeps_root_and_chain,
+    concurrent_join_token_use_issues_once,
+    audit_load_is_durable_and_chained,
+);
