@@ -3,6 +3,8 @@
 //! the hash chain, a failed audit write that must not hand out a certificate, and
 //! configuration errors that name the file.
 
+#![allow(clippy::unwrap_used)] // tests fail by panicking
+
 mod common;
 
 use std::path::Path;

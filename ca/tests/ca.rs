@@ -2,6 +2,8 @@
 //! certificates it issues (checked with x509-parser and openssl), and its audit log, on
 //! SQLite and on PostgreSQL.
 
+#![allow(clippy::unwrap_used)] // tests fail by panicking
+
 mod common;
 
 use std::time::Duration;

@@ -146,8 +146,8 @@ pub async fn audit(socket: &Path, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             if !json {
                 writeln!(
                     out,
-                    "{:>6}  {:<30}  {:<14}  {:<8}  {:<48}  {}",
-                    "SEQ", "TIME", "EVENT", "OUTCOME", "IDENTITY", "REQUESTER / DETAIL"
+                    "{:>6}  {:<30}  {:<14}  {:<8}  {:<48}  REQUESTER / DETAIL",
+                    "SEQ", "TIME", "EVENT", "OUTCOME", "IDENTITY"
                 )?;
             }
             while let Some(row) = stream.message().await.map_err(status_err("audit list"))? {

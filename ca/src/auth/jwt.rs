@@ -170,12 +170,11 @@ impl JwtValidator {
             .as_ref()
             .try_into()
             .map_err(|_| JwtError::Malformed("digest".into()))?;
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((id, exp)) = cache.get(&digest) {
-                if now < exp + LEEWAY_SECS as i64 {
-                    return Ok(id.clone());
-                }
-            }
+        if let Ok(cache) = self.cache.lock()
+            && let Some((id, exp)) = cache.get(&digest)
+            && now < exp + LEEWAY_SECS as i64
+        {
+            return Ok(id.clone());
         }
         let (id, exp) = self.validate_uncached(token)?;
         if let Ok(mut cache) = self.cache.lock() {

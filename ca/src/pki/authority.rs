@@ -488,10 +488,10 @@ fn check_is_ca(path: &Path, cert: &CertificateDer<'_>) -> Result<(), PkiError> {
             "is not a CA certificate (basic constraints CA:true expected)",
         ));
     }
-    if let Ok(Some(ku)) = parsed.key_usage() {
-        if !ku.value.key_cert_sign() {
-            return Err(invalid(path, "key usage lacks keyCertSign"));
-        }
+    if let Ok(Some(ku)) = parsed.key_usage()
+        && !ku.value.key_cert_sign()
+    {
+        return Err(invalid(path, "key usage lacks keyCertSign"));
     }
     if parsed.validity().not_after.to_datetime() <= OffsetDateTime::now_utc() {
         return Err(invalid(path, "the CA certificate has expired"));
