@@ -12,7 +12,9 @@ CREATE TABLE issued_certs (
     peer_addr   TEXT NOT NULL,
     issued_at   BIGINT NOT NULL
 );
-CREATE INDEX issued_certs_spiffe_id ON issued_certs (spiffe_id);
+-- Serials are time-ordered (see pki::authority::random_serial), so the primary key is
+-- appended to. No index on spiffe_id: one would dirty a scattered B-tree page per
+-- certificate, and the hot path never reads by identity.
 
 -- Registration entries: which node may obtain which identity, for which local callers.
 CREATE TABLE entries (
@@ -46,7 +48,8 @@ CREATE TABLE audit_log (
     prev_hash   TEXT NOT NULL,
     hash        TEXT NOT NULL
 );
-CREATE INDEX audit_log_identity ON audit_log (identity);
+-- Only append-ordered indexes: the log is written on every request and read rarely.
+-- Filters by identity or outcome scan the rows selected by time (`--since`).
 CREATE INDEX audit_log_ts ON audit_log (ts_nanos);
 
 -- The chain head; its row is locked by each writer, serialising CA replicas.

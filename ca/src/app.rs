@@ -170,6 +170,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     tasks.push(tokio::spawn(monitoring::serve(
         monitoring_listener,
         metrics.clone(),
+        store.clone(),
         ready.clone(),
         shutdown_rx,
     )));

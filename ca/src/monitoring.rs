@@ -91,8 +91,9 @@ impl Metrics {
         }
     }
 
-    /// Renders all metrics in the Prometheus text format.
-    pub fn render(&self) -> String {
+    /// Renders all metrics in the Prometheus text format, with the store's commit
+    /// counters when given.
+    pub fn render(&self, commits: Option<&crate::store::CommitStats>) -> String {
         let mut out = String::with_capacity(4096);
         let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
             let _ = writeln!(
@@ -163,6 +164,20 @@ impl Metrics {
             "Audit/storage writes that failed; the callers got errors and no certificate.",
             &self.store_failure_count,
         );
+        if let Some(c) = commits {
+            counter(
+                &mut out,
+                "warden_ca_store_commit_count",
+                "Database transactions committed by the group-commit writer.",
+                &c.commits,
+            );
+            counter(
+                &mut out,
+                "warden_ca_store_committed_ops_count",
+                "Writes committed; divided by commits, the mean group-commit batch size.",
+                &c.ops,
+            );
+        }
         self.sign_duration.render(
             &mut out,
             "warden_ca_sign_duration_seconds",
@@ -205,6 +220,7 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
 pub async fn serve(
     listener: TcpListener,
     metrics: std::sync::Arc<Metrics>,
+    store: crate::store::Store,
     ready: std::sync::Arc<Readiness>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -222,16 +238,18 @@ pub async fn serve(
         };
         let metrics = metrics.clone();
         let ready = ready.clone();
+        let store = store.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let metrics = metrics.clone();
                 let ready = ready.clone();
+                let store = store.clone();
                 async move {
                     Ok::<_, Infallible>(match req.uri().path() {
                         "/metrics" | "/stats/prometheus" => respond(
                             StatusCode::OK,
                             "text/plain; version=0.0.4",
-                            metrics.render(),
+                            metrics.render(Some(store.commit_stats())),
                         ),
                         "/ready" if ready.get() => {
                             respond(StatusCode::OK, "text/plain", "ready\n".into())
