@@ -12,6 +12,10 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 /// `warden cert ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum CertCmd {
+    /// Request a certificate from the CA: makes a P-256 key here (written 0600, never
+    /// sent), sends a CSR with CreateCertificate, writes cert-chain.pem, key.pem and
+    /// root-cert.pem to --out.
+    Request(RequestArgs),
     /// Print SPIFFE ID, validity, issuer and serial of each certificate in a PEM or DER file.
     Inspect {
         /// Certificate file (a chain is fine).
@@ -22,9 +26,176 @@ pub enum CertCmd {
     },
 }
 
+/// `warden cert request` flags.
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    /// The CA's certificate API.
+    #[arg(long, default_value = "https://localhost:15012")]
+    ca_addr: String,
+    /// Trust bundle that authenticates the CA (the CA writes it to <data-dir>/root-cert.pem).
+    #[arg(long, default_value = "./data/root-cert.pem")]
+    ca_root: PathBuf,
+    /// Name to verify in the CA's serving certificate [default: the host of --ca-addr].
+    #[arg(long)]
+    tls_server_name: Option<String>,
+    /// File holding a bearer token: a join token or a service-account JWT.
+    #[arg(long, conflicts_with = "cert")]
+    token_file: Option<PathBuf>,
+    /// Authenticate with this certificate chain (renewal over mTLS); needs --key.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Ask for this SPIFFE ID on a workload's behalf (node impersonation).
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    /// Requested lifetime, e.g. 1h [default: the CA's --workload-cert-ttl].
+    #[arg(long, value_parser = parse_duration)]
+    ttl: Option<std::time::Duration>,
+    /// Directory for cert-chain.pem, key.pem (0600) and root-cert.pem.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    warden_proto::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// Runs `warden cert request`.
+async fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    use warden_proto::istio_ca::IstioCertificateRequest;
+    use warden_proto::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
+
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let roots = read(&args.ca_root)?;
+    let uri: http::Uri = args.ca_addr.parse().with_context(|| {
+        format!(
+            "--ca-addr {:?} is not a URL like https://host:15012",
+            args.ca_addr
+        )
+    })?;
+    let host = uri.host().unwrap_or("localhost").to_string();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&roots))
+        .domain_name(args.tls_server_name.clone().unwrap_or(host));
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    let token = match &args.token_file {
+        Some(p) => Some(read(p)?.trim().to_string()),
+        None => None,
+    };
+    if token.is_none() && args.cert.is_none() {
+        bail!("give --token-file (join token or JWT) or --cert/--key to authenticate to the CA");
+    }
+    // The key is made here and never leaves this machine.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(id) = &args.spiffe_id {
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            id.as_str()
+                .try_into()
+                .with_context(|| format!("--spiffe-id {id:?}"))?,
+        )];
+    }
+    let csr = params.serialize_request(&key)?.pem()?;
+    let channel = Endpoint::from_shared(args.ca_addr.clone())?
+        .tls_config(tls)?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the CA at {}", args.ca_addr))?;
+    let mut client = IstioCertificateServiceClient::new(channel);
+    let metadata = args.spiffe_id.as_ref().map(|id| prost_types::Struct {
+        fields: [(
+            warden_proto::IMPERSONATED_IDENTITY.to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(id.clone())),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    });
+    let mut req = tonic::Request::new(IstioCertificateRequest {
+        csr,
+        validity_duration: args
+            .ttl
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0),
+        metadata,
+    });
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}")
+                .parse()
+                .context("the token has characters not allowed in a header")?,
+        );
+    }
+    let chain = client
+        .create_certificate(req)
+        .await
+        .map_err(|s| anyhow::anyhow!("the CA refused: {} ({:?})", s.message(), s.code()))?
+        .into_inner()
+        .cert_chain;
+    if chain.len() < 2 {
+        bail!(
+            "the CA answered {} certificate(s); expected a leaf and the root bundle",
+            chain.len()
+        );
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let (leaf_and_intermediates, root) = chain.split_at(chain.len() - 1);
+    write_file(
+        &args.out.join("key.pem"),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(
+        &args.out.join("cert-chain.pem"),
+        leaf_and_intermediates.concat().as_bytes(),
+        0o644,
+    )?;
+    write_file(&args.out.join("root-cert.pem"), root[0].as_bytes(), 0o644)?;
+    println!(
+        "wrote {}/cert-chain.pem, key.pem (0600) and root-cert.pem",
+        args.out.display()
+    );
+    inspect(&args.out.join("cert-chain.pem"), false)
+}
+
+fn write_file(path: &std::path::Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
 /// Runs `warden cert ...`.
-pub fn run(cmd: CertCmd) -> anyhow::Result<ExitCode> {
-    let CertCmd::Inspect { file, json } = cmd;
+pub async fn run(cmd: CertCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        CertCmd::Request(args) => request(args).await,
+        CertCmd::Inspect { file, json } => inspect(&file, json),
+    }
+}
+
+/// Runs `warden cert inspect`.
+pub fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
     let certs: Vec<CertificateDer<'static>> =
         if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) {

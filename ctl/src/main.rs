@@ -58,7 +58,7 @@ fn main() -> ExitCode {
             Command::Audit(cmd) => admin::audit(&cli.admin_socket, cmd).await,
             Command::Entry(cmd) => admin::entry(&cli.admin_socket, cmd).await,
             Command::Token(cmd) => admin::token(&cli.admin_socket, cmd).await,
-            Command::Cert(cmd) => cert::run(cmd),
+            Command::Cert(cmd) => cert::run(cmd).await,
         }
     });
     match result {
