@@ -509,3 +509,44 @@ mod tests {
         );
     }
 }
+
+/// The configs shipped in `deploy/` must load with this parser.
+#[cfg(test)]
+mod shipped_configs {
+    use super::*;
+
+    fn load_file(path: &Path) -> Config {
+        Config::load(RunArgs {
+            config: Some(path.to_path_buf()),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn local_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/ca.yaml");
+        let c = load_file(&path);
+        assert_eq!(c.grpc_addr.port(), 15012);
+    }
+
+    #[test]
+    fn kubernetes_configmap_config_loads() {
+        #[derive(Deserialize)]
+        struct ConfigMap {
+            data: std::collections::BTreeMap<String, String>,
+        }
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/ca/configmap.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cm: serde_json::Value = serde_saphyr::from_str(&text)
+            .map(|c: ConfigMap| serde_json::json!(c.data))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.yaml");
+        std::fs::write(&file, cm["ca.yaml"].as_str().unwrap()).unwrap();
+        let c = load_file(&file);
+        assert_eq!(c.trusted_node_accounts[0].name, "ztunnel");
+        assert!(c.jwks.is_some() && c.token_issuer.is_some());
+    }
+}

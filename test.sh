@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what Warden's tests need on a fresh Debian machine and runs them all.
+#
+#   ./test.sh            # every test, including PostgreSQL and the end-to-end ones
+#
+# Needs: a Rust toolchain (cargo). Installs, when missing: openssl (the CLI judges the
+# certificates), PostgreSQL reachability (starts the local cluster if it is installed).
+# PostgreSQL tests use $WARDEN_TEST_DATABASE_URL (default
+# postgres://postgres@127.0.0.1:5432/postgres) and create a fresh database per test.
+# Without a server they are skipped loudly; under CI=true they fail instead.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+say() { printf '\n== %s\n' "$*"; }
+
+need_apt=()
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  say "installing ${need_apt[*]}"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+  else sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}"; fi
+fi
+
+export WARDEN_TEST_DATABASE_URL=${WARDEN_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+if ! psql "$WARDEN_TEST_DATABASE_URL" -qtAc 'select 1' >/dev/null 2>&1; then
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    say "starting the local PostgreSQL cluster"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+    sleep 2
+  fi
+fi
+if psql "$WARDEN_TEST_DATABASE_URL" -qtAc 'select 1' >/dev/null 2>&1; then
+  say "PostgreSQL: $(psql "$WARDEN_TEST_DATABASE_URL" -qtAc 'show server_version') at $WARDEN_TEST_DATABASE_URL"
+else
+  say "WARNING: no PostgreSQL at $WARDEN_TEST_DATABASE_URL: its tests will be SKIPPED (they fail under CI=true)"
+fi
+
+say "cargo test --workspace"
+cargo test --workspace --locked
