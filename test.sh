@@ -3,8 +3,9 @@
 #
 #   ./test.sh            # every test, including PostgreSQL and the end-to-end ones
 #
-# Needs: a Rust toolchain (cargo). Installs, when missing: openssl (the CLI judges the
-# certificates), PostgreSQL reachability (starts the local cluster if it is installed).
+# Needs: a Rust toolchain (cargo) and python3. Installs, when missing: openssl (the CLI
+# judges the certificates), the PostgreSQL client (and starts the local cluster if one
+# is installed), Python's grpcio in ./.venv (an independent gRPC client).
 # PostgreSQL tests use $WARDEN_TEST_DATABASE_URL (default
 # postgres://postgres@127.0.0.1:5432/postgres) and create a fresh database per test.
 # Without a server they are skipped loudly; under CI=true they fail instead.
@@ -34,6 +35,14 @@ if psql "$WARDEN_TEST_DATABASE_URL" -qtAc 'select 1' >/dev/null 2>&1; then
   say "PostgreSQL: $(psql "$WARDEN_TEST_DATABASE_URL" -qtAc 'show server_version') at $WARDEN_TEST_DATABASE_URL"
 else
   say "WARNING: no PostgreSQL at $WARDEN_TEST_DATABASE_URL: its tests will be SKIPPED (they fail under CI=true)"
+fi
+
+# Python's grpcio, an independent gRPC client for wire-compatibility tests.
+if ! .venv/bin/python -c 'import grpc' >/dev/null 2>&1; then
+  say "installing grpcio into .venv"
+  command -v python3 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
+  python3 -m venv .venv
+  .venv/bin/pip install -q -r tests/interop/requirements.txt
 fi
 
 say "cargo test --workspace"

@@ -3,7 +3,6 @@
 //! socket; each call is attributed to the caller's uid in the audit log.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -233,13 +232,7 @@ impl Admin for AdminService {
         if id.is_empty() {
             return Err(Status::invalid_argument("an entry ID is required"));
         }
-        let existing = self
-            .store
-            .list_entries(None, None)
-            .await
-            .map_err(store_status)?
-            .into_iter()
-            .find(|e| e.id == id);
+        let existing = self.store.get_entry(&id).await.map_err(store_status)?;
         let event = AuditEvent {
             event: "entry.deleted",
             outcome: "deleted",
@@ -398,9 +391,6 @@ impl Admin for AdminService {
         }))
     }
 }
-
-/// Keeps `Arc` in scope for callers that share the service.
-pub type SharedAdmin = Arc<AdminService>;
 
 #[cfg(test)]
 mod tests {

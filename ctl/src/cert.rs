@@ -196,7 +196,7 @@ pub async fn run(cmd: CertCmd) -> anyhow::Result<ExitCode> {
 
 /// Runs `warden cert inspect`.
 pub fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let certs: Vec<CertificateDer<'static>> =
         if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) {
             CertificateDer::pem_slice_iter(&bytes)

@@ -37,6 +37,8 @@ pub struct CaProcess {
 
 impl CaProcess {
     /// Starts `warden-ca run` with JSON logs and waits for its "serving" line.
+    // The child is killed and reaped in `Drop`, or reaped in `terminate`.
+    #[allow(clippy::zombie_processes)]
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(bin("warden-ca"))
             .args([

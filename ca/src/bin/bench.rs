@@ -178,7 +178,7 @@ async fn main() -> anyhow::Result<()> {
             jsonwebtoken::encode(&h, &claims, &encoding)
         })
         .collect::<Result<_, _>>()?;
-    let csrs: Vec<String> = (0..args.csrs)
+    let csrs: Vec<String> = (0..args.csrs.max(1))
         .map(|_| -> anyhow::Result<String> {
             let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
             let mut p = CertificateParams::default();

@@ -294,6 +294,17 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// One entry by ID.
+    pub async fn get_entry(&self, id: &str) -> Result<Option<EntryRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, parent_id, spiffe_id, selectors, created_at FROM entries WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(entry_row).transpose()
+    }
+
     /// Lists entries, optionally filtered by parent and/or SPIFFE ID.
     pub async fn list_entries(
         &self,
@@ -309,19 +320,7 @@ impl Store {
         .bind(spiffe_id.unwrap_or(""))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let selectors: String = r.try_get("selectors")?;
-                Ok(EntryRecord {
-                    id: r.try_get("id")?,
-                    parent_id: r.try_get("parent_id")?,
-                    spiffe_id: r.try_get("spiffe_id")?,
-                    selectors: serde_json::from_str(&selectors)
-                        .map_err(|e| StoreError::Db(format!("entry selectors: {e}")))?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(entry_row).collect()
     }
 
     /// The node a join token attests, if the token exists, is unused and unexpired.
@@ -408,6 +407,18 @@ impl Store {
         drop(self.writer);
         self.pool.close().await;
     }
+}
+
+fn entry_row(r: &sqlx::any::AnyRow) -> Result<EntryRecord, StoreError> {
+    let selectors: String = r.try_get("selectors")?;
+    Ok(EntryRecord {
+        id: r.try_get("id")?,
+        parent_id: r.try_get("parent_id")?,
+        spiffe_id: r.try_get("spiffe_id")?,
+        selectors: serde_json::from_str(&selectors)
+            .map_err(|e| StoreError::Db(format!("entry selectors: {e}")))?,
+        created_at: r.try_get("created_at")?,
+    })
 }
 
 fn audit_row(r: &sqlx::any::AnyRow) -> Result<AuditRow, StoreError> {

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""An Istio-style CreateCertificate client that shares no code with Warden.
+
+Uses Python's grpcio (gRPC C-core) for TLS, HTTP/2 and gRPC framing, openssl for the key
+and CSR, and encodes/decodes the protobuf messages by hand from the field numbers of
+Istio's security/v1alpha1/ca.proto and google/protobuf/struct.proto, so a wrong field
+number or type on Warden's side fails here.
+
+  istio_ca_client.py --addr localhost:PORT --root ROOT.pem --token-file F --out DIR
+      [--impersonate SPIFFE_ID] [--ttl SECONDS] [--expect-code UNAUTHENTICATED]
+
+Prints one JSON line: {"ok": true, "chain_len": N} or {"ok": false, "code": ..., "details": ...}.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import grpc
+
+METHOD = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def field_bytes(num, data):  # wire type 2
+    return varint(num << 3 | 2) + varint(len(data)) + data
+
+
+def field_varint(num, value):  # wire type 0
+    return varint(num << 3 | 0) + varint(value)
+
+
+def encode_request(csr_pem, ttl, impersonate):
+    # IstioCertificateRequest: csr = 1 (string), validity_duration = 3 (int64), metadata = 4 (Struct)
+    msg = field_bytes(1, csr_pem.encode()) + field_varint(3, ttl)
+    if impersonate:
+        # Struct { map<string, Value> fields = 1 }; map entry { key = 1, value = 2 };
+        # Value { string_value = 3 }
+        value = field_bytes(3, impersonate.encode())
+        entry = field_bytes(1, b"ImpersonatedIdentity") + field_bytes(2, value)
+        msg += field_bytes(4, field_bytes(1, entry))
+    return msg
+
+
+def read_varint(buf, i):
+    shift = n = 0
+    while True:
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, i
+
+
+def decode_response(buf):
+    # IstioCertificateResponse: cert_chain = 1 (repeated string)
+    chain, i = [], 0
+    while i < len(buf):
+        key, i = read_varint(buf, i)
+        num, wt = key >> 3, key & 7
+        if wt == 2:
+            length, i = read_varint(buf, i)
+            data = buf[i : i + length]
+            i += length
+            if num == 1:
+                chain.append(data.decode())
+        elif wt == 0:
+            _, i = read_varint(buf, i)
+        else:
+            raise ValueError(f"unexpected wire type {wt} for field {num}")
+    return chain
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--addr", required=True)
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--token-file")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--impersonate")
+    ap.add_argument("--ttl", type=int, default=3600)
+    ap.add_argument("--expect-code")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    key = os.path.join(a.out, "key.pem")
+    csr = subprocess.run(
+        ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", key, "-subj", "/O=interop"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    creds = grpc.ssl_channel_credentials(root_certificates=open(a.root, "rb").read())
+    metadata = []
+    if a.token_file:
+        metadata.append(("authorization", "Bearer " + open(a.token_file).read().strip()))
+    with grpc.secure_channel(a.addr, creds) as ch:
+        call = ch.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+        try:
+            raw = call(encode_request(csr, a.ttl, a.impersonate), metadata=metadata, timeout=10)
+        except grpc.RpcError as e:
+            print(json.dumps({"ok": False, "code": e.code().name, "details": e.details()}))
+            return 0 if a.expect_code == e.code().name else 1
+    chain = decode_response(raw)
+    with open(os.path.join(a.out, "cert-chain.pem"), "w") as f:
+        f.write("".join(chain[:-1]))
+    with open(os.path.join(a.out, "root-cert.pem"), "w") as f:
+        f.write(chain[-1])
+    print(json.dumps({"ok": True, "chain_len": len(chain)}))
+    return 1 if a.expect_code else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

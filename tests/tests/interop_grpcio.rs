@@ -1,0 +1,144 @@
+//! Wire compatibility of the certificate API with a client Warden did not write:
+//! Python's grpcio (gRPC C-core) with messages encoded by hand from Istio's field
+//! numbers (`tests/interop/istio_ca_client.py`). `./test.sh` installs grpcio into
+//! `.venv`; without it this test is skipped loudly, or fails under CI=true.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests fail by panicking; env read here
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use warden_tests::{CaProcess, ok, warden};
+
+fn python() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let py = std::env::var_os("WARDEN_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv/bin/python"));
+    let has_grpc = Command::new(&py)
+        .args(["-c", "import grpc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_grpc {
+        return Some(py);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "{} with grpcio is required under CI=true (./test.sh installs it)",
+            py.display()
+        );
+    }
+    eprintln!(
+        "\n*** SKIPPING grpcio interop: no grpcio at {} (run ./test.sh) ***\n",
+        py.display()
+    );
+    None
+}
+
+#[test]
+fn python_grpcio_client_gets_and_is_refused_certificates() {
+    let Some(py) = python() else { return };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/istio_ca_client.py");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let ca = CaProcess::start(&data, &[]);
+    let root = data.join("root-cert.pem");
+    let token = ok(ca.warden(&["token", "create", "--node", "py-node"]))
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let addr = format!("localhost:{}", ca.grpc_addr.rsplit(':').next().unwrap());
+    let client = |out: &str, extra: &[&str]| {
+        let o = Command::new(&py)
+            .arg(&script)
+            .args([
+                "--addr",
+                &addr,
+                "--root",
+                root.to_str().unwrap(),
+                "--token-file",
+                token_file.to_str().unwrap(),
+            ])
+            .args(["--out", tmp.path().join(out).to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .unwrap_or("{}")
+            .to_string();
+        assert!(
+            o.status.success(),
+            "client failed: {line} {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+    };
+
+    // ImpersonatedIdentity in the Struct (field 4) is read: a join token may not impersonate.
+    let r = client(
+        "imp",
+        &[
+            "--impersonate",
+            "spiffe://cluster.local/ns/default/sa/web",
+            "--expect-code",
+            "PERMISSION_DENIED",
+        ],
+    );
+    assert!(
+        r["details"]
+            .as_str()
+            .unwrap()
+            .contains("join token proves only"),
+        "{r}"
+    );
+
+    // csr (field 1) and validity_duration (field 3) are read; cert_chain (field 1) is answered.
+    let r = client("node", &["--ttl", "600"]);
+    assert_eq!(r["chain_len"], 2, "{r}");
+    let chain = tmp.path().join("node/cert-chain.pem");
+    let v = Command::new("openssl")
+        .args(["verify", "-x509_strict", "-purpose", "sslclient", "-CAfile"])
+        .arg(tmp.path().join("node/root-cert.pem"))
+        .arg(&chain)
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let info: serde_json::Value = serde_json::from_str(
+        ok(warden(&[
+            "cert",
+            "inspect",
+            "--json",
+            chain.to_str().unwrap(),
+        ]))
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(
+        info["spiffe_id"],
+        "spiffe://cluster.local/warden/node/py-node"
+    );
+    let parse = |k: &str| {
+        time::OffsetDateTime::parse(
+            info[k].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    let lifetime = (parse("not_after") - parse("not_before")).whole_seconds();
+    assert_eq!(
+        lifetime,
+        600 + 120,
+        "600s requested plus the 2-minute backdating"
+    );
+
+    // A refused request reaches grpcio as UNAUTHENTICATED with the reason.
+    let r = client("again", &["--expect-code", "UNAUTHENTICATED"]);
+    assert!(
+        r["details"].as_str().unwrap().contains("already used"),
+        "{r}"
+    );
+}
