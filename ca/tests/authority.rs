@@ -462,3 +462,87 @@ async fn a_second_ca_on_the_same_data_dir_is_refused() {
     );
     ca.stop().await;
 }
+
+/// Two CA replicas on one PostgreSQL database, signing with the same plugged-in
+/// intermediate: concurrent issuance on both keeps one intact audit chain, and a join
+/// token is spent exactly once across replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_postgres_database() {
+    use warden_proto::admin::{CreateJoinTokenRequest, VerifyAuditRequest};
+    init();
+    let Some(pg) = pg_database().await else {
+        return;
+    };
+    let cacerts = tempfile::tempdir().unwrap();
+    make_cacerts(cacerts.path());
+    let opts = Opts {
+        plugin_certs: Some(cacerts.path().to_path_buf()),
+        database_url: Some(pg.url.clone()),
+        ..Default::default()
+    };
+    // `Db::Sqlite` only means "no database of its own": the URL above wins.
+    let a = TestCa::start(Db::Sqlite, opts.clone()).await.unwrap();
+    let b = TestCa::start(Db::Sqlite, opts).await.unwrap();
+    assert_eq!(a.roots_pem(), b.roots_pem());
+
+    let token = a
+        .admin()
+        .await
+        .create_join_token(CreateJoinTokenRequest {
+            node_name: "shared".into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut tasks = Vec::new();
+    for (i, ca) in [&a, &b, &a, &b, &a, &b].into_iter().enumerate() {
+        let mut client = ca.client(None).await;
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut issued = 0;
+            for _ in 0..20 {
+                let (c, _k) = csr(None);
+                create(
+                    &mut client,
+                    request(&c, 0, Some(&sa_token("replicas", &format!("sa{i}"))), None),
+                )
+                .await
+                .unwrap();
+                issued += 1;
+            }
+            let (c, _k) = csr(None);
+            let token_ok = create(&mut client, request(&c, 0, Some(&token), None))
+                .await
+                .is_ok();
+            (issued, usize::from(token_ok))
+        }));
+    }
+    let (mut issued, mut token_uses) = (0, 0);
+    for t in tasks {
+        let (i, u) = t.await.unwrap();
+        issued += i;
+        token_uses += u;
+    }
+    assert_eq!(token_uses, 1, "the join token works once across replicas");
+    assert_eq!(
+        a.bound().store.issued_count().await.unwrap(),
+        issued as i64 + 1
+    );
+    for ca in [&a, &b] {
+        let v = ca
+            .admin()
+            .await
+            .verify_audit(VerifyAuditRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(v.ok, "{v:?}");
+        // issued + token.created + token.used + the token's issuance + 5 spent-token denials
+        assert_eq!(v.rows_checked, issued as i64 + 8, "{v:?}");
+    }
+    a.stop().await;
+    b.stop().await;
+    pg.drop_db().await;
+}
