@@ -45,5 +45,10 @@ if ! .venv/bin/python -c 'import grpc' >/dev/null 2>&1; then
   .venv/bin/pip install -q -r tests/interop/requirements.txt
 fi
 
+# The end-to-end tests run the real binaries: build them all first (cargo test builds
+# only the binaries of packages that have integration tests of their own).
+say "cargo build --workspace --bins"
+cargo build --workspace --bins --locked
+
 say "cargo test --workspace"
 cargo test --workspace --locked

@@ -1,8 +1,8 @@
 //! Helpers for Warden's end-to-end tests: find the real binaries, start them as child
 //! processes on loopback port 0, read the addresses they log, run the `warden` CLI.
 //!
-//! The binaries come from the same `cargo test --workspace` build (cargo builds every
-//! workspace binary before running integration tests).
+//! The binaries are the workspace's debug builds next to the test executable;
+//! `./test.sh` builds them (`cargo build --workspace --bins`) before `cargo test`.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // test support: panics are failures
 
 use std::io::{BufRead, BufReader};
@@ -19,7 +19,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} not built: run the tests with `cargo test --workspace`",
+        "{} not built: run ./test.sh, or `cargo build --workspace --bins` before `cargo test`",
         path.display()
     );
     path
