@@ -1,7 +1,11 @@
 //! Compiles the protos with protox (pure Rust; this machine has no protoc).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/istio_ca.proto", "proto/admin.proto"];
+    let files = [
+        "proto/istio_ca.proto",
+        "proto/admin.proto",
+        "proto/warden_ca.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 
 use warden_proto::admin::admin_server::AdminServer;
 use warden_proto::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
+use warden_proto::warden_ca::jwt_svid_service_server::JwtSvidServiceServer;
 
 use crate::admin::AdminService;
 use crate::auth::{Authenticator, JwtValidator};
@@ -62,6 +63,10 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         .context("loading the CA's keys and certificates")?,
     );
     tracing::info!(source = authority.source(), root_not_after = %authority.root_not_after(), "authority loaded");
+    let jwt_signer = Arc::new(
+        crate::pki::JwtSigner::load_or_create(&config.data_dir)
+            .context("loading the JWT-SVID signing key")?,
+    );
     let store = Store::open(&config.database_url)
         .await
         .with_context(|| format!("opening the database {}", config.database_url_redacted()))?;
@@ -117,10 +122,19 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     )));
     let service = CaService::new(
         authority.clone(),
-        auth,
+        auth.clone(),
         store.clone(),
         metrics.clone(),
         config.workload_cert_ttl,
+        config.max_workload_cert_ttl,
+    );
+    let jwt_service = crate::jwt_svid::JwtService::new(
+        jwt_signer,
+        auth.clone(),
+        store.clone(),
+        metrics.clone(),
+        config.trust_domain.clone(),
+        config.jwt_svid_ttl,
         config.max_workload_cert_ttl,
     );
     let grpc = tonic::transport::Server::builder()
@@ -128,6 +142,9 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         .add_service(
             IstioCertificateServiceServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            JwtSvidServiceServer::new(jwt_service).max_decoding_message_size(MAX_MESSAGE_BYTES),
         );
     let incoming = ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>);
     let mut rx = shutdown_rx.clone();

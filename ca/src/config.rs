@@ -66,6 +66,9 @@ pub struct RunArgs {
     /// IP SANs of the serving certificate [default: 127.0.0.1].
     #[arg(long, value_delimiter = ',')]
     pub serving_ip_addrs: Vec<IpAddr>,
+    /// Lifetime of a JWT-SVID when the request names none [default: 5m].
+    #[arg(long, value_parser = parse_duration)]
+    pub jwt_svid_ttl: Option<Duration>,
     /// Default lifetime of join tokens made by `warden token create` [default: 1h].
     #[arg(long, value_parser = parse_duration)]
     pub join_token_ttl: Option<Duration>,
@@ -111,6 +114,7 @@ struct FileConfig {
     serving_dns_names: Vec<String>,
     #[serde(default)]
     serving_ip_addrs: Vec<IpAddr>,
+    jwt_svid_ttl: Option<String>,
     join_token_ttl: Option<String>,
     drain_timeout: Option<String>,
     log_format: Option<LogFormat>,
@@ -158,6 +162,8 @@ pub struct Config {
     pub serving_dns_names: Vec<String>,
     /// IP SANs of the serving certificate.
     pub serving_ip_addrs: Vec<IpAddr>,
+    /// Default JWT-SVID lifetime.
+    pub jwt_svid_ttl: Duration,
     /// Default join-token lifetime.
     pub join_token_ttl: Duration,
     /// Grace period for in-flight requests on SIGTERM.
@@ -327,6 +333,10 @@ impl Config {
             trusted_node_accounts,
             serving_dns_names,
             serving_ip_addrs,
+            jwt_svid_ttl: args
+                .jwt_svid_ttl
+                .or(file_duration("jwt-svid-ttl", file.jwt_svid_ttl)?)
+                .unwrap_or(Duration::from_secs(300)),
             join_token_ttl: args
                 .join_token_ttl
                 .or(file_duration("join-token-ttl", file.join_token_ttl)?)

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub request_duration: Histogram,
     /// Audit/storage write failures.
     pub store_failure_count: AtomicU64,
+    /// JWT-SVIDs issued.
+    pub jwt_svid_issuance_count: AtomicU64,
 }
 
 impl Metrics {
@@ -157,6 +159,12 @@ impl Metrics {
             "citadel_server_cert_chain_expiry_timestamp",
             "The unix timestamp, in seconds, when the CA cert chain will expire.",
             &self.cert_chain_expiry_timestamp,
+        );
+        counter(
+            &mut out,
+            "warden_ca_jwt_svid_issuance_count",
+            "The number of JWT-SVIDs issued.",
+            &self.jwt_svid_issuance_count,
         );
         counter(
             &mut out,

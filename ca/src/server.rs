@@ -258,22 +258,83 @@ impl CaService {
         );
         Ok(self.authority.response_chain(cert.pem))
     }
+}
 
-    /// Audits a refusal; audit failures are logged (the request is refused regardless).
-    async fn audit_denial(&self, identity: String, requester: String, peer: &str, reason: &str) {
-        let event = AuditEvent {
-            event: "cert.denied",
-            outcome: "denied",
-            identity,
-            requester,
-            peer_addr: peer.to_string(),
-            detail: serde_json::json!({ "reason": reason }),
-        };
-        if let Err(e) = self.store.audit(event).await {
-            self.metrics
-                .store_failure_count
+/// Appends a refusal to the audit log; a failure to do so is logged and counted (the
+/// request is refused either way).
+pub(crate) async fn audit_denial(
+    store: &Store,
+    metrics: &Metrics,
+    event: &'static str,
+    identity: String,
+    requester: String,
+    peer: &str,
+    reason: &str,
+) {
+    let event = AuditEvent {
+        event,
+        outcome: "denied",
+        identity,
+        requester,
+        peer_addr: peer.to_string(),
+        detail: serde_json::json!({ "reason": reason }),
+    };
+    if let Err(e) = store.audit(event).await {
+        metrics
+            .store_failure_count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(error = %e, "cannot record a denial in the audit log");
+    }
+}
+
+/// Authenticates the caller of a request on the certificate port (client certificate,
+/// then `authorization: Bearer`), counting and auditing failures as `denied_event`.
+/// Returns the caller and its address.
+pub(crate) async fn authenticate<T>(
+    auth: &Authenticator,
+    store: &Store,
+    metrics: &Metrics,
+    request: &Request<T>,
+    denied_event: &'static str,
+) -> Result<(Caller, String), Status> {
+    let peer = request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let peer_certs = request.peer_certs();
+    let authorization = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    match auth
+        .authenticate(
+            peer_certs.as_deref().map(Vec::as_slice),
+            authorization,
+            now_unix(),
+        )
+        .await
+    {
+        Ok(caller) => Ok((caller, peer)),
+        Err(e) => {
+            metrics
+                .authentication_failure_count
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(error = %e, "cannot record a denial in the audit log");
+            let reason = e.to_string();
+            tracing::warn!(peer, reason, "request denied: authentication failed");
+            audit_denial(
+                store,
+                metrics,
+                denied_event,
+                String::new(),
+                "unauthenticated".into(),
+                &peer,
+                &reason,
+            )
+            .await;
+            Err(match e {
+                crate::auth::AuthError::Store(_) => Status::unavailable(reason),
+                _ => Status::unauthenticated(reason),
+            })
         }
     }
 }
@@ -287,41 +348,14 @@ impl IstioCertificateService for CaService {
         use std::sync::atomic::Ordering::Relaxed;
         let start = Instant::now();
         self.metrics.csr_count.fetch_add(1, Relaxed);
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "unknown".into());
-        let peer_certs = request.peer_certs();
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let caller = match self
-            .auth
-            .authenticate(
-                peer_certs.as_deref().map(Vec::as_slice),
-                authorization.as_deref(),
-                now_unix(),
-            )
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                self.metrics
-                    .authentication_failure_count
-                    .fetch_add(1, Relaxed);
-                let reason = e.to_string();
-                tracing::warn!(peer, reason, "request denied: authentication failed");
-                self.audit_denial(String::new(), "unauthenticated".into(), &peer, &reason)
-                    .await;
-                let status = match e {
-                    crate::auth::AuthError::Store(_) => Status::unavailable(reason),
-                    _ => Status::unauthenticated(reason),
-                };
-                return Err(status);
-            }
-        };
+        let (caller, peer) = authenticate(
+            &self.auth,
+            &self.store,
+            &self.metrics,
+            &request,
+            "cert.denied",
+        )
+        .await?;
         let result = self.handle(&caller, request.get_ref(), &peer).await;
         self.metrics.request_duration.observe(start.elapsed());
         match result {
@@ -344,8 +378,16 @@ impl IstioCertificateService for CaService {
                 );
                 self.metrics.sign_error(denial.label);
                 if denial.audit {
-                    self.audit_denial(denial.identity, caller.id.to_string(), &peer, &reason)
-                        .await;
+                    audit_denial(
+                        &self.store,
+                        &self.metrics,
+                        "cert.denied",
+                        denial.identity,
+                        caller.id.to_string(),
+                        &peer,
+                        &reason,
+                    )
+                    .await;
                 }
                 Err(denial.status)
             }

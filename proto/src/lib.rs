@@ -1,6 +1,6 @@
 //! Everything that crosses a Warden process boundary, with no I/O: the generated
 //! gRPC types for Istio's certificate API ([`istio_ca`]) and Warden's admin API
-//! ([`admin`]), and the [`SpiffeId`] type every component uses to name identities.
+//! ([`admin`]), Warden's CA services ([`warden_ca`]: JWT-SVIDs), and the [`SpiffeId`] type every component uses to name identities.
 
 pub mod duration;
 pub mod spiffe;
@@ -17,6 +17,12 @@ pub mod istio_ca {
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]
 pub mod admin {
     tonic::include_proto!("warden.admin.v1");
+}
+
+/// `warden.ca.v1.JwtSvidService`: JWT-SVID minting and the JWT bundle.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod warden_ca {
+    tonic::include_proto!("warden.ca.v1");
 }
 
 /// Metadata key of a CreateCertificate request naming the identity a node asks for.

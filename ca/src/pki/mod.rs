@@ -1,12 +1,14 @@
 //! The CA's public-key infrastructure: its keys ([`keys`]), its signing chain and trust
-//! bundle ([`authority`]), the checks every CSR passes ([`csr`]), and the X.509-SVIDs it
-//! builds.
+//! bundle ([`authority`]), the checks every CSR passes ([`csr`]), the X.509-SVIDs it
+//! builds, and its JWT-SVID signer ([`jwt_svid`]).
 
 pub mod authority;
 pub mod csr;
+pub mod jwt_svid;
 pub mod keys;
 
 pub use authority::{Authority, IssuedCert, PkiError};
+pub use jwt_svid::JwtSigner;
 pub use keys::KeyType;
 
 use std::io::Write;

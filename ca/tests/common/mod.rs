@@ -268,19 +268,16 @@ impl TestCa {
         }
     }
 
-    /// A certificate-API client over TLS, verifying the server as `localhost`, with an
-    /// optional client certificate (PEM chain, PEM key).
-    pub async fn client(
-        &self,
-        identity: Option<(&str, &str)>,
-    ) -> IstioCertificateServiceClient<Channel> {
+    /// A TLS channel to the certificate port, verifying the server as `localhost`, with
+    /// an optional client certificate (PEM chain, PEM key).
+    pub async fn channel(&self, identity: Option<(&str, &str)>) -> Channel {
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(self.roots_pem()))
             .domain_name("localhost");
         if let Some((chain, key)) = identity {
             tls = tls.identity(Identity::from_pem(chain, key));
         }
-        let channel = Endpoint::from_shared(format!(
+        Endpoint::from_shared(format!(
             "https://localhost:{}",
             self.bound().grpc_addr.port()
         ))
@@ -289,8 +286,15 @@ impl TestCa {
         .unwrap()
         .connect()
         .await
-        .unwrap();
-        IstioCertificateServiceClient::new(channel)
+        .unwrap()
+    }
+
+    /// A certificate-API client (see [`TestCa::channel`]).
+    pub async fn client(
+        &self,
+        identity: Option<(&str, &str)>,
+    ) -> IstioCertificateServiceClient<Channel> {
+        IstioCertificateServiceClient::new(self.channel(identity).await)
     }
 
     pub async fn admin(&self) -> AdminClient<Channel> {

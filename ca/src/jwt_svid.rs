@@ -1,0 +1,227 @@
+//! `warden.ca.v1.JwtSvidService`: JWT-SVIDs for authenticated callers, with the same
+//! authentication and node authorization as CreateCertificate, audited the same way
+//! (`jwt.issued`, `jwt.denied`), and the JWT bundle that verifies them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use warden_proto::SpiffeId;
+use warden_proto::warden_ca::jwt_svid_service_server::JwtSvidService;
+use warden_proto::warden_ca::{
+    GetJwtBundleRequest, GetJwtBundleResponse, MintJwtSvidRequest, MintJwtSvidResponse,
+};
+
+use crate::auth::{AuthMethod, Authenticator, ImpersonationError};
+use crate::monitoring::Metrics;
+use crate::pki::JwtSigner;
+use crate::server::{audit_denial, authenticate};
+use crate::store::{AuditEvent, Store};
+
+/// Most audiences one token may carry.
+const MAX_AUDIENCES: usize = 16;
+/// Longest audience value.
+const MAX_AUDIENCE_LEN: usize = 256;
+
+/// The JWT-SVID service.
+#[derive(Debug)]
+pub struct JwtService {
+    signer: Arc<JwtSigner>,
+    auth: Arc<Authenticator>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    trust_domain: String,
+    default_ttl: Duration,
+    max_ttl: Duration,
+}
+
+impl JwtService {
+    /// Builds the service.
+    pub fn new(
+        signer: Arc<JwtSigner>,
+        auth: Arc<Authenticator>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        trust_domain: String,
+        default_ttl: Duration,
+        max_ttl: Duration,
+    ) -> Self {
+        Self {
+            signer,
+            auth,
+            store,
+            metrics,
+            trust_domain,
+            default_ttl,
+            max_ttl,
+        }
+    }
+
+    /// Audits and logs a refusal, then returns it.
+    async fn deny<T>(
+        &self,
+        caller: &SpiffeId,
+        peer: &str,
+        status: Status,
+        identity: String,
+    ) -> Result<T, Status> {
+        tracing::warn!(peer, %caller, identity, reason = status.message(), "JWT-SVID request denied");
+        audit_denial(
+            &self.store,
+            &self.metrics,
+            "jwt.denied",
+            identity,
+            caller.to_string(),
+            peer,
+            status.message(),
+        )
+        .await;
+        Err(status)
+    }
+
+    fn check_request(&self, r: &MintJwtSvidRequest) -> Result<Duration, Status> {
+        if r.audience.is_empty() {
+            return Err(Status::invalid_argument(
+                "at least one audience is required",
+            ));
+        }
+        if r.audience.len() > MAX_AUDIENCES {
+            return Err(Status::invalid_argument(format!(
+                "{} audiences requested; at most {MAX_AUDIENCES} are allowed",
+                r.audience.len()
+            )));
+        }
+        if let Some(bad) = r
+            .audience
+            .iter()
+            .find(|a| a.is_empty() || a.len() > MAX_AUDIENCE_LEN)
+        {
+            return Err(Status::invalid_argument(format!(
+                "audience {bad:?} is invalid: expected 1 to {MAX_AUDIENCE_LEN} characters"
+            )));
+        }
+        match r.ttl_seconds {
+            t if t <= 0 => Ok(self.default_ttl),
+            t => {
+                let ttl = Duration::from_secs(t.unsigned_abs());
+                if ttl > self.max_ttl {
+                    return Err(Status::invalid_argument(format!(
+                        "requested TTL {t}s is greater than the max allowed JWT-SVID TTL {}s",
+                        self.max_ttl.as_secs()
+                    )));
+                }
+                Ok(ttl)
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl JwtSvidService for JwtService {
+    async fn mint_jwt_svid(
+        &self,
+        request: Request<MintJwtSvidRequest>,
+    ) -> Result<Response<MintJwtSvidResponse>, Status> {
+        let (caller, peer) = authenticate(
+            &self.auth,
+            &self.store,
+            &self.metrics,
+            &request,
+            "jwt.denied",
+        )
+        .await?;
+        let r = request.get_ref();
+        let identity: SpiffeId = if r.spiffe_id.is_empty() || r.spiffe_id == caller.id.as_str() {
+            caller.id.clone()
+        } else {
+            match self
+                .auth
+                .authorize_impersonation(&caller, &r.spiffe_id)
+                .await
+            {
+                Ok(id) => id,
+                Err(e @ ImpersonationError::Store(_)) => {
+                    return Err(Status::unavailable(e.to_string()));
+                }
+                Err(e) => {
+                    return self
+                        .deny(
+                            &caller.id,
+                            &peer,
+                            Status::permission_denied(e.to_string()),
+                            r.spiffe_id.clone(),
+                        )
+                        .await;
+                }
+            }
+        };
+        if caller.method == AuthMethod::JoinToken {
+            return self.deny(
+                &caller.id,
+                &peer,
+                Status::permission_denied(
+                    "a join token obtains only the node's X.509-SVID; mint JWT-SVIDs over mTLS with it",
+                ),
+                identity.to_string(),
+            )
+            .await;
+        }
+        let ttl = match self.check_request(r) {
+            Ok(t) => t,
+            Err(status) => {
+                return self
+                    .deny(&caller.id, &peer, status, identity.to_string())
+                    .await;
+            }
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let (token, expires_at) = self
+            .signer
+            .mint(&identity, &r.audience, ttl, now)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let event = AuditEvent {
+            event: "jwt.issued",
+            outcome: "issued",
+            identity: identity.to_string(),
+            requester: caller.id.to_string(),
+            peer_addr: peer.clone(),
+            detail: serde_json::json!({
+                "audience": r.audience,
+                "expires_at": expires_at,
+                "kid": self.signer.kid(),
+                "auth": caller.method.as_str(),
+                "impersonated": identity != caller.id,
+            }),
+        };
+        // Recorded before the token is handed out; no record, no token.
+        if let Err(e) = self.store.audit(event).await {
+            self.metrics
+                .store_failure_count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(Status::unavailable(format!(
+                "the CA could not record the issuance durably, so no JWT-SVID was issued: {e}"
+            )));
+        }
+        self.metrics
+            .jwt_svid_issuance_count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(%identity, requester = %caller.id, audience = ?r.audience, expires_at, peer, "JWT-SVID issued");
+        Ok(Response::new(MintJwtSvidResponse {
+            token,
+            spiffe_id: identity.to_string(),
+            expires_at,
+        }))
+    }
+
+    async fn get_jwt_bundle(
+        &self,
+        _request: Request<GetJwtBundleRequest>,
+    ) -> Result<Response<GetJwtBundleResponse>, Status> {
+        // The bundle is public: anyone who can reach the CA may read it.
+        Ok(Response::new(GetJwtBundleResponse {
+            trust_domain: self.trust_domain.clone(),
+            jwks_json: self.signer.jwks_json().to_string(),
+        }))
+    }
+}
