@@ -76,34 +76,16 @@ fn new_uuid() -> Result<String, Status> {
 
 /// Checks one selector and returns its canonical `type:value` form.
 pub fn validate_selector(s: &Selector) -> Result<String, String> {
-    let value = s.value.as_str();
-    let ok = match s.r#type.as_str() {
-        "unix" => match value.split_once(':') {
-            Some(("uid" | "gid", n)) => n.parse::<u32>().is_ok(),
-            Some(("path", p)) => p.starts_with('/'),
-            _ => false,
-        },
-        "socket" => {
-            !value.is_empty()
-                && value.len() <= 64
-                && value
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        }
-        _ => {
-            return Err(format!(
-                "selector type {:?} is not known: expected unix or socket",
-                s.r#type
-            ));
-        }
-    };
-    if !ok {
+    if !matches!(s.r#type.as_str(), "unix" | "socket") {
         return Err(format!(
-            "selector {}:{} is invalid: expected unix:uid:N, unix:gid:N, unix:path:/ABS or socket:NAME ([A-Za-z0-9._-], at most 64)",
-            s.r#type, s.value
+            "selector type {:?} is not known: expected unix or socket",
+            s.r#type
         ));
     }
-    Ok(format!("{}:{}", s.r#type, s.value))
+    format!("{}:{}", s.r#type, s.value)
+        .parse::<warden_proto::Selector>()
+        .map(|sel| sel.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn to_proto(e: EntryRecord) -> Entry {

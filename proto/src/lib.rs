@@ -3,8 +3,10 @@
 //! ([`admin`]), Warden's CA services ([`warden_ca`]: JWT-SVIDs), and the [`SpiffeId`] type every component uses to name identities.
 
 pub mod duration;
+pub mod selector;
 pub mod spiffe;
 
+pub use selector::{Selector, SelectorError};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 
 /// `istio.v1.auth.IstioCertificateService`, wire-compatible with Istio's `ca.proto`.
