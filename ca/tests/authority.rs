@@ -155,16 +155,6 @@ async fn plugged_in_intermediate(db: Db) {
 }
 
 #[tokio::test]
-async fn plugged_in_intermediate_sqlite() {
-    plugged_in_intermediate(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn plugged_in_intermediate_postgres() {
-    plugged_in_intermediate(Db::Postgres).await;
-}
-
-#[tokio::test]
 async fn plugged_in_certs_that_do_not_fit_are_refused_by_file() {
     init();
     let cacerts = tempfile::tempdir().unwrap();
@@ -354,16 +344,6 @@ async fn audit_verify_catches_an_edited_row(db: Db) {
     ca.stop().await;
 }
 
-#[tokio::test]
-async fn audit_verify_catches_an_edited_row_sqlite() {
-    audit_verify_catches_an_edited_row(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn audit_verify_catches_an_edited_row_postgres() {
-    audit_verify_catches_an_edited_row(Db::Postgres).await;
-}
-
 async fn no_certificate_without_a_durable_record(db: Db) {
     let Some(ca) = TestCa::start(db, Opts::default()).await else {
         return;
@@ -405,16 +385,6 @@ async fn no_certificate_without_a_durable_record(db: Db) {
     assert!(v.ok, "{v:?}");
     assert_eq!(ca.bound().store.issued_count().await.unwrap(), 1);
     ca.stop().await;
-}
-
-#[tokio::test]
-async fn no_certificate_without_a_durable_record_sqlite() {
-    no_certificate_without_a_durable_record(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn no_certificate_without_a_durable_record_postgres() {
-    no_certificate_without_a_durable_record(Db::Postgres).await;
 }
 
 #[tokio::test]
@@ -468,7 +438,7 @@ async fn a_second_ca_on_the_same_data_dir_is_refused() {
 /// token is spent exactly once across replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_postgres_database() {
-    use warden_proto::admin::{CreateJoinTokenRequest, VerifyAuditRequest};
+    use warden_proto::admin::VerifyAuditRequest;
     init();
     let Some(pg) = pg_database().await else {
         return;
@@ -485,17 +455,7 @@ async fn two_replicas_share_one_postgres_database() {
     let b = TestCa::start(Db::Sqlite, opts).await.unwrap();
     assert_eq!(a.roots_pem(), b.roots_pem());
 
-    let token = a
-        .admin()
-        .await
-        .create_join_token(CreateJoinTokenRequest {
-            node_name: "shared".into(),
-            ttl_seconds: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = a.join_token("shared").await;
     let mut tasks = Vec::new();
     for (i, ca) in [&a, &b, &a, &b, &a, &b].into_iter().enumerate() {
         let mut client = ca.client(None).await;
@@ -546,3 +506,9 @@ async fn two_replicas_share_one_postgres_database() {
     b.stop().await;
     pg.drop_db().await;
 }
+
+on_both_backends!(
+    plugged_in_intermediate,
+    audit_verify_catches_an_edited_row,
+    no_certificate_without_a_durable_record,
+);

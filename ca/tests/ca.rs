@@ -675,17 +675,7 @@ async fn concurrent_join_token_use_issues_once(db: Db) {
     let Some(ca) = TestCa::start(db, Opts::default()).await else {
         return;
     };
-    let tok = ca
-        .admin()
-        .await
-        .create_join_token(CreateJoinTokenRequest {
-            node_name: "racer".into(),
-            ttl_seconds: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let tok = ca.join_token("racer").await;
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let mut client = ca.client(None).await;

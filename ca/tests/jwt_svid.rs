@@ -9,7 +9,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use common::*;
-use warden_proto::admin::{CreateEntryRequest, CreateJoinTokenRequest, Selector};
+use warden_proto::admin::{CreateEntryRequest, Selector};
 use warden_proto::warden_ca::jwt_svid_service_client::JwtSvidServiceClient;
 use warden_proto::warden_ca::{GetJwtBundleRequest, MintJwtSvidRequest};
 
@@ -90,17 +90,7 @@ async fn jwt_svids_for_self_and_registered_workloads(db: Db) {
     assert_eq!(claims["exp"].as_i64().unwrap(), r.expires_at);
 
     // A node (join token -> node SVID -> mTLS) mints for a workload registered under it.
-    let tok = ca
-        .admin()
-        .await
-        .create_join_token(CreateJoinTokenRequest {
-            node_name: "n1".into(),
-            ttl_seconds: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let tok = ca.join_token("n1").await;
     let node_id = format!("spiffe://{TD}/warden/node/n1");
     // A join token itself cannot mint.
     let err = jwt

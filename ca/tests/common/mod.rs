@@ -297,6 +297,20 @@ impl TestCa {
         IstioCertificateServiceClient::new(self.channel(identity).await)
     }
 
+    /// A one-time join token for `node` with the CA's default lifetime.
+    pub async fn join_token(&self, node: &str) -> String {
+        self.admin()
+            .await
+            .create_join_token(warden_proto::admin::CreateJoinTokenRequest {
+                node_name: node.into(),
+                ttl_seconds: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+    }
+
     pub async fn admin(&self) -> AdminClient<Channel> {
         admin_client(&self.bound().admin_socket).await
     }
