@@ -88,10 +88,26 @@ impl CaService {
         req: &IstioCertificateRequest,
         peer: &str,
     ) -> Result<Vec<String>, Denial> {
-        let impersonated = req
+        // An empty ImpersonatedIdentity, or the caller's own ID, is no impersonation.
+        let impersonated = match req
             .metadata
             .as_ref()
-            .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY));
+            .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
+            .map(|v| &v.kind)
+        {
+            None => None,
+            Some(Some(Kind::StringValue(s))) if s.is_empty() || s == caller.id.as_str() => None,
+            Some(Some(Kind::StringValue(s))) => Some(s.as_str()),
+            Some(_) => {
+                return Err(Denial::new(
+                    Status::invalid_argument(
+                        "metadata ImpersonatedIdentity must be a string SPIFFE ID",
+                    ),
+                    "impersonation",
+                    "",
+                ));
+            }
+        };
         if caller.method == AuthMethod::JoinToken && impersonated.is_some() {
             return Err(Denial::new(
                 Status::permission_denied(format!(
@@ -102,9 +118,9 @@ impl CaService {
                 caller.id.as_str(),
             ));
         }
-        let identity: SpiffeId = match impersonated.map(|v| &v.kind) {
+        let identity: SpiffeId = match impersonated {
             None => caller.id.clone(),
-            Some(Some(Kind::StringValue(s))) => self
+            Some(s) => self
                 .auth
                 .authorize_impersonation(caller, s)
                 .await
@@ -115,17 +131,8 @@ impl CaService {
                         }
                         _ => Status::permission_denied(e.to_string()),
                     };
-                    Denial::new(status, "impersonation", s.clone())
+                    Denial::new(status, "impersonation", s)
                 })?,
-            Some(_) => {
-                return Err(Denial::new(
-                    Status::invalid_argument(
-                        "metadata ImpersonatedIdentity must be a string SPIFFE ID",
-                    ),
-                    "impersonation",
-                    "",
-                ));
-            }
         };
         if let Some(signer) = req
             .metadata

@@ -361,6 +361,14 @@ async fn join_token_and_impersonation(db: Db) {
         .await
         .unwrap();
     check_svid(&renewed[0], &node_id, Duration::from_secs(600));
+    // Naming itself (or nothing) in ImpersonatedIdentity is no impersonation.
+    for own in [node_id.as_str(), ""] {
+        let (c, _k) = csr(None);
+        let renewed = create(&mut node, request(&c, 600, None, Some(own)))
+            .await
+            .unwrap();
+        check_svid(&renewed[0], &node_id, Duration::from_secs(600));
+    }
 
     // Not registered under this node: refused, naming why.
     let (csr5, _k) = csr(None);
@@ -460,7 +468,7 @@ async fn trusted_node_account_impersonation(db: Db) {
     assert_refused(
         create(
             &mut client,
-            request(&c, 0, Some(&sa_token("default", "web")), Some(&web)),
+            request(&c, 0, Some(&sa_token("default", "api")), Some(&web)),
         )
         .await,
         Code::PermissionDenied,
