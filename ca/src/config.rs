@@ -37,10 +37,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub plugin_certs: Option<PathBuf>,
     /// Lifetime of a workload certificate when the request names none [default: 24h].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = warden_proto::duration::parse_flag)]
     pub workload_cert_ttl: Option<Duration>,
     /// Longest lifetime a request may ask for; longer requests are refused [default: 90d].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = warden_proto::duration::parse_flag)]
     pub max_workload_cert_ttl: Option<Duration>,
     /// Key type of a newly created root: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096
     /// [default: ec-p256].
@@ -67,13 +67,13 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     pub serving_ip_addrs: Vec<IpAddr>,
     /// Lifetime of a JWT-SVID when the request names none [default: 5m].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = warden_proto::duration::parse_flag)]
     pub jwt_svid_ttl: Option<Duration>,
     /// Default lifetime of join tokens made by `warden token create` [default: 1h].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = warden_proto::duration::parse_flag)]
     pub join_token_ttl: Option<Duration>,
     /// How long SIGTERM waits for in-flight requests [default: 10s].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = warden_proto::duration::parse_flag)]
     pub drain_timeout: Option<Duration>,
     /// Log format: text or json [default: text].
     #[arg(long)]
@@ -199,10 +199,6 @@ pub enum ConfigError {
         /// What was expected.
         message: String,
     },
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    warden_proto::duration::parse(s).map_err(|e| e.to_string())
 }
 
 fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {

@@ -16,7 +16,7 @@ use warden_proto::warden_ca::{
 use crate::auth::{AuthMethod, Authenticator, ImpersonationError};
 use crate::monitoring::Metrics;
 use crate::pki::JwtSigner;
-use crate::server::{audit_denial, authenticate};
+use crate::server::{audit_denial, authenticate, requested_ttl};
 use crate::store::{AuditEvent, Store};
 
 /// Most audiences one token may carry.
@@ -101,19 +101,8 @@ impl JwtService {
                 "audience {bad:?} is invalid: expected 1 to {MAX_AUDIENCE_LEN} characters"
             )));
         }
-        match r.ttl_seconds {
-            t if t <= 0 => Ok(self.default_ttl),
-            t => {
-                let ttl = Duration::from_secs(t.unsigned_abs());
-                if ttl > self.max_ttl {
-                    return Err(Status::invalid_argument(format!(
-                        "requested TTL {t}s is greater than the max allowed JWT-SVID TTL {}s",
-                        self.max_ttl.as_secs()
-                    )));
-                }
-                Ok(ttl)
-            }
-        }
+        requested_ttl(r.ttl_seconds, self.default_ttl, self.max_ttl, "JWT-SVID ")
+            .map_err(Status::invalid_argument)
     }
 }
 

@@ -153,24 +153,8 @@ impl CaService {
                 ));
             }
         }
-        let ttl = match req.validity_duration {
-            d if d <= 0 => self.default_ttl,
-            d => {
-                let requested = Duration::from_secs(d.unsigned_abs());
-                if requested > self.max_ttl {
-                    return Err(Denial::new(
-                        Status::invalid_argument(format!(
-                            "requested TTL {}s is greater than the max allowed TTL {}s",
-                            d,
-                            self.max_ttl.as_secs()
-                        )),
-                        "ttl",
-                        identity.as_str(),
-                    ));
-                }
-                requested
-            }
-        };
+        let ttl = requested_ttl(req.validity_duration, self.default_ttl, self.max_ttl, "")
+            .map_err(|msg| Denial::new(Status::invalid_argument(msg), "ttl", identity.as_str()))?;
         let sign_start = Instant::now();
         let der = csr::decode_pem(&req.csr).map_err(|e| {
             self.metrics
@@ -265,6 +249,27 @@ impl CaService {
         );
         Ok(self.authority.response_chain(cert.pem))
     }
+}
+
+/// The lifetime a request asks for in seconds: the default when 0 or less, refused
+/// (as istiod refuses) when above the maximum. `kind` prefixes "TTL" in the message.
+pub(crate) fn requested_ttl(
+    secs: i64,
+    default: Duration,
+    max: Duration,
+    kind: &str,
+) -> Result<Duration, String> {
+    if secs <= 0 {
+        return Ok(default);
+    }
+    let ttl = Duration::from_secs(secs.unsigned_abs());
+    if ttl > max {
+        return Err(format!(
+            "requested TTL {secs}s is greater than the max allowed {kind}TTL {}s",
+            max.as_secs()
+        ));
+    }
+    Ok(ttl)
 }
 
 /// Appends a refusal to the audit log; a failure to do so is logged and counted (the

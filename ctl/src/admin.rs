@@ -85,13 +85,9 @@ pub enum TokenCmd {
         #[arg(long)]
         node: String,
         /// Lifetime, e.g. 10m, 1h [default: the CA's --join-token-ttl].
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = warden_proto::duration::parse_flag)]
         ttl: Option<std::time::Duration>,
     },
-}
-
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    warden_proto::duration::parse(s).map_err(|e| e.to_string())
 }
 
 async fn connect(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {

@@ -51,15 +51,11 @@ pub struct RequestArgs {
     #[arg(long)]
     spiffe_id: Option<String>,
     /// Requested lifetime, e.g. 1h [default: the CA's --workload-cert-ttl].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = warden_proto::duration::parse_flag)]
     ttl: Option<std::time::Duration>,
     /// Directory for cert-chain.pem, key.pem (0600) and root-cert.pem.
     #[arg(long)]
     out: PathBuf,
-}
-
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    warden_proto::duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// Runs `warden cert request`.

@@ -49,6 +49,11 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
+/// [`parse`] as a clap `value_parser`, with the error as text.
+pub fn parse_flag(input: &str) -> Result<Duration, String> {
+    parse(input).map_err(|e| e.to_string())
+}
+
 /// Formats a duration in the largest exact units, e.g. `90d`, `1h30m`, `500ms`.
 pub fn format(d: Duration) -> String {
     if d.is_zero() {

@@ -261,53 +261,30 @@ async fn cli_and_server_errors_name_the_problem() {
     // Refusals from the CA, passed on.
     let ca = CaProcess::start(&tmp.path().join("data"), &[]);
     let web = format!("spiffe://{TD}/ns/default/sa/web");
-    let err = fails(ca.warden(&[
-        "entry",
-        "create",
-        "--parent-id",
-        "node-1",
-        "--spiffe-id",
-        &web,
-        "--selector",
-        "unix:uid:1",
-    ]));
-    assert!(
-        err.contains("parent-id") && err.contains("spiffe://"),
-        "{err}"
-    );
-    let err = fails(ca.warden(&[
-        "entry",
-        "create",
-        "--parent-id",
-        &web,
-        "--spiffe-id",
-        "spiffe://other.td/ns/a/sa/b",
-        "--selector",
-        "unix:uid:1",
-    ]));
-    assert!(err.contains("not in trust domain"), "{err}");
-    let err = fails(ca.warden(&[
-        "entry",
-        "create",
-        "--parent-id",
-        &web,
-        "--spiffe-id",
-        &web,
-        "--selector",
-        "k8s:ns:default",
-    ]));
-    assert!(err.contains("selector type \"k8s\" is not known"), "{err}");
-    let err = fails(ca.warden(&[
-        "entry",
-        "create",
-        "--parent-id",
-        &web,
-        "--spiffe-id",
-        &web,
-        "--selector",
-        "unix:uid:-5",
-    ]));
-    assert!(err.contains("unix:uid:N"), "{err}");
+    // (parent-id, spiffe-id, selector) -> what the refusal must say.
+    let other_td = "spiffe://other.td/ns/a/sa/b";
+    let refused_entries: [([&str; 3], &[&str]); 4] = [
+        (["node-1", &web, "unix:uid:1"], &["parent-id", "spiffe://"]),
+        ([&web, other_td, "unix:uid:1"], &["not in trust domain"]),
+        (
+            [&web, &web, "k8s:ns:default"],
+            &["selector type \"k8s\" is not known"],
+        ),
+        ([&web, &web, "unix:uid:-5"], &["unix:uid:N"]),
+    ];
+    for ([parent, id, selector], needles) in refused_entries {
+        let err = fails(ca.warden(&[
+            "entry",
+            "create",
+            "--parent-id",
+            parent,
+            "--spiffe-id",
+            id,
+            "--selector",
+            selector,
+        ]));
+        assert!(needles.iter().all(|n| err.contains(n)), "{err}");
+    }
     let err = fails(ca.warden(&["entry", "delete", "no-such-id"]));
     assert!(err.contains("no entry has ID \"no-such-id\""), "{err}");
     let err = fails(ca.warden(&["token", "create", "--node", "bad name"]));

@@ -131,10 +131,7 @@ pub struct Authenticator {
 
 /// SHA-256 of a join token, hex: the only form the CA stores.
 pub fn join_token_hash(token: &str) -> String {
-    hex::encode(ring::digest::digest(
-        &ring::digest::SHA256,
-        token.as_bytes(),
-    ))
+    crate::pki::sha256_hex(token.as_bytes())
 }
 
 impl Authenticator {

@@ -36,7 +36,7 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     clients: usize,
     /// How long to measure.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = warden_proto::duration::parse_flag)]
     duration: Duration,
     /// Pre-made CSRs, used round-robin.
     #[arg(long, default_value_t = 256)]
@@ -44,10 +44,6 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    warden_proto::duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// Operations per second of `f` on one core for about `budget`.

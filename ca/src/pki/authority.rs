@@ -145,17 +145,7 @@ fn parse_pem_certs(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>
 }
 
 fn to_pem(der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 60);
-    out.push_str("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        // base64 output is ASCII.
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
+    super::pem_encode("CERTIFICATE", der)
 }
 
 fn not_after_of(der: &[u8]) -> OffsetDateTime {
@@ -179,10 +169,6 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
     // Positive and never shorter than 16 octets.
     bytes[0] = 0x40;
     Ok(SerialNumber::from_slice(&bytes))
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, data))
 }
 
 impl Authority {
@@ -412,7 +398,7 @@ impl Authority {
             .map_err(sign_err)?;
         let der = cert.der().to_vec();
         Ok(IssuedCert {
-            fingerprint_hex: sha256_hex(&der),
+            fingerprint_hex: super::sha256_hex(&der),
             pem: cert.pem(),
             der,
             serial_hex,

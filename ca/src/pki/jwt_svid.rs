@@ -55,7 +55,7 @@ impl JwtSigner {
         if !path.exists() {
             let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
                 .map_err(|_| PkiError::Sign("cannot generate the JWT-SVID signing key".into()))?;
-            let pem = pem_encode("PRIVATE KEY", pkcs8.as_ref());
+            let pem = super::pem_encode("PRIVATE KEY", pkcs8.as_ref());
             super::write_atomic(&path, pem.as_bytes(), 0o600).map_err(io)?;
             tracing::info!(path = %path.display(), "created the JWT-SVID signing key");
         }
@@ -133,17 +133,6 @@ impl JwtSigner {
             .map_err(|_| PkiError::Sign("JWT-SVID signing failed".into()))?;
         Ok((format!("{signing_input}.{}", b64url(sig.as_ref())), exp))
     }
-}
-
-fn pem_encode(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 #[cfg(test)]
