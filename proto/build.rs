@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/istio_ca.proto",
         "proto/admin.proto",
         "proto/warden_ca.proto",
+        "proto/workload.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

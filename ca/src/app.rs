@@ -145,6 +145,12 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         )
         .add_service(
             JwtSvidServiceServer::new(jwt_service).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            warden_proto::warden_ca::node_service_server::NodeServiceServer::new(
+                crate::node_api::NodeApi::new(auth.clone(), store.clone(), metrics.clone()),
+            )
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
         );
     let incoming = ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>);
     let mut rx = shutdown_rx.clone();

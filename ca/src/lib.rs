@@ -4,7 +4,7 @@
 //! so istio-agent and ztunnel can use it in place of istiod's CA. The parts, by folder:
 //! [`config`] (flags and YAML), [`pki`] (roots, CSR checks, signing), [`auth`] (who is
 //! asking, node impersonation), [`store`] (SQLite/PostgreSQL, hash-chained audit log with
-//! group commit), [`server`] (CreateCertificate), [`jwt_svid`] (JWT-SVIDs), [`admin`] (the CLI's unix-socket API),
+//! group commit), [`server`] (CreateCertificate), [`jwt_svid`] (JWT-SVIDs), [`node_api`] (a node's entries for its agent), [`admin`] (the CLI's unix-socket API),
 //! [`monitoring`] (istiod-named metrics, health) and [`app`] (wiring; `build` returns the
 //! bound addresses).
 
@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod jwt_svid;
 pub mod monitoring;
+pub mod node_api;
 pub mod pki;
 pub mod server;
 pub mod store;

@@ -25,6 +25,21 @@ pub struct Caller {
     pub exe: Option<PathBuf>,
 }
 
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "uid={} gid={} exe={} socket={}",
+            self.uid,
+            self.gid,
+            self.exe
+                .as_deref()
+                .map_or_else(|| "unknown".into(), |p| p.display().to_string()),
+            self.socket.as_deref().unwrap_or("shared")
+        )
+    }
+}
+
 fn holds_for(selector: &Selector, c: &Caller) -> bool {
     match selector {
         Selector::UnixUid(u) => c.uid == *u,

@@ -1,13 +1,88 @@
-//! Warden's node agent (`warden-agent`): node and workload attestation, key generation,
-//! certificate rotation, and Envoy SDS / SPIFFE Workload API servers on unix sockets.
+//! Warden's node agent (`warden-agent`): node attestation, workload attestation of local
+//! callers, key generation, certificate rotation, and Envoy SDS / SPIFFE Workload API
+//! servers on unix sockets.
 //!
-//! Work in progress. What exists are the agent's pure decision parts, each unit-tested:
-//! [`rotation`] (when to refresh a certificate, retry backoff), [`sds_state`] (what an
-//! SDS stream does with each request: respond, ACK, NACK, stale), and [`attestation`]
-//! (which registration entries apply to a local caller). There is no agent binary and
-//! no server yet; the CA side it will call (CreateCertificate with impersonation,
-//! JWT-SVID minting, the JWT bundle) is done.
+//! The parts: [`config`] (flags and YAML), [`node`] (node attestation and the node
+//! SVID), [`ca_client`] (the CA's APIs over TLS), [`manager`] (entries, one SVID per
+//! identity, bundles, rotation tasks), [`server`] (sockets and caller attestation),
+//! [`sds`] and [`workload_api`] (the two protocols), [`metrics`], [`files`] (atomic
+//! file output), [`app`] (wiring) and [`client`] (`warden-agent api fetch`). The pure
+//! decision parts are unit-tested on their own: [`rotation`], [`sds_state`],
+//! [`attestation`].
 
+pub mod app;
 pub mod attestation;
+pub mod ca_client;
+pub mod client;
+pub mod config;
+pub mod files;
+pub mod jwt;
+pub mod manager;
+pub mod metrics;
+pub mod node;
 pub mod rotation;
+pub mod sds;
 pub mod sds_state;
+pub mod server;
+pub mod svid;
+pub mod workload_api;
+
+use std::time::SystemTime;
+
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::X509Certificate;
+
+use warden_proto::SpiffeId;
+
+/// The single SPIFFE ID URI SAN of a certificate.
+pub fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, String> {
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| e.to_string())?
+        .ok_or("no subject alternative name")?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [one] => SpiffeId::parse_workload(one).map_err(|e| e.to_string()),
+        [] => Err("no URI SAN".into()),
+        _ => Err(format!("{} URI SANs; exactly one is allowed", uris.len())),
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SystemRandom only fails if the OS has no randomness; jitter then degrades to 0.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u64::from_le_bytes(b)
+}
+
+/// A uniform random number in [0, 1).
+pub fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A uniform random number in [-1, 1) (jitter samples).
+pub fn random_sample() -> f64 {
+    random_unit() * 2.0 - 1.0
+}
+
+/// `n` random bytes, hex (nonces).
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    hex::encode(b)
+}
+
+/// RFC 3339, UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    let dt = time::OffsetDateTime::from(t);
+    dt.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| dt.unix_timestamp().to_string())
+}

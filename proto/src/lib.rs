@@ -1,6 +1,6 @@
 //! Everything that crosses a Warden process boundary, with no I/O: the generated
 //! gRPC types for Istio's certificate API ([`istio_ca`]) and Warden's admin API
-//! ([`admin`]), Warden's CA services ([`warden_ca`]: JWT-SVIDs), and the [`SpiffeId`] type every component uses to name identities.
+//! ([`admin`]), Warden's CA services ([`warden_ca`]: JWT-SVIDs, node entries), the SPIFFE Workload API ([`workload`]), and the [`SpiffeId`] type every component uses to name identities.
 
 pub mod duration;
 pub mod selector;
@@ -26,6 +26,15 @@ pub mod admin {
 pub mod warden_ca {
     tonic::include_proto!("warden.ca.v1");
 }
+
+/// The SPIFFE Workload API (`SpiffeWorkloadAPI`, no proto package), server and client.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod workload {
+    tonic::include_proto!("_");
+}
+
+/// The gRPC metadata every Workload API request must carry (`workload.spiffe.io: true`).
+pub const WORKLOAD_API_HEADER: &str = "workload.spiffe.io";
 
 /// Metadata key of a CreateCertificate request naming the identity a node asks for.
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";

@@ -38,51 +38,65 @@ pub struct CaProcess {
 impl CaProcess {
     /// Starts `warden-ca run` with JSON logs and waits for its "serving" line.
     // The child is killed and reaped in `Drop`, or reaped in `terminate`.
-    #[allow(clippy::zombie_processes)]
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(bin("warden-ca"))
-            .args([
-                "run",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--monitoring-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--log-format", "json"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("warden-ca did not report serving within 30s");
-            let v: serde_json::Value = match serde_json::from_str(&line) {
-                Ok(v) => v,
-                Err(_) => continue,
-            };
-            if v["message"] == "warden-ca serving" {
-                return Self {
-                    child,
-                    data_dir: data_dir.to_path_buf(),
-                    grpc_addr: v["grpc_addr"].as_str().unwrap().to_string(),
-                    monitoring_addr: v["monitoring_addr"].as_str().unwrap().to_string(),
-                    log: rx,
-                };
-            }
+        Self::start_at(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Like [`CaProcess::start`] on a fixed gRPC address (to restart a CA where its
+    /// agents expect it).
+    pub fn start_at(data_dir: &Path, grpc_addr: &str, extra: &[&str]) -> Self {
+        let mut cmd = Command::new(bin("warden-ca"));
+        cmd.args([
+            "run",
+            "--grpc-addr",
+            grpc_addr,
+            "--monitoring-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra);
+        let (child, log) = spawn_logged(cmd);
+        let v = wait_message(&log, "warden-ca serving", Duration::from_secs(30));
+        Self {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            grpc_addr: v["grpc_addr"].as_str().unwrap().to_string(),
+            monitoring_addr: v["monitoring_addr"].as_str().unwrap().to_string(),
+            log,
         }
+    }
+
+    /// A one-time join token for `node` (the CLI prints it on its last line).
+    pub fn join_token(&self, node: &str) -> String {
+        ok(self.warden(&["token", "create", "--node", node]))
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Registers `spiffe_id` for node `node` with `selectors`; returns the entry ID.
+    pub fn entry(&self, node: &str, spiffe_id: &str, selectors: &[&str]) -> String {
+        let parent = format!("spiffe://cluster.local/warden/node/{node}");
+        let mut args = vec![
+            "entry",
+            "create",
+            "--json",
+            "--parent-id",
+            &parent,
+            "--spiffe-id",
+            spiffe_id,
+        ];
+        for s in selectors {
+            args.push("--selector");
+            args.push(s);
+        }
+        let out = ok(self.warden(&args));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["id"].as_str().unwrap().to_string()
     }
 
     /// `https://localhost:PORT` for clients that verify the serving certificate.
@@ -159,4 +173,213 @@ pub fn fails(out: Output) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8(out.stderr).unwrap()
+}
+
+/// Spawns `cmd` with stderr read line by line into the returned channel.
+// The child is killed and reaped by its owner's `Drop`, or reaped in `terminate`.
+#[allow(clippy::zombie_processes)]
+pub fn spawn_logged(mut cmd: Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for a JSON log line whose `message` is `message`; returns it. Panics with the
+/// lines seen when it does not come within `timeout`.
+pub fn wait_message(
+    log: &mpsc::Receiver<String>,
+    message: &str,
+    timeout: Duration,
+) -> serde_json::Value {
+    wait_log(log, timeout, |v| v["message"] == message).unwrap_or_else(|seen| {
+        panic!(
+            "no log line {message:?} within {timeout:?}; saw:\n{}",
+            seen.join("\n")
+        )
+    })
+}
+
+/// Waits for a JSON log line matching `pred`; `Err` with the lines seen on timeout.
+pub fn wait_log(
+    log: &mpsc::Receiver<String>,
+    timeout: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value, Vec<String>> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = log.recv_timeout(left) else {
+            return Err(seen);
+        };
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && pred(&v)
+        {
+            return Ok(v);
+        }
+        seen.push(line);
+    }
+}
+
+/// Sends SIGTERM to `child` and waits up to 20 s for it to exit.
+pub fn sigterm(child: &mut Child) -> Option<i32> {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// GET `path` from `addr` over plain HTTP/1.1; returns status and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A running `warden-agent` process.
+#[derive(Debug)]
+pub struct AgentProcess {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    /// The shared socket.
+    pub socket: PathBuf,
+    pub monitoring_addr: String,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl AgentProcess {
+    /// Starts `warden-agent run` against `ca` (node name, credential etc. in `extra`)
+    /// and waits for its "serving" line.
+    pub fn start(ca: &CaProcess, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::try_start(ca, data_dir, extra)
+            .unwrap_or_else(|lines| panic!("warden-agent did not start:\n{}", lines.join("\n")))
+    }
+
+    /// Like [`AgentProcess::start`]; `Err` with the agent's output if it exits or does
+    /// not report serving within 30 s.
+    pub fn try_start(ca: &CaProcess, data_dir: &Path, extra: &[&str]) -> Result<Self, Vec<String>> {
+        let mut cmd = Command::new(bin("warden-agent"));
+        cmd.args([
+            "run",
+            "--ca-addr",
+            &ca.url(),
+            "--monitoring-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--ca-root")
+        .arg(ca.data_dir.join("root-cert.pem"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--log-format", "json"])
+        .args(extra);
+        let (mut child, log) = spawn_logged(cmd);
+        let v = wait_log(&log, Duration::from_secs(30), |v| {
+            v["message"] == "warden-agent serving"
+        });
+        match v {
+            Ok(v) => Ok(Self {
+                child,
+                data_dir: data_dir.to_path_buf(),
+                socket: PathBuf::from(v["socket"].as_str().unwrap()),
+                monitoring_addr: v["monitoring_addr"].as_str().unwrap().to_string(),
+                log,
+            }),
+            Err(mut seen) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                seen.extend(log.try_iter());
+                Err(seen)
+            }
+        }
+    }
+
+    /// The socket directory.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.socket.parent().unwrap().to_path_buf()
+    }
+
+    /// `/metrics`.
+    pub fn metrics(&self) -> String {
+        http_get(&self.monitoring_addr, "/metrics").1
+    }
+
+    /// A metric's value (first line starting with `name`).
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while http_get(&self.monitoring_addr, "/ready").0 != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `warden-agent api ...` against the shared socket (or `socket`).
+    pub fn api(&self, args: &[&str]) -> Output {
+        Command::new(bin("warden-agent"))
+            .arg("api")
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

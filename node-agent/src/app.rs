@@ -1,0 +1,147 @@
+//! Wiring: node attestation, the identity manager, the sockets, monitoring. [`build`]
+//! returns once the node is attested and the sockets are open.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::ca_client::CaClient;
+use crate::config::{Config, Mode};
+use crate::manager::{Manager, Settings};
+use crate::metrics::Metrics;
+use crate::node::{Node, NodeError};
+use crate::rotation::Backoff;
+use crate::server::Sockets;
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Bound {
+    /// The shared socket.
+    pub shared_socket: PathBuf,
+    /// Where /metrics and /ready are served.
+    pub monitoring_addr: SocketAddr,
+    /// The identity cache.
+    pub manager: Arc<Manager>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Bound {
+    /// Stops serving and removes the sockets.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.manager.stop();
+        for t in self.tasks {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&self.shared_socket);
+    }
+}
+
+/// Attests the node, retrying while the CA is unreachable (a restarted node comes back
+/// by itself); a refusal (bad, used or expired token) ends the agent with the CA's reason.
+async fn attest(node: &Node) -> anyhow::Result<()> {
+    let backoff = Backoff::default();
+    let mut attempt = 0;
+    loop {
+        match node.attest().await {
+            Ok(()) => return Ok(()),
+            Err(NodeError::Ca(e))
+                if matches!(
+                    e.code,
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+                ) =>
+            {
+                attempt += 1;
+                if attempt == 1 {
+                    tracing::warn!(error = %e, "node attestation: the CA is unreachable; retrying with backoff");
+                }
+                tokio::time::sleep(backoff.delay(attempt, crate::random_sample())).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("node attestation failed")),
+        }
+    }
+}
+
+/// Starts the agent.
+pub async fn build(config: Config) -> anyhow::Result<Bound> {
+    crate::files::private_dir(&config.data_dir)
+        .with_context(|| format!("cannot create --data-dir {}", config.data_dir.display()))?;
+    let roots = std::fs::read_to_string(&config.ca_root)
+        .with_context(|| format!("cannot read --ca-root {}", config.ca_root.display()))?;
+    let ca = Arc::new(
+        CaClient::new(&config.ca_addr, &config.tls_server_name, roots)
+            .map_err(anyhow::Error::msg)?,
+    );
+    let node = Arc::new(
+        Node::new(
+            ca.clone(),
+            config.credential.clone(),
+            &config.data_dir,
+            &config.trust_domain,
+            &config.node_name,
+            config.svid_ttl,
+            config.rotation,
+        )
+        .map_err(anyhow::Error::new)?,
+    );
+    if config.mode == Mode::Node {
+        attest(&node).await?;
+    }
+    let metrics = Arc::new(Metrics::default());
+    let manager = Arc::new(Manager::new(
+        ca,
+        node.clone(),
+        Settings {
+            mode: config.mode,
+            ttl: config.svid_ttl,
+            rotation: config.rotation,
+            sync_interval: config.sync_interval,
+            write_dir: config.write_dir.clone(),
+        },
+        metrics,
+    ));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = manager.start();
+    if node.svid().is_some() {
+        tasks.push(tokio::spawn(node.clone().renew_loop()));
+    }
+    let shared_socket = config.shared_socket();
+    let (sockets, shared_task) = Sockets::start(
+        &config.socket_dir,
+        &shared_socket,
+        manager.clone(),
+        shutdown_rx.clone(),
+    )
+    .with_context(|| format!("cannot open the socket {}", shared_socket.display()))?;
+    tasks.push(shared_task);
+    tasks.push(tokio::spawn(sockets.run(shutdown_rx.clone())));
+    let listener = TcpListener::bind(config.monitoring_addr)
+        .await
+        .with_context(|| format!("binding --monitoring-addr {}", config.monitoring_addr))?;
+    let monitoring_addr = listener.local_addr()?;
+    tasks.push(tokio::spawn(crate::metrics::serve(
+        listener,
+        manager.clone(),
+        shutdown_rx,
+    )));
+    tracing::info!(
+        socket = %shared_socket.display(),
+        monitoring_addr = %monitoring_addr,
+        mode = ?config.mode,
+        node = %node.expected_id(),
+        "warden-agent serving"
+    );
+    Ok(Bound {
+        shared_socket,
+        monitoring_addr,
+        manager,
+        shutdown,
+        tasks,
+    })
+}

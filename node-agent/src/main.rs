@@ -1,0 +1,124 @@
+//! `warden-agent`: the node agent.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use warden_agent::config::{Config, LogFormat, RunArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "warden-agent",
+    version,
+    about = "Warden's node agent: SVIDs for local workloads over Envoy SDS and the SPIFFE Workload API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once at start; boxing the flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent.
+    Run(RunArgs),
+    /// Call the Workload API, like `spire-agent api`.
+    #[command(subcommand)]
+    Api(warden_agent::client::ApiCmd),
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("warden-agent: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match Cli::parse().command {
+        Command::Api(cmd) => {
+            let rt = match runtime() {
+                Ok(r) => r,
+                Err(c) => return c,
+            };
+            match rt.block_on(warden_agent::client::run(cmd)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("warden-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run(args) => {
+            let config = match Config::load(args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("warden-agent: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(config.log_format);
+            tracing::info!(
+                ca_addr = %config.ca_addr,
+                trust_domain = %config.trust_domain,
+                node = %config.node_name,
+                mode = ?config.mode,
+                credential = ?config.credential,
+                svid_ttl = %warden_proto::duration::format(config.svid_ttl),
+                rotation_ratio = config.rotation.ratio,
+                socket_dir = %config.socket_dir.display(),
+                "effective configuration"
+            );
+            let rt = match runtime() {
+                Ok(r) => r,
+                Err(c) => return c,
+            };
+            rt.block_on(async move {
+                let bound = match warden_agent::app::build(config).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!("{e:#}");
+                        eprintln!("warden-agent: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                wait_for_signal().await;
+                bound.shutdown().await;
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}

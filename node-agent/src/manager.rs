@@ -1,0 +1,509 @@
+//! The agent's cache of identities: the registration entries of this node, one X.509-SVID
+//! per identity (shared by every caller that has it), the trust bundle and the JWT
+//! bundle, published as one immutable [`State`] on a watch channel. SDS and Workload
+//! API streams subscribe to it and push what changed for them.
+//!
+//! One task per identity fetches its SVID (key made here, CSR, CreateCertificate
+//! impersonating the workload under the node identity), sleeps until the refresh point
+//! of the rotation schedule, and fetches again; on failure it backs off and keeps
+//! serving the old SVID while it is valid, logging the first failure and the recovery,
+//! not every retry. A sync task polls the CA for this node's entries and the JWT bundle,
+//! starting and stopping identity tasks as entries come and go.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use warden_proto::{Selector, SpiffeId};
+
+use crate::attestation::{self, Caller};
+use crate::ca_client::{CaClient, CaError};
+use crate::config::Mode;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::rotation::{Backoff, RotationPolicy};
+use crate::svid::{Bundle, NodeKey, Svid};
+
+/// Most CA requests in flight at once (ztunnel uses 8).
+const MAX_CONCURRENT_FETCHES: usize = 8;
+
+/// A registration entry for this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Entry ID.
+    pub id: String,
+    /// The identity it grants.
+    pub spiffe_id: SpiffeId,
+    /// Its selectors.
+    pub selectors: Vec<Selector>,
+}
+
+/// What workloads can be served, as of one moment.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// This node's entries (node mode).
+    pub entries: Arc<Vec<Entry>>,
+    /// Current SVID per identity.
+    pub svids: HashMap<SpiffeId, Arc<Svid>>,
+    /// The trust bundle.
+    pub bundle: Option<Arc<Bundle>>,
+    /// The JWT bundle: trust domain and JWKS JSON.
+    pub jwt_bundle: Option<Arc<(String, String)>>,
+    /// Workload mode: the identity the token proves, once known.
+    pub own_id: Option<SpiffeId>,
+}
+
+impl State {
+    /// The identities `caller` is entitled to, in entry order, without repeats.
+    pub fn identities_for(&self, mode: Mode, caller: &Caller) -> Vec<SpiffeId> {
+        match mode {
+            Mode::Workload => self.own_id.iter().cloned().collect(),
+            Mode::Node => {
+                let mut out: Vec<SpiffeId> = Vec::new();
+                for e in attestation::select(&self.entries, |e| &e.selectors, caller) {
+                    if !out.contains(&e.spiffe_id) {
+                        out.push(e.spiffe_id.clone());
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Socket names that `socket:NAME` entries ask for.
+    pub fn socket_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .entries
+            .iter()
+            .flat_map(|e| e.selectors.iter())
+            .filter_map(|s| match s {
+                Selector::Socket(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// A JWT-SVID kept until half its life is spent.
+#[derive(Debug, Clone)]
+struct CachedJwt {
+    token: String,
+    refresh_at: SystemTime,
+}
+
+/// The identity cache and its tasks.
+#[derive(Debug)]
+pub struct Manager {
+    ca: Arc<CaClient>,
+    node: Arc<Node>,
+    mode: Mode,
+    ttl: Duration,
+    rotation: RotationPolicy,
+    sync_interval: Duration,
+    write_dir: Option<PathBuf>,
+    metrics: Arc<Metrics>,
+    state: watch::Sender<Arc<State>>,
+    tasks: Mutex<HashMap<SpiffeId, JoinHandle<()>>>,
+    jwt_cache: Mutex<HashMap<(SpiffeId, Vec<String>), CachedJwt>>,
+    limiter: Semaphore,
+}
+
+/// Settings of the manager.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Node or workload mode.
+    pub mode: Mode,
+    /// Requested SVID lifetime.
+    pub ttl: Duration,
+    /// Refresh schedule.
+    pub rotation: RotationPolicy,
+    /// Entry / JWT bundle polling period.
+    pub sync_interval: Duration,
+    /// File output.
+    pub write_dir: Option<PathBuf>,
+}
+
+impl Manager {
+    /// A manager with an empty state.
+    pub fn new(
+        ca: Arc<CaClient>,
+        node: Arc<Node>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            ca,
+            node,
+            mode: settings.mode,
+            ttl: settings.ttl,
+            rotation: settings.rotation,
+            sync_interval: settings.sync_interval,
+            write_dir: settings.write_dir,
+            metrics,
+            state: watch::channel(Arc::new(State::default())).0,
+            tasks: Mutex::new(HashMap::new()),
+            jwt_cache: Mutex::new(HashMap::new()),
+            limiter: Semaphore::new(MAX_CONCURRENT_FETCHES),
+        }
+    }
+
+    /// Node or workload mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Arc<State> {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that wakes on every state change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
+        self.state.subscribe()
+    }
+
+    /// The node SVID, when the node has one.
+    pub fn node_svid(&self) -> Option<Arc<Svid>> {
+        self.node.svid()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        self.state.send_modify(|s| f(Arc::make_mut(s)));
+    }
+
+    /// Starts the background work: in node mode the entry sync (which starts identity
+    /// tasks), in workload mode the one identity task; the JWT bundle sync in both.
+    pub fn start(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
+        let mut handles = vec![tokio::spawn(self.clone().sync_loop())];
+        if self.mode == Mode::Workload {
+            handles.push(tokio::spawn(self.clone().identity_loop(None)));
+        }
+        handles
+    }
+
+    /// Stops every identity task.
+    pub fn stop(&self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for (_, t) in tasks.drain() {
+                t.abort();
+            }
+        }
+    }
+
+    async fn fetch(&self, id: Option<&SpiffeId>) -> Result<Svid, CaError> {
+        let _permit = self.limiter.acquire().await;
+        let local = |e: String| CaError {
+            code: tonic::Code::Internal,
+            message: e,
+        };
+        let key = NodeKey::generate().map_err(|e| local(e.to_string()))?;
+        let csr = key.csr_pem(id).map_err(|e| local(e.to_string()))?;
+        let bearer = self.node.bearer().map_err(|e| local(e.to_string()))?;
+        let impersonate = match self.mode {
+            Mode::Node => id,
+            Mode::Workload => None,
+        };
+        let answer = self
+            .ca
+            .create_certificate(csr, self.ttl, impersonate, bearer.as_deref())
+            .await?;
+        Svid::from_ca_answer(key, &answer, id, SystemTime::now()).map_err(|e| local(e.to_string()))
+    }
+
+    fn publish(&self, svid: Svid) -> Arc<Svid> {
+        let svid = Arc::new(svid);
+        if let Some(dir) = &self.write_dir {
+            let dir = match self.mode {
+                Mode::Workload => dir.clone(),
+                Mode::Node => crate::files::dir_for(dir, &svid.id),
+            };
+            if let Err(e) = crate::files::write_svid(&dir, &svid) {
+                tracing::error!(id = %svid.id, dir = %dir.display(), error = %e, "cannot write the SVID files");
+            }
+        }
+        let published = svid.clone();
+        self.update(|s| {
+            let new_bundle = Arc::new(svid.bundle.clone());
+            match &s.bundle {
+                Some(b) if **b == *new_bundle => {}
+                Some(_) => {
+                    tracing::info!(trust_domain = %new_bundle.trust_domain, "trust bundle changed; pushing it");
+                    s.bundle = Some(new_bundle);
+                }
+                None => s.bundle = Some(new_bundle),
+            }
+            if self.mode == Mode::Workload {
+                s.own_id = Some(svid.id.clone());
+            }
+            s.svids.insert(svid.id.clone(), svid);
+        });
+        published
+    }
+
+    /// Fetches and refreshes one identity's SVID forever (until aborted). `None` in
+    /// workload mode: the CA decides the identity from the token.
+    async fn identity_loop(self: Arc<Self>, id: Option<SpiffeId>) {
+        let backoff = Backoff::default();
+        let mut attempt = 0u32;
+        let label = id
+            .as_ref()
+            .map_or_else(|| "(token identity)".to_string(), ToString::to_string);
+        loop {
+            match self.fetch(id.as_ref()).await {
+                Ok(svid) => {
+                    if attempt > 0 {
+                        tracing::info!(id = %svid.id, attempts = attempt + 1, "SVID fetch recovered");
+                    }
+                    attempt = 0;
+                    self.metrics.svid_refreshes.fetch_add(1, Ordering::Relaxed);
+                    let refresh = self.rotation.refresh_at(
+                        svid.not_before,
+                        svid.not_after,
+                        svid.received,
+                        crate::random_sample(),
+                    );
+                    tracing::info!(
+                        id = %svid.id,
+                        serial = %svid.serial,
+                        not_after = %crate::rfc3339(svid.not_after),
+                        refresh_at = %crate::rfc3339(refresh),
+                        "SVID received"
+                    );
+                    let published = self.publish(svid);
+                    if self.mode == Mode::Workload {
+                        self.metrics.ready.store(true, Ordering::SeqCst);
+                    }
+                    drop(published);
+                    if let Ok(wait) = refresh.duration_since(SystemTime::now()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.metrics
+                        .svid_refresh_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    let current = self.current_svid(id.as_ref());
+                    let left = current
+                        .as_ref()
+                        .and_then(|s| s.not_after.duration_since(SystemTime::now()).ok())
+                        .unwrap_or_default();
+                    if attempt == 1 {
+                        tracing::warn!(
+                            id = %label,
+                            error = %e,
+                            serving_old_until = %current.as_ref().map(|s| crate::rfc3339(s.not_after)).unwrap_or_else(|| "-".into()),
+                            "SVID fetch failed; keeping the current SVID and retrying with backoff"
+                        );
+                    } else {
+                        tracing::debug!(id = %label, error = %e, attempt, "SVID fetch failed again");
+                    }
+                    if e.code == tonic::Code::PermissionDenied && attempt == 1 {
+                        tracing::warn!(id = %label, "the CA denies this identity to this node; check the registration entry");
+                    }
+                    tokio::time::sleep(backoff.delay_before(attempt, crate::random_sample(), left))
+                        .await;
+                }
+            }
+        }
+    }
+
+    fn current_svid(&self, id: Option<&SpiffeId>) -> Option<Arc<Svid>> {
+        let state = self.state.borrow();
+        match id {
+            Some(id) => state.svids.get(id).cloned(),
+            None => state
+                .own_id
+                .as_ref()
+                .and_then(|o| state.svids.get(o).cloned()),
+        }
+    }
+
+    /// Applies a new set of entries: starts tasks for new identities, stops tasks and
+    /// drops SVIDs of identities no entry grants any more.
+    fn apply_entries(self: &Arc<Self>, entries: Vec<Entry>) {
+        let wanted: BTreeMap<SpiffeId, ()> =
+            entries.iter().map(|e| (e.spiffe_id.clone(), ())).collect();
+        let changed = *self.state.borrow().entries != entries;
+        if changed {
+            tracing::info!(
+                entries = entries.len(),
+                identities = wanted.len(),
+                "registration entries changed"
+            );
+            let entries = Arc::new(entries);
+            self.update(|s| {
+                s.entries = entries;
+                s.svids.retain(|id, _| wanted.contains_key(id));
+            });
+        }
+        let Ok(mut tasks) = self.tasks.lock() else {
+            return;
+        };
+        tasks.retain(|id, handle| {
+            let keep = wanted.contains_key(id);
+            if !keep {
+                tracing::info!(id = %id, "identity no longer registered for this node; dropped");
+                handle.abort();
+            }
+            keep
+        });
+        for id in wanted.into_keys() {
+            if !tasks.contains_key(&id) {
+                tasks.insert(
+                    id.clone(),
+                    tokio::spawn(self.clone().identity_loop(Some(id))),
+                );
+            }
+        }
+        if let Ok(mut cache) = self.jwt_cache.lock() {
+            let state = self.state.borrow();
+            cache.retain(|(id, _), _| state.entries.iter().any(|e| &e.spiffe_id == id));
+        }
+    }
+
+    async fn sync_entries(self: &Arc<Self>) -> Result<(), String> {
+        let bearer = self.node.bearer().map_err(|e| e.to_string())?;
+        let resp = self
+            .ca
+            .list_entries(bearer.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut entries = Vec::with_capacity(resp.entries.len());
+        for e in resp.entries {
+            let spiffe_id = match SpiffeId::parse_workload(&e.spiffe_id) {
+                Ok(id) => id,
+                Err(err) => {
+                    tracing::warn!(entry = %e.id, spiffe_id = %e.spiffe_id, error = %err, "skipping an entry with an unusable SPIFFE ID");
+                    continue;
+                }
+            };
+            let selectors: Result<Vec<Selector>, _> =
+                e.selectors.iter().map(|s| s.parse()).collect();
+            match selectors {
+                Ok(selectors) => entries.push(Entry {
+                    id: e.id,
+                    spiffe_id,
+                    selectors,
+                }),
+                Err(err) => {
+                    tracing::warn!(entry = %e.id, error = %err, "skipping an entry with a selector this agent does not understand");
+                }
+            }
+        }
+        self.apply_entries(entries);
+        Ok(())
+    }
+
+    async fn sync_jwt_bundle(&self) -> Result<(), String> {
+        let bearer = self.node.bearer().map_err(|e| e.to_string())?;
+        let resp = self
+            .ca
+            .jwt_bundle(bearer.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        let new = (resp.trust_domain, resp.jwks_json);
+        let same = self
+            .state
+            .borrow()
+            .jwt_bundle
+            .as_ref()
+            .is_some_and(|b| **b == new);
+        if !same {
+            tracing::info!(trust_domain = %new.0, "JWT bundle updated");
+            self.update(|s| s.jwt_bundle = Some(Arc::new(new)));
+        }
+        Ok(())
+    }
+
+    /// Polls the CA for this node's entries (node mode) and the JWT bundle.
+    async fn sync_loop(self: Arc<Self>) {
+        let mut failing = false;
+        loop {
+            let mut result = Ok(());
+            if self.mode == Mode::Node {
+                result = self.sync_entries().await;
+                if result.is_ok() && !self.metrics.ready.swap(true, Ordering::SeqCst) {
+                    tracing::info!("first entry sync done; ready");
+                }
+            }
+            if result.is_ok() {
+                result = self.sync_jwt_bundle().await;
+            }
+            match result {
+                Ok(()) if failing => {
+                    tracing::info!("sync with the CA recovered");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    self.metrics
+                        .entry_sync_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    if !failing {
+                        tracing::warn!(error = %e, "sync with the CA failed; serving cached entries and SVIDs, retrying");
+                    }
+                    failing = true;
+                }
+            }
+            tokio::time::sleep(self.sync_interval).await;
+        }
+    }
+
+    /// A JWT-SVID for `id` with `audience`, minted at the CA (impersonating `id` under
+    /// the node identity) and cached until half its life is spent.
+    pub async fn jwt_svid(&self, id: &SpiffeId, audience: &[String]) -> Result<String, CaError> {
+        let mut key_aud = audience.to_vec();
+        key_aud.sort();
+        key_aud.dedup();
+        let key = (id.clone(), key_aud.clone());
+        let now = SystemTime::now();
+        if let Ok(cache) = self.jwt_cache.lock()
+            && let Some(c) = cache.get(&key)
+            && now < c.refresh_at
+        {
+            return Ok(c.token.clone());
+        }
+        let bearer = self.node.bearer().map_err(|e| CaError {
+            code: tonic::Code::Internal,
+            message: e.to_string(),
+        })?;
+        let impersonate = match self.mode {
+            Mode::Node => Some(id),
+            Mode::Workload => None,
+        };
+        let resp = self
+            .ca
+            .mint_jwt(impersonate, key_aud, bearer.as_deref())
+            .await?;
+        self.metrics
+            .jwt_svids_minted
+            .fetch_add(1, Ordering::Relaxed);
+        let exp =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(resp.expires_at.max(0).unsigned_abs());
+        let life = exp.duration_since(now).unwrap_or_default();
+        if let Ok(mut cache) = self.jwt_cache.lock() {
+            cache.insert(
+                key,
+                CachedJwt {
+                    token: resp.token.clone(),
+                    refresh_at: now + life / 2,
+                },
+            );
+        }
+        Ok(resp.token)
+    }
+}

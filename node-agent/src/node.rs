@@ -1,0 +1,255 @@
+//! Node attestation: how the agent proves which node it is, and the node SVID it keeps.
+//!
+//! - A node SVID in `<data-dir>/node/` that is still valid and names this node is used
+//!   as the TLS client certificate, and renewed over mTLS before it expires.
+//! - Otherwise a `--join-token` buys the first node SVID (the CA spends the token).
+//! - With `--token-file`, every call carries the service-account JWT, re-read each
+//!   time because projected tokens rotate; the CA must trust that account as a node.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+
+use warden_proto::SpiffeId;
+
+use crate::ca_client::{CaClient, CaError};
+use crate::config::NodeCredential;
+use crate::files;
+use crate::rotation::{Backoff, RotationPolicy};
+use crate::svid::{NodeKey, Svid};
+
+/// The node's identity and how to present it.
+#[derive(Debug)]
+pub struct Node {
+    ca: Arc<CaClient>,
+    credential: NodeCredential,
+    dir: PathBuf,
+    expected: SpiffeId,
+    ttl: std::time::Duration,
+    rotation: RotationPolicy,
+    svid: watch::Sender<Option<Arc<Svid>>>,
+}
+
+/// Why the node cannot attest.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The CA refused or could not be reached.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// The token file cannot be read.
+    #[error("cannot read --token-file {path}: {reason}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Anything else, with the reason.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Node {
+    /// Sets up node attestation; nothing is sent yet.
+    pub fn new(
+        ca: Arc<CaClient>,
+        credential: NodeCredential,
+        data_dir: &std::path::Path,
+        trust_domain: &str,
+        node_name: &str,
+        ttl: std::time::Duration,
+        rotation: RotationPolicy,
+    ) -> Result<Self, NodeError> {
+        let expected = SpiffeId::for_node(trust_domain, node_name)
+            .map_err(|e| NodeError::Other(format!("--node-name {node_name:?}: {e}")))?;
+        Ok(Self {
+            ca,
+            credential,
+            dir: data_dir.join("node"),
+            expected,
+            ttl,
+            rotation,
+            svid: watch::channel(None).0,
+        })
+    }
+
+    /// The bearer token to send, if the node authenticates with a token file.
+    pub fn bearer(&self) -> Result<Option<String>, NodeError> {
+        match &self.credential {
+            NodeCredential::TokenFile(path) => std::fs::read_to_string(path)
+                .map(|t| Some(t.trim().to_string()))
+                .map_err(|e| NodeError::TokenFile {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the node authenticates with a service-account token (no node SVID).
+    pub fn uses_token_file(&self) -> bool {
+        matches!(self.credential, NodeCredential::TokenFile(_))
+    }
+
+    /// The current node SVID, if the node has one.
+    pub fn svid(&self) -> Option<Arc<Svid>> {
+        self.svid.borrow().clone()
+    }
+
+    /// The node's expected SPIFFE ID.
+    pub fn expected_id(&self) -> &SpiffeId {
+        &self.expected
+    }
+
+    fn load_saved(&self) -> Result<Option<Svid>, NodeError> {
+        let read = |name: &str| std::fs::read_to_string(self.dir.join(name));
+        let (chain, key, root) = match (
+            read(files::CHAIN_FILE),
+            read(files::KEY_FILE),
+            read(files::ROOT_FILE),
+        ) {
+            (Ok(c), Ok(k), Ok(r)) => (c, k, r),
+            _ => return Ok(None),
+        };
+        let svid = Svid::from_files(&chain, &key, &root).map_err(|e| {
+            NodeError::Other(format!(
+                "the node SVID in {} is unusable: {e}; remove it and start with a new --join-token",
+                self.dir.display()
+            ))
+        })?;
+        if svid.id != self.expected {
+            return Err(NodeError::Other(format!(
+                "the node SVID in {} is for {}, but this agent is {} (--node-name, --trust-domain)",
+                self.dir.display(),
+                svid.id,
+                self.expected
+            )));
+        }
+        Ok(Some(svid))
+    }
+
+    fn save(&self, svid: &Svid) -> Result<(), NodeError> {
+        files::private_dir(&self.dir)
+            .and_then(|()| files::write_svid(&self.dir, svid))
+            .map_err(|e| {
+                NodeError::Other(format!(
+                    "cannot keep the node SVID in {}: {e}",
+                    self.dir.display()
+                ))
+            })
+    }
+
+    fn install(&self, svid: Svid) -> Result<(), NodeError> {
+        self.ca.set_identity(&svid).map_err(NodeError::Other)?;
+        self.svid.send_replace(Some(Arc::new(svid)));
+        Ok(())
+    }
+
+    /// Proves the node to the CA once: a saved node SVID, else the join token. With a
+    /// token file there is nothing to do up front.
+    pub async fn attest(&self) -> Result<(), NodeError> {
+        if self.uses_token_file() {
+            return Ok(());
+        }
+        if let Some(saved) = self.load_saved()? {
+            if saved.valid_at(SystemTime::now()) {
+                tracing::info!(id = %saved.id, serial = %saved.serial, "using the node SVID kept in the data dir");
+                return self.install(saved);
+            }
+            tracing::warn!(id = %saved.id, "the node SVID kept in the data dir has expired");
+        }
+        let NodeCredential::JoinToken(token) = &self.credential else {
+            return Err(NodeError::Other(format!(
+                "no valid node SVID in {} and no --join-token: create one with `warden token create --node {}` and start with --join-token",
+                self.dir.display(),
+                self.expected.node_name().unwrap_or_default()
+            )));
+        };
+        let key = NodeKey::generate().map_err(|e| NodeError::Other(e.to_string()))?;
+        let csr = key
+            .csr_pem(None)
+            .map_err(|e| NodeError::Other(e.to_string()))?;
+        let answer = self
+            .ca
+            .create_certificate(csr, self.ttl, None, Some(token))
+            .await?;
+        let svid = Svid::from_ca_answer(key, &answer, None, SystemTime::now())
+            .map_err(|e| NodeError::Other(e.to_string()))?;
+        if svid.id != self.expected {
+            return Err(NodeError::Other(format!(
+                "the join token is for {}, but this agent is {} (check --node-name)",
+                svid.id, self.expected
+            )));
+        }
+        self.save(&svid)?;
+        tracing::info!(id = %svid.id, serial = %svid.serial, "node attested with the join token");
+        self.install(svid)
+    }
+
+    async fn renew_once(&self) -> Result<(), NodeError> {
+        let key = NodeKey::generate().map_err(|e| NodeError::Other(e.to_string()))?;
+        let csr = key
+            .csr_pem(None)
+            .map_err(|e| NodeError::Other(e.to_string()))?;
+        let answer = self
+            .ca
+            .create_certificate(csr, self.ttl, None, None)
+            .await?;
+        let svid = Svid::from_ca_answer(key, &answer, Some(&self.expected), SystemTime::now())
+            .map_err(|e| NodeError::Other(e.to_string()))?;
+        self.save(&svid)?;
+        tracing::info!(id = %svid.id, serial = %svid.serial, "node SVID renewed");
+        self.install(svid)
+    }
+
+    /// Renews the node SVID over mTLS for as long as the agent runs.
+    pub async fn renew_loop(self: Arc<Self>) {
+        let backoff = Backoff::default();
+        let mut attempt = 0;
+        loop {
+            let Some(current) = self.svid() else {
+                return;
+            };
+            let at = self.rotation.refresh_at(
+                current.not_before,
+                current.not_after,
+                current.received,
+                crate::random_unit(),
+            );
+            if let Ok(wait) = at.duration_since(SystemTime::now()) {
+                tokio::time::sleep(wait).await;
+            }
+            loop {
+                match self.renew_once().await {
+                    Ok(()) => {
+                        if attempt > 0 {
+                            tracing::info!("node SVID renewal recovered");
+                        }
+                        attempt = 0;
+                        break;
+                    }
+                    Err(e) => {
+                        attempt += 1;
+                        if attempt == 1 {
+                            tracing::warn!(error = %e, "node SVID renewal failed; retrying with backoff");
+                        } else {
+                            tracing::debug!(error = %e, attempt, "node SVID renewal failed again");
+                        }
+                        let left = current
+                            .not_after
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default();
+                        tokio::time::sleep(backoff.delay_before(
+                            attempt,
+                            crate::random_sample(),
+                            left,
+                        ))
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+}

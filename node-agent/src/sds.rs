@@ -1,0 +1,388 @@
+//! Envoy's Secret Discovery Service on the agent's sockets, as istio-agent serves it:
+//! `default` is the attested caller's X.509-SVID (chain and key, inline), `ROOTCA` the
+//! trust bundle; a resource named by one of the caller's SPIFFE IDs is that SVID (as
+//! SPIRE serves it). [`crate::sds_state`] decides ACK, NACK, stale nonce and new
+//! watches; this module does the I/O and pushes rotations and bundle changes to every
+//! stream that watches them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::config::core::v3::DataSource;
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, Secret, TlsCertificate, secret,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use warden_proto::SpiffeId;
+
+use crate::attestation::Caller;
+use crate::manager::{Manager, State};
+use crate::sds_state::{Decision, RequestView, StreamState};
+use crate::server::{attest, identities_or_denied};
+
+/// Type URL of SDS resources.
+pub const SECRET_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+/// The workload certificate resource.
+pub const DEFAULT: &str = "default";
+/// The trust bundle resource.
+pub const ROOTCA: &str = "ROOTCA";
+
+/// Version counter shared by all streams (`<RFC 3339 time>/<n>`, istio-agent's form).
+static VERSION: AtomicU64 = AtomicU64::new(0);
+
+fn version() -> String {
+    format!(
+        "{}/{}",
+        crate::rfc3339(SystemTime::now()),
+        VERSION.fetch_add(1, Ordering::Relaxed) + 1
+    )
+}
+
+fn inline(bytes: Vec<u8>) -> Option<DataSource> {
+    Some(DataSource {
+        specifier: Some(Specifier::InlineBytes(bytes)),
+        ..Default::default()
+    })
+}
+
+/// What a resource is now: used to tell whether it changed since it was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fingerprint {
+    Svid(String, String),
+    Bundle(String),
+}
+
+/// Builds resource `name` for a caller with `ids`; `None` when it cannot be served yet
+/// (no SVID fetched yet) or is unknown.
+fn resource(state: &State, ids: &[SpiffeId], name: &str) -> Option<(Secret, Fingerprint)> {
+    if name == ROOTCA {
+        let b = state.bundle.as_ref()?;
+        let secret = Secret {
+            name: name.to_string(),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: inline(b.pem.clone().into_bytes()),
+                    ..Default::default()
+                },
+            )),
+        };
+        return Some((secret, Fingerprint::Bundle(b.pem.clone())));
+    }
+    let id = if name == DEFAULT {
+        ids.first()?
+    } else {
+        ids.iter().find(|id| id.as_str() == name)?
+    };
+    let svid = state.svids.get(id)?;
+    let secret = Secret {
+        name: name.to_string(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: inline(svid.chain_pem.clone().into_bytes()),
+            private_key: inline(svid.key.pem().into_bytes()),
+            ..Default::default()
+        })),
+    };
+    Some((
+        secret,
+        Fingerprint::Svid(svid.id.to_string(), svid.serial.clone()),
+    ))
+}
+
+fn is_known_name(name: &str) -> bool {
+    name == DEFAULT || name == ROOTCA || name.starts_with("spiffe://")
+}
+
+fn response(secrets: Vec<Secret>) -> (DiscoveryResponse, String) {
+    let nonce = crate::random_hex(16);
+    let resp = DiscoveryResponse {
+        version_info: version(),
+        resources: secrets
+            .into_iter()
+            .map(|s| Any {
+                type_url: SECRET_TYPE_URL.to_string(),
+                value: s.encode_to_vec(),
+            })
+            .collect(),
+        type_url: SECRET_TYPE_URL.to_string(),
+        nonce: nonce.clone(),
+        ..Default::default()
+    };
+    (resp, nonce)
+}
+
+/// The SDS service for one socket.
+#[derive(Debug, Clone)]
+pub struct Sds {
+    manager: Arc<Manager>,
+    socket: Option<String>,
+}
+
+impl Sds {
+    /// SDS for the socket named `socket` (`None`: the shared socket).
+    pub fn new(manager: Arc<Manager>, socket: Option<String>) -> Self {
+        Self { manager, socket }
+    }
+}
+
+/// Per-stream bookkeeping beyond [`StreamState`].
+struct Stream {
+    manager: Arc<Manager>,
+    caller: Caller,
+    state: StreamState,
+    /// What was last sent per name.
+    sent: BTreeMap<String, Fingerprint>,
+    /// Names requested but not yet servable (the SVID is still being fetched).
+    pending: Vec<String>,
+    /// The last push of a rotated `default`: its nonce and when the SVID arrived.
+    awaiting_ack: Option<(String, SystemTime)>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+}
+
+impl Stream {
+    /// Sends `names` as they are in `state`; unservable names wait in `pending`.
+    async fn send(
+        &mut self,
+        state: &State,
+        ids: &[SpiffeId],
+        names: &[String],
+        push: bool,
+    ) -> bool {
+        let mut secrets = Vec::new();
+        let mut rotated_at = None;
+        for name in names {
+            match resource(state, ids, name) {
+                Some((secret, fp)) => {
+                    if let Fingerprint::Svid(..) = fp
+                        && push
+                    {
+                        rotated_at = ids
+                            .first()
+                            .and_then(|id| state.svids.get(id))
+                            .map(|s| s.received);
+                    }
+                    self.sent.insert(name.clone(), fp);
+                    self.pending.retain(|p| p != name);
+                    secrets.push(secret);
+                }
+                None => {
+                    if !self.pending.contains(name) {
+                        self.pending.push(name.clone());
+                    }
+                }
+            }
+        }
+        if secrets.is_empty() {
+            return true;
+        }
+        let (resp, nonce) = response(secrets);
+        self.state.on_sent(nonce.clone());
+        if let Some(t) = rotated_at {
+            self.awaiting_ack = Some((nonce, t));
+        }
+        self.manager
+            .metrics()
+            .sds_pushes
+            .fetch_add(1, Ordering::Relaxed);
+        self.tx.send(Ok(resp)).await.is_ok()
+    }
+
+    /// Names whose resource changed since it was sent (or became servable).
+    fn changed(&self, state: &State, ids: &[SpiffeId]) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .state
+            .watched()
+            .filter(|n| {
+                let now = resource(state, ids, n).map(|(_, fp)| fp);
+                now.is_some() && now.as_ref() != self.sent.get(*n)
+            })
+            .map(String::from)
+            .collect();
+        names.sort();
+        names
+    }
+
+    async fn on_request(&mut self, req: DiscoveryRequest) -> Result<bool, Status> {
+        if !req.type_url.is_empty() && req.type_url != SECRET_TYPE_URL {
+            return Err(Status::invalid_argument(format!(
+                "type_url {:?} is not served here; expected {SECRET_TYPE_URL}",
+                req.type_url
+            )));
+        }
+        let view = RequestView {
+            response_nonce: &req.response_nonce,
+            resource_names: &req.resource_names,
+            error_detail: req.error_detail.as_ref().map(|e| e.message.as_str()),
+        };
+        match self.state.on_request(view) {
+            Decision::Respond(names) => {
+                let (known, unknown): (Vec<String>, Vec<String>) =
+                    names.into_iter().partition(|n| is_known_name(n));
+                if !unknown.is_empty() {
+                    tracing::warn!(caller = %self.caller, names = ?unknown, "SDS: unknown resource names requested; serving only default, ROOTCA and the caller's SPIFFE IDs");
+                }
+                let state = self.manager.state();
+                let ids = identities_or_denied(&self.manager, &state, &self.caller)?;
+                Ok(self.send(&state, &ids, &known, false).await)
+            }
+            Decision::Ack => {
+                if let Some((nonce, received)) = &self.awaiting_ack
+                    && *nonce == req.response_nonce
+                {
+                    let d = SystemTime::now()
+                        .duration_since(*received)
+                        .unwrap_or_default();
+                    self.manager.metrics().observe_push_ack(d);
+                    tracing::debug!(caller = %self.caller, ms = d.as_secs_f64() * 1e3, "SDS: rotated certificate ACKed");
+                    self.awaiting_ack = None;
+                }
+                Ok(true)
+            }
+            Decision::Nack(detail) => {
+                self.manager
+                    .metrics()
+                    .sds_nacks
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(caller = %self.caller, nonce = %req.response_nonce, error = %detail, "SDS: the client rejected (NACKed) a response");
+                Ok(true)
+            }
+            Decision::Stale => Ok(true),
+        }
+    }
+
+    async fn on_state(&mut self) -> Result<bool, Status> {
+        let state = self.manager.state();
+        let ids = identities_or_denied(&self.manager, &state, &self.caller)?;
+        let mut names = self.changed(&state, &ids);
+        for p in &self.pending {
+            if !names.contains(p) && resource(&state, &ids, p).is_some() {
+                names.push(p.clone());
+            }
+        }
+        if names.is_empty() {
+            return Ok(true);
+        }
+        Ok(self.send(&state, &ids, &names, true).await)
+    }
+
+    async fn run(mut self, mut inbound: Streaming<DiscoveryRequest>) {
+        let mut updates = self.manager.subscribe();
+        let metrics_guard = StreamGauge::new(self.manager.clone());
+        loop {
+            let result = tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => self.on_request(req).await,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(caller = %self.caller, error = %e, "SDS stream ended");
+                        break;
+                    }
+                },
+                changed = updates.changed() => match changed {
+                    Ok(()) => self.on_state().await,
+                    Err(_) => break,
+                },
+            };
+            match result {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(status) => {
+                    let _ = self.tx.send(Err(status)).await;
+                    break;
+                }
+            }
+        }
+        drop(metrics_guard);
+    }
+}
+
+/// Counts an open stream for as long as it lives.
+struct StreamGauge(Arc<Manager>);
+
+impl StreamGauge {
+    fn new(m: Arc<Manager>) -> Self {
+        m.metrics().sds_streams.fetch_add(1, Ordering::Relaxed);
+        Self(m)
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.metrics().sds_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for Sds {
+    type DeltaSecretsStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+    type StreamSecretsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+
+    async fn delta_secrets(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        Err(Status::unimplemented(
+            "DeltaSecrets is not served (as istio-agent and SPIRE); use StreamSecrets",
+        ))
+    }
+
+    async fn stream_secrets(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        let caller = attest(&request, self.socket.as_deref());
+        // Refuse at once a caller no entry matches, rather than after its first request.
+        let state = self.manager.state();
+        identities_or_denied(&self.manager, &state, &caller)?;
+        let (tx, rx) = mpsc::channel(16);
+        let stream = Stream {
+            manager: self.manager.clone(),
+            caller,
+            state: StreamState::default(),
+            sent: BTreeMap::new(),
+            pending: Vec::new(),
+            awaiting_ack: None,
+            tx,
+        };
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        let caller = attest(&request, self.socket.as_deref());
+        let state = self.manager.state();
+        let ids = identities_or_denied(&self.manager, &state, &caller)?;
+        let req = request.into_inner();
+        let mut secrets = Vec::new();
+        for name in &req.resource_names {
+            match resource(&state, &ids, name) {
+                Some((s, _)) => secrets.push(s),
+                None => {
+                    return Err(Status::unavailable(format!(
+                        "resource {name:?} is not available yet (or unknown): try again"
+                    )));
+                }
+            }
+        }
+        self.manager
+            .metrics()
+            .sds_pushes
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(response(secrets).0))
+    }
+}

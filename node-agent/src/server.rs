@@ -1,0 +1,205 @@
+//! The agent's unix sockets: the shared socket `<socket-dir>/socket` (callers attested
+//! by `SO_PEERCRED`) and one `<socket-dir>/NAME.sock` per `socket:NAME` entry, each
+//! serving SDS and the SPIFFE Workload API. Named sockets come and go with the entries.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
+use tokio::net::UnixListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Status};
+
+use warden_proto::SpiffeId;
+use warden_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+
+use crate::attestation::Caller;
+use crate::manager::{Manager, State};
+use crate::sds::Sds;
+use crate::workload_api::WorkloadApi;
+
+/// Largest request accepted on the sockets.
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Who is calling: the socket and the `SO_PEERCRED` credentials of the connection,
+/// with the executable read from `/proc/PID/exe`. A connection without credentials
+/// gets uid/gid `u32::MAX`, which no entry names.
+pub fn attest<T>(request: &Request<T>, socket: Option<&str>) -> Caller {
+    let cred = request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|i| i.peer_cred);
+    let exe = cred
+        .and_then(|c| c.pid())
+        .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok());
+    Caller {
+        socket: socket.map(String::from),
+        uid: cred.map_or(u32::MAX, |c| c.uid()),
+        gid: cred.map_or(u32::MAX, |c| c.gid()),
+        exe,
+    }
+}
+
+/// The caller's identities, or `PermissionDenied` (counted and logged) when it has none.
+pub fn identities_or_denied(
+    manager: &Manager,
+    state: &State,
+    caller: &Caller,
+) -> Result<Vec<SpiffeId>, Status> {
+    let ids = state.identities_for(manager.mode(), caller);
+    if ids.is_empty() {
+        manager
+            .metrics()
+            .attestation_denied
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(caller = %caller, "workload attestation: no registration entry matches this caller; refused");
+        return Err(Status::permission_denied(format!(
+            "no identity issued: no registration entry on this node matches the caller ({caller})"
+        )));
+    }
+    Ok(ids)
+}
+
+/// Binds a socket, replacing a stale file, world-connectable: on the shared socket the
+/// caller's credentials decide; a named socket is for whoever can reach the file.
+fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Serves SDS and the Workload API on `listener` until `stop` fires.
+fn serve(
+    listener: UnixListener,
+    manager: Arc<Manager>,
+    socket: Option<String>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let sds = SecretDiscoveryServiceServer::new(Sds::new(manager.clone(), socket.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let wl = SpiffeWorkloadApiServer::new(WorkloadApi::new(manager, socket.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let result = tonic::transport::Server::builder()
+            .add_service(sds)
+            .add_service(wl)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+            .await;
+        if let Err(e) = result {
+            tracing::error!(socket = socket.as_deref().unwrap_or("shared"), error = %e, "socket server failed");
+        }
+    })
+}
+
+/// The running sockets.
+#[derive(Debug)]
+pub struct Sockets {
+    dir: PathBuf,
+    manager: Arc<Manager>,
+    named: HashMap<String, (oneshot::Sender<()>, JoinHandle<()>)>,
+}
+
+/// Socket names must be plain file names.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name != "socket"
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Sockets {
+    /// Binds the shared socket and starts serving it.
+    pub fn start(
+        dir: &Path,
+        shared: &Path,
+        manager: Arc<Manager>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<(Self, JoinHandle<()>)> {
+        std::fs::create_dir_all(dir)?;
+        let listener = bind(shared)?;
+        let handle = serve(listener, manager.clone(), None, async move {
+            let _ = shutdown.changed().await;
+        });
+        Ok((
+            Self {
+                dir: dir.to_path_buf(),
+                manager,
+                named: HashMap::new(),
+            },
+            handle,
+        ))
+    }
+
+    /// Opens sockets for new `socket:NAME` entries and closes those of removed ones.
+    pub fn reconcile(&mut self, names: &[String]) {
+        let stale: Vec<String> = self
+            .named
+            .keys()
+            .filter(|n| !names.contains(n))
+            .cloned()
+            .collect();
+        for name in stale {
+            if let Some((stop, _)) = self.named.remove(&name) {
+                let _ = stop.send(());
+            }
+            let _ = std::fs::remove_file(self.dir.join(format!("{name}.sock")));
+            tracing::info!(socket = %name, "named socket closed: no entry uses it any more");
+        }
+        for name in names {
+            if self.named.contains_key(name) {
+                continue;
+            }
+            if !valid_name(name) {
+                tracing::warn!(socket = %name, "not opening a socket for an entry: the name must be [A-Za-z0-9._-], not \"socket\"");
+                continue;
+            }
+            let path = self.dir.join(format!("{name}.sock"));
+            match bind(&path) {
+                Ok(listener) => {
+                    let (tx, rx) = oneshot::channel::<()>();
+                    let handle = serve(
+                        listener,
+                        self.manager.clone(),
+                        Some(name.clone()),
+                        async move {
+                            let _ = rx.await;
+                        },
+                    );
+                    tracing::info!(socket = %path.display(), "named socket open");
+                    self.named.insert(name.clone(), (tx, handle));
+                }
+                Err(e) => {
+                    tracing::error!(socket = %path.display(), error = %e, "cannot open a named socket")
+                }
+            }
+        }
+    }
+
+    /// Keeps the named sockets in line with the entries until `shutdown`.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut updates = self.manager.subscribe();
+        loop {
+            let names = self.manager.state().socket_names();
+            self.reconcile(&names);
+            tokio::select! {
+                r = updates.changed() => if r.is_err() { break },
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.reconcile(&[]);
+    }
+}

@@ -1,0 +1,293 @@
+//! X.509-SVIDs as the agent holds them: a key pair made here, the CSR for it, and the
+//! CA's answer parsed into what SDS, the Workload API and the rotation schedule need.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use warden_proto::SpiffeId;
+
+/// A key pair made on this node. The private key never leaves the process unless file
+/// output is asked for; `Debug` never prints it.
+pub struct NodeKey {
+    pair: rcgen::KeyPair,
+}
+
+impl fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NodeKey(P-256, redacted)")
+    }
+}
+
+impl NodeKey {
+    /// Makes a new ECDSA P-256 key (the key type ztunnel and SPIRE use).
+    pub fn generate() -> Result<Self, rcgen::Error> {
+        Ok(Self {
+            pair: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
+        })
+    }
+
+    /// Loads a PKCS#8 PEM key (the node key kept in the data dir).
+    pub fn from_pem(pem: &str) -> Result<Self, rcgen::Error> {
+        Ok(Self {
+            pair: rcgen::KeyPair::from_pem(pem)?,
+        })
+    }
+
+    /// A CSR for `id` (a URI SAN), or with no SAN when the CA decides the identity
+    /// (first node attestation, workload mode). Empty subject, as ztunnel sends.
+    pub fn csr_pem(&self, id: Option<&SpiffeId>) -> Result<String, rcgen::Error> {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(id) = id {
+            params.subject_alt_names = vec![rcgen::SanType::URI(id.as_str().try_into()?)];
+        }
+        params.serialize_request(&self.pair)?.pem()
+    }
+
+    /// PKCS#8 PEM.
+    pub fn pem(&self) -> String {
+        self.pair.serialize_pem()
+    }
+
+    /// PKCS#8 DER.
+    pub fn pkcs8_der(&self) -> Vec<u8> {
+        self.pair.serialize_der()
+    }
+}
+
+/// Why a CA answer is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum SvidError {
+    /// Fewer than two PEM blocks (a leaf and the root bundle).
+    #[error("the CA answered {0} certificate(s); expected the chain and the root bundle")]
+    ShortChain(usize),
+    /// A PEM block did not parse.
+    #[error("certificate {index} in the CA's answer is not a PEM certificate: {reason}")]
+    Pem {
+        /// Position in the answer.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The leaf certificate did not parse or has no usable SPIFFE ID.
+    #[error("the issued certificate is unusable: {0}")]
+    Leaf(String),
+    /// The leaf is for another identity than asked for.
+    #[error("the CA issued {got} but {want} was asked for")]
+    WrongId {
+        /// What was asked for.
+        want: String,
+        /// What came back.
+        got: String,
+    },
+}
+
+/// The trust bundle: the CA's roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    /// Trust domain.
+    pub trust_domain: String,
+    /// Roots, PEM, concatenated.
+    pub pem: String,
+    /// Roots, DER each.
+    pub der: Vec<Vec<u8>>,
+}
+
+impl Bundle {
+    /// Parses a PEM bundle.
+    pub fn from_pem(trust_domain: &str, pem: &str) -> Result<Self, String> {
+        let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        if der.is_empty() {
+            return Err("no certificates".into());
+        }
+        Ok(Self {
+            trust_domain: trust_domain.to_string(),
+            pem: pem.to_string(),
+            der,
+        })
+    }
+
+    /// All roots as one DER blob (the Workload API's bundle encoding).
+    pub fn der_concat(&self) -> Vec<u8> {
+        self.der.concat()
+    }
+}
+
+/// An X.509-SVID with its key, as served to workloads.
+pub struct Svid {
+    /// The SPIFFE ID.
+    pub id: SpiffeId,
+    /// The chain, leaf first, PEM (the root is not included).
+    pub chain_pem: String,
+    /// The chain, leaf first, DER each.
+    pub chain_der: Vec<Vec<u8>>,
+    /// The key.
+    pub key: NodeKey,
+    /// The trust bundle that came with it.
+    pub bundle: Bundle,
+    /// Leaf serial, lowercase hex.
+    pub serial: String,
+    /// Leaf `notBefore`.
+    pub not_before: SystemTime,
+    /// Leaf `notAfter`.
+    pub not_after: SystemTime,
+    /// When the agent received it.
+    pub received: SystemTime,
+}
+
+impl fmt::Debug for Svid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Svid")
+            .field("id", &self.id.as_str())
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+fn system_time(t: x509_parser::time::ASN1Time) -> SystemTime {
+    let secs = t.timestamp();
+    if secs >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+    } else {
+        SystemTime::UNIX_EPOCH
+    }
+}
+
+impl Svid {
+    /// Builds an SVID from the CA's CreateCertificate answer (PEM blocks: leaf,
+    /// intermediates, and the root bundle last). `want` is the identity asked for, if
+    /// the CSR named one.
+    pub fn from_ca_answer(
+        key: NodeKey,
+        answer: &[String],
+        want: Option<&SpiffeId>,
+        received: SystemTime,
+    ) -> Result<Self, SvidError> {
+        if answer.len() < 2 {
+            return Err(SvidError::ShortChain(answer.len()));
+        }
+        let (chain, root) = answer.split_at(answer.len() - 1);
+        let mut chain_der = Vec::with_capacity(chain.len());
+        for (index, pem) in chain.iter().enumerate() {
+            for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let c = c.map_err(|e| SvidError::Pem {
+                    index,
+                    reason: e.to_string(),
+                })?;
+                chain_der.push(c.to_vec());
+            }
+        }
+        let leaf = chain_der.first().ok_or(SvidError::ShortChain(0))?;
+        let (_, cert) =
+            X509Certificate::from_der(leaf).map_err(|e| SvidError::Leaf(e.to_string()))?;
+        let id = crate::spiffe_id_of(&cert).map_err(SvidError::Leaf)?;
+        if let Some(want) = want
+            && want != &id
+        {
+            return Err(SvidError::WrongId {
+                want: want.to_string(),
+                got: id.to_string(),
+            });
+        }
+        let bundle =
+            Bundle::from_pem(id.trust_domain(), &root[0]).map_err(|reason| SvidError::Pem {
+                index: answer.len() - 1,
+                reason,
+            })?;
+        Ok(Self {
+            serial: hex::encode(cert.raw_serial()),
+            not_before: system_time(cert.validity().not_before),
+            not_after: system_time(cert.validity().not_after),
+            chain_pem: chain.concat(),
+            chain_der,
+            id,
+            key,
+            bundle,
+            received,
+        })
+    }
+
+    /// Loads an SVID kept on disk (the node SVID): chain PEM, key PEM, bundle PEM.
+    pub fn from_files(chain_pem: &str, key_pem: &str, bundle_pem: &str) -> Result<Self, String> {
+        let key = NodeKey::from_pem(key_pem).map_err(|e| format!("key: {e}"))?;
+        let answer = [chain_pem.to_string(), bundle_pem.to_string()];
+        let svid = Self::from_ca_answer(key, &answer, None, SystemTime::now())
+            .map_err(|e| e.to_string())?;
+        Ok(svid)
+    }
+
+    /// Whether it is still valid at `now`.
+    pub fn valid_at(&self, now: SystemTime) -> bool {
+        now < self.not_after
+    }
+
+    /// Seconds since the epoch of `notAfter`.
+    pub fn not_after_unix(&self) -> i64 {
+        self.not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issue(id: &str, key: &NodeKey) -> Vec<String> {
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let mut p = rcgen::CertificateParams::default();
+        p.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+        let pk = rcgen::KeyPair::from_pem(&key.pem()).unwrap();
+        let leaf = p.signed_by(&pk, &issuer).unwrap();
+        vec![leaf.pem(), ca_cert.pem()]
+    }
+
+    #[test]
+    fn parses_the_ca_answer() {
+        let key = NodeKey::generate().unwrap();
+        let answer = issue("spiffe://example.org/ns/a/sa/b", &key);
+        let want = SpiffeId::parse("spiffe://example.org/ns/a/sa/b").unwrap();
+        let svid = Svid::from_ca_answer(key, &answer, Some(&want), SystemTime::now()).unwrap();
+        assert_eq!(svid.id, want);
+        assert_eq!(svid.chain_der.len(), 1);
+        assert_eq!(svid.bundle.der.len(), 1);
+        assert_eq!(svid.bundle.trust_domain, "example.org");
+        assert!(!svid.serial.is_empty());
+        assert!(!format!("{svid:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn refuses_the_wrong_identity_and_short_answers() {
+        let key = NodeKey::generate().unwrap();
+        let answer = issue("spiffe://example.org/ns/a/sa/b", &key);
+        let want = SpiffeId::parse("spiffe://example.org/ns/a/sa/c").unwrap();
+        let err = Svid::from_ca_answer(key, &answer, Some(&want), SystemTime::now()).unwrap_err();
+        assert!(err.to_string().contains("sa/c was asked for"), "{err}");
+        let key = NodeKey::generate().unwrap();
+        let err = Svid::from_ca_answer(key, &answer[..1], None, SystemTime::now()).unwrap_err();
+        assert!(matches!(err, SvidError::ShortChain(1)));
+    }
+
+    #[test]
+    fn csr_names_the_identity() {
+        let key = NodeKey::generate().unwrap();
+        let id = SpiffeId::parse("spiffe://example.org/ns/a/sa/b").unwrap();
+        let pem = key.csr_pem(Some(&id)).unwrap();
+        let params = rcgen::CertificateSigningRequestParams::from_pem(&pem).unwrap();
+        assert_eq!(params.params.subject_alt_names.len(), 1);
+        assert!(key.csr_pem(None).is_ok());
+    }
+}

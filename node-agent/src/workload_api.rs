@@ -1,0 +1,248 @@
+//! The SPIFFE Workload API (`/SpiffeWorkloadAPI/...`) on the agent's sockets:
+//! X.509-SVIDs and bundles as streams that push on rotation, JWT-SVIDs minted by the
+//! CA, JWT bundles, and JWT-SVID validation. Every request must carry the metadata
+//! `workload.spiffe.io: true` (the SSRF guard of the spec), else `InvalidArgument`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use warden_proto::SpiffeId;
+use warden_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use warden_proto::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svid, X509svidRequest, X509svidResponse,
+};
+
+use crate::attestation::Caller;
+use crate::manager::{Manager, State};
+use crate::server::{attest, identities_or_denied};
+
+/// The Workload API service for one socket.
+#[derive(Debug, Clone)]
+pub struct WorkloadApi {
+    manager: Arc<Manager>,
+    socket: Option<String>,
+}
+
+/// Checks the `workload.spiffe.io: true` header: exactly one value, `true`.
+fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
+    let values: Vec<_> = request
+        .metadata()
+        .get_all(warden_proto::WORKLOAD_API_HEADER)
+        .iter()
+        .collect();
+    match values.as_slice() {
+        [v] if v.as_bytes() == b"true" => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request: every Workload API call must carry metadata workload.spiffe.io: true",
+        )),
+    }
+}
+
+impl WorkloadApi {
+    /// The Workload API for the socket named `socket` (`None`: the shared socket).
+    pub fn new(manager: Arc<Manager>, socket: Option<String>) -> Self {
+        Self { manager, socket }
+    }
+
+    /// Checks the header and attests the caller.
+    fn admit<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        check_header(request)?;
+        Ok(attest(request, self.socket.as_deref()))
+    }
+
+    /// Runs a stream that sends `build(state, ids)` now and again whenever it changes,
+    /// ending with `PermissionDenied` when the caller loses every identity.
+    fn stream<R, F>(
+        &self,
+        caller: Caller,
+        build: F,
+    ) -> Result<ReceiverStream<Result<R, Status>>, Status>
+    where
+        R: PartialEq + Clone + Send + 'static,
+        F: Fn(&State, &[SpiffeId]) -> Option<R> + Send + 'static,
+    {
+        let manager = self.manager.clone();
+        identities_or_denied(&manager, &manager.state(), &caller)?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            manager
+                .metrics()
+                .workload_api_streams
+                .fetch_add(1, Ordering::Relaxed);
+            let mut updates = manager.subscribe();
+            let mut last: Option<R> = None;
+            loop {
+                let state = manager.state();
+                match identities_or_denied(&manager, &state, &caller) {
+                    Ok(ids) => {
+                        if let Some(msg) = build(&state, &ids)
+                            && last.as_ref() != Some(&msg)
+                        {
+                            if tx.send(Ok(msg.clone())).await.is_err() {
+                                break;
+                            }
+                            last = Some(msg);
+                        }
+                    }
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                }
+                tokio::select! {
+                    r = updates.changed() => if r.is_err() { break },
+                    _ = tx.closed() => break,
+                }
+            }
+            manager
+                .metrics()
+                .workload_api_streams
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+fn x509_response(state: &State, ids: &[SpiffeId]) -> Option<X509svidResponse> {
+    let bundle = state.bundle.as_ref()?;
+    let svids: Vec<X509svid> = ids
+        .iter()
+        .filter_map(|id| state.svids.get(id))
+        .map(|s| X509svid {
+            spiffe_id: s.id.to_string(),
+            x509_svid: s.chain_der.concat(),
+            x509_svid_key: s.key.pkcs8_der(),
+            bundle: bundle.der_concat(),
+            hint: String::new(),
+        })
+        .collect();
+    if svids.is_empty() {
+        return None;
+    }
+    Some(X509svidResponse {
+        svids,
+        ..Default::default()
+    })
+}
+
+fn x509_bundles(state: &State, _ids: &[SpiffeId]) -> Option<X509BundlesResponse> {
+    let b = state.bundle.as_ref()?;
+    Some(X509BundlesResponse {
+        crl: Vec::new(),
+        bundles: HashMap::from([(format!("spiffe://{}", b.trust_domain), b.der_concat())]),
+    })
+}
+
+fn jwt_bundles(state: &State, _ids: &[SpiffeId]) -> Option<JwtBundlesResponse> {
+    let b = state.jwt_bundle.as_ref()?;
+    Some(JwtBundlesResponse {
+        bundles: HashMap::from([(format!("spiffe://{}", b.0), b.1.clone().into_bytes())]),
+    })
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = ReceiverStream<Result<X509svidResponse, Status>>;
+    type FetchX509BundlesStream = ReceiverStream<Result<X509BundlesResponse, Status>>;
+    type FetchJWTBundlesStream = ReceiverStream<Result<JwtBundlesResponse, Status>>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let caller = self.admit(&request)?;
+        Ok(Response::new(self.stream(caller, x509_response)?))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let caller = self.admit(&request)?;
+        Ok(Response::new(self.stream(caller, x509_bundles)?))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let caller = self.admit(&request)?;
+        Ok(Response::new(self.stream(caller, jwt_bundles)?))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        let caller = self.admit(&request)?;
+        let req = request.into_inner();
+        if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let state = self.manager.state();
+        let ids = identities_or_denied(&self.manager, &state, &caller)?;
+        let wanted: Vec<SpiffeId> = if req.spiffe_id.is_empty() {
+            ids
+        } else {
+            let id = SpiffeId::parse(&req.spiffe_id).map_err(|e| {
+                Status::invalid_argument(format!("spiffe_id {:?}: {e}", req.spiffe_id))
+            })?;
+            if !ids.contains(&id) {
+                tracing::warn!(caller = %caller, requested = %id, "JWT-SVID for an identity the caller does not have; refused");
+                return Err(Status::permission_denied(format!(
+                    "no identity issued for {id} to this caller"
+                )));
+            }
+            vec![id]
+        };
+        let mut svids = Vec::with_capacity(wanted.len());
+        for id in wanted {
+            let token = self
+                .manager
+                .jwt_svid(&id, &req.audience)
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!("cannot mint a JWT-SVID for {id}: {e}"))
+                })?;
+            svids.push(Jwtsvid {
+                spiffe_id: id.to_string(),
+                svid: token,
+                hint: String::new(),
+            });
+        }
+        Ok(Response::new(JwtsvidResponse { svids }))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        let _caller = self.admit(&request)?;
+        let req = request.into_inner();
+        if req.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if req.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let state = self.manager.state();
+        let Some(bundle) = state.jwt_bundle.as_ref() else {
+            return Err(Status::unavailable(
+                "the JWT bundle has not been fetched from the CA yet",
+            ));
+        };
+        let (id, claims) = crate::jwt::validate(&req.svid, &req.audience, &bundle.0, &bundle.1)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: id.to_string(),
+            claims: Some(crate::jwt::to_struct(claims)),
+        }))
+    }
+}
