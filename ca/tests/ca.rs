@@ -738,7 +738,137 @@ async fn audit_load_is_durable_and_chained(db: Db) {
     ca.stop().await;
 }
 
+/// `NodeService.ListNodeEntries`: a node sees exactly the entries it is parent of; a
+/// workload, a join token and a stranger are refused, and the refusals are audited.
+async fn node_entry_listing(db: Db) {
+    use warden_proto::warden_ca::ListNodeEntriesRequest;
+    use warden_proto::warden_ca::node_service_client::NodeServiceClient;
+    let Some(ca) = TestCa::start(
+        db,
+        Opts {
+            trusted_node_accounts: vec!["istio-system/ztunnel".into()],
+            ..Opts::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let mut admin = ca.admin().await;
+    let entry = |parent: &str, id: &str, sel: &str| CreateEntryRequest {
+        parent_id: parent.into(),
+        spiffe_id: id.into(),
+        selectors: vec![Selector {
+            r#type: "unix".into(),
+            value: sel.into(),
+        }],
+    };
+    let node1 = format!("spiffe://{TD}/warden/node/node-1");
+    let node2 = format!("spiffe://{TD}/warden/node/node-2");
+    let zt = sa_id("istio-system", "ztunnel");
+    for (parent, id, sel) in [
+        (&node1, sa_id("default", "web"), "uid:1000"),
+        (&node1, sa_id("default", "db"), "uid:1001"),
+        (&node2, sa_id("default", "other"), "uid:1000"),
+        (&zt, sa_id("default", "zt-web"), "uid:7"),
+    ] {
+        admin.create_entry(entry(parent, &id, sel)).await.unwrap();
+    }
+    // node-1 with its SVID sees its two entries (ordered by creation second, then ID).
+    let token = ca.join_token("node-1").await;
+    let (csr0, key) = csr(None);
+    let chain = create(
+        &mut ca.client(None).await,
+        request(&csr0, 600, Some(&token), None),
+    )
+    .await
+    .unwrap();
+    let mut node =
+        NodeServiceClient::new(ca.channel(Some((&chain[0], &key.serialize_pem()))).await);
+    let resp = node
+        .list_node_entries(ListNodeEntriesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.node_id, node1);
+    let mut ids: Vec<_> = resp
+        .entries
+        .iter()
+        .map(|e| (e.spiffe_id.clone(), e.selectors.clone()))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            (sa_id("default", "db"), vec!["unix:uid:1001".to_string()]),
+            (sa_id("default", "web"), vec!["unix:uid:1000".to_string()])
+        ]
+    );
+    // A trusted node account (JWT) sees the entries under its own SPIFFE ID.
+    let mut anon = NodeServiceClient::new(ca.channel(None).await);
+    let mut req = tonic::Request::new(ListNodeEntriesRequest {});
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", sa_token("istio-system", "ztunnel"))
+            .parse()
+            .unwrap(),
+    );
+    let resp = anon.list_node_entries(req).await.unwrap().into_inner();
+    assert_eq!(resp.node_id, zt);
+    assert_eq!(resp.entries.len(), 1);
+    // A workload identity is not a node.
+    let (csr1, wkey) = csr(None);
+    let mut req = tonic::Request::new(warden_proto::istio_ca::IstioCertificateRequest {
+        csr: csr1,
+        validity_duration: 600,
+        metadata: None,
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", sa_token("default", "web"))
+            .parse()
+            .unwrap(),
+    );
+    let wchain = ca
+        .client(None)
+        .await
+        .create_certificate(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .cert_chain;
+    let mut workload =
+        NodeServiceClient::new(ca.channel(Some((&wchain[0], &wkey.serialize_pem()))).await);
+    let err = workload
+        .list_node_entries(ListNodeEntriesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("is not a node"), "{}", err.message());
+    // A join token only buys the node certificate.
+    let token2 = ca.join_token("node-2").await;
+    let mut req = tonic::Request::new(ListNodeEntriesRequest {});
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token2}").parse().unwrap());
+    let err = anon.list_node_entries(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // No credentials at all.
+    let err = anon
+        .list_node_entries(ListNodeEntriesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let denied: Vec<_> = audit_rows(&ca)
+        .await
+        .into_iter()
+        .filter(|r| r.event == "node.denied")
+        .collect();
+    assert_eq!(denied.len(), 3, "{denied:?}");
+    ca.stop().await;
+}
+
 on_both_backends!(
+    node_entry_listing,
     istio_style_jwt_request,
     jwt_refusals,
     renewal_with_client_cert,

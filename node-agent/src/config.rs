@@ -501,4 +501,41 @@ mod tests {
         .unwrap();
         assert!(!format!("{c:?}").contains("wjt_secret"));
     }
+
+    #[test]
+    fn local_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/agent.yaml");
+        let c = Config::load(RunArgs {
+            config: Some(path),
+            ..RunArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.node_name, "local-node");
+        assert_eq!(c.tls_server_name, "localhost");
+        assert_eq!(c.mode, Mode::Node);
+    }
+
+    #[test]
+    fn kubernetes_configmap_config_loads() {
+        #[derive(Deserialize)]
+        struct ConfigMap {
+            data: std::collections::BTreeMap<String, String>,
+        }
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/agent/configmap.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cm: ConfigMap = serde_saphyr::from_str(&text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.yaml");
+        std::fs::write(&file, &cm.data["agent.yaml"]).unwrap();
+        let c = Config::load(RunArgs {
+            config: Some(file),
+            node_name: Some("node-1".into()),
+            ..RunArgs::default()
+        })
+        .unwrap();
+        assert!(matches!(c.credential, NodeCredential::TokenFile(_)));
+        assert_eq!(c.tls_server_name, "warden-ca.istio-system.svc");
+        assert_eq!(c.socket_dir, PathBuf::from("/run/warden/agent"));
+    }
 }

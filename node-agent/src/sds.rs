@@ -30,7 +30,8 @@ use warden_proto::SpiffeId;
 use crate::attestation::Caller;
 use crate::manager::{Manager, State};
 use crate::sds_state::{Decision, RequestView, StreamState};
-use crate::server::{attest, identities_or_denied};
+use crate::server::{CallerIds, attest, identities_or_denied};
+use crate::svid::{Bundle, Svid};
 
 /// Type URL of SDS resources.
 pub const SECRET_TYPE_URL: &str =
@@ -58,47 +59,57 @@ fn inline(bytes: Vec<u8>) -> Option<DataSource> {
     })
 }
 
-/// What a resource is now: used to tell whether it changed since it was sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a resource is now, to tell whether it changed since it was sent. Holding the
+/// `Arc`s keeps the pointers unique, so pointer equality is exact.
+#[derive(Debug, Clone)]
 enum Fingerprint {
-    Svid(String, String),
-    Bundle(String),
+    Svid(Arc<Svid>),
+    Bundle(Arc<Bundle>),
 }
 
-/// Builds resource `name` for a caller with `ids`; `None` when it cannot be served yet
-/// (no SVID fetched yet) or is unknown.
-fn resource(state: &State, ids: &[SpiffeId], name: &str) -> Option<(Secret, Fingerprint)> {
+impl PartialEq for Fingerprint {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Svid(a), Self::Svid(b)) => Arc::ptr_eq(a, b),
+            (Self::Bundle(a), Self::Bundle(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        }
+    }
+}
+
+/// The current version of resource `name` for a caller with `ids`; `None` when it
+/// cannot be served yet (no SVID fetched yet) or is unknown. Cheap: no encoding.
+fn fingerprint(state: &State, ids: &[SpiffeId], name: &str) -> Option<Fingerprint> {
     if name == ROOTCA {
-        let b = state.bundle.as_ref()?;
-        let secret = Secret {
-            name: name.to_string(),
-            r#type: Some(secret::Type::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: inline(b.pem.clone().into_bytes()),
-                    ..Default::default()
-                },
-            )),
-        };
-        return Some((secret, Fingerprint::Bundle(b.pem.clone())));
+        return state.bundle.clone().map(Fingerprint::Bundle);
     }
     let id = if name == DEFAULT {
         ids.first()?
     } else {
         ids.iter().find(|id| id.as_str() == name)?
     };
-    let svid = state.svids.get(id)?;
-    let secret = Secret {
-        name: name.to_string(),
-        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+    state.svids.get(id).cloned().map(Fingerprint::Svid)
+}
+
+/// Builds resource `name`.
+fn resource(state: &State, ids: &[SpiffeId], name: &str) -> Option<(Secret, Fingerprint)> {
+    let fp = fingerprint(state, ids, name)?;
+    let r#type = match &fp {
+        Fingerprint::Bundle(b) => secret::Type::ValidationContext(CertificateValidationContext {
+            trusted_ca: inline(b.pem.clone().into_bytes()),
+            ..Default::default()
+        }),
+        Fingerprint::Svid(svid) => secret::Type::TlsCertificate(TlsCertificate {
             certificate_chain: inline(svid.chain_pem.clone().into_bytes()),
             private_key: inline(svid.key.pem().into_bytes()),
             ..Default::default()
-        })),
+        }),
     };
-    Some((
-        secret,
-        Fingerprint::Svid(svid.id.to_string(), svid.serial.clone()),
-    ))
+    let secret = Secret {
+        name: name.to_string(),
+        r#type: Some(r#type),
+    };
+    Some((secret, fp))
 }
 
 fn is_known_name(name: &str) -> bool {
@@ -141,6 +152,7 @@ impl Sds {
 struct Stream {
     manager: Arc<Manager>,
     caller: Caller,
+    ids: CallerIds,
     state: StreamState,
     /// What was last sent per name.
     sent: BTreeMap<String, Fingerprint>,
@@ -205,7 +217,7 @@ impl Stream {
             .state
             .watched()
             .filter(|n| {
-                let now = resource(state, ids, n).map(|(_, fp)| fp);
+                let now = fingerprint(state, ids, n);
                 now.is_some() && now.as_ref() != self.sent.get(*n)
             })
             .map(String::from)
@@ -234,7 +246,7 @@ impl Stream {
                     tracing::warn!(caller = %self.caller, names = ?unknown, "SDS: unknown resource names requested; serving only default, ROOTCA and the caller's SPIFFE IDs");
                 }
                 let state = self.manager.state();
-                let ids = identities_or_denied(&self.manager, &state, &self.caller)?;
+                let ids = self.ids.get(&self.manager, &state, &self.caller)?;
                 Ok(self.send(&state, &ids, &known, false).await)
             }
             Decision::Ack => {
@@ -264,10 +276,10 @@ impl Stream {
 
     async fn on_state(&mut self) -> Result<bool, Status> {
         let state = self.manager.state();
-        let ids = identities_or_denied(&self.manager, &state, &self.caller)?;
+        let ids = self.ids.get(&self.manager, &state, &self.caller)?;
         let mut names = self.changed(&state, &ids);
         for p in &self.pending {
-            if !names.contains(p) && resource(&state, &ids, p).is_some() {
+            if !names.contains(p) && fingerprint(&state, &ids, p).is_some() {
                 names.push(p.clone());
             }
         }
@@ -350,6 +362,7 @@ impl SecretDiscoveryService for Sds {
         let stream = Stream {
             manager: self.manager.clone(),
             caller,
+            ids: CallerIds::default(),
             state: StreamState::default(),
             sent: BTreeMap::new(),
             pending: Vec::new(),

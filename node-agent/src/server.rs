@@ -20,7 +20,7 @@ use warden_proto::SpiffeId;
 use warden_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
 use crate::attestation::Caller;
-use crate::manager::{Manager, State};
+use crate::manager::{Entry, Manager, State};
 use crate::sds::Sds;
 use crate::workload_api::WorkloadApi;
 
@@ -64,6 +64,37 @@ pub fn identities_or_denied(
         )));
     }
     Ok(ids)
+}
+
+/// A stream's identities, recomputed only when the entries (or, in workload mode, the
+/// token's identity) change, not on every rotation of anyone's SVID.
+#[derive(Debug, Default)]
+pub struct CallerIds {
+    entries: Option<Arc<Vec<Entry>>>,
+    own: Option<SpiffeId>,
+    ids: Vec<SpiffeId>,
+}
+
+impl CallerIds {
+    /// The caller's identities in `state`, or `PermissionDenied`.
+    pub fn get(
+        &mut self,
+        manager: &Manager,
+        state: &State,
+        caller: &Caller,
+    ) -> Result<Vec<SpiffeId>, Status> {
+        let fresh = self
+            .entries
+            .as_ref()
+            .is_some_and(|e| Arc::ptr_eq(e, &state.entries))
+            && self.own == state.own_id;
+        if !fresh {
+            self.ids = identities_or_denied(manager, state, caller)?;
+            self.entries = Some(state.entries.clone());
+            self.own = state.own_id.clone();
+        }
+        Ok(self.ids.clone())
+    }
 }
 
 /// Binds a socket, replacing a stale file, world-connectable: on the shared socket the
@@ -192,9 +223,16 @@ impl Sockets {
     /// Keeps the named sockets in line with the entries until `shutdown`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut updates = self.manager.subscribe();
+        let mut seen: Option<Arc<Vec<Entry>>> = None;
         loop {
-            let names = self.manager.state().socket_names();
-            self.reconcile(&names);
+            let state = self.manager.state();
+            if !seen
+                .as_ref()
+                .is_some_and(|e| Arc::ptr_eq(e, &state.entries))
+            {
+                self.reconcile(&state.socket_names());
+                seen = Some(state.entries.clone());
+            }
             tokio::select! {
                 r = updates.changed() => if r.is_err() { break },
                 _ = shutdown.changed() => break,

@@ -21,7 +21,7 @@ use warden_proto::workload::{
 
 use crate::attestation::Caller;
 use crate::manager::{Manager, State};
-use crate::server::{attest, identities_or_denied};
+use crate::server::{CallerIds, attest, identities_or_denied};
 
 /// The Workload API service for one socket.
 #[derive(Debug, Clone)]
@@ -78,9 +78,10 @@ impl WorkloadApi {
                 .fetch_add(1, Ordering::Relaxed);
             let mut updates = manager.subscribe();
             let mut last: Option<R> = None;
+            let mut cached = CallerIds::default();
             loop {
                 let state = manager.state();
-                match identities_or_denied(&manager, &state, &caller) {
+                match cached.get(&manager, &state, &caller) {
                     Ok(ids) => {
                         if let Some(msg) = build(&state, &ids)
                             && last.as_ref() != Some(&msg)
