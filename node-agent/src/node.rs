@@ -168,13 +168,22 @@ impl Node {
             )));
         };
         let key = NodeKey::generate().map_err(|e| NodeError::Other(e.to_string()))?;
+        // The CSR names the node this agent is, so the CA refuses a token made for
+        // another node before spending it (a --node-name typo must not burn the token).
         let csr = key
-            .csr_pem(None)
+            .csr_pem(Some(&self.expected))
             .map_err(|e| NodeError::Other(e.to_string()))?;
         let answer = self
             .ca
             .create_certificate(csr, self.ttl, None, Some(token))
-            .await?;
+            .await
+            .map_err(|e| match e.code {
+                tonic::Code::InvalidArgument => NodeError::Other(format!(
+                    "{e} (a join token is for one node: check --node-name {})",
+                    self.expected.node_name().unwrap_or_default()
+                )),
+                _ => NodeError::Ca(e),
+            })?;
         let svid = Svid::from_ca_answer(key, &answer, None, SystemTime::now())
             .map_err(|e| NodeError::Other(e.to_string()))?;
         if svid.id != self.expected {

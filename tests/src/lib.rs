@@ -5,6 +5,8 @@
 //! `./test.sh` builds them (`cargo build --workspace --bins`) before `cargo test`.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // test support: panics are failures
 
+pub mod envoy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -14,8 +16,12 @@ use std::time::Duration;
 /// Path of a workspace binary next to the running test executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).unwrap();
+    // target/<profile>/deps/<test> (tests) or target/<profile>/<bench> (benchmarks)
+    // -> target/<profile>/<name>
+    let mut dir = exe.parent().unwrap();
+    if dir.ends_with("deps") {
+        dir = dir.parent().unwrap();
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

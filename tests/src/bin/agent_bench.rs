@@ -256,13 +256,10 @@ fn rotation_to_envoy(dir: &Path, rotations: usize, ttl_secs: u64) {
         let seen = std::time::SystemTime::now();
         if now_serving.len() == 1 && now_serving != serving {
             // Envoy prints serials in lowercase hex like the agent.
-            match received.get(&now_serving[0]) {
-                Some(t) => {
-                    let d = seen.duration_since(*t).unwrap_or_default();
-                    delays.push(d.as_secs_f64() * 1e3);
-                }
-                // The first certificate Envoy got, from before the loop started.
-                None => {}
+            // The first certificate Envoy got predates the loop and is not timed.
+            if let Some(t) = received.get(&now_serving[0]) {
+                let d = seen.duration_since(*t).unwrap_or_default();
+                delays.push(d.as_secs_f64() * 1e3);
             }
             serving = now_serving;
         }
