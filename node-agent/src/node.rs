@@ -217,6 +217,7 @@ impl Node {
     pub async fn renew_loop(self: Arc<Self>) {
         let backoff = Backoff::default();
         let mut attempt = 0;
+        let mut expired_logged = false;
         loop {
             let Some(current) = self.svid() else {
                 return;
@@ -237,6 +238,7 @@ impl Node {
                             tracing::info!("node SVID renewal recovered");
                         }
                         attempt = 0;
+                        expired_logged = false;
                         break;
                     }
                     Err(e) => {
@@ -250,6 +252,14 @@ impl Node {
                             .not_after
                             .duration_since(SystemTime::now())
                             .unwrap_or_default();
+                        if left.is_zero() && !expired_logged {
+                            expired_logged = true;
+                            tracing::error!(
+                                id = %current.id,
+                                "the node SVID has expired; mTLS renewal cannot succeed. Restart the agent with a new --join-token (warden token create --node {})",
+                                self.expected.node_name().unwrap_or_default()
+                            );
+                        }
                         tokio::time::sleep(backoff.delay_before(
                             attempt,
                             crate::random_sample(),
