@@ -507,3 +507,117 @@ impl Manager {
         Ok(resp.token)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeCredential;
+    use crate::svid::test_support::TestCa;
+
+    fn manager(mode: Mode, root_pem: &str, dir: &std::path::Path) -> Arc<Manager> {
+        let ca =
+            Arc::new(CaClient::new("https://127.0.0.1:9", "localhost", root_pem.into()).unwrap());
+        let node = Arc::new(
+            Node::new(
+                ca.clone(),
+                NodeCredential::None,
+                dir,
+                "cluster.local",
+                "n1",
+                Duration::from_secs(60),
+                RotationPolicy::default(),
+            )
+            .unwrap(),
+        );
+        let settings = Settings {
+            mode,
+            ttl: Duration::from_secs(60),
+            rotation: RotationPolicy::default(),
+            sync_interval: Duration::from_secs(5),
+            write_dir: None,
+        };
+        Arc::new(Manager::new(
+            ca,
+            node,
+            settings,
+            Arc::new(Metrics::default()),
+        ))
+    }
+
+    const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
+
+    #[tokio::test]
+    async fn a_new_root_in_an_answer_replaces_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca1, ca2) = (TestCa::new(), TestCa::new());
+        let m = manager(Mode::Node, &ca1.pem, dir.path());
+        let mut rx = m.subscribe();
+        m.publish(ca1.svid(WEB));
+        let b1 = m.state().bundle.clone().unwrap();
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        // Same root: the bundle is kept as it was (no ROOTCA push).
+        m.publish(ca1.svid(WEB));
+        assert!(Arc::ptr_eq(&b1, m.state().bundle.as_ref().unwrap()));
+        // Another root: the bundle changes with the SVID.
+        let s2 = m.publish(ca2.svid(WEB));
+        let b2 = m.state().bundle.clone().unwrap();
+        assert_ne!(b1.pem, b2.pem);
+        assert_eq!(b2.pem, ca2.pem);
+        let id = SpiffeId::parse(WEB).unwrap();
+        assert!(Arc::ptr_eq(&m.state().svids[&id], &s2));
+    }
+
+    #[tokio::test]
+    async fn removed_entries_drop_their_identities() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let m = manager(Mode::Node, &ca.pem, dir.path());
+        let web = SpiffeId::parse(WEB).unwrap();
+        let entry = Entry {
+            id: "e1".into(),
+            spiffe_id: web.clone(),
+            selectors: vec!["unix:uid:1000".parse().unwrap()],
+        };
+        m.apply_entries(vec![entry.clone()]);
+        m.publish(ca.svid(WEB));
+        let caller = Caller {
+            socket: None,
+            uid: 1000,
+            gid: 1,
+            exe: None,
+        };
+        assert_eq!(
+            m.state().identities_for(Mode::Node, &caller),
+            vec![web.clone()]
+        );
+        assert_eq!(m.tasks.lock().unwrap().len(), 1);
+        m.apply_entries(vec![]);
+        assert!(m.state().identities_for(Mode::Node, &caller).is_empty());
+        assert!(
+            m.state().svids.is_empty(),
+            "the SVID of a removed entry is dropped"
+        );
+        assert!(m.tasks.lock().unwrap().is_empty());
+        m.stop();
+    }
+
+    #[tokio::test]
+    async fn workload_mode_serves_its_own_identity_to_everyone() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let m = manager(Mode::Workload, &ca.pem, dir.path());
+        let anyone = Caller {
+            socket: None,
+            uid: 4242,
+            gid: 4242,
+            exe: None,
+        };
+        assert!(m.state().identities_for(Mode::Workload, &anyone).is_empty());
+        m.publish(ca.svid(WEB));
+        assert_eq!(
+            m.state().identities_for(Mode::Workload, &anyone),
+            vec![SpiffeId::parse(WEB).unwrap()]
+        );
+    }
+}

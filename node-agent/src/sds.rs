@@ -399,3 +399,81 @@ impl SecretDiscoveryService for Sds {
         Ok(Response::new(response(secrets).0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::svid::test_support::TestCa;
+
+    const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
+    const DB: &str = "spiffe://cluster.local/ns/default/sa/db";
+
+    fn state(ca: &TestCa) -> State {
+        let mut s = State::default();
+        for id in [WEB, DB] {
+            let svid = ca.svid(id);
+            s.bundle = Some(Arc::new(svid.bundle.clone()));
+            s.svids.insert(svid.id.clone(), Arc::new(svid));
+        }
+        s
+    }
+
+    #[test]
+    fn resources_are_istio_shaped() {
+        let ca = TestCa::new();
+        let s = state(&ca);
+        let ids = [SpiffeId::parse(WEB).unwrap(), SpiffeId::parse(DB).unwrap()];
+        let (default, _) = resource(&s, &ids, DEFAULT).unwrap();
+        let Some(secret::Type::TlsCertificate(tls)) = default.r#type else {
+            panic!("default is not a tls_certificate")
+        };
+        let inline_of = |d: Option<DataSource>| match d.and_then(|d| d.specifier) {
+            Some(Specifier::InlineBytes(b)) => String::from_utf8(b).unwrap(),
+            other => panic!("not inline bytes: {other:?}"),
+        };
+        assert_eq!(inline_of(tls.certificate_chain), s.svids[&ids[0]].chain_pem);
+        assert!(inline_of(tls.private_key).contains("BEGIN PRIVATE KEY"));
+        let (root, _) = resource(&s, &ids, ROOTCA).unwrap();
+        let Some(secret::Type::ValidationContext(v)) = root.r#type.clone() else {
+            panic!("ROOTCA is not a validation_context")
+        };
+        assert_eq!(inline_of(v.trusted_ca), ca.pem);
+        // A SPIFFE ID the caller has names that SVID; others are not served.
+        assert_eq!(resource(&s, &ids, DB).unwrap().0.name, DB);
+        assert!(resource(&s, &ids[..1], DB).is_none());
+        assert!(resource(&s, &ids, "file-cert:/a~/b").is_none());
+        assert!(resource(&s, &[], DEFAULT).is_none());
+        let (resp, nonce) = response(vec![root]);
+        assert_eq!(resp.type_url, SECRET_TYPE_URL);
+        assert_eq!(resp.resources[0].type_url, SECRET_TYPE_URL);
+        assert_eq!(resp.nonce, nonce);
+        assert_eq!(nonce.len(), 32);
+        let (_, n2) = response(vec![]);
+        assert_ne!(nonce, n2);
+    }
+
+    #[test]
+    fn fingerprints_change_with_rotation_and_roots_only() {
+        let ca = TestCa::new();
+        let s1 = state(&ca);
+        let ids = [SpiffeId::parse(WEB).unwrap()];
+        let f_default = fingerprint(&s1, &ids, DEFAULT);
+        let f_root = fingerprint(&s1, &ids, ROOTCA);
+        // Another identity rotating changes neither.
+        let mut s2 = s1.clone();
+        let db = ca.svid(DB);
+        s2.svids.insert(db.id.clone(), Arc::new(db));
+        assert_eq!(fingerprint(&s2, &ids, DEFAULT), f_default);
+        assert_eq!(fingerprint(&s2, &ids, ROOTCA), f_root);
+        // Our identity rotating changes `default`; an equal bundle in a new Arc does not
+        // change ROOTCA; a new root does.
+        let web = ca.svid(WEB);
+        s2.bundle = Some(Arc::new(web.bundle.clone()));
+        s2.svids.insert(web.id.clone(), Arc::new(web));
+        assert_ne!(fingerprint(&s2, &ids, DEFAULT), f_default);
+        assert_eq!(fingerprint(&s2, &ids, ROOTCA), f_root);
+        let other = TestCa::new();
+        s2.bundle = Some(Arc::new(other.svid(WEB).bundle.clone()));
+        assert_ne!(fingerprint(&s2, &ids, ROOTCA), f_root);
+    }
+}

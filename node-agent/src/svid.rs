@@ -238,21 +238,58 @@ impl Svid {
     }
 }
 
+/// Test support: a throwaway CA that issues SVIDs for unit tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A self-signed CA.
+    pub struct TestCa {
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+        /// Its certificate, PEM.
+        pub pem: String,
+    }
+
+    impl TestCa {
+        pub fn new() -> Self {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut params = rcgen::CertificateParams::default();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let pem = params.self_signed(&key).unwrap().pem();
+            Self {
+                issuer: rcgen::Issuer::new(params, key),
+                pem,
+            }
+        }
+
+        /// The CA's answer for a CSR-less issuance of `id` to `key`.
+        pub fn answer(&self, id: &str, key: &NodeKey) -> Vec<String> {
+            let mut p = rcgen::CertificateParams::default();
+            p.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+            let pk = rcgen::KeyPair::from_pem(&key.pem()).unwrap();
+            vec![
+                p.signed_by(&pk, &self.issuer).unwrap().pem(),
+                self.pem.clone(),
+            ]
+        }
+
+        /// An SVID for `id`.
+        pub fn svid(&self, id: &str) -> Svid {
+            let key = NodeKey::generate().unwrap();
+            let answer = self.answer(id, &key);
+            Svid::from_ca_answer(key, &answer, None, SystemTime::now()).unwrap()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_support::TestCa;
     use super::*;
 
     fn issue(id: &str, key: &NodeKey) -> Vec<String> {
-        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut ca = rcgen::CertificateParams::default();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let mut p = rcgen::CertificateParams::default();
-        p.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
-        let pk = rcgen::KeyPair::from_pem(&key.pem()).unwrap();
-        let leaf = p.signed_by(&pk, &issuer).unwrap();
-        vec![leaf.pem(), ca_cert.pem()]
+        TestCa::new().answer(id, key)
     }
 
     #[test]
