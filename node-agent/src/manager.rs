@@ -111,6 +111,10 @@ pub struct Manager {
     write_dir: Option<PathBuf>,
     metrics: Arc<Metrics>,
     state: watch::Sender<Arc<State>>,
+    /// Per-identity "new SVID" notifications: a rotation wakes only the streams of
+    /// that identity, not every stream on the node. Kept for every identity ever
+    /// watched (one small channel each).
+    svid_events: Mutex<HashMap<SpiffeId, watch::Sender<()>>>,
     tasks: Mutex<HashMap<SpiffeId, JoinHandle<()>>>,
     jwt_cache: Mutex<HashMap<(SpiffeId, Vec<String>), CachedJwt>>,
     limiter: Semaphore,
@@ -149,6 +153,7 @@ impl Manager {
             write_dir: settings.write_dir,
             metrics,
             state: watch::channel(Arc::new(State::default())).0,
+            svid_events: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
             jwt_cache: Mutex::new(HashMap::new()),
             limiter: Semaphore::new(MAX_CONCURRENT_FETCHES),
@@ -170,9 +175,26 @@ impl Manager {
         self.state.borrow().clone()
     }
 
-    /// A receiver that wakes on every state change.
+    /// A receiver that wakes when entries, bundles or the workload-mode identity
+    /// change. SVID rotations do not wake it: see [`Manager::watch_svids`].
     pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
         self.state.subscribe()
+    }
+
+    /// Receivers that wake when a new SVID of one of `ids` is published. Subscribe
+    /// before reading the state, so no rotation can fall in between.
+    pub fn watch_svids(&self, ids: &[SpiffeId]) -> Vec<watch::Receiver<()>> {
+        let Ok(mut events) = self.svid_events.lock() else {
+            return Vec::new();
+        };
+        ids.iter()
+            .map(|id| {
+                events
+                    .entry(id.clone())
+                    .or_insert_with(|| watch::channel(()).0)
+                    .subscribe()
+            })
+            .collect()
     }
 
     /// The node SVID, when the node has one.
@@ -235,21 +257,37 @@ impl Manager {
             }
         }
         let published = svid.clone();
-        self.update(|s| {
+        let id = svid.id.clone();
+        // The SVID goes into the state without waking everyone; only a new bundle (or,
+        // in workload mode, a new own identity) is news for all streams.
+        self.state.send_if_modified(|s| {
+            let s = Arc::make_mut(s);
+            let mut news = false;
             let new_bundle = Arc::new(svid.bundle.clone());
             match &s.bundle {
                 Some(b) if **b == *new_bundle => {}
                 Some(_) => {
                     tracing::info!(trust_domain = %new_bundle.trust_domain, "trust bundle changed; pushing it");
                     s.bundle = Some(new_bundle);
+                    news = true;
                 }
-                None => s.bundle = Some(new_bundle),
+                None => {
+                    s.bundle = Some(new_bundle);
+                    news = true;
+                }
             }
-            if self.mode == Mode::Workload {
+            if self.mode == Mode::Workload && s.own_id.as_ref() != Some(&svid.id) {
                 s.own_id = Some(svid.id.clone());
+                news = true;
             }
             s.svids.insert(svid.id.clone(), svid);
+            news
         });
+        if let Ok(events) = self.svid_events.lock()
+            && let Some(tx) = events.get(&id)
+        {
+            tx.send_replace(());
+        }
         published
     }
 

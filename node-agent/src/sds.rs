@@ -30,7 +30,7 @@ use warden_proto::SpiffeId;
 use crate::attestation::Caller;
 use crate::manager::{Manager, State};
 use crate::sds_state::{Decision, RequestView, StreamState};
-use crate::server::{CallerIds, attest, identities_or_denied};
+use crate::server::{CallerIds, any_changed, attest, identities_or_denied};
 use crate::svid::{Bundle, Svid};
 
 /// Type URL of SDS resources.
@@ -245,8 +245,7 @@ impl Stream {
                 if !unknown.is_empty() {
                     tracing::warn!(caller = %self.caller, names = ?unknown, "SDS: unknown resource names requested; serving only default, ROOTCA and the caller's SPIFFE IDs");
                 }
-                let state = self.manager.state();
-                let ids = self.ids.get(&self.manager, &state, &self.caller)?;
+                let (state, ids) = self.ids.get(&self.manager, &self.caller)?;
                 Ok(self.send(&state, &ids, &known, false).await)
             }
             Decision::Ack => {
@@ -275,8 +274,7 @@ impl Stream {
     }
 
     async fn on_state(&mut self) -> Result<bool, Status> {
-        let state = self.manager.state();
-        let ids = self.ids.get(&self.manager, &state, &self.caller)?;
+        let (state, ids) = self.ids.get(&self.manager, &self.caller)?;
         let mut names = self.changed(&state, &ids);
         for p in &self.pending {
             if !names.contains(p) && fingerprint(&state, &ids, p).is_some() {
@@ -306,6 +304,7 @@ impl Stream {
                     Ok(()) => self.on_state().await,
                     Err(_) => break,
                 },
+                () = any_changed(&mut self.ids.svid_events) => self.on_state().await,
             };
             match result {
                 Ok(true) => {}

@@ -66,6 +66,16 @@ pub fn identities_or_denied(
     Ok(ids)
 }
 
+/// Waits until one of `rxs` fires; forever when there are none. A closed channel
+/// counts as firing (the caller re-subscribes with its next identity check).
+pub async fn any_changed(rxs: &mut [watch::Receiver<()>]) {
+    if rxs.is_empty() {
+        return std::future::pending().await;
+    }
+    let futures: Vec<_> = rxs.iter_mut().map(|r| Box::pin(r.changed())).collect();
+    let _ = futures::future::select_all(futures).await;
+}
+
 /// A stream's identities, recomputed only when the entries (or, in workload mode, the
 /// token's identity) change, not on every rotation of anyone's SVID.
 #[derive(Debug, Default)]
@@ -73,27 +83,37 @@ pub struct CallerIds {
     entries: Option<Arc<Vec<Entry>>>,
     own: Option<SpiffeId>,
     ids: Vec<SpiffeId>,
+    /// Rotation notifications of `watched`.
+    pub svid_events: Vec<watch::Receiver<()>>,
+    watched: Vec<SpiffeId>,
 }
 
 impl CallerIds {
-    /// The caller's identities in `state`, or `PermissionDenied`.
+    /// The caller's identities in the current state, or `PermissionDenied`, with the
+    /// state they were read from. Keeps [`CallerIds::svid_events`] subscribed to them,
+    /// subscribing before the state is (re-)read so no rotation is missed.
     pub fn get(
         &mut self,
         manager: &Manager,
-        state: &State,
         caller: &Caller,
-    ) -> Result<Vec<SpiffeId>, Status> {
+    ) -> Result<(Arc<State>, Vec<SpiffeId>), Status> {
+        let mut state = manager.state();
         let fresh = self
             .entries
             .as_ref()
             .is_some_and(|e| Arc::ptr_eq(e, &state.entries))
             && self.own == state.own_id;
         if !fresh {
-            self.ids = identities_or_denied(manager, state, caller)?;
+            self.ids = identities_or_denied(manager, &state, caller)?;
             self.entries = Some(state.entries.clone());
             self.own = state.own_id.clone();
         }
-        Ok(self.ids.clone())
+        if self.watched != self.ids {
+            self.svid_events = manager.watch_svids(&self.ids);
+            self.watched = self.ids.clone();
+            state = manager.state();
+        }
+        Ok((state, self.ids.clone()))
     }
 }
 

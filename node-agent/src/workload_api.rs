@@ -21,7 +21,7 @@ use warden_proto::workload::{
 
 use crate::attestation::Caller;
 use crate::manager::{Manager, State};
-use crate::server::{CallerIds, attest, identities_or_denied};
+use crate::server::{CallerIds, any_changed, attest, identities_or_denied};
 
 /// The Workload API service for one socket.
 #[derive(Debug, Clone)]
@@ -80,9 +80,8 @@ impl WorkloadApi {
             let mut last: Option<R> = None;
             let mut cached = CallerIds::default();
             loop {
-                let state = manager.state();
-                match cached.get(&manager, &state, &caller) {
-                    Ok(ids) => {
+                match cached.get(&manager, &caller) {
+                    Ok((state, ids)) => {
                         if let Some(msg) = build(&state, &ids)
                             && last.as_ref() != Some(&msg)
                         {
@@ -99,6 +98,7 @@ impl WorkloadApi {
                 }
                 tokio::select! {
                     r = updates.changed() => if r.is_err() { break },
+                    () = any_changed(&mut cached.svid_events) => {}
                     _ = tx.closed() => break,
                 }
             }

@@ -115,8 +115,8 @@ fn wait_metric(agent: &AgentProcess, name: &str, at_least: f64, timeout: Duratio
     }
 }
 
-async fn scale(dir: &Path, n: usize, ttl_secs: u64) {
-    println!("## Scale: {n} identities, {n} SDS streams, node mode, --svid-ttl {ttl_secs}s");
+async fn scale(dir: &Path, n: usize, ttl_secs: u64, streams: usize) {
+    println!("## Scale: {n} identities, {streams} SDS streams, node mode, --svid-ttl {ttl_secs}s");
     let ca = CaProcess::start(&dir.join("ca"), &[]);
     let token = ca.join_token("bench");
     create_entries(&ca, "bench", n).await;
@@ -153,20 +153,20 @@ async fn scale(dir: &Path, n: usize, ttl_secs: u64) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let socket_dir = agent.socket_dir();
     let open_start = Instant::now();
-    for i in 0..n {
+    for i in 0..streams {
         tokio::spawn(sds_stream(
             socket_dir.join(format!("w{i}.sock")),
             tx.clone(),
         ));
     }
     let mut got = 0;
-    while got < n {
+    while got < streams {
         rx.recv().await.unwrap();
         got += 1;
     }
     let (cpu1, rss1, _) = usage(pid);
     println!(
-        "- {n} SDS streams open and served in {:.2} s; agent RSS {rss1:.1} MiB; streams gauge {}",
+        "- {streams} SDS streams open and served in {:.2} s; agent RSS {rss1:.1} MiB; streams gauge {}",
         open_start.elapsed().as_secs_f64(),
         agent.metric("warden_agent_sds_streams")
     );
@@ -195,8 +195,8 @@ async fn scale(dir: &Path, n: usize, ttl_secs: u64) {
         cpu * 100.0 / window.as_secs_f64()
     );
     println!(
-        "- agent RSS {rss2:.1} MiB (peak {hwm:.1} MiB) with {n} identities and {n} streams; {:.1} KiB per stream over the agent with {n} SVIDs and no streams\n",
-        (rss2 - rss0) * 1024.0 / n as f64
+        "- agent RSS {rss2:.1} MiB (peak {hwm:.1} MiB) with {n} identities and {streams} streams; {:.1} KiB per stream over the agent with {n} SVIDs and no streams\n",
+        (rss2 - rss0) * 1024.0 / streams.max(1) as f64
     );
 }
 
@@ -291,7 +291,8 @@ async fn main() {
     let ttl: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60);
     let rotations: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(30);
     let dir = tempfile::tempdir().unwrap();
-    scale(dir.path(), n, ttl).await;
+    let streams: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(n).min(n);
+    scale(dir.path(), n, ttl, streams).await;
     let d = dir.path().to_path_buf();
     tokio::task::spawn_blocking(move || rotation_to_envoy(&d, rotations, 2))
         .await
