@@ -245,13 +245,13 @@ impl Sockets {
         let mut updates = self.manager.subscribe();
         let mut seen: Option<Arc<Vec<Entry>>> = None;
         loop {
-            let state = self.manager.state();
-            if !seen
-                .as_ref()
-                .is_some_and(|e| Arc::ptr_eq(e, &state.entries))
-            {
-                self.reconcile(&state.socket_names());
-                seen = Some(state.entries.clone());
+            // Not holding the state across the wait: a held `Arc<State>` makes every
+            // update copy the whole state.
+            let entries = self.manager.state().entries.clone();
+            if !seen.as_ref().is_some_and(|e| Arc::ptr_eq(e, &entries)) {
+                let names = self.manager.state().socket_names();
+                self.reconcile(&names);
+                seen = Some(entries);
             }
             tokio::select! {
                 r = updates.changed() => if r.is_err() { break },

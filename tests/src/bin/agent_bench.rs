@@ -217,6 +217,9 @@ fn median(v: &mut [f64]) -> f64 {
 /// Time from the agent receiving a rotated SVID to Envoy's `/certs` showing it in every
 /// TLS context, over `rotations` rotations of `ttl_secs`-second SVIDs.
 fn rotation_to_envoy(dir: &Path, rotations: usize, ttl_secs: u64) {
+    if rotations == 0 {
+        return;
+    }
     use warden_tests::envoy::{EnvoyProcess, envoy_binary};
     println!(
         "## Rotation to Envoy: {rotations} rotations, --svid-ttl {ttl_secs}s, /certs polled every 2 ms"
