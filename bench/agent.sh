@@ -11,5 +11,5 @@
 #   bench/agent.sh [N] [TTL_SECONDS] [ROTATIONS]     # defaults: 1000 60 30
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p warden-ca -p warden-agent -p warden-tests --bins
+cargo build --release -q -p warden-ca -p warden-agent -p warden-ctl -p warden-tests --bins
 exec target/release/warden-agent-bench "${1:-1000}" "${2:-60}" "${3:-30}"
