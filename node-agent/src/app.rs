@@ -28,6 +28,7 @@ pub struct Bound {
     /// The identity cache.
     pub manager: Arc<Manager>,
     shutdown: watch::Sender<bool>,
+    sockets_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -35,6 +36,8 @@ impl Bound {
     /// Stops serving and removes the sockets.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        // The socket task closes and removes the named sockets.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.sockets_task).await;
         self.manager.stop();
         for t in self.tasks {
             t.abort();
@@ -120,7 +123,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     )
     .with_context(|| format!("cannot open the socket {}", shared_socket.display()))?;
     tasks.push(shared_task);
-    tasks.push(tokio::spawn(sockets.run(shutdown_rx.clone())));
+    let sockets_task = tokio::spawn(sockets.run(shutdown_rx.clone()));
     let listener = TcpListener::bind(config.monitoring_addr)
         .await
         .with_context(|| format!("binding --monitoring-addr {}", config.monitoring_addr))?;
@@ -142,6 +145,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         monitoring_addr,
         manager,
         shutdown,
+        sockets_task,
         tasks,
     })
 }

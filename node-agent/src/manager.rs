@@ -29,6 +29,10 @@ use crate::node::Node;
 use crate::rotation::{Backoff, RotationPolicy};
 use crate::svid::{Bundle, NodeKey, Svid};
 
+/// Most JWT-SVIDs kept; past it, expired ones are dropped, then the cache is cleared
+/// (workloads choose audiences, so the key space is theirs).
+const MAX_CACHED_JWTS: usize = 10_000;
+
 /// Most CA requests in flight at once (ztunnel uses 8).
 const MAX_CONCURRENT_FETCHES: usize = 8;
 
@@ -534,6 +538,12 @@ impl Manager {
             SystemTime::UNIX_EPOCH + Duration::from_secs(resp.expires_at.max(0).unsigned_abs());
         let life = exp.duration_since(now).unwrap_or_default();
         if let Ok(mut cache) = self.jwt_cache.lock() {
+            if cache.len() >= MAX_CACHED_JWTS {
+                cache.retain(|_, c| now < c.refresh_at);
+                if cache.len() >= MAX_CACHED_JWTS {
+                    cache.clear();
+                }
+            }
             cache.insert(
                 key,
                 CachedJwt {

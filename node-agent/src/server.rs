@@ -258,6 +258,9 @@ impl Sockets {
                 _ = shutdown.changed() => break,
             }
         }
-        self.reconcile(&[]);
+        for (name, (stop, _)) in self.named.drain() {
+            let _ = stop.send(());
+            let _ = std::fs::remove_file(self.dir.join(format!("{name}.sock")));
+        }
     }
 }
