@@ -11,5 +11,7 @@
 //! The policy engine (evaluation, `warden authz check`, `warden validate`) is the rest
 //! of issue 4 and builds on these types.
 
+pub mod authz;
 pub mod loader;
+pub mod matcher;
 pub mod resources;
