@@ -14,4 +14,5 @@
 pub mod authz;
 pub mod loader;
 pub mod matcher;
+pub mod peer_authn;
 pub mod resources;
