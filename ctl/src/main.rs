@@ -4,6 +4,7 @@
 //! log, and reads certificates locally (`warden cert inspect`).
 
 mod admin;
+mod authz;
 mod cert;
 
 use std::path::PathBuf;
@@ -39,10 +40,17 @@ enum Command {
     /// Inspect certificates.
     #[command(subcommand)]
     Cert(cert::CertCmd),
+    /// Evaluate Istio authorization policies offline.
+    #[command(subcommand)]
+    Authz(authz::AuthzCmd),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Authz(cmd) = cli.command {
+        // Offline: no runtime, no CA.
+        return authz::run(cmd);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -59,6 +67,8 @@ fn main() -> ExitCode {
             Command::Entry(cmd) => admin::entry(&cli.admin_socket, cmd).await,
             Command::Token(cmd) => admin::token(&cli.admin_socket, cmd).await,
             Command::Cert(cmd) => cert::run(cmd).await,
+            // Handled above, before the runtime starts.
+            Command::Authz(_) => Ok(ExitCode::SUCCESS),
         }
     });
     match result {

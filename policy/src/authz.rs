@@ -286,6 +286,46 @@ impl Clause {
     }
 }
 
+impl Clause {
+    /// The attribute, in Istio's words.
+    fn describe(&self) -> String {
+        let list = |v: &dyn std::fmt::Debug| format!("{v:?}");
+        match self {
+            Self::Principal(m) => format!("source principal in {}", list(m)),
+            Self::Namespace(m) => format!("source namespace in {}", list(m)),
+            Self::ServiceAccount(v) => format!("source service account in {v:?}"),
+            Self::TrustDomain(m) => format!("source trust domain in {}", list(m)),
+            Self::SourceIp(b) => format!("source IP in {b:?}"),
+            Self::RemoteIp(b) => format!("remote IP in {b:?}"),
+            Self::RequestPrincipal(v) => format!("request principal (JWT iss/sub) in {v:?}"),
+            Self::Host(m) => format!("host in {}", list(m)),
+            Self::Port(p) => format!("destination port in {p:?}"),
+            Self::Method(m) => format!("method in {}", list(m)),
+            Self::Path(m) => format!("path in {}", list(m)),
+            Self::Header(n, m) => format!("header {n} in {}", list(m)),
+            Self::Claim(p, m) => format!("JWT claim {} in {}", p.join("."), list(m)),
+            Self::DestinationIp(b) => format!("destination IP in {b:?}"),
+            Self::Sni(m) => format!("SNI in {}", list(m)),
+        }
+    }
+}
+
+/// The first test of `tests` that fails, described.
+fn first_failure(tests: &[Test], r: &Request, path: &str, tcp: bool) -> Option<String> {
+    tests.iter().find_map(|t| {
+        if tcp && t.clause.http_only() {
+            return None;
+        }
+        (t.clause.eval(r, path) == t.negated).then(|| {
+            if t.negated {
+                format!("NOT ({}) is false", t.clause.describe())
+            } else {
+                format!("{} is false", t.clause.describe())
+            }
+        })
+    })
+}
+
 fn eval_tests(tests: &[Test], r: &Request, path: &str, tcp_drop_http: bool) -> bool {
     tests.iter().all(|t| {
         if tcp_drop_http && t.clause.http_only() {
@@ -312,9 +352,41 @@ impl Rule {
     }
 }
 
+impl Rule {
+    /// Why the rule does not match (`None` if it does).
+    fn why_not(&self, r: &Request, path: &str, action: Action) -> Option<String> {
+        let tcp = r.protocol == Protocol::Tcp;
+        if tcp && action == Action::Allow && self.has_http_only {
+            return Some("it uses HTTP-only attributes, so it is dropped for TCP traffic".into());
+        }
+        let list = |l: &Option<Vec<Vec<Test>>>, what: &str| -> Option<String> {
+            let entries = l.as_ref()?;
+            if entries.iter().any(|t| eval_tests(t, r, path, tcp)) {
+                return None;
+            }
+            let reasons: Vec<String> = entries
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| {
+                    first_failure(t, r, path, tcp).map(|f| format!("{what}[{i}]: {f}"))
+                })
+                .collect();
+            Some(if reasons.is_empty() {
+                format!("no {what} entry matched")
+            } else {
+                reasons.join("; ")
+            })
+        };
+        list(&self.from, "from")
+            .or_else(|| list(&self.to, "to"))
+            .or_else(|| first_failure(&self.when, r, path, tcp).map(|f| format!("when: {f}")))
+    }
+}
+
 struct Compiler<'a> {
     policy: &'a str,
     namespace: &'a str,
+    trust_domain: &'a str,
     errors: Vec<CompileError>,
 }
 
@@ -329,6 +401,19 @@ impl Compiler<'_> {
 
     fn strings(values: &[String]) -> Vec<StringMatch> {
         values.iter().map(|v| StringMatch::new(v)).collect()
+    }
+
+    /// Principal values: `cluster.local` stands for the mesh's trust domain.
+    fn principals(&self, values: &[String]) -> Vec<StringMatch> {
+        values
+            .iter()
+            .map(|v| match v.strip_prefix("cluster.local/") {
+                Some(rest) if self.trust_domain != "cluster.local" => {
+                    StringMatch::new(&format!("{}/{rest}", self.trust_domain))
+                }
+                _ => StringMatch::new(v),
+            })
+            .collect()
     }
 
     fn ips(&mut self, path: &str, values: &[String]) -> Vec<IpBlock> {
@@ -500,7 +585,7 @@ impl Compiler<'_> {
                 "destination.ip" => Clause::DestinationIp(this.ips(&vpath, v)),
                 "destination.port" => Clause::Port(this.ports(&vpath, v)),
                 "source.namespace" => Clause::Namespace(Self::strings(v)),
-                "source.principal" => Clause::Principal(Self::strings(v)),
+                "source.principal" => Clause::Principal(this.principals(v)),
                 "source.serviceAccount" => Clause::ServiceAccount(this.accounts(v)),
                 "source.trustDomain" => Clause::TrustDomain(Self::strings(v)),
                 "connection.sni" => Clause::Sni(Self::strings(v)),
@@ -597,7 +682,10 @@ impl Compiler<'_> {
     }
 }
 
-fn compile(p: &Loaded<AuthorizationPolicySpec>) -> Result<Option<Policy>, Vec<CompileError>> {
+fn compile(
+    p: &Loaded<AuthorizationPolicySpec>,
+    trust_domain: &str,
+) -> Result<Option<Policy>, Vec<CompileError>> {
     let meta = &p.resource.metadata;
     let spec = &p.resource.spec;
     if spec.target_ref.is_some() || spec.target_refs.as_ref().is_some_and(|t| !t.is_empty()) {
@@ -608,6 +696,7 @@ fn compile(p: &Loaded<AuthorizationPolicySpec>) -> Result<Option<Policy>, Vec<Co
     let mut c = Compiler {
         policy: &name,
         namespace: p.resource.namespace(),
+        trust_domain,
         errors: Vec::new(),
     };
     let rules = spec.rules.as_ref().map(|rules| {
@@ -655,14 +744,101 @@ impl Policy {
     }
 }
 
+/// Why one policy did or did not match a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// `ns/name`.
+    pub policy: String,
+    /// Its action.
+    pub action: Action,
+    /// Dry-run (reported, not enforced).
+    pub dry_run: bool,
+    /// Whether it applies to the workload.
+    pub applies: bool,
+    /// The matching rule.
+    pub matched_rule: Option<usize>,
+    /// In words.
+    pub why: String,
+}
+
 impl Engine {
-    /// Compiles the AuthorizationPolicies of `set`; `root_namespace` holds mesh-wide
-    /// policies (`istio-system` by default).
+    /// For every policy in the root and the workload's namespace: whether it applies
+    /// and matched, and if not, why — in words a person can act on.
+    pub fn explain(&self, w: &Workload, r: &Request) -> Vec<Explanation> {
+        let path = r
+            .http
+            .as_ref()
+            .and_then(|h| normalize_path(&h.path).ok())
+            .unwrap_or_default();
+        let root = self
+            .by_namespace
+            .get(&self.root_namespace)
+            .into_iter()
+            .flatten();
+        let own = (w.namespace != self.root_namespace)
+            .then(|| self.by_namespace.get(&w.namespace))
+            .flatten()
+            .into_iter()
+            .flatten();
+        root.chain(own)
+            .map(|p| {
+                let mut e = Explanation {
+                    policy: p.name.clone(),
+                    action: p.action,
+                    dry_run: p.dry_run,
+                    applies: p.selects(w),
+                    matched_rule: None,
+                    why: String::new(),
+                };
+                if !e.applies {
+                    e.why = format!(
+                        "does not apply: its selector {:?} is not a subset of the workload's labels {:?}",
+                        p.selector.clone().unwrap_or_default(),
+                        w.labels
+                    );
+                    return e;
+                }
+                let Some(rules) = &p.rules else {
+                    e.why = "has no rules: it matches nothing (for ALLOW, this denies every request to the workload unless another ALLOW policy matches)".into();
+                    return e;
+                };
+                e.matched_rule = p.matching_rule(r, &path);
+                e.why = match e.matched_rule {
+                    Some(i) => format!("rule {i} matched"),
+                    None => rules
+                        .iter()
+                        .enumerate()
+                        .map(|(i, rule)| {
+                            format!(
+                                "rule {i}: {}",
+                                rule.why_not(r, &path, p.action).unwrap_or_else(|| "matched".into())
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                };
+                e
+            })
+            .collect()
+    }
+
+    /// Compiles the AuthorizationPolicies of `set` for trust domain `cluster.local`;
+    /// `root_namespace` holds mesh-wide policies (`istio-system` by default).
     pub fn compile(set: &ConfigSet, root_namespace: &str) -> Result<Self, Vec<CompileError>> {
+        Self::compile_for(set, root_namespace, "cluster.local")
+    }
+
+    /// Compiles for the mesh trust domain `trust_domain` (`cluster.local` in policy
+    /// principals stands for it, as in Istio).
+    pub fn compile_for(
+        set: &ConfigSet,
+        root_namespace: &str,
+        trust_domain: &str,
+    ) -> Result<Self, Vec<CompileError>> {
         let mut by_namespace: HashMap<String, Vec<Arc<Policy>>> = HashMap::new();
         let mut errors = Vec::new();
         for p in &set.authorization_policies {
-            match compile(p) {
+            match compile(p, trust_domain) {
                 Ok(Some(policy)) => by_namespace
                     .entry(p.resource.namespace().to_string())
                     .or_default()
@@ -1574,6 +1750,33 @@ mod tests {
         let d = e.evaluate(&wl("foo", "x"), &http(None, "DELETE", "/"));
         assert!(!d.allowed && d.deciding.is_none());
         assert!(d.reason.contains("none matched"), "{}", d.reason);
+    }
+
+    #[test]
+    fn explanations_say_why() {
+        let yaml = [
+            ap("foo", "get-only", "rules: [{from: [{source: {namespaces: [bar]}}], to: [{operation: {methods: [GET]}}]}]"),
+            ap("foo", "other-app", "selector: {matchLabels: {app: other}}\nrules: [{}]"),
+            ap("foo", "tcp-http", "rules: [{to: [{operation: {paths: [/x]}}]}]"),
+        ]
+        .concat();
+        let e = engine(&yaml);
+        let ex = e.explain(&wl("foo", "httpbin"), &http(SLEEP, "GET", "/"));
+        assert_eq!(ex.len(), 3);
+        assert!(
+            ex[0]
+                .why
+                .contains("from[0]: source namespace in [Exact(\"bar\")] is false"),
+            "{}",
+            ex[0].why
+        );
+        assert!(
+            !ex[1].applies && ex[1].why.contains("selector"),
+            "{}",
+            ex[1].why
+        );
+        let ex = e.explain(&wl("foo", "httpbin"), &tcp(SLEEP, 80));
+        assert!(ex[2].why.contains("dropped for TCP"), "{}", ex[2].why);
     }
 
     #[test]

@@ -1,0 +1,286 @@
+//! `warden authz check`: evaluate a request against Istio policy files, offline, with
+//! the same engine the proxy uses.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde::Deserialize;
+use warden_policy::authz::{Engine, HttpRequest, Protocol, Request, Workload};
+use warden_policy::resources::Action;
+
+/// `warden authz ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum AuthzCmd {
+    /// Decide one request as Istio would; prints JSON.
+    Check {
+        /// Policy files or directories (Istio YAML); repeatable.
+        #[arg(long = "config", required = true)]
+        config: Vec<PathBuf>,
+        /// The request, a JSON file (see the README), or - for stdin.
+        #[arg(long)]
+        request: PathBuf,
+        /// Namespace whose policies apply mesh-wide.
+        #[arg(long, default_value = "istio-system")]
+        root_namespace: String,
+        /// The mesh's trust domain (`cluster.local` in policies stands for it).
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Also say, for each policy considered, why it did or did not match.
+        #[arg(long)]
+        explain: bool,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckFile {
+    workload: WorkloadJson,
+    request: RequestJson,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadJson {
+    namespace: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+enum ProtocolJson {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceJson {
+    principal: Option<String>,
+    namespace: Option<String>,
+    ip: Option<std::net::IpAddr>,
+    remote_ip: Option<std::net::IpAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DestinationJson {
+    ip: Option<std::net::IpAddr>,
+    port: u16,
+    sni: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpJson {
+    method: String,
+    path: String,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestJson {
+    protocol: ProtocolJson,
+    #[serde(default)]
+    source: SourceJson,
+    destination: DestinationJson,
+    http: Option<HttpJson>,
+    jwt_claims: Option<serde_json::Value>,
+}
+
+fn action(a: Action) -> &'static str {
+    match a {
+        Action::Allow => "ALLOW",
+        Action::Deny => "DENY",
+        Action::Audit => "AUDIT",
+        Action::Custom => "CUSTOM",
+    }
+}
+
+/// Parses the request file into the engine's terms, or says what is wrong.
+fn parse_request(text: &str) -> Result<(Workload, Request), String> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let f: CheckFile =
+        serde_path_to_error::deserialize(de).map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
+    let r = f.request;
+    let principal = r
+        .source
+        .principal
+        .map(|p| p.strip_prefix("spiffe://").map(String::from).unwrap_or(p));
+    if let (Some(ns), Some(p)) = (&r.source.namespace, &principal) {
+        let from_principal = p.split('/').skip_while(|s| *s != "ns").nth(1);
+        if from_principal != Some(ns.as_str()) {
+            return Err(format!(
+                "request.source.namespace {ns:?} does not match the principal {p:?}: Istio derives the namespace from the peer identity"
+            ));
+        }
+    }
+    if principal.is_none() && r.source.namespace.is_some() {
+        return Err(
+            "request.source.namespace needs a principal: a plaintext peer has no namespace".into(),
+        );
+    }
+    let protocol = match r.protocol {
+        ProtocolJson::Http => Protocol::Http,
+        ProtocolJson::Tcp => Protocol::Tcp,
+    };
+    if protocol == Protocol::Http && r.http.is_none() {
+        return Err("request.http is required when request.protocol is \"http\"".into());
+    }
+    if protocol == Protocol::Tcp && r.http.is_some() {
+        return Err("request.http must be null when request.protocol is \"tcp\"".into());
+    }
+    let request = Request {
+        protocol,
+        source_principal: principal,
+        source_ip: r.source.ip,
+        remote_ip: r.source.remote_ip,
+        destination_ip: r.destination.ip,
+        destination_port: r.destination.port,
+        sni: r.destination.sni,
+        http: r.http.map(|h| HttpRequest {
+            method: h.method,
+            path: h.path,
+            host: h.host,
+            headers: h
+                .headers
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+        }),
+        jwt: r.jwt_claims,
+    };
+    Ok((
+        Workload {
+            namespace: f.workload.namespace,
+            labels: f.workload.labels,
+        },
+        request,
+    ))
+}
+
+fn bad(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("warden authz check: {message}");
+    ExitCode::from(2)
+}
+
+/// Runs `warden authz ...`.
+pub fn run(cmd: AuthzCmd) -> ExitCode {
+    let AuthzCmd::Check {
+        config,
+        request,
+        root_namespace,
+        trust_domain,
+        explain,
+    } = cmd;
+    let text = if request.as_os_str() == "-" {
+        let mut s = String::new();
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+            return bad(format!("cannot read the request from stdin: {e}"));
+        }
+        s
+    } else {
+        match std::fs::read_to_string(&request) {
+            Ok(s) => s,
+            Err(e) => return bad(format!("cannot read --request {}: {e}", request.display())),
+        }
+    };
+    let (workload, req) = match parse_request(&text) {
+        Ok(x) => x,
+        Err(e) => return bad(format!("--request {}: {e}", request.display())),
+    };
+    let set = match warden_policy::loader::load(&config) {
+        Ok(s) => s,
+        Err(e) => return bad(e),
+    };
+    let engine = match Engine::compile_for(&set, &root_namespace, &trust_domain) {
+        Ok(e) => e,
+        Err(errors) => {
+            return bad(errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"));
+        }
+    };
+    let d = engine.evaluate(&workload, &req);
+    let mut out = serde_json::json!({
+        "decision": if d.allowed { "ALLOW" } else { "DENY" },
+        "policy": d.deciding.as_ref().map(|m| m.policy.clone()),
+        "rule": d.deciding.as_ref().map(|m| m.rule),
+        "reason": d.reason,
+        "audit": d.audit.iter().map(|m| serde_json::json!({"policy": m.policy, "rule": m.rule})).collect::<Vec<_>>(),
+        "dry_run": d.dry_run.iter().map(|x| serde_json::json!({
+            "policy": x.policy, "action": action(x.action), "matched": x.rule.is_some(), "rule": x.rule,
+        })).collect::<Vec<_>>(),
+    });
+    if let Some((provider, m)) = &d.custom {
+        out["custom"] = serde_json::json!({"provider": provider, "policy": m.policy, "rule": m.rule,
+            "note": "the external authorizer must be asked; it can still deny"});
+    }
+    if explain {
+        out["explain"] = engine
+            .explain(&workload, &req)
+            .into_iter()
+            .map(|e| {
+                serde_json::json!({
+                    "policy": e.policy, "action": action(e.action), "dry_run": e.dry_run,
+                    "applies": e.applies, "matched_rule": e.matched_rule, "why": e.why,
+                })
+            })
+            .collect();
+    }
+    match serde_json::to_string_pretty(&out) {
+        Ok(s) => println!("{s}"),
+        Err(e) => return bad(e),
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_files_are_checked() {
+        let ok = r#"{"workload": {"namespace": "foo", "labels": {"app": "x"}},
+          "request": {"protocol": "http", "source": {"principal": "spiffe://cluster.local/ns/a/sa/b", "namespace": "a", "ip": "10.1.0.5"},
+                      "destination": {"ip": "10.0.0.10", "port": 8080},
+                      "http": {"method": "GET", "path": "/x?y=1", "host": "svc.foo", "headers": {"X-K": "v"}}, "jwt_claims": null}}"#;
+        let (w, r) = parse_request(ok).unwrap();
+        assert_eq!(w.namespace, "foo");
+        assert_eq!(
+            r.source_principal.as_deref(),
+            Some("cluster.local/ns/a/sa/b")
+        );
+        assert_eq!(r.http.unwrap().headers["x-k"], "v");
+        let cases = [
+            (
+                ok.replace("\"namespace\": \"a\"", "\"namespace\": \"z\""),
+                "does not match the principal",
+            ),
+            (
+                ok.replace("\"port\": 8080", "\"port\": 80800"),
+                "request.destination.port",
+            ),
+            (
+                ok.replace("\"protocol\": \"http\"", "\"protocol\": \"udp\""),
+                "request.protocol",
+            ),
+            (ok.replace("\"method\"", "\"verb\""), "request.http"),
+            (
+                ok.replace("\"protocol\": \"http\"", "\"protocol\": \"tcp\""),
+                "must be null",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = parse_request(&text).unwrap_err();
+            assert!(e.contains(want), "{e:?} should contain {want:?}");
+        }
+    }
+}
