@@ -4,12 +4,15 @@
 //! (`trust-domain: example.org`); flags given on the command line win over the file.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::pki::KeyType;
+
+pub use warden_common::config::{ConfigError, LogFormat};
+use warden_common::config::{file_duration, invalid, read_yaml};
 
 /// Flags of `warden-ca run`. All optional here so a config file can fill them in.
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -78,17 +81,6 @@ pub struct RunArgs {
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<LogFormat>,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The YAML config file: the same settings as the flags, kebab-case, unknown keys refused.
@@ -172,51 +164,6 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// A configuration that cannot be used, naming the flag or file key at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The config file cannot be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The config file is not valid YAML for this schema.
-    #[error("config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message (names the key and line).
-        message: String,
-    },
-    /// A setting has a value that cannot be used.
-    #[error("{setting}: {message}")]
-    Invalid {
-        /// Flag / key name.
-        setting: &'static str,
-        /// What was expected.
-        message: String,
-    },
-}
-
-fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        setting,
-        message: message.into(),
-    }
-}
-
-fn file_duration(
-    setting: &'static str,
-    value: Option<String>,
-) -> Result<Option<Duration>, ConfigError> {
-    value
-        .map(|v| warden_proto::duration::parse(&v).map_err(|e| invalid(setting, e.to_string())))
-        .transpose()
-}
-
 fn or_file<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
     if flag.is_empty() { file } else { flag }
 }
@@ -225,7 +172,7 @@ impl Config {
     /// Merges flags over the optional config file and applies defaults and checks.
     pub fn load(args: RunArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
-            Some(path) => read_file(path)?,
+            Some(path) => read_yaml(path)?,
             None => FileConfig::default(),
         };
         let data_dir = args
@@ -355,20 +302,6 @@ impl Config {
     pub fn database_url_redacted(&self) -> String {
         redact_url_password(&self.database_url)
     }
-}
-
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if text.trim().is_empty() {
-        return Ok(FileConfig::default());
-    }
-    serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
 }
 
 fn parse_service_account(s: &str) -> Result<ServiceAccount, ConfigError> {
@@ -520,6 +453,7 @@ mod tests {
 #[cfg(test)]
 mod shipped_configs {
     use super::*;
+    use std::path::Path;
 
     fn load_file(path: &Path) -> Config {
         Config::load(RunArgs {

@@ -5,15 +5,12 @@
 //! names stay exactly istiod's (`citadel_server_csr_count`, no `_total` suffix added).
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use http::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -215,67 +212,29 @@ impl Readiness {
     }
 }
 
-fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    if let Ok(v) = http::HeaderValue::from_str(content_type) {
-        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
-    }
-    resp
-}
-
 /// Serves the monitoring endpoints until `shutdown` flips to true.
 pub async fn serve(
     listener: TcpListener,
     metrics: std::sync::Arc<Metrics>,
     store: crate::store::Store,
     ready: std::sync::Arc<Readiness>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "monitoring accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let metrics = metrics.clone();
-        let ready = ready.clone();
-        let store = store.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let metrics = metrics.clone();
-                let ready = ready.clone();
-                let store = store.clone();
-                async move {
-                    Ok::<_, Infallible>(match req.uri().path() {
-                        "/metrics" | "/stats/prometheus" => respond(
-                            StatusCode::OK,
-                            "text/plain; version=0.0.4",
-                            metrics.render(Some(store.commit_stats())),
-                        ),
-                        "/ready" if ready.get() => {
-                            respond(StatusCode::OK, "text/plain", "ready\n".into())
-                        }
-                        "/ready" => respond(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "text/plain",
-                            "not ready\n".into(),
-                        ),
-                        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
-                        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
-                    })
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await;
-        });
-    }
+    use warden_common::monitoring::PROMETHEUS;
+    let handler = move |path: &str| match path {
+        "/metrics" | "/stats/prometheus" => (
+            StatusCode::OK,
+            PROMETHEUS,
+            metrics.render(Some(store.commit_stats())),
+        ),
+        "/ready" if ready.get() => (StatusCode::OK, "text/plain", "ready\n".into()),
+        "/ready" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready\n".into(),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    };
+    warden_common::monitoring::serve(listener, handler, shutdown).await;
 }

@@ -48,29 +48,23 @@ impl NodeService for NodeApi {
             "node.denied",
         )
         .await?;
-        if caller.method == crate::auth::AuthMethod::JoinToken {
+        let refusal = if caller.method == crate::auth::AuthMethod::JoinToken {
             // A join token is spent on the node's first certificate; listing must not
             // be a way to use it without spending it.
-            let reason =
-                "a join token only buys the node certificate; list entries with the node SVID";
-            audit_denial(
-                &self.store,
-                &self.metrics,
-                "node.denied",
-                caller.id.to_string(),
-                caller.id.to_string(),
-                &peer,
-                reason,
+            Some(
+                "a join token only buys the node certificate; list entries with the node SVID"
+                    .to_string(),
             )
-            .await;
-            return Err(Status::permission_denied(reason));
-        }
-        if !self.auth.is_node(&caller.id) {
-            let reason = format!(
+        } else if !self.auth.is_node(&caller.id) {
+            Some(format!(
                 "{} is not a node: only node SVIDs (spiffe://<td>/warden/node/...) and service accounts in --trusted-node-accounts may list entries",
                 caller.id
-            );
-            tracing::warn!(peer, caller = %caller.id, "entry listing denied: not a node");
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            tracing::warn!(peer, caller = %caller.id, reason, "entry listing denied");
             audit_denial(
                 &self.store,
                 &self.metrics,

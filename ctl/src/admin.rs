@@ -5,8 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use warden_proto::admin::admin_client::AdminClient;
 use warden_proto::admin::{
@@ -97,17 +96,7 @@ async fn connect(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
             socket.display()
         );
     }
-    let path = socket.to_path_buf();
-    // The URI is required by the API but unused: the connector dials the socket.
-    let channel = Endpoint::try_from("http://warden-ca.admin")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
+    let channel = warden_common::uds::channel(socket)
         .await
         .with_context(|| format!("cannot connect to admin socket {}", socket.display()))?;
     Ok(AdminClient::new(channel))

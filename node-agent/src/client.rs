@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+use warden_common::files::pem_encode;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use warden_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -64,16 +65,7 @@ pub enum FetchCmd {
 
 async fn connect(socket: &str) -> anyhow::Result<SpiffeWorkloadApiClient<Channel>> {
     let path = PathBuf::from(socket.strip_prefix("unix://").unwrap_or(socket));
-    let p = path.clone();
-    let channel = Endpoint::from_static("http://workload.api")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = p.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
+    let channel = warden_common::uds::channel(&path)
         .await
         .with_context(|| format!("cannot connect to the Workload API at {}", path.display()))?;
     Ok(SpiffeWorkloadApiClient::new(channel))
@@ -102,18 +94,6 @@ fn pem_blocks(der_concat: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
         rest = r;
     }
     Ok(out)
-}
-
-fn pem(tag: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut s = format!("-----BEGIN {tag}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        s.push_str(&String::from_utf8_lossy(line));
-        s.push('\n');
-    }
-    s.push_str(&format!("-----END {tag}-----\n"));
-    s
 }
 
 fn describe(der: &[u8]) -> String {
@@ -169,12 +149,16 @@ pub async fn run(cmd: ApiCmd) -> anyhow::Result<ExitCode> {
                     println!("CA #{}:\t\t{}", n + 1, describe(ca));
                 }
                 if let Some(dir) = &out {
-                    let chain_pem: String = chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
-                    let bundle_pem: String = bundle.iter().map(|c| pem("CERTIFICATE", c)).collect();
+                    let chain_pem: String =
+                        chain.iter().map(|c| pem_encode("CERTIFICATE", c)).collect();
+                    let bundle_pem: String = bundle
+                        .iter()
+                        .map(|c| pem_encode("CERTIFICATE", c))
+                        .collect();
                     write(
                         dir,
                         &format!("svid.{i}.key"),
-                        &pem("PRIVATE KEY", &s.x509_svid_key),
+                        &pem_encode("PRIVATE KEY", &s.x509_svid_key),
                         0o600,
                     )?;
                     write(dir, &format!("svid.{i}.pem"), &chain_pem, 0o644)?;

@@ -2,12 +2,15 @@
 //! unknown keys refused), parsed once into [`Config`]. Flags win over the file.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::rotation::RotationPolicy;
+
+pub use warden_common::config::{ConfigError, LogFormat};
+use warden_common::config::{file_duration, invalid, read_yaml};
 
 /// Flags of `warden-agent run`. All optional here so a config file can fill them in.
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -80,17 +83,6 @@ pub enum Mode {
     Node,
     /// Istio sidecar-style: the token's own identity, for the pod's private sockets.
     Workload,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,51 +162,6 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// A configuration that cannot be used, naming the flag or file key at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The config file cannot be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The config file is not valid YAML for this schema.
-    #[error("config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message (names the key and line).
-        message: String,
-    },
-    /// A setting has a value that cannot be used.
-    #[error("{setting}: {message}")]
-    Invalid {
-        /// Flag / key name.
-        setting: &'static str,
-        /// What was expected.
-        message: String,
-    },
-}
-
-fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        setting,
-        message: message.into(),
-    }
-}
-
-fn file_duration(
-    setting: &'static str,
-    value: Option<String>,
-) -> Result<Option<Duration>, ConfigError> {
-    value
-        .map(|v| warden_proto::duration::parse(&v).map_err(|e| invalid(setting, e.to_string())))
-        .transpose()
-}
-
 fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -226,7 +173,7 @@ impl Config {
     /// Merges flags over the optional config file and applies defaults and checks.
     pub fn load(args: RunArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
-            Some(path) => read_file(path)?,
+            Some(path) => read_yaml(path)?,
             None => FileConfig::default(),
         };
         let ca_addr = args
@@ -349,23 +296,10 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if text.trim().is_empty() {
-        return Ok(FileConfig::default());
-    }
-    serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn args() -> RunArgs {
         RunArgs {

@@ -1,33 +1,14 @@
 //! Files the agent writes: the node SVID it keeps, and SVIDs for programs that read
-//! files. Every write is atomic (temp file in the same directory, fsync, rename), so a
-//! reader never sees half a key or a key that does not match the certificate next to it
-//! for longer than between two renames.
+//! files. Every write is atomic ([`write_atomic`]), so a reader never sees half a key,
+//! nor a key that does not match the certificate next to it for longer than between
+//! two renames.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::svid::Svid;
 
-/// Writes `data` to `path` atomically with `mode`.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-}
+pub use warden_common::files::write_atomic;
 
 /// Creates a directory (and parents) readable only by the agent's user.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
@@ -60,22 +41,6 @@ pub fn dir_for(base: &Path, id: &warden_proto::SpiffeId) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn writes_atomically_with_the_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("key.pem");
-        write_atomic(&p, b"one", 0o600).unwrap();
-        write_atomic(&p, b"two", 0o600).unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no temp file left"
-        );
-    }
 
     #[test]
     fn identity_dirs_stay_under_the_base() {

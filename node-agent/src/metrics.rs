@@ -1,15 +1,12 @@
 //! The agent's metrics, hand-rendered in the Prometheus text format, and the
 //! `/metrics`, `/ready`, `/healthz` endpoints on `--monitoring-addr`.
 
-use std::convert::Infallible;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use http::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -185,57 +182,26 @@ impl Metrics {
     }
 }
 
-fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    resp
-}
-
 /// Serves the monitoring endpoints until `shutdown` flips.
-pub async fn serve(
-    listener: TcpListener,
-    manager: Arc<Manager>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "monitoring accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let manager = manager.clone();
-                async move {
-                    let metrics = manager.metrics();
-                    Ok::<_, Infallible>(match req.uri().path() {
-                        "/metrics" | "/stats/prometheus" => {
-                            respond(StatusCode::OK, metrics.render(&manager))
-                        }
-                        "/ready" if metrics.ready.load(Ordering::SeqCst) => {
-                            respond(StatusCode::OK, "ready\n".into())
-                        }
-                        "/ready" => respond(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
-                        "/healthz" => respond(StatusCode::OK, "ok\n".into()),
-                        _ => respond(StatusCode::NOT_FOUND, "not found\n".into()),
-                    })
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await;
-        });
-    }
+pub async fn serve(listener: TcpListener, manager: Arc<Manager>, shutdown: watch::Receiver<bool>) {
+    use warden_common::monitoring::PROMETHEUS;
+    let handler = move |path: &str| {
+        let metrics = manager.metrics();
+        match path {
+            "/metrics" | "/stats/prometheus" => {
+                (StatusCode::OK, PROMETHEUS, metrics.render(&manager))
+            }
+            "/ready" if metrics.ready.load(Ordering::SeqCst) => {
+                (StatusCode::OK, "text/plain", "ready\n".into())
+            }
+            "/ready" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                PROMETHEUS,
+                "not ready\n".into(),
+            ),
+            "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
+            _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        }
+    };
+    warden_common::monitoring::serve(listener, handler, shutdown).await;
 }

@@ -193,12 +193,11 @@ pub struct Engine {
 }
 
 fn principal_parts(p: &str) -> (&str, Option<&str>, Option<&str>) {
-    // td/ns/<ns>/sa/<sa>
+    // td/ns/<ns>/sa/<sa>, without allocating: this runs for every identity clause.
     let mut it = p.split('/');
     let td = it.next().unwrap_or_default();
-    let rest: Vec<&str> = it.collect();
-    match rest.as_slice() {
-        ["ns", ns, "sa", sa] => (td, Some(*ns), Some(*sa)),
+    match (it.next(), it.next(), it.next(), it.next(), it.next()) {
+        (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => (td, Some(ns), Some(sa)),
         _ => (td, None, None),
     }
 }
@@ -243,7 +242,7 @@ impl Clause {
             Self::Namespace(ms) => any(ms, ns.unwrap_or_default()),
             Self::TrustDomain(ms) => any(ms, td),
             Self::ServiceAccount(v) => match (ns, sa) {
-                (Some(ns), Some(sa)) => v.iter().any(|x| *x == format!("{ns}/{sa}")),
+                (Some(ns), Some(sa)) => v.iter().any(|x| x.split_once('/') == Some((ns, sa))),
                 _ => false,
             },
             Self::SourceIp(bs) => r
@@ -770,17 +769,7 @@ impl Engine {
             .as_ref()
             .and_then(|h| normalize_path(&h.path).ok())
             .unwrap_or_default();
-        let root = self
-            .by_namespace
-            .get(&self.root_namespace)
-            .into_iter()
-            .flatten();
-        let own = (w.namespace != self.root_namespace)
-            .then(|| self.by_namespace.get(&w.namespace))
-            .flatten()
-            .into_iter()
-            .flatten();
-        root.chain(own)
+        self.candidates(w)
             .map(|p| {
                 let mut e = Explanation {
                     policy: p.name.clone(),
@@ -856,8 +845,8 @@ impl Engine {
         })
     }
 
-    /// The policies that apply to `w`: root namespace and its own, selector matching.
-    fn applicable<'a>(&'a self, w: &'a Workload) -> impl Iterator<Item = &'a Arc<Policy>> + 'a {
+    /// The policies of the root namespace and of `w`'s namespace (the index lookup).
+    fn candidates<'a>(&'a self, w: &'a Workload) -> impl Iterator<Item = &'a Arc<Policy>> + 'a {
         let root = self
             .by_namespace
             .get(&self.root_namespace)
@@ -868,7 +857,12 @@ impl Engine {
             .flatten()
             .into_iter()
             .flatten();
-        root.chain(own).filter(move |p| p.selects(w))
+        root.chain(own)
+    }
+
+    /// The policies that apply to `w`: the candidates whose selector it matches.
+    fn applicable<'a>(&'a self, w: &'a Workload) -> impl Iterator<Item = &'a Arc<Policy>> + 'a {
+        self.candidates(w).filter(move |p| p.selects(w))
     }
 
     /// Decides `r` for workload `w`.

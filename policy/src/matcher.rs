@@ -40,13 +40,15 @@ impl StringMatch {
         }
     }
 
-    /// ASCII case-insensitive match (hosts).
+    /// ASCII case-insensitive match (hosts), without allocating.
     pub fn matches_ignore_case(&self, v: &str) -> bool {
-        let lower = |s: &str| s.to_ascii_lowercase();
+        let (v, n) = (v.as_bytes(), |p: &String| p.len());
         match self {
-            Self::Exact(e) => v.eq_ignore_ascii_case(e),
-            Self::Prefix(p) => lower(v).starts_with(&lower(p)),
-            Self::Suffix(s) => lower(v).ends_with(&lower(s)),
+            Self::Exact(e) => v.eq_ignore_ascii_case(e.as_bytes()),
+            Self::Prefix(p) => v.len() >= n(p) && v[..n(p)].eq_ignore_ascii_case(p.as_bytes()),
+            Self::Suffix(s) => {
+                v.len() >= n(s) && v[v.len() - n(s)..].eq_ignore_ascii_case(s.as_bytes())
+            }
             Self::Presence => !v.is_empty(),
         }
     }

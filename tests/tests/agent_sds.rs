@@ -16,7 +16,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use warden_tests::{AgentProcess, CaProcess};
 
 const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
@@ -26,17 +26,7 @@ fn my_uid() -> u32 {
 }
 
 async fn channel(path: PathBuf) -> Channel {
-    Endpoint::from_static("http://agent")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap()
+    warden_common::uds::channel(&path).await.unwrap()
 }
 
 fn req(names: &[&str], nonce: &str, version: &str, nack: Option<&str>) -> DiscoveryRequest {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use spiffe::{JwtSvid, SpiffeId, TrustDomain, WorkloadApiClient, WorkloadApiError, X509Svid};
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use warden_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use warden_proto::workload::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
@@ -70,18 +70,7 @@ async fn client(socket: &Path) -> WorkloadApiClient {
 
 /// A tonic client of the Workload API that adds no metadata by itself.
 async fn raw_client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://workload.api")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap();
+    let channel = warden_common::uds::channel(socket).await.unwrap();
     SpiffeWorkloadApiClient::new(channel)
 }
 

@@ -11,7 +11,6 @@
 pub mod jwt;
 
 use rustls_pki_types::CertificateDer;
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use warden_proto::SpiffeId;
@@ -257,22 +256,5 @@ impl Authenticator {
 /// The single SPIFFE ID URI SAN of a certificate.
 pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, String> {
     let (_, parsed) = X509Certificate::from_der(cert).map_err(|e| e.to_string())?;
-    let san = parsed
-        .subject_alternative_name()
-        .map_err(|e| e.to_string())?
-        .ok_or("no subject alternative name")?;
-    let uris: Vec<&str> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
-            _ => None,
-        })
-        .collect();
-    match uris.as_slice() {
-        [one] => SpiffeId::parse_workload(one).map_err(|e| e.to_string()),
-        [] => Err("no URI SAN".into()),
-        _ => Err(format!("{} URI SANs; exactly one is allowed", uris.len())),
-    }
+    warden_common::x509::spiffe_id_of(&parsed)
 }

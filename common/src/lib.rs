@@ -1,0 +1,11 @@
+//! What Warden's binaries share at run time (the CA and the node agent; `warden-proto`
+//! stays free of I/O): [`config`] (YAML config files, errors naming the setting),
+//! [`process`] (logging, signals), [`files`] (atomic writes, PEM), [`x509`] (the SPIFFE
+//! ID of a certificate) and [`monitoring`] (the `/metrics`, `/ready` HTTP server) and [`uds`] (gRPC over unix sockets).
+
+pub mod config;
+pub mod files;
+pub mod monitoring;
+pub mod process;
+pub mod uds;
+pub mod x509;
