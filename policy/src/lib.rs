@@ -15,4 +15,6 @@ pub mod authz;
 pub mod loader;
 pub mod matcher;
 pub mod peer_authn;
+pub mod request_authn;
 pub mod resources;
+pub mod validate;

@@ -1,0 +1,1 @@
+//! RequestAuthentication: JWT validation (in progress).

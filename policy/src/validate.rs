@@ -1,0 +1,1 @@
+//! `warden validate`: Istio validation webhook rules (in progress).
