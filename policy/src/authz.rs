@@ -1,15 +1,17 @@
 //! AuthorizationPolicy evaluation, as Istio decides it.
 //!
 //! Policies are compiled once per config version into an [`Engine`] indexed by
-//! namespace; a request is checked against the policies of the root namespace and of
-//! the workload's namespace whose selector the workload matches (policies with
-//! `targetRef(s)` do not apply to sidecars). The order is CUSTOM, DENY, then ALLOW (no
-//! enforced ALLOW policy → allow; any match → allow; else deny); AUDIT and dry-run
-//! policies are evaluated and reported, never enforced.
+//! namespace and by selector label; a request is checked against the policies of the
+//! root namespace and of the workload's namespace whose selector the workload matches
+//! (policies with `targetRef(s)` do not apply to sidecars), so the cost of a decision
+//! does not grow with policies that cannot apply. The order is CUSTOM, DENY, then
+//! ALLOW (no enforced ALLOW policy → allow; any match → allow; else deny); AUDIT and
+//! dry-run policies are evaluated and reported, never enforced.
 //!
-//! Not yet here (the rest of issue 4): URI templates (`{*}`, `{**}`) in `paths`,
-//! `experimental.*` keys, the `when` key `remote.ip` fed from XFF (callers pass it),
-//! RequestAuthentication token validation, PeerAuthentication, `warden authz check`.
+//! Callers supply `remote.ip` (from X-Forwarded-For or PROXY protocol) and validated
+//! JWT claims ([`crate::request_authn`]). `experimental.envoy.filters.*` keys read
+//! Envoy dynamic metadata, which Warden does not have: they are refused at compile
+//! time rather than silently never matching.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -176,6 +178,8 @@ struct Rule {
 
 #[derive(Debug)]
 struct Policy {
+    /// Position in the config set (root-namespace policies are reported first).
+    seq: usize,
     name: String,
     action: Action,
     selector: Option<BTreeMap<String, String>>,
@@ -185,11 +189,53 @@ struct Policy {
     rules: Option<Vec<Rule>>,
 }
 
+/// The policies of one namespace, indexed for the lookup by workload labels.
+#[derive(Debug, Default)]
+struct NamespacePolicies {
+    /// All of them, in load order (for explanations).
+    all: Vec<Arc<Policy>>,
+    /// No selector, or an empty one: they apply to every workload.
+    unselected: Vec<Arc<Policy>>,
+    /// Selector policies under one of their labels: key → value → policies. A
+    /// workload only meets the policies filed under one of its own labels.
+    by_label: HashMap<String, HashMap<String, Vec<Arc<Policy>>>>,
+}
+
+impl NamespacePolicies {
+    fn add(&mut self, p: Arc<Policy>) {
+        self.all.push(p.clone());
+        match p.selector.as_ref().and_then(|s| s.iter().next()) {
+            Some((k, v)) => self
+                .by_label
+                .entry(k.clone())
+                .or_default()
+                .entry(v.clone())
+                .or_default()
+                .push(p),
+            None => self.unselected.push(p),
+        }
+    }
+
+    /// Appends the policies that select `w`, in load order.
+    fn applicable<'a>(&'a self, w: &Workload, out: &mut Vec<&'a Policy>) {
+        let start = out.len();
+        out.extend(self.unselected.iter().map(|p| &**p));
+        for (k, v) in &w.labels {
+            if let Some(ps) = self.by_label.get(k).and_then(|m| m.get(v)) {
+                out.extend(ps.iter().map(|p| &**p).filter(|p| p.selects(w)));
+            }
+        }
+        if out.len() - start > 1 {
+            out[start..].sort_unstable_by_key(|p| p.seq);
+        }
+    }
+}
+
 /// Compiled policies of one config version.
 #[derive(Debug, Default)]
 pub struct Engine {
     root_namespace: String,
-    by_namespace: HashMap<String, Vec<Arc<Policy>>>,
+    by_namespace: HashMap<String, NamespacePolicies>,
 }
 
 fn principal_parts(p: &str) -> (&str, Option<&str>, Option<&str>) {
@@ -288,22 +334,25 @@ impl Clause {
 impl Clause {
     /// The attribute, in Istio's words.
     fn describe(&self) -> String {
-        let list = |v: &dyn std::fmt::Debug| format!("{v:?}");
+        fn list<T: std::fmt::Display>(v: &[T]) -> String {
+            let items: Vec<String> = v.iter().map(ToString::to_string).collect();
+            format!("[{}]", items.join(", "))
+        }
         match self {
             Self::Principal(m) => format!("source principal in {}", list(m)),
             Self::Namespace(m) => format!("source namespace in {}", list(m)),
             Self::ServiceAccount(v) => format!("source service account in {v:?}"),
             Self::TrustDomain(m) => format!("source trust domain in {}", list(m)),
-            Self::SourceIp(b) => format!("source IP in {b:?}"),
-            Self::RemoteIp(b) => format!("remote IP in {b:?}"),
+            Self::SourceIp(b) => format!("source IP in {}", list(b)),
+            Self::RemoteIp(b) => format!("remote IP in {}", list(b)),
             Self::RequestPrincipal(v) => format!("request principal (JWT iss/sub) in {v:?}"),
             Self::Host(m) => format!("host in {}", list(m)),
-            Self::Port(p) => format!("destination port in {p:?}"),
+            Self::Port(p) => format!("destination port in {}", list(p)),
             Self::Method(m) => format!("method in {}", list(m)),
             Self::Path(m) => format!("path in {}", list(m)),
             Self::Header(n, m) => format!("header {n} in {}", list(m)),
             Self::Claim(p, m) => format!("JWT claim {} in {}", p.join("."), list(m)),
-            Self::DestinationIp(b) => format!("destination IP in {b:?}"),
+            Self::DestinationIp(b) => format!("destination IP in {}", list(b)),
             Self::Sni(m) => format!("SNI in {}", list(m)),
         }
     }
@@ -440,6 +489,18 @@ impl Compiler<'_> {
         out
     }
 
+    /// Paths: plain Istio values, or `{*}`/`{**}` templates.
+    fn paths(&mut self, path: &str, values: &[String]) -> Vec<StringMatch> {
+        let mut out = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            match StringMatch::path(v) {
+                Ok(m) => out.push(m),
+                Err(e) => self.err(format!("{path}[{i}]"), e),
+            }
+        }
+        out
+    }
+
     fn accounts(&self, values: &[String]) -> Vec<String> {
         values
             .iter()
@@ -471,10 +532,10 @@ impl Compiler<'_> {
         let mut t = Vec::new();
         let p = |f: &str| format!("{path}.{f}");
         Self::push(&mut t, s.principals.as_ref(), false, |v| {
-            Clause::Principal(Self::strings(v))
+            Clause::Principal(self.principals(v))
         });
         Self::push(&mut t, s.not_principals.as_ref(), true, |v| {
-            Clause::Principal(Self::strings(v))
+            Clause::Principal(self.principals(v))
         });
         Self::push(&mut t, s.request_principals.as_ref(), false, |v| {
             Clause::RequestPrincipal(v.to_vec())
@@ -548,12 +609,17 @@ impl Compiler<'_> {
         Self::push(&mut t, o.not_methods.as_ref(), true, |v| {
             Clause::Method(Self::strings(v))
         });
-        Self::push(&mut t, o.paths.as_ref(), false, |v| {
-            Clause::Path(Self::strings(v))
-        });
-        Self::push(&mut t, o.not_paths.as_ref(), true, |v| {
-            Clause::Path(Self::strings(v))
-        });
+        for (field, values, negated) in
+            [("paths", &o.paths, false), ("notPaths", &o.not_paths, true)]
+        {
+            if let Some(v) = values {
+                let paths = self.paths(&format!("{path}.{field}"), v);
+                t.push(Test {
+                    clause: Clause::Path(paths),
+                    negated,
+                });
+            }
+        }
         t
     }
 
@@ -613,6 +679,12 @@ impl Compiler<'_> {
                                 return None;
                             }
                         }
+                    } else if key.starts_with("experimental.envoy.filters.") {
+                        this.err(
+                            format!("{path}.key"),
+                            format!("{key:?} reads Envoy dynamic metadata, which Warden does not have; remove the condition or use request.headers[...]"),
+                        );
+                        return None;
                     } else {
                         this.err(
                             format!("{path}.key"),
@@ -684,6 +756,7 @@ impl Compiler<'_> {
 fn compile(
     p: &Loaded<AuthorizationPolicySpec>,
     trust_domain: &str,
+    seq: usize,
 ) -> Result<Option<Policy>, Vec<CompileError>> {
     let meta = &p.resource.metadata;
     let spec = &p.resource.spec;
@@ -714,6 +787,7 @@ fn compile(
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
         && matches!(spec.action, Action::Allow | Action::Deny);
     Ok(Some(Policy {
+        seq,
         name,
         action: spec.action,
         selector: spec.selector.as_ref().map(|s| s.match_labels.clone()),
@@ -824,14 +898,14 @@ impl Engine {
         root_namespace: &str,
         trust_domain: &str,
     ) -> Result<Self, Vec<CompileError>> {
-        let mut by_namespace: HashMap<String, Vec<Arc<Policy>>> = HashMap::new();
+        let mut by_namespace: HashMap<String, NamespacePolicies> = HashMap::new();
         let mut errors = Vec::new();
-        for p in &set.authorization_policies {
-            match compile(p, trust_domain) {
+        for (seq, p) in set.authorization_policies.iter().enumerate() {
+            match compile(p, trust_domain, seq) {
                 Ok(Some(policy)) => by_namespace
                     .entry(p.resource.namespace().to_string())
                     .or_default()
-                    .push(Arc::new(policy)),
+                    .add(Arc::new(policy)),
                 Ok(None) => {}
                 Err(e) => errors.extend(e),
             }
@@ -845,24 +919,28 @@ impl Engine {
         })
     }
 
-    /// The policies of the root namespace and of `w`'s namespace (the index lookup).
-    fn candidates<'a>(&'a self, w: &'a Workload) -> impl Iterator<Item = &'a Arc<Policy>> + 'a {
-        let root = self
-            .by_namespace
-            .get(&self.root_namespace)
-            .into_iter()
-            .flatten();
+    /// The root namespace's policies and, unless it is the root, `w`'s namespace's.
+    fn namespaces<'a>(&'a self, w: &Workload) -> impl Iterator<Item = &'a NamespacePolicies> {
+        let root = self.by_namespace.get(&self.root_namespace);
         let own = (w.namespace != self.root_namespace)
             .then(|| self.by_namespace.get(&w.namespace))
-            .flatten()
-            .into_iter()
             .flatten();
-        root.chain(own)
+        root.into_iter().chain(own)
     }
 
-    /// The policies that apply to `w`: the candidates whose selector it matches.
-    fn applicable<'a>(&'a self, w: &'a Workload) -> impl Iterator<Item = &'a Arc<Policy>> + 'a {
-        self.candidates(w).filter(move |p| p.selects(w))
+    /// Every policy of the root and the workload's namespace, applying or not.
+    fn candidates<'a>(&'a self, w: &Workload) -> impl Iterator<Item = &'a Arc<Policy>> {
+        self.namespaces(w).flat_map(|n| n.all.iter())
+    }
+
+    /// The policies that apply to `w` (root namespace first, then load order), found
+    /// through the label index: policies filed under labels `w` lacks are never seen.
+    fn applicable<'a>(&'a self, w: &Workload) -> Vec<&'a Policy> {
+        let mut out = Vec::new();
+        for n in self.namespaces(w) {
+            n.applicable(w, &mut out);
+        }
+        out
     }
 
     /// Decides `r` for workload `w`.
@@ -879,7 +957,7 @@ impl Engine {
                     dry_run: Vec::new(),
                 };
             }
-            None => String::new(),
+            None => std::borrow::Cow::Borrowed(""),
         };
         let mut custom = None;
         let mut deny = None;
@@ -1760,7 +1838,7 @@ mod tests {
         assert!(
             ex[0]
                 .why
-                .contains("from[0]: source namespace in [Exact(\"bar\")] is false"),
+                .contains("from[0]: source namespace in [\"bar\"] is false"),
             "{}",
             ex[0].why
         );

@@ -341,7 +341,14 @@ impl Loader {
             Err(e) => {
                 let path = e.path().to_string();
                 let path = if path == "." { String::new() } else { path };
-                self.resource_error(origin, &copy, &path, e.into_inner().to_string());
+                let mut message = e.into_inner().to_string();
+                if message.starts_with("invalid type: boolean") && message.contains("string") {
+                    // Kubernetes reads YAML 1.1 too: y/n/yes/no/on/off are booleans.
+                    message.push_str(
+                        " (YAML reads y, n, yes, no, on, off, true and false as booleans: quote the value)",
+                    );
+                }
+                self.resource_error(origin, &copy, &path, message);
                 None
             }
         }
@@ -662,6 +669,13 @@ spec:
         let e = errors(&AP.replace("ports: [\"8000\"]", "ports: 8000"));
         assert!(
             e[0].contains("spec.rules[0].to[0].operation.ports: invalid type"),
+            "{}",
+            e[0]
+        );
+        let e = errors(&AP.replace("ports: [\"8000\"]", "hosts: [no]"));
+        assert!(
+            e[0].contains("operation.hosts[0]: invalid type: boolean `false`")
+                && e[0].contains("quote the value"),
             "{}",
             e[0]
         );

@@ -1,6 +1,8 @@
 //! Istio's value matching (exact, `prefix*`, `*suffix`, `*` = any non-empty value),
-//! IP/CIDR blocks, and the default (`BASE`) path normalization.
+//! path templates (`{*}`, `{**}`), IP/CIDR blocks, and the default (`BASE`) path
+//! normalization.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 /// A compiled string match.
@@ -14,6 +16,8 @@ pub enum StringMatch {
     Suffix(String),
     /// `*`: any non-empty value.
     Presence,
+    /// A path template with `{*}` / `{**}` (paths only).
+    Template(PathTemplate),
 }
 
 impl StringMatch {
@@ -30,6 +34,16 @@ impl StringMatch {
         }
     }
 
+    /// Compiles a `paths`/`notPaths` value: a value with `{*}` or `{**}` is a path
+    /// template (Istio's `ContainsPathTemplate`), anything else as [`StringMatch::new`].
+    pub fn path(value: &str) -> Result<Self, String> {
+        if PathTemplate::is_template(value) {
+            PathTemplate::parse(value).map(Self::Template)
+        } else {
+            Ok(Self::new(value))
+        }
+    }
+
     /// Case-sensitive match.
     pub fn matches(&self, v: &str) -> bool {
         match self {
@@ -37,6 +51,7 @@ impl StringMatch {
             Self::Prefix(p) => v.starts_with(p.as_str()),
             Self::Suffix(s) => v.ends_with(s.as_str()),
             Self::Presence => !v.is_empty(),
+            Self::Template(t) => t.matches(v),
         }
     }
 
@@ -50,7 +65,142 @@ impl StringMatch {
                 v.len() >= n(s) && v[v.len() - n(s)..].eq_ignore_ascii_case(s.as_bytes())
             }
             Self::Presence => !v.is_empty(),
+            Self::Template(t) => t.matches(std::str::from_utf8(v).unwrap_or_default()),
         }
+    }
+}
+
+impl std::fmt::Display for StringMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(e) => write!(f, "{e:?}"),
+            Self::Prefix(p) => write!(f, "\"{p}*\""),
+            Self::Suffix(s) => write!(f, "\"*{s}\""),
+            Self::Presence => f.write_str("\"*\""),
+            Self::Template(t) => write!(f, "{:?}", t.source),
+        }
+    }
+}
+
+/// One piece of a compiled path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    /// Literal text, `/` separators included.
+    Lit(String),
+    /// `{*}`: one path segment, one or more pchars.
+    One,
+    /// `{**}`: zero or more pchars or `/`.
+    Any,
+}
+
+/// An Istio path template (`/api/{*}/items/{**}`), matched as Envoy's
+/// `uri_template` matcher does (envoy source/extensions/path/uri_template_lib/
+/// uri_template_internal.cc): Istio rewrites `{*}` to `*` and `{**}` to `**`
+/// (istio pilot/pkg/security/authz/matcher/template.go); `*` is `[pchar]+`, `**` is
+/// `[pchar/]*`, literal segments must be non-empty pchars, nothing may follow `**`
+/// but literals, and the whole normalized path must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    source: String,
+    pieces: Vec<Piece>,
+}
+
+/// RFC 3986 pchar as Envoy's template matcher allows it (no `*` or `=`).
+fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()+,;:@".contains(&b)
+}
+
+impl PathTemplate {
+    /// Whether Istio treats `value` as a template.
+    pub fn is_template(value: &str) -> bool {
+        value.contains("{*}") || value.contains("{**}")
+    }
+
+    /// Parses a template, or says what Envoy would refuse in it.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let bad = |why: &str| Err(format!("invalid path template {value:?}: {why}"));
+        let t = value.replace("{**}", "**").replace("{*}", "*");
+        let Some(mut rest) = t.strip_prefix('/') else {
+            return bad("it must start with /");
+        };
+        let mut pieces = vec![Piece::Lit("/".into())];
+        let mut seen_any = false;
+        let push_lit = |pieces: &mut Vec<Piece>, l: &str| match pieces.last_mut() {
+            Some(Piece::Lit(prev)) => prev.push_str(l),
+            _ => pieces.push(Piece::Lit(l.to_string())),
+        };
+        loop {
+            if let Some(r) = rest.strip_prefix("**") {
+                if seen_any {
+                    return bad("{**} must be the last operator");
+                }
+                seen_any = true;
+                pieces.push(Piece::Any);
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix('*') {
+                if seen_any {
+                    return bad("{**} must be the last operator");
+                }
+                pieces.push(Piece::One);
+                rest = r;
+            } else {
+                let end = rest.find('/').unwrap_or(rest.len());
+                let lit = &rest[..end];
+                if lit.is_empty() || !lit.bytes().all(is_pchar) {
+                    return bad(&format!(
+                        "segment {lit:?} is not a literal of unreserved or sub-delimiter characters, {{*}} or {{**}}"
+                    ));
+                }
+                push_lit(&mut pieces, lit);
+                rest = &rest[end..];
+            }
+            if rest.is_empty() {
+                break;
+            }
+            if rest == "/" {
+                push_lit(&mut pieces, "/");
+                break;
+            }
+            if let Some(r) = rest.strip_prefix('/') {
+                push_lit(&mut pieces, "/");
+                rest = r;
+            } else {
+                // A suffix after an operator, as in `/{**}.mpd`.
+                if rest.contains('/') || !rest.bytes().all(is_pchar) {
+                    return bad(&format!("suffix {rest:?} must be literal characters only"));
+                }
+                push_lit(&mut pieces, rest);
+                break;
+            }
+        }
+        Ok(Self {
+            source: value.to_string(),
+            pieces,
+        })
+    }
+
+    /// Whether the whole `path` (normalized, no query) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        fn go(pieces: &[Piece], s: &[u8]) -> bool {
+            let Some((first, rest)) = pieces.split_first() else {
+                return s.is_empty();
+            };
+            match first {
+                Piece::Lit(l) => s.starts_with(l.as_bytes()) && go(rest, &s[l.len()..]),
+                Piece::One => {
+                    let run = s.iter().take_while(|b| is_pchar(**b)).count();
+                    (1..=run).rev().any(|k| go(rest, &s[k..]))
+                }
+                Piece::Any => {
+                    let run = s
+                        .iter()
+                        .take_while(|b| **b == b'/' || is_pchar(**b))
+                        .count();
+                    (0..=run).rev().any(|k| go(rest, &s[k..]))
+                }
+            }
+        }
+        go(&self.pieces, path.as_bytes())
     }
 }
 
@@ -103,12 +253,27 @@ impl IpBlock {
     }
 }
 
+impl std::fmt::Display for IpBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let max = if self.addr.is_ipv4() { 32 } else { 128 };
+        if self.prefix == max {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
 /// Istio's default path normalization (`BASE`): the query and fragment are dropped,
 /// `\` becomes `/`, the unreserved characters `%2D %2E %30-%39 %41-%5A %5F %61-%7A
 /// %7E` are decoded once, and dot segments are removed (RFC 3986 5.2.4). `%00` is an
 /// error (Envoy answers 400).
-pub fn normalize_path(path: &str) -> Result<String, String> {
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, String> {
     let path = path.split(['?', '#']).next().unwrap_or_default();
+    if !path.contains(['%', '\\']) && !path.split('/').any(|s| s == "." || s == "..") {
+        // Nothing to decode or remove: the common case, without allocating.
+        return Ok(Cow::Borrowed(path));
+    }
     let bytes = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
     let mut i = 0;
@@ -148,7 +313,7 @@ pub fn normalize_path(path: &str) -> Result<String, String> {
         }
         i += 1;
     }
-    Ok(remove_dot_segments(&decoded))
+    Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
 /// RFC 3986 section 5.2.4.
@@ -202,6 +367,58 @@ mod tests {
         assert!(m("a*c").matches("a*c") && !m("a*c").matches("abc"));
         assert!(m("*.Example.COM").matches_ignore_case("api.example.com"));
         assert!(!m("/Admin").matches("/admin"));
+    }
+
+    #[test]
+    fn path_templates_match_as_envoy() {
+        let t = |s| PathTemplate::parse(s).unwrap();
+        // (template, path, matches)
+        let cases = [
+            ("/foo/{*}", "/foo/bar", true),
+            ("/foo/{*}", "/foo/", false),
+            ("/foo/{*}", "/foo/bar/baz", false),
+            ("/foo/{**}", "/foo/bar/baz", true),
+            ("/foo/{**}", "/foo/", true),
+            ("/foo/{**}", "/foo", false),
+            ("/{*}/foo/{**}/bar.tmp", "/x/foo/a/b/bar.tmp", true),
+            ("/{*}/foo/{**}/bar.tmp", "/x/foo/bar.tmp", false),
+            ("/{*}/foo/{**}/bar.tmp", "/x/foo//bar.tmp", true),
+            ("/{**}.mpd", "/content/123/dash/manifest.mpd", true),
+            ("/{**}.mpd", "/content/manifest.mpd5", false),
+            (
+                "/videos/{*}/{*}/{*}.m4s",
+                "/videos/123/hls/1080p_1.m4s",
+                true,
+            ),
+            ("/api/{*}/items/", "/api/v1/items/", true),
+            ("/api/{*}/items/", "/api/v1/items", false),
+            ("/a/{*}", "/a/b=c", false),
+            ("/a/{*}", "/a/x%2Fy", true),
+            ("/a/{*}", "/a/é", false),
+        ];
+        for (tpl, path, want) in cases {
+            assert_eq!(t(tpl).matches(path), want, "{tpl} vs {path}");
+        }
+        for bad in [
+            "foo/{*}",
+            "/{**}/{*}",
+            "/{**}/a/{**}",
+            "/a*/{*}",
+            "/a//{*}",
+            "/{*}x/y",
+            "/{name}/{*}",
+            "/a b/{*}",
+        ] {
+            assert!(PathTemplate::parse(bad).is_err(), "{bad} should be refused");
+        }
+        assert!(matches!(
+            StringMatch::path("/x/{*}").unwrap(),
+            StringMatch::Template(_)
+        ));
+        assert_eq!(
+            StringMatch::path("/x/*").unwrap(),
+            StringMatch::Prefix("/x/".into())
+        );
     }
 
     #[test]
