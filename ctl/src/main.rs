@@ -6,6 +6,7 @@
 mod admin;
 mod authz;
 mod cert;
+mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ enum Command {
     /// Evaluate Istio authorization policies offline.
     #[command(subcommand)]
     Authz(authz::AuthzCmd),
+    /// Check Istio security policies as Istio's validation webhook would, offline.
+    Validate(validate::ValidateArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,9 @@ fn main() -> ExitCode {
     if let Command::Authz(cmd) = cli.command {
         // Offline: no runtime, no CA.
         return authz::run(cmd);
+    }
+    if let Command::Validate(args) = cli.command {
+        return validate::run(args);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -68,7 +74,7 @@ fn main() -> ExitCode {
             Command::Token(cmd) => admin::token(&cli.admin_socket, cmd).await,
             Command::Cert(cmd) => cert::run(cmd).await,
             // Handled above, before the runtime starts.
-            Command::Authz(_) => Ok(ExitCode::SUCCESS),
+            Command::Authz(_) | Command::Validate(_) => Ok(ExitCode::SUCCESS),
         }
     });
     match result {

@@ -642,8 +642,8 @@ impl Compiler<'_> {
     fn condition(&mut self, path: &str, c: &Condition) -> Vec<Test> {
         let mut out = Vec::new();
         let key = c.key.as_str();
-        let make = |this: &mut Self, v: &[String]| -> Option<Clause> {
-            let vpath = format!("{path}.values");
+        let make = |this: &mut Self, field: &str, v: &[String]| -> Option<Clause> {
+            let vpath = format!("{path}.{field}");
             Some(match key {
                 "source.ip" => Clause::SourceIp(this.ips(&vpath, v)),
                 "remote.ip" => Clause::RemoteIp(this.ips(&vpath, v)),
@@ -696,7 +696,7 @@ impl Compiler<'_> {
             })
         };
         if let Some(v) = &c.values
-            && let Some(clause) = make(self, v)
+            && let Some(clause) = make(self, "values", v)
         {
             out.push(Test {
                 clause,
@@ -704,7 +704,7 @@ impl Compiler<'_> {
             });
         }
         if let Some(v) = &c.not_values
-            && let Some(clause) = make(self, v)
+            && let Some(clause) = make(self, "notValues", v)
         {
             out.push(Test {
                 clause,
@@ -784,7 +784,8 @@ fn compile(
     let dry_run = meta
         .annotations
         .get("istio.io/dry-run")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        // Istio reads it with Go's strconv.ParseBool.
+        .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
         && matches!(spec.action, Action::Allow | Action::Deny);
     Ok(Some(Policy {
         seq,

@@ -18,3 +18,4 @@ pub mod peer_authn;
 pub mod request_authn;
 pub mod resources;
 pub mod validate;
+pub mod yaml_lines;
