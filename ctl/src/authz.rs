@@ -1,12 +1,16 @@
 //! `warden authz check`: evaluate a request against Istio policy files, offline, with
-//! the same engine the proxy uses.
+//! the same engines the proxy uses: RequestAuthentication (JWT) first, then
+//! AuthorizationPolicy.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use warden_policy::authz::{Engine, HttpRequest, Protocol, Request, Workload};
+use warden_policy::loader::ConfigSet;
+use warden_policy::request_authn::{self, Outcome, RequestAuthn};
 use warden_policy::resources::Action;
 
 /// `warden authz ...`
@@ -91,6 +95,17 @@ struct RequestJson {
     destination: DestinationJson,
     http: Option<HttpJson>,
     jwt_claims: Option<serde_json::Value>,
+    /// Unix seconds to check JWT `exp`/`nbf` against (default: the current time).
+    now: Option<u64>,
+}
+
+/// A request file in the engines' terms.
+#[derive(Debug)]
+struct Check {
+    workload: Workload,
+    request: Request,
+    /// `request.now`.
+    now: Option<u64>,
 }
 
 fn action(a: Action) -> &'static str {
@@ -102,8 +117,8 @@ fn action(a: Action) -> &'static str {
     }
 }
 
-/// Parses the request file into the engine's terms, or says what is wrong.
-fn parse_request(text: &str) -> Result<(Workload, Request), String> {
+/// Parses the request file into the engines' terms, or says what is wrong.
+fn parse_request(text: &str) -> Result<Check, String> {
     let de = &mut serde_json::Deserializer::from_str(text);
     let f: CheckFile =
         serde_path_to_error::deserialize(de).map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
@@ -155,13 +170,89 @@ fn parse_request(text: &str) -> Result<(Workload, Request), String> {
         }),
         jwt: r.jwt_claims,
     };
-    Ok((
-        Workload {
+    Ok(Check {
+        workload: Workload {
             namespace: f.workload.namespace,
             labels: f.workload.labels,
         },
         request,
-    ))
+        now: r.now,
+    })
+}
+
+/// What RequestAuthentication did before authorization.
+#[derive(Debug)]
+enum Authn {
+    /// No RequestAuthentication applies, claims were given, or the request is TCP.
+    Skipped,
+    /// The JWT filter ran; the request goes on to authorization.
+    Passed(serde_json::Value),
+    /// The JWT filter refused the request: the answer, authorization is not reached.
+    Refused(serde_json::Value),
+}
+
+/// Runs the JWT filter of the workload on the request, as Envoy does before RBAC: only
+/// when the file gives no `jwt_claims`, the request is HTTP and a RequestAuthentication
+/// applies. Only those policies are compiled (their JWKS read), so a remote `jwksUri`
+/// elsewhere in the mesh does not stop the check. A verified token's claims become the
+/// request's, and the filter's header edits (token stripped, payload and claim headers)
+/// are made before authorization sees the request.
+fn authenticate(set: &ConfigSet, root_namespace: &str, check: &mut Check) -> Result<Authn, String> {
+    let Some(http) = check.request.http.as_mut() else {
+        return Ok(Authn::Skipped);
+    };
+    if check.request.jwt.is_some() {
+        return Ok(Authn::Skipped);
+    }
+    let applicable = ConfigSet {
+        request_authentications: set
+            .request_authentications
+            .iter()
+            .filter(|p| request_authn::applies(p, root_namespace, &check.workload))
+            .cloned()
+            .collect(),
+        ..ConfigSet::default()
+    };
+    if applicable.request_authentications.is_empty() {
+        return Ok(Authn::Skipped);
+    }
+    let ra = RequestAuthn::compile(&applicable, root_namespace).map_err(|errors| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let now = check
+        .now
+        .map_or_else(SystemTime::now, |s| UNIX_EPOCH + Duration::from_secs(s));
+    Ok(match ra.authenticate(&check.workload, http, now) {
+        Outcome::NoToken { edits } => {
+            request_authn::apply_edits(&edits, http);
+            Authn::Passed(serde_json::json!({"result": "no_token"}))
+        }
+        Outcome::Authenticated(a) => {
+            request_authn::apply_edits(&a.edits, http);
+            let summary = serde_json::json!({
+                "result": "authenticated", "principal": a.principal, "policy": a.policy,
+                "rule": a.rule, "claims": a.claims,
+            });
+            check.request.jwt = Some(a.claims);
+            Authn::Passed(summary)
+        }
+        Outcome::Rejected(r) => Authn::Refused(serde_json::json!({
+            "decision": "DENY",
+            "status": r.status,
+            "policy": r.policy,
+            "rule": r.rule,
+            "reason": r.reason(),
+            "audit": [],
+            "dry_run": [],
+            "request_authentication": {
+                "result": "rejected", "policy": r.policy, "rule": r.rule, "reason": r.reason(),
+            },
+        })),
+    })
 }
 
 fn bad(message: impl std::fmt::Display) -> ExitCode {
@@ -190,7 +281,7 @@ pub fn run(cmd: AuthzCmd) -> ExitCode {
             Err(e) => return bad(format!("cannot read --request {}: {e}", request.display())),
         }
     };
-    let (workload, req) = match parse_request(&text) {
+    let mut check = match parse_request(&text) {
         Ok(x) => x,
         Err(e) => return bad(format!("--request {}: {e}", request.display())),
     };
@@ -208,9 +299,22 @@ pub fn run(cmd: AuthzCmd) -> ExitCode {
                 .join("\n"));
         }
     };
-    let d = engine.evaluate(&workload, &req);
+    let authn = match authenticate(&set, &root_namespace, &mut check) {
+        Ok(a) => a,
+        Err(e) => return bad(e),
+    };
+    let (workload, req) = (&check.workload, &check.request);
+    if let Authn::Refused(mut out) = authn {
+        if explain {
+            // Envoy answers before the RBAC filter: no AuthorizationPolicy is considered.
+            out["explain"] = serde_json::json!([]);
+        }
+        return print(&out);
+    }
+    let d = engine.evaluate(workload, req);
     let mut out = serde_json::json!({
         "decision": if d.allowed { "ALLOW" } else { "DENY" },
+        "status": if d.allowed { 200 } else { 403 },
         "policy": d.deciding.as_ref().map(|m| m.policy.clone()),
         "rule": d.deciding.as_ref().map(|m| m.rule),
         "reason": d.reason,
@@ -223,9 +327,12 @@ pub fn run(cmd: AuthzCmd) -> ExitCode {
         out["custom"] = serde_json::json!({"provider": provider, "policy": m.policy, "rule": m.rule,
             "note": "the external authorizer must be asked; it can still deny"});
     }
+    if let Authn::Passed(summary) = authn {
+        out["request_authentication"] = summary;
+    }
     if explain {
         out["explain"] = engine
-            .explain(&workload, &req)
+            .explain(workload, req)
             .into_iter()
             .map(|e| {
                 serde_json::json!({
@@ -235,7 +342,11 @@ pub fn run(cmd: AuthzCmd) -> ExitCode {
             })
             .collect();
     }
-    match serde_json::to_string_pretty(&out) {
+    print(&out)
+}
+
+fn print(out: &serde_json::Value) -> ExitCode {
+    match serde_json::to_string_pretty(out) {
         Ok(s) => println!("{s}"),
         Err(e) => return bad(e),
     }
@@ -252,7 +363,12 @@ mod tests {
           "request": {"protocol": "http", "source": {"principal": "spiffe://cluster.local/ns/a/sa/b", "namespace": "a", "ip": "10.1.0.5"},
                       "destination": {"ip": "10.0.0.10", "port": 8080},
                       "http": {"method": "GET", "path": "/x?y=1", "host": "svc.foo", "headers": {"X-K": "v"}}, "jwt_claims": null}}"#;
-        let (w, r) = parse_request(ok).unwrap();
+        let Check {
+            workload: w,
+            request: r,
+            now,
+        } = parse_request(ok).unwrap();
+        assert_eq!(now, None);
         assert_eq!(w.namespace, "foo");
         assert_eq!(
             r.source_principal.as_deref(),

@@ -1,5 +1,6 @@
-//! `warden authz check` on real files: the decision JSON, `--explain`, and refusals of
-//! bad input with exit code 2.
+//! `warden authz check` on real files: the decision JSON, `--explain`,
+//! RequestAuthentication with real ES256 tokens before authorization, and refusals of bad
+//! input with exit code 2.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use warden_tests::{fails, ok, warden};
@@ -119,6 +120,237 @@ fn bad_input_exits_2_naming_the_problem() {
     let err = fails(out);
     assert!(
         err.contains("workload.namespace") || err.contains("missing field"),
+        "{err}"
+    );
+}
+
+/// RequestAuthentication in front of authorization: a JWT rule reading its JWKS from a
+/// file next to the policies, and policies that need a request principal.
+const JWT_POLICIES: &str = r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  jwtRules:
+  - issuer: https://issuer.test
+    jwksUri: ../keys/jwks.json
+    audiences: [httpbin]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: elsewhere, namespace: bar}
+spec:
+  jwtRules:
+  - issuer: https://remote.test
+    jwksUri: https://remote.test/jwks.json
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  rules:
+  - from: [{source: {requestPrincipals: ["https://issuer.test/*"]}}]
+    when: [{key: "request.auth.claims[scope]", values: [read]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-raw-tokens, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - when: [{key: "request.headers[authorization]", values: ["*"]}]
+"#;
+
+/// An ES256 issuer made with ring: its JWKS and tokens.
+struct Issuer {
+    key: ring::signature::EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+}
+
+fn b64(bytes: impl AsRef<[u8]>) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl Issuer {
+    fn new() -> Self {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        Self { key, rng }
+    }
+
+    fn jwks(&self) -> String {
+        use ring::signature::KeyPair as _;
+        let point = self.key.public_key().as_ref();
+        serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65])}]})
+        .to_string()
+    }
+
+    fn token(&self, claims: &serde_json::Value) -> String {
+        let signed = format!(
+            "{}.{}",
+            b64(r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#),
+            b64(claims.to_string())
+        );
+        let sig = self.key.sign(&self.rng, signed.as_bytes()).unwrap();
+        format!("{signed}.{}", b64(sig))
+    }
+}
+
+/// A request to foo/httpbin with `authorization` (if any), `now` and `jwt_claims`.
+fn jwt_request(authorization: Option<&str>, now: Option<u64>, claims: &str) -> String {
+    let headers = match authorization {
+        Some(a) => serde_json::json!({"Authorization": a}),
+        None => serde_json::json!({}),
+    };
+    let now = now.map(|n| format!(r#", "now": {n}"#)).unwrap_or_default();
+    format!(
+        r#"{{"workload": {{"namespace": "foo", "labels": {{"app": "httpbin"}}}},
+           "request": {{"protocol": "http", "source": {{"principal": null, "ip": "10.1.0.5"}},
+                       "destination": {{"ip": "10.0.0.10", "port": 8080}},
+                       "http": {{"method": "GET", "path": "/get", "host": "httpbin.foo", "headers": {headers}}},
+                       "jwt_claims": {claims}{now}}}}}"#
+    )
+}
+
+#[test]
+fn request_authentication_runs_before_authorization() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    std::fs::write(dir.path().join("policies/p.yaml"), JWT_POLICIES).unwrap();
+    let issuer = Issuer::new();
+    std::fs::write(dir.path().join("keys/jwks.json"), issuer.jwks()).unwrap();
+    const NOW: u64 = 1_700_000_000;
+    let token = |aud: &str, exp: u64| {
+        issuer.token(
+            &serde_json::json!({"iss": "https://issuer.test", "sub": "alice",
+            "aud": aud, "exp": exp, "scope": "read write"}),
+        )
+    };
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    // A valid token: its claims reach authorization, and the token is stripped first
+    // (the DENY on a raw Authorization header does not fire).
+    let good = bearer(&token("httpbin", NOW + 600));
+    let v = check(
+        dir.path(),
+        &jwt_request(Some(&good), Some(NOW), "null"),
+        &[],
+    );
+    assert_eq!(v["decision"], "ALLOW", "{v}");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["policy"], "foo/require-jwt");
+    let ra = &v["request_authentication"];
+    assert_eq!(ra["result"], "authenticated");
+    assert_eq!(ra["principal"], "https://issuer.test/alice");
+    assert_eq!(ra["policy"], "foo/jwt");
+    assert_eq!(ra["claims"]["scope"], serde_json::json!(["read", "write"]));
+
+    // The current time when the file has no `now`.
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let fresh = bearer(&token("httpbin", unix + 600));
+    let v = check(dir.path(), &jwt_request(Some(&fresh), None, "null"), &[]);
+    assert_eq!(v["decision"], "ALLOW", "{v}");
+
+    // No token: passes authentication with no identity, then authorization denies.
+    let v = check(dir.path(), &jwt_request(None, Some(NOW), "null"), &[]);
+    assert_eq!(
+        (v["decision"].as_str(), v["status"].as_u64()),
+        (Some("DENY"), Some(403)),
+        "{v}"
+    );
+    assert_eq!(v["request_authentication"]["result"], "no_token");
+
+    // Expired (past the 60 s skew): 401 from RequestAuthentication, authorization is
+    // not reached.
+    let expired = bearer(&token("httpbin", NOW - 61));
+    let v = check(
+        dir.path(),
+        &jwt_request(Some(&expired), Some(NOW), "null"),
+        &["--explain"],
+    );
+    assert_eq!(v["decision"], "DENY", "{v}");
+    assert_eq!(v["status"], 401);
+    assert_eq!(v["policy"], "foo/jwt");
+    assert_eq!(v["rule"], 0);
+    assert_eq!(v["request_authentication"]["result"], "rejected");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("expired") && !reason.contains(&expired[7..]),
+        "{reason}"
+    );
+    assert_eq!(v["explain"], serde_json::json!([]));
+
+    // Audience not allowed: Envoy answers 403.
+    let other = bearer(&token("other", NOW + 600));
+    let v = check(
+        dir.path(),
+        &jwt_request(Some(&other), Some(NOW), "null"),
+        &[],
+    );
+    assert_eq!(
+        (v["status"].as_u64(), v["decision"].as_str()),
+        (Some(403), Some("DENY"))
+    );
+    assert!(v["reason"].as_str().unwrap().contains("audience"), "{v}");
+
+    // Garbage in the Authorization header: 401, malformed.
+    let v = check(
+        dir.path(),
+        &jwt_request(Some("Bearer not-a-jwt"), Some(NOW), "null"),
+        &[],
+    );
+    assert_eq!(v["status"], 401, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("malformed"), "{v}");
+
+    // Claims given in the file are taken as already validated: no JWT filter.
+    let claims = r#"{"iss": "https://issuer.test", "sub": "bob", "scope": ["read"]}"#;
+    let v = check(dir.path(), &jwt_request(None, None, claims), &[]);
+    assert_eq!(v["decision"], "ALLOW", "{v}");
+    assert!(v.get("request_authentication").is_none(), "{v}");
+}
+
+#[test]
+fn unusable_request_authentication_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    // The JWKS file is missing, and the rule of foo/jwt is remote.
+    std::fs::write(
+        dir.path().join("policies/p.yaml"),
+        JWT_POLICIES.replace(
+            "jwksUri: ../keys/jwks.json",
+            "jwksUri: ../keys/jwks.json\n  - issuer: https://b.test\n    jwksUri: https://b.test/keys",
+        ),
+    )
+    .unwrap();
+    let req = dir.path().join("req.json");
+    std::fs::write(&req, jwt_request(None, Some(1), "null")).unwrap();
+    let policies = dir.path().join("policies");
+    let out = warden(&[
+        "authz",
+        "check",
+        "--config",
+        policies.to_str().unwrap(),
+        "--request",
+        req.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = fails(out);
+    assert!(
+        err.contains("p.yaml")
+            && err.contains("RequestAuthentication foo/jwt: spec.jwtRules[0].jwksUri: cannot read the JWKS file")
+            && err.contains("spec.jwtRules[1].jwksUri: \"https://b.test/keys\": remote JWKS is not supported yet; use jwks or a file")
+            && !err.contains("bar/elsewhere"),
         "{err}"
     );
 }
