@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use warden_policy::authz::{Engine, HttpRequest, Protocol, Request, Workload};
 use warden_policy::loader::ConfigSet;
+use warden_policy::peer_authn::PeerAuthn;
 use warden_policy::request_authn::{self, Outcome, RequestAuthn};
-use warden_policy::resources::Action;
+use warden_policy::resources::{Action, MtlsMode};
 
 /// `warden authz ...`
 #[derive(Debug, clap::Subcommand)]
@@ -304,6 +305,29 @@ pub fn run(cmd: AuthzCmd) -> ExitCode {
         Err(e) => return bad(e),
     };
     let (workload, req) = (&check.workload, &check.request);
+    let mtls = PeerAuthn::new(&set, &root_namespace).mode(workload, req.destination_port);
+    let peer = serde_json::json!({
+        "mode": mtls_mode(mtls.mode), "policy": mtls.policy, "port_level": mtls.port_level,
+    });
+    if mtls.mode == MtlsMode::Strict && req.source_principal.is_none() {
+        // The sidecar refuses the plaintext connection before any HTTP filter runs.
+        let reason = format!(
+            "refused before authorization: {} requires mutual TLS on port {} and the peer is plaintext",
+            mtls.policy.as_deref().map_or_else(
+                || "the mesh default".to_string(),
+                |p| format!("PeerAuthentication {p}")
+            ),
+            req.destination_port,
+        );
+        let mut out = serde_json::json!({
+            "decision": "DENY", "status": null, "policy": null, "rule": null,
+            "reason": reason, "audit": [], "dry_run": [], "peer_authentication": peer,
+        });
+        if explain {
+            out["explain"] = serde_json::json!([]);
+        }
+        return print(&out);
+    }
     if let Authn::Refused(mut out) = authn {
         if explain {
             // Envoy answers before the RBAC filter: no AuthorizationPolicy is considered.
@@ -330,6 +354,7 @@ pub fn run(cmd: AuthzCmd) -> ExitCode {
     if let Authn::Passed(summary) = authn {
         out["request_authentication"] = summary;
     }
+    out["peer_authentication"] = peer;
     if explain {
         out["explain"] = engine
             .explain(workload, req)
@@ -343,6 +368,15 @@ pub fn run(cmd: AuthzCmd) -> ExitCode {
             .collect();
     }
     print(&out)
+}
+
+fn mtls_mode(m: MtlsMode) -> &'static str {
+    match m {
+        MtlsMode::Unset => "UNSET",
+        MtlsMode::Disable => "DISABLE",
+        MtlsMode::Permissive => "PERMISSIVE",
+        MtlsMode::Strict => "STRICT",
+    }
 }
 
 fn print(out: &serde_json::Value) -> ExitCode {

@@ -8,8 +8,16 @@
 //!   into a [`loader::ConfigSet`], all or nothing, with errors that name the file, the
 //!   document, the kind, `namespace/name` and the field path.
 //!
-//! The policy engine (evaluation, `warden authz check`, `warden validate`) is the rest
-//! of issue 4 and builds on these types.
+//! - [`authz`]: AuthorizationPolicy decisions, compiled once per config version and
+//!   indexed by namespace and selector label; [`matcher`] holds the value, path
+//!   template, CIDR and path normalization rules it uses.
+//! - [`peer_authn`]: the mTLS mode for a workload and port.
+//! - [`request_authn`]: RequestAuthentication JWT validation as Envoy's `jwt_authn`.
+//! - [`validate`]: Istio's validation webhook rules, reported at the field's line
+//!   ([`yaml_lines`]).
+//!
+//! `warden authz check` and `warden validate` are thin commands over these; the proxy
+//! uses the same engine in its data path.
 
 pub mod authz;
 pub mod loader;

@@ -76,6 +76,40 @@ fn decisions_and_explanations() {
         .unwrap()
         .to_string();
     assert!(why.contains("source principal"), "{why}");
+    assert_eq!(v["peer_authentication"]["mode"], "PERMISSIVE");
+}
+
+#[test]
+fn strict_peer_authentication_refuses_plaintext_first() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    let strict = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: foo}\nspec:\n  selector: {matchLabels: {app: httpbin}}\n  mtls: {mode: STRICT}\n  portLevelMtls: {9000: {mode: PERMISSIVE}}\n";
+    std::fs::write(
+        dir.path().join("policies/p.yaml"),
+        format!("{POLICIES}{strict}"),
+    )
+    .unwrap();
+    let v = check(dir.path(), &request("null", "GET", "/info"), &["--explain"]);
+    assert_eq!(v["decision"], "DENY");
+    assert!(v["status"].is_null(), "{v}");
+    assert_eq!(v["peer_authentication"]["mode"], "STRICT");
+    assert_eq!(v["peer_authentication"]["policy"], "foo/strict");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("PeerAuthentication foo/strict requires mutual TLS on port 8080"),
+        "{reason}"
+    );
+    // A peer with an identity goes on to authorization.
+    let sleep = "\"spiffe://cluster.local/ns/foo/sa/sleep\"";
+    let v = check(dir.path(), &request(sleep, "GET", "/info"), &[]);
+    assert_eq!(v["decision"], "ALLOW");
+    assert_eq!(v["peer_authentication"]["mode"], "STRICT");
+    // portLevelMtls: plaintext on 9000 is accepted and authorization decides.
+    let on_9000 = request("null", "GET", "/info").replace("\"port\": 8080", "\"port\": 9000");
+    let v = check(dir.path(), &on_9000, &[]);
+    assert_eq!(v["peer_authentication"]["mode"], "PERMISSIVE");
+    assert_eq!(v["peer_authentication"]["port_level"], true);
+    assert_eq!(v["status"], 403);
 }
 
 #[test]
