@@ -1120,60 +1120,14 @@ fn compile_rule(
     files: &mut JwksFiles,
 ) -> Result<Provider, Vec<(String, String)>> {
     let at = |field: &str| format!("spec.jwtRules[{i}].{field}");
-    let mut errors: Vec<(String, String)> = Vec::new();
-    let jwks_uri = rule.jwks_uri.as_deref().unwrap_or_default();
-    if rule.issuer.is_empty() && jwks_uri.is_empty() {
-        errors.push((at("issuer"), "issuer or jwksUri must be set".into()));
-    }
-    for (j, a) in rule.audiences.iter().enumerate() {
-        if a.is_empty() {
-            errors.push((
-                at(&format!("audiences[{j}]")),
-                "must be a non-empty string".into(),
-            ));
-        }
-    }
-    for (j, h) in rule.from_headers.iter().enumerate() {
-        if h.name.is_empty() {
-            errors.push((
-                at(&format!("fromHeaders[{j}].name")),
-                "must be a non-empty header name".into(),
-            ));
-        }
-    }
-    for (j, q) in rule.from_params.iter().enumerate() {
-        if q.is_empty() {
-            errors.push((
-                at(&format!("fromParams[{j}]")),
-                "must be a non-empty parameter name".into(),
-            ));
-        }
-    }
-    for (j, c) in rule.from_cookies.iter().enumerate() {
-        if c.is_empty() {
-            errors.push((
-                at(&format!("fromCookies[{j}]")),
-                "must be a non-empty cookie name".into(),
-            ));
-        }
-    }
-    for (j, ch) in rule.output_claim_to_headers.iter().enumerate() {
-        if ch.claim.is_empty() {
-            errors.push((
-                at(&format!("outputClaimToHeaders[{j}].claim")),
-                "must be a non-empty claim name".into(),
-            ));
-        }
-        if !is_header_name(&ch.header) {
-            errors.push((
-                at(&format!("outputClaimToHeaders[{j}].header")),
-                format!(
-                    "{:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
-                    ch.header
-                ),
-            ));
-        }
-    }
+    // The webhook's checks, shared with `warden validate`; `jwks` and `jwksUri` are
+    // read (and their errors reported) by `load_keys` below.
+    let key_fields = [at("jwks"), at("jwksUri")];
+    let mut errors: Vec<(String, String)> =
+        crate::validate::jwt_rule_errors(&format!("spec.jwtRules[{i}]"), rule)
+            .into_iter()
+            .filter(|(path, _)| !key_fields.contains(path))
+            .collect();
     let payload_header = rule
         .output_payload_to_header
         .as_deref()
@@ -2106,7 +2060,8 @@ mod tests {
         assert!(
             errors
                 .iter()
-                .any(|e| e.contains("spec.jwtRules[0].audiences[0]: must be a non-empty string")),
+                .any(|e| e
+                    .contains("spec.jwtRules[0].audiences[0]: audience must be non-empty string")),
             "{errors:?}"
         );
         assert!(

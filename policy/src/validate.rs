@@ -1057,6 +1057,18 @@ fn request_authentication(r: &Resource<RequestAuthenticationSpec>) -> Findings {
     f
 }
 
+/// The webhook's errors for one `jwtRules` entry at `path` (no warnings): what
+/// [`crate::request_authn`] refuses before it reads any keys, so the runtime and
+/// `warden validate` cannot disagree. `(field path, message)` pairs.
+pub(crate) fn jwt_rule_errors(path: &str, rule: &JwtRule) -> Vec<(String, String)> {
+    let mut f = Findings::default();
+    jwt_rule(path, rule, &mut f);
+    f.0.into_iter()
+        .filter(|x| x.severity == Severity::Error)
+        .map(|x| (x.path, x.message))
+        .collect()
+}
+
 /// `validateJwtRule`.
 fn jwt_rule(path: &str, rule: &JwtRule, f: &mut Findings) {
     for (i, a) in rule.audiences.iter().enumerate() {
