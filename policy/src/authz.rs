@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 use crate::loader::{ConfigSet, Loaded};
 use crate::matcher::{IpBlock, StringMatch, normalize_path};
-use crate::resources::{Action, AuthorizationPolicySpec, Condition, Operation, Source};
+use crate::resources::{
+    Action, AuthorizationPolicySpec, Condition, Operation, Source, has_target_refs,
+};
 
 /// The workload a request is for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +30,28 @@ pub struct Workload {
     pub namespace: String,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
+}
+
+impl Workload {
+    /// Whether a policy with `selector` (its `matchLabels`) applies: no selector, or
+    /// every selector label is one of the workload's (policyattachment.go `isSelected`).
+    pub fn selected_by(&self, selector: Option<&BTreeMap<String, String>>) -> bool {
+        selector.is_none_or(|sel| sel.iter().all(|(k, v)| self.labels.get(k) == Some(v)))
+    }
+}
+
+/// The entries of `by_namespace` that can hold policies for a workload in `namespace`:
+/// the root namespace's, then (unless it is the root) the workload's own.
+pub(crate) fn root_and_own<'a, T>(
+    by_namespace: &'a HashMap<String, T>,
+    root_namespace: &str,
+    namespace: &str,
+) -> impl Iterator<Item = &'a T> {
+    let root = by_namespace.get(root_namespace);
+    let own = (namespace != root_namespace)
+        .then(|| by_namespace.get(namespace))
+        .flatten();
+    root.into_iter().chain(own)
 }
 
 /// TCP or HTTP (gRPC is HTTP).
@@ -760,8 +784,7 @@ fn compile(
 ) -> Result<Option<Policy>, Vec<CompileError>> {
     let meta = &p.resource.metadata;
     let spec = &p.resource.spec;
-    if spec.target_ref.is_some() || spec.target_refs.as_ref().is_some_and(|t| !t.is_empty()) {
-        // Attached to a gateway/waypoint/service: sidecars ignore it.
+    if has_target_refs(spec.target_ref.as_ref(), spec.target_refs.as_ref()) {
         return Ok(None);
     }
     let name = format!("{}/{}", p.resource.namespace(), meta.name);
@@ -804,9 +827,7 @@ fn compile(
 
 impl Policy {
     fn selects(&self, w: &Workload) -> bool {
-        self.selector
-            .as_ref()
-            .is_none_or(|sel| sel.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+        w.selected_by(self.selector.as_ref())
     }
 
     /// The first matching rule.
@@ -922,11 +943,7 @@ impl Engine {
 
     /// The root namespace's policies and, unless it is the root, `w`'s namespace's.
     fn namespaces<'a>(&'a self, w: &Workload) -> impl Iterator<Item = &'a NamespacePolicies> {
-        let root = self.by_namespace.get(&self.root_namespace);
-        let own = (w.namespace != self.root_namespace)
-            .then(|| self.by_namespace.get(&w.namespace))
-            .flatten();
-        root.into_iter().chain(own)
+        root_and_own(&self.by_namespace, &self.root_namespace, &w.namespace)
     }
 
     /// Every policy of the root and the workload's namespace, applying or not.

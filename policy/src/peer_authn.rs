@@ -110,11 +110,8 @@ impl PeerAuthn {
                     p.resource.namespace() == workload.namespace
                         && workload.namespace != self.root_namespace
                         && has_selector(p)
-                        && p.resource.spec.selector.as_ref().is_some_and(|s| {
-                            s.match_labels
-                                .iter()
-                                .all(|(k, v)| workload.labels.get(k) == Some(v))
-                        })
+                        && workload
+                            .selected_by(p.resource.spec.selector.as_ref().map(|s| &s.match_labels))
                 })
                 .collect(),
         );

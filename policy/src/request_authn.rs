@@ -58,9 +58,9 @@ use base64::engine::general_purpose::{
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
-use crate::authz::{HttpRequest, Workload};
+use crate::authz::{HttpRequest, Workload, root_and_own};
 use crate::loader::{ConfigSet, Loaded, Origin};
-use crate::resources::{JwtRule, RequestAuthenticationSpec};
+use crate::resources::{JwtRule, RequestAuthenticationSpec, has_target_refs};
 
 /// Envoy's default clock skew for `exp` and `nbf` (jwt_verify_lib `kClockSkewInSecond`);
 /// Istio does not change it.
@@ -266,17 +266,10 @@ pub fn applies(
     w: &Workload,
 ) -> bool {
     let ns = policy.resource.namespace();
-    !targets(&policy.resource.spec)
+    let spec = &policy.resource.spec;
+    !has_target_refs(spec.target_ref.as_ref(), spec.target_refs.as_ref())
         && (ns == root_namespace || ns == w.namespace)
-        && selects(
-            policy
-                .resource
-                .spec
-                .selector
-                .as_ref()
-                .map(|s| &s.match_labels),
-            w,
-        )
+        && w.selected_by(spec.selector.as_ref().map(|s| &s.match_labels))
 }
 
 impl RequestAuthn {
@@ -288,7 +281,8 @@ impl RequestAuthn {
         let mut errors = Vec::new();
         let mut files = JwksFiles::default();
         for p in &set.request_authentications {
-            if targets(&p.resource.spec) {
+            let spec = &p.resource.spec;
+            if has_target_refs(spec.target_ref.as_ref(), spec.target_refs.as_ref()) {
                 continue;
             }
             match compile_policy(p, &mut files) {
@@ -357,28 +351,15 @@ impl RequestAuthn {
     /// The providers of every rule that applies to `w`, sorted by issuer as istiod sorts
     /// them (stable, so equal issuers keep root-namespace-first load order).
     fn providers(&self, w: &Workload) -> Vec<&Provider> {
-        let root = self.by_namespace.get(&self.root_namespace);
-        let own = (w.namespace != self.root_namespace)
-            .then(|| self.by_namespace.get(&w.namespace))
-            .flatten();
-        let mut out: Vec<&Provider> = root
-            .into_iter()
-            .chain(own)
-            .flatten()
-            .filter(|p| selects(p.selector.as_ref(), w))
-            .flat_map(|p| p.providers.iter())
-            .collect();
+        let mut out: Vec<&Provider> =
+            root_and_own(&self.by_namespace, &self.root_namespace, &w.namespace)
+                .flatten()
+                .filter(|p| w.selected_by(p.selector.as_ref()))
+                .flat_map(|p| p.providers.iter())
+                .collect();
         out.sort_by(|a, b| a.issuer.cmp(&b.issuer));
         out
     }
-}
-
-fn targets(spec: &RequestAuthenticationSpec) -> bool {
-    spec.target_ref.is_some() || spec.target_refs.as_ref().is_some_and(|t| !t.is_empty())
-}
-
-fn selects(selector: Option<&BTreeMap<String, String>>, w: &Workload) -> bool {
-    selector.is_none_or(|sel| sel.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
 }
 
 /// Envoy `filter.cc` `isCorsPreflightRequest`.

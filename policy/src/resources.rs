@@ -97,6 +97,16 @@ pub struct PolicyTargetReference {
     pub namespace: Option<String>,
 }
 
+/// Whether a policy is attached by `targetRef`/`targetRefs` (to a gateway, waypoint or
+/// service): sidecars ignore such policies (istio/istio
+/// `pilot/pkg/model/policyattachment.go` `ShouldAttachPolicy`).
+pub fn has_target_refs(
+    target_ref: Option<&PolicyTargetReference>,
+    target_refs: Option<&Vec<PolicyTargetReference>>,
+) -> bool {
+    target_ref.is_some() || target_refs.is_some_and(|t| !t.is_empty())
+}
+
 /// `AuthorizationPolicy.action`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub enum Action {
