@@ -13,6 +13,62 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// The uid of this process: the caller the agent sees on its sockets (`unix:uid:N`).
+pub fn my_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+/// An ES256 JWT issuer for tests, made with ring: its JWKS (key id `k1`) and tokens.
+#[derive(Debug)]
+pub struct Es256Issuer {
+    key: ring::signature::EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+}
+
+fn b64url(bytes: impl AsRef<[u8]>) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl Es256Issuer {
+    /// A new P-256 key.
+    pub fn new() -> Self {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        Self { key, rng }
+    }
+
+    /// The JWKS with the public key.
+    pub fn jwks(&self) -> String {
+        use ring::signature::KeyPair as _;
+        let p = self.key.public_key().as_ref();
+        serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256",
+            "use": "sig", "x": b64url(&p[1..33]), "y": b64url(&p[33..65])}]})
+        .to_string()
+    }
+
+    /// A token with `claims`, signed.
+    pub fn token(&self, claims: &serde_json::Value) -> String {
+        let signed = format!(
+            "{}.{}",
+            b64url(r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#),
+            b64url(claims.to_string())
+        );
+        let sig = self.key.sign(&self.rng, signed.as_bytes()).unwrap();
+        format!("{signed}.{}", b64url(sig))
+    }
+}
+
+impl Default for Es256Issuer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Path of a workspace binary next to the running test executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -11,17 +11,11 @@ use std::time::{Duration, Instant};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use spiffe::WorkloadApiClient;
-use warden_tests::{AgentProcess, CaProcess, bin, http_get, ok, sigterm};
+use warden_tests::{AgentProcess, CaProcess, bin, http_get, my_uid, ok, sigterm};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 const X: &str = "spiffe://cluster.local/ns/default/sa/x";
 const JOIN_TOKEN_REFUSED: &str = "join token is unknown, already used, or expired";
-
-fn my_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 fn json_lines(s: &str) -> Vec<serde_json::Value> {
     s.lines()

@@ -4,7 +4,6 @@
 //! unknown type URLs and unattested callers are refused.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,13 +16,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
-use warden_tests::{AgentProcess, CaProcess};
+use warden_tests::{AgentProcess, CaProcess, my_uid};
 
 const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-
-fn my_uid() -> u32 {
-    std::fs::metadata("/proc/self").unwrap().uid()
-}
 
 async fn channel(path: PathBuf) -> Channel {
     warden_common::uds::channel(&path).await.unwrap()

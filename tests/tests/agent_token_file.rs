@@ -8,35 +8,20 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
-use warden_tests::{AgentProcess, CaProcess, ok, wait_log};
+use warden_tests::{AgentProcess, CaProcess, Es256Issuer, ok, wait_log};
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
-struct Signer {
-    key: EcdsaKeyPair,
-    rng: ring::rand::SystemRandom,
-}
+/// Signs projected service-account tokens.
+struct Signer(Es256Issuer);
 
 impl Signer {
     fn new() -> Self {
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
-        Self { key, rng }
+        Self(Es256Issuer::new())
     }
 
     fn jwks(&self) -> String {
-        let p = self.key.public_key().as_ref();
-        serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256",
-            "use": "sig", "x": b64(&p[1..33]), "y": b64(&p[33..65])}]})
-        .to_string()
+        self.0.jwks()
     }
 
     /// A projected service-account token for ns/sa.
@@ -45,16 +30,11 @@ impl Signer {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let header = b64(br#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#);
-        let claims = serde_json::json!({
+        self.0.token(&serde_json::json!({
             "iss": ISSUER, "aud": ["istio-ca"], "sub": format!("system:serviceaccount:{ns}:{sa}"),
             "iat": now, "nbf": now, "exp": now + 3600,
             "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa, "uid": "u1"}},
-        });
-        let payload = b64(claims.to_string().as_bytes());
-        let input = format!("{header}.{payload}");
-        let sig = self.key.sign(&self.rng, input.as_bytes()).unwrap();
-        format!("{input}.{}", b64(sig.as_ref()))
+        }))
     }
 }
 

@@ -16,18 +16,11 @@ use warden_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use warden_proto::workload::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
 };
-use warden_tests::{AgentProcess, CaProcess, ok};
+use warden_tests::{AgentProcess, CaProcess, my_uid, ok};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 const X: &str = "spiffe://cluster.local/ns/default/sa/x";
 const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
-
-/// The uid of this process: the caller the agent sees on its sockets.
-fn my_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 /// A CA and an agent attested as node-a (agent first: dropped, i.e. killed, first).
 struct Env {

@@ -3,7 +3,7 @@
 //! input with exit code 2.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
-use warden_tests::{fails, ok, warden};
+use warden_tests::{Es256Issuer, fails, ok, warden};
 
 const POLICIES: &str = r#"
 apiVersion: security.istio.io/v1
@@ -197,46 +197,6 @@ spec:
   - when: [{key: "request.headers[authorization]", values: ["*"]}]
 "#;
 
-/// An ES256 issuer made with ring: its JWKS and tokens.
-struct Issuer {
-    key: ring::signature::EcdsaKeyPair,
-    rng: ring::rand::SystemRandom,
-}
-
-fn b64(bytes: impl AsRef<[u8]>) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-impl Issuer {
-    fn new() -> Self {
-        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
-        Self { key, rng }
-    }
-
-    fn jwks(&self) -> String {
-        use ring::signature::KeyPair as _;
-        let point = self.key.public_key().as_ref();
-        serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1",
-            "x": b64(&point[1..33]), "y": b64(&point[33..65])}]})
-        .to_string()
-    }
-
-    fn token(&self, claims: &serde_json::Value) -> String {
-        let signed = format!(
-            "{}.{}",
-            b64(r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#),
-            b64(claims.to_string())
-        );
-        let sig = self.key.sign(&self.rng, signed.as_bytes()).unwrap();
-        format!("{signed}.{}", b64(sig))
-    }
-}
-
 /// A request to foo/httpbin with `authorization` (if any), `now` and `jwt_claims`.
 fn jwt_request(authorization: Option<&str>, now: Option<u64>, claims: &str) -> String {
     let headers = match authorization {
@@ -259,7 +219,7 @@ fn request_authentication_runs_before_authorization() {
     std::fs::create_dir(dir.path().join("policies")).unwrap();
     std::fs::create_dir(dir.path().join("keys")).unwrap();
     std::fs::write(dir.path().join("policies/p.yaml"), JWT_POLICIES).unwrap();
-    let issuer = Issuer::new();
+    let issuer = Es256Issuer::new();
     std::fs::write(dir.path().join("keys/jwks.json"), issuer.jwks()).unwrap();
     const NOW: u64 = 1_700_000_000;
     let token = |aud: &str, exp: u64| {

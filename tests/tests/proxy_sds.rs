@@ -30,18 +30,11 @@ use warden_proxy::tls::{
     AllowedIds, OUTBOUND_ALPN, ServerOptions, TlsClient, TlsServer, VerifyError, alpn,
     peer_spiffe_id,
 };
-use warden_tests::{AgentProcess, CaProcess};
+use warden_tests::{AgentProcess, CaProcess, my_uid};
 
 const SERVER: &str = "spiffe://cluster.local/ns/default/sa/server";
 const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The uid of this process: the caller the agent sees on its socket.
-fn my_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 /// A CA and an agent for node-a (agent first: dropped, i.e. killed, first), with
 /// entries giving this process the SERVER and CLIENT identities.
