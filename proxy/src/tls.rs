@@ -217,7 +217,9 @@ impl TlsClient {
 
     /// Runs the client handshake on `io`, refusing a server outside `allowed`. Errors
     /// are I/O errors wrapping the rustls error; [`VerifyError::from_io`] tells why the
-    /// server's certificate was refused.
+    /// server's certificate was refused. This builds a config for the one connection;
+    /// for many connections to one destination, keep [`TlsClient::config`] and use
+    /// [`TlsClient::connect_with`].
     pub async fn connect<IO>(
         &self,
         io: IO,
@@ -226,7 +228,19 @@ impl TlsClient {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        TlsConnector::from(self.config(allowed))
+        Self::connect_with(self.config(allowed), io).await
+    }
+
+    /// Runs the client handshake on `io` with a config from [`TlsClient::config`]
+    /// (kept per destination, so nothing is built per connection).
+    pub async fn connect_with<IO>(
+        config: Arc<ClientConfig>,
+        io: IO,
+    ) -> io::Result<client::TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        TlsConnector::from(config)
             .connect(synthetic_server_name(), io)
             .await
     }

@@ -256,10 +256,11 @@ async fn rotation_over_sds_reaches_new_handshakes_and_spares_open_connections() 
     ))
     .await;
     let client = TlsClient::new(client_sds.identity(), alpn(&OUTBOUND_ALPN));
-    let allowed = AllowedIds::one_of([id(SERVER)]);
+    // One config for the destination, kept across the rotation (as the data path will).
+    let config = client.config(AllowedIds::one_of([id(SERVER)]));
 
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut old = client.connect(tcp, allowed.clone()).await.unwrap();
+    let mut old = TlsClient::connect_with(config.clone(), tcp).await.unwrap();
     let first_serial = peer_serial(old.get_ref().1);
     seen(&mut handshakes).await.unwrap();
     echo(&mut old, b"before rotation").await;
@@ -287,7 +288,7 @@ async fn rotation_over_sds_reaches_new_handshakes_and_spares_open_connections() 
     // A new handshake presents the new certificate (or a later one, if the agent
     // rotated again meanwhile; never the first).
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut new = client.connect(tcp, allowed).await.unwrap();
+    let mut new = TlsClient::connect_with(config, tcp).await.unwrap();
     let new_serial = peer_serial(new.get_ref().1);
     assert_ne!(
         new_serial, first_serial,
