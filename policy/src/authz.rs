@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::loader::{ConfigSet, Loaded};
+use crate::loader::{ConfigSet, Loaded, Origin};
 use crate::matcher::{IpBlock, StringMatch, normalize_path};
 use crate::resources::{
     Action, AuthorizationPolicySpec, Condition, Operation, Source, has_target_refs,
@@ -137,17 +137,7 @@ pub struct Decision {
     pub dry_run: Vec<DryRun>,
 }
 
-/// A policy that cannot be compiled (the loader accepted its shape; a value is bad).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("AuthorizationPolicy {policy}: {path}: {message}")]
-pub struct CompileError {
-    /// `ns/name`.
-    pub policy: String,
-    /// Field path.
-    pub path: String,
-    /// What is wrong.
-    pub message: String,
-}
+pub use crate::loader::CompileError;
 
 /// One compiled test of a request.
 #[derive(Debug, Clone)]
@@ -457,6 +447,7 @@ impl Rule {
 
 struct Compiler<'a> {
     policy: &'a str,
+    origin: &'a Origin,
     namespace: &'a str,
     trust_domain: &'a str,
     errors: Vec<CompileError>,
@@ -465,7 +456,9 @@ struct Compiler<'a> {
 impl Compiler<'_> {
     fn err(&mut self, path: String, message: impl Into<String>) {
         self.errors.push(CompileError {
+            kind: "AuthorizationPolicy",
             policy: self.policy.to_string(),
+            origin: self.origin.clone(),
             path,
             message: message.into(),
         });
@@ -790,6 +783,7 @@ fn compile(
     let name = format!("{}/{}", p.resource.namespace(), meta.name);
     let mut c = Compiler {
         policy: &name,
+        origin: &p.origin,
         namespace: p.resource.namespace(),
         trust_domain,
         errors: Vec::new(),

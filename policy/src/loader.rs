@@ -45,6 +45,24 @@ impl fmt::Display for Origin {
     }
 }
 
+/// A resource the loader accepted but an engine cannot use: a value is bad (an
+/// AuthorizationPolicy CIDR, a RequestAuthentication JWKS file, ...). One type for every
+/// engine, so every such error names the file, the kind, `ns/name` and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: {kind} {policy}: {path}: {message}")]
+pub struct CompileError {
+    /// The resource's kind, e.g. `AuthorizationPolicy`.
+    pub kind: &'static str,
+    /// `ns/name`.
+    pub policy: String,
+    /// Where the resource was loaded from.
+    pub origin: Origin,
+    /// Field path, e.g. `spec.rules[0].from[1].source.ipBlocks[2]`.
+    pub path: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
 /// A resource and where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Loaded<S> {

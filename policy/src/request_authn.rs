@@ -59,7 +59,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
 use crate::authz::{HttpRequest, Workload, root_and_own};
-use crate::loader::{ConfigSet, Loaded, Origin};
+use crate::loader::{ConfigSet, Loaded};
 use crate::resources::{JwtRule, RequestAuthenticationSpec, has_target_refs};
 
 /// Envoy's default clock skew for `exp` and `nbf` (jwt_verify_lib `kClockSkewInSecond`);
@@ -243,19 +243,7 @@ impl Failure {
     }
 }
 
-/// A RequestAuthentication that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{origin}: RequestAuthentication {policy}: {path}: {message}")]
-pub struct CompileError {
-    /// `ns/name`.
-    pub policy: String,
-    /// Where the resource was loaded from.
-    pub origin: Origin,
-    /// Field path, e.g. `spec.jwtRules[1].jwksUri`.
-    pub path: String,
-    /// What is wrong and what was expected.
-    pub message: String,
-}
+pub use crate::loader::CompileError;
 
 /// Whether `policy` applies to workload `w`: it is in the root namespace or `w`'s, its
 /// selector (if any) is a subset of `w`'s labels, and it has no `targetRef(s)` (those
@@ -1071,6 +1059,7 @@ fn compile_policy(
         match compile_rule(&name, i, rule, dir, files) {
             Ok(provider) => providers.push(provider),
             Err(e) => errors.extend(e.into_iter().map(|(path, message)| CompileError {
+                kind: "RequestAuthentication",
                 policy: name.clone(),
                 origin: p.origin.clone(),
                 path,
