@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use warden_ca::config::{Config, RunArgs};
-use warden_common::process::{init_tracing, wait_for_signal};
+use warden_common::process::{ShutdownSignals, init_tracing};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -61,6 +61,13 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let signals = match ShutdownSignals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("warden-ca: cannot catch SIGTERM/SIGINT: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let bound = match warden_ca::app::build(config).await {
             Ok(b) => b,
             Err(e) => {
@@ -69,7 +76,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal("draining").await;
+        signals.wait("draining").await;
         bound.shutdown().await;
         ExitCode::SUCCESS
     })

@@ -15,19 +15,31 @@ pub fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Returns on SIGTERM or SIGINT, logging `what` (e.g. "draining").
-pub async fn wait_for_signal(what: &str) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            std::future::pending::<()>().await;
-            return;
+/// SIGTERM and SIGINT, caught from the moment this is made. Make it before the server
+/// announces that it is serving: a signal that arrives during start-up (or right after
+/// the announcement) is then a graceful stop, not the default action that kills the
+/// process.
+#[derive(Debug)]
+pub struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Starts catching the signals (inside a Tokio runtime).
+    pub fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Returns on SIGTERM or SIGINT, logging `what` (e.g. "draining").
+    pub async fn wait(mut self, what: &str) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM: {what}"),
+            _ = self.int.recv() => tracing::info!("SIGINT: {what}"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: {what}"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: {what}"),
     }
 }

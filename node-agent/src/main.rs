@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use warden_agent::config::{Config, RunArgs};
-use warden_common::process::{init_tracing, wait_for_signal};
+use warden_common::process::{ShutdownSignals, init_tracing};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,6 +80,13 @@ fn main() -> ExitCode {
                 Err(c) => return c,
             };
             rt.block_on(async move {
+                let signals = match ShutdownSignals::install() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("warden-agent: cannot catch SIGTERM/SIGINT: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
                 let bound = match warden_agent::app::build(config).await {
                     Ok(b) => b,
                     Err(e) => {
@@ -88,7 +95,7 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                wait_for_signal("stopping").await;
+                signals.wait("stopping").await;
                 bound.shutdown().await;
                 ExitCode::SUCCESS
             })

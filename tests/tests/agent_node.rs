@@ -406,3 +406,25 @@ fn bad_config_is_named() {
         "{err}"
     );
 }
+
+/// SIGTERM the moment a server says it is serving is a graceful stop (exit 0), for the
+/// CA and the agent alike: the signals are caught before the announcement. Before, a
+/// SIGTERM in the short gap after "serving" took the default action and killed the
+/// process; that gap showed once under CI load, and this test guards the order (it
+/// does not catch the old race reliably on an idle machine).
+#[test]
+fn sigterm_right_after_serving_is_a_clean_exit() {
+    for i in 0..5 {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = CaProcess::start(&tmp.path().join("ca"), &[]);
+        let token = ca.join_token("node-a");
+        let mut agent = AgentProcess::start(
+            &ca,
+            &tmp.path().join("agent"),
+            &agent_args("node-a", &["--join-token", &token]),
+        );
+        assert_eq!(sigterm(&mut agent.child), Some(0), "agent, round {i}");
+        let mut ca = ca;
+        assert_eq!(sigterm(&mut ca.child), Some(0), "CA, round {i}");
+    }
+}
