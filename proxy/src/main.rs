@@ -1,0 +1,2 @@
+//! `warden-proxy`: the sidecar binary.
+fn main() {}
