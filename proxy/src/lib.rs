@@ -1,23 +1,35 @@
-//! Warden's sidecar proxy (`warden-proxy`). What exists so far is the identity layer the
-//! data path will stand on:
+//! Warden's sidecar proxy (`warden-proxy`): every connection between workloads is
+//! SPIFFE mutual TLS with SVIDs from the node agent, and every connection and request
+//! passes PeerAuthentication, RequestAuthentication and AuthorizationPolicy before it
+//! reaches the app.
 //!
-//! - [`sds`]: an SDS client of the node agent, as Envoy is one. It streams `default`
-//!   (the X.509-SVID and its key) and `ROOTCA` (the trust bundle) over the agent's unix
-//!   socket, ACKs what it can use, NACKs what it cannot while keeping the last good
-//!   material, reconnects with backoff, and publishes the result as an
-//!   [`identity::IdentityWatch`].
-//! - [`identity`]: the checked material ([`identity::Svid`], [`identity::TrustBundle`],
-//!   [`identity::Identity`]); the private key stays in memory and out of logs.
-//! - [`tls`]: SPIFFE mutual TLS with rustls (ring only): [`tls::TlsServer`] (STRICT or
-//!   PERMISSIVE client authentication), [`tls::TlsClient`] (secure naming of the
-//!   server), [`tls::peer_spiffe_id`], and a [`tls::CertResolver`] that makes a rotated
-//!   SVID or trust bundle apply to new handshakes without touching live connections.
-//!
-//! Still to come (issue 5): the inbound and outbound listeners, PeerAuthentication,
-//! RequestAuthentication and AuthorizationPolicy enforcement, routing, telemetry and
-//! the `warden-proxy` binary.
+//! - [`config`] and [`registry`]: the watched directory of Istio YAML (ServiceEntry,
+//!   WorkloadEntry and the security policies), compiled all-or-nothing into a
+//!   [`config::MeshConfig`]; a bad change is refused whole and the last good one stays.
+//! - [`sds`] and [`identity`]: an SDS client of the node agent, as Envoy is one; it
+//!   streams this workload's SVID and `ROOTCA` and keeps the last good material.
+//! - [`tls`]: SPIFFE mutual TLS with rustls (ring only), secure naming, rotation for
+//!   new handshakes without touching live connections.
+//! - [`inbound`] (port 15006): STRICT/PERMISSIVE per port (TLS told from plaintext by
+//!   the first byte), then per request the JWT filter and the RBAC decision, then the
+//!   app; HTTP/1.1, HTTP/2, gRPC, WebSocket and opaque TCP.
+//! - [`outbound`] (port 15001): an HTTP proxy (absolute form or `Host`) and a TCP
+//!   listener per TCP service port, each sending mutual TLS with Istio's SNI to an
+//!   endpoint of the resolved service and refusing a server with the wrong identity.
+//! - [`http`]: local replies in Envoy's words, hop-by-hop headers, the upstream pool.
+//! - [`metrics`]: Istio's standard metrics with Istio's labels, and Warden's own.
+//! - [`context`] and [`run`]: the shared state, the admin endpoints (`/ready` on
+//!   15021, `/stats/prometheus` on 15020) and the SIGTERM drain.
 
+pub mod config;
+pub mod context;
+pub mod http;
 pub mod identity;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod registry;
+pub mod run;
 pub mod sds;
 pub mod tls;
 

@@ -240,9 +240,21 @@ impl TlsClient {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        TlsConnector::from(config)
-            .connect(synthetic_server_name(), io)
-            .await
+        Self::connect_named(config, synthetic_server_name(), io).await
+    }
+
+    /// Like [`TlsClient::connect_with`], sending `name` as SNI (Istio's sidecars send
+    /// the destination's cluster name, `outbound_.<port>_._.<host>`, which tells the
+    /// server's proxy the service port). The SPIFFE verifier still ignores the name.
+    pub async fn connect_named<IO>(
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+        io: IO,
+    ) -> io::Result<client::TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        TlsConnector::from(config).connect(name, io).await
     }
 }
 

@@ -1,0 +1,389 @@
+//! What every connection shares: the config snapshot in force (swapped atomically when
+//! the config directory changes), the TLS sides, the upstream pools, the metrics and
+//! the drain signal.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::ClientConfig;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Notify, watch};
+
+use warden_policy::resources::MtlsMode;
+
+use crate::config::MeshConfig;
+use crate::http::{Pool, UpstreamProtocol};
+use crate::identity::IdentityWatch;
+use crate::metrics::{ConnLabels, Metrics, Peer, Reporter, ServiceLabels};
+use crate::registry::{PortProtocol, Service};
+use crate::tls::{ClientAuth, ServerOptions, TlsClient, TlsServer, alpn};
+
+/// How long to wait for a TCP connection to an upstream.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// ALPN offered to a peer proxy for HTTP/1.1, HTTP/2 and opaque TCP.
+const ALPN_H1: &[&[u8]] = &[b"http/1.1"];
+const ALPN_H2: &[&[u8]] = &[b"h2"];
+const ALPN_TCP: &[&[u8]] = &[b"istio"];
+
+/// Client TLS configs for one destination service: secure naming is the service's
+/// identities, and each config offers one ALPN list.
+#[derive(Debug)]
+pub struct ServiceTls {
+    /// HTTP/1.1.
+    pub h1: Arc<ClientConfig>,
+    /// HTTP/2.
+    pub h2: Arc<ClientConfig>,
+    /// Opaque TCP.
+    pub tcp: Arc<ClientConfig>,
+}
+
+impl ServiceTls {
+    /// The config for a protocol.
+    pub fn for_protocol(&self, p: Option<UpstreamProtocol>) -> Arc<ClientConfig> {
+        match p {
+            Some(UpstreamProtocol::Http1) => self.h1.clone(),
+            Some(UpstreamProtocol::Http2) => self.h2.clone(),
+            None => self.tcp.clone(),
+        }
+    }
+}
+
+/// A key for a service within one snapshot: its address in the snapshot's registry,
+/// which the snapshot keeps alive.
+pub fn service_key(s: &Arc<Service>) -> usize {
+    Arc::as_ptr(s) as usize
+}
+
+/// One config generation with everything derived from it that requests need.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The config.
+    pub mesh: Arc<MeshConfig>,
+    /// Client TLS configs by [`service_key`].
+    pub tls: HashMap<usize, ServiceTls>,
+    /// This workload as a metrics peer.
+    pub local_peer: Arc<Peer>,
+    /// Outbound metric labels by ([`service_key`], endpoint index).
+    outbound_labels: HashMap<(usize, usize), Arc<ConnLabels>>,
+    /// Whether any RequestAuthentication applies to this workload.
+    pub jwt_applies: bool,
+    /// PeerAuthentication mode by app port (0: the workload level).
+    modes: HashMap<u16, MtlsMode>,
+    /// The mode for ports not in `modes`.
+    workload_mode: MtlsMode,
+}
+
+impl Snapshot {
+    /// Derives a snapshot from `mesh`.
+    pub fn new(mesh: Arc<MeshConfig>, client: &TlsClient) -> Self {
+        let local = &mesh.local;
+        let mut tls = HashMap::new();
+        for svc in mesh.registry.services() {
+            let make = |alpn_list: &[&[u8]]| {
+                client.config_with_alpn(svc.allowed_ids.clone(), Some(alpn(alpn_list)))
+            };
+            tls.insert(
+                service_key(svc),
+                ServiceTls {
+                    h1: make(ALPN_H1),
+                    h2: make(ALPN_H2),
+                    tcp: make(ALPN_TCP),
+                },
+            );
+        }
+        let workload_mode = mesh.peer_authn.mode(&local.policy, 0).mode;
+        let mut modes = HashMap::new();
+        for t in mesh.registry.inbound_targets(local) {
+            modes.insert(
+                t.app_port,
+                mesh.peer_authn.mode(&local.policy, t.app_port).mode,
+            );
+        }
+        for port in local.ports.values() {
+            modes.insert(*port, mesh.peer_authn.mode(&local.policy, *port).mode);
+        }
+        let local_peer = Peer::workload(
+            &local.name,
+            &local.namespace,
+            Some(local.spiffe_id.as_str()),
+            &local.labels,
+        );
+        let mut outbound_labels = HashMap::new();
+        for svc in mesh.registry.services() {
+            let service = ServiceLabels::new(svc.host(), &svc.namespace);
+            for (i, ep) in svc.endpoints.iter().enumerate() {
+                let destination = match &ep.workload {
+                    Some(w) => {
+                        Peer::workload(w, &ep.namespace, Some(ep.spiffe_id.as_str()), &ep.labels)
+                    }
+                    None => Peer::principal_only(Some(ep.spiffe_id.as_str())),
+                };
+                let labels = ConnLabels::new(
+                    Reporter::Source,
+                    local_peer.clone(),
+                    destination,
+                    service.clone(),
+                    "unknown",
+                );
+                outbound_labels.insert((service_key(svc), i), Arc::new(labels));
+            }
+        }
+        Self {
+            jwt_applies: mesh.request_authn.applies_to(&local.policy),
+            local_peer,
+            outbound_labels,
+            tls,
+            modes,
+            workload_mode,
+            mesh,
+        }
+    }
+
+    /// The PeerAuthentication mode on an app port.
+    pub fn mode(&self, port: u16) -> MtlsMode {
+        match self.modes.get(&port) {
+            Some(m) => *m,
+            None => self.workload_mode,
+        }
+    }
+
+    /// The mode for a connection whose port is not known yet (TLS without SNI): STRICT
+    /// if any port is, so a client certificate is asked for whenever one may be needed.
+    pub fn strictest(&self) -> MtlsMode {
+        if self.workload_mode == MtlsMode::Strict
+            || self.modes.values().any(|m| *m == MtlsMode::Strict)
+        {
+            MtlsMode::Strict
+        } else {
+            self.workload_mode
+        }
+    }
+
+    /// The outbound labels for endpoint `index` of `service`.
+    pub fn outbound_labels(&self, service: &Arc<Service>, index: usize) -> Arc<ConnLabels> {
+        self.outbound_labels
+            .get(&(service_key(service), index))
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(ConnLabels::new(
+                    Reporter::Source,
+                    self.local_peer.clone(),
+                    Peer::unknown(),
+                    ServiceLabels::unknown(),
+                    "unknown",
+                ))
+            })
+    }
+
+    /// Whether any port of the workload accepts plaintext (is not STRICT).
+    pub fn accepts_plaintext(&self) -> bool {
+        self.workload_mode != MtlsMode::Strict
+            || self.modes.values().any(|m| *m != MtlsMode::Strict)
+    }
+
+    /// The metrics peer for a caller at `ip` with SPIFFE ID `principal`: the registered
+    /// workload at that address if its identity matches, else one known by its ID.
+    pub fn peer_at(&self, ip: IpAddr, principal: Option<&str>) -> Arc<Peer> {
+        match self.mesh.registry.workload_by_address(ip) {
+            Some(w) if principal.is_none_or(|p| p == w.spiffe_id.as_str()) => {
+                Peer::workload(&w.name, &w.namespace, principal, &w.labels)
+            }
+            _ => Peer::principal_only(principal),
+        }
+    }
+}
+
+/// Which pool key an HTTP upstream connection to a peer proxy has: the config
+/// generation, the service, the endpoint and the protocol.
+pub type MeshKey = (u64, usize, u16, SocketAddr, UpstreamProtocol);
+
+/// The drain signal and the count of connections still open.
+#[derive(Debug, Clone)]
+pub struct Drain {
+    signal: watch::Receiver<bool>,
+    open: Arc<(AtomicUsize, Notify)>,
+}
+
+/// Held by each connection task; the count drops when it does.
+#[derive(Debug)]
+pub struct ConnGuard {
+    open: Arc<(AtomicUsize, Notify)>,
+    gauge: Arc<crate::metrics::Gauges>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.gauge.connections.fetch_sub(1, Ordering::Relaxed);
+        if self.open.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.open.1.notify_waiters();
+        }
+    }
+}
+
+impl Drain {
+    /// A drain signal and its trigger.
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (
+            tx,
+            Self {
+                signal: rx,
+                open: Arc::new((AtomicUsize::new(0), Notify::new())),
+            },
+        )
+    }
+
+    /// Whether draining has begun.
+    pub fn draining(&self) -> bool {
+        *self.signal.borrow()
+    }
+
+    /// Resolves when draining begins.
+    pub async fn started(&self) {
+        let mut rx = self.signal.clone();
+        // An error means the sender is gone: the process is stopping anyway.
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// Counts a connection until the guard drops.
+    pub fn guard(&self, gauges: &Arc<crate::metrics::Gauges>) -> ConnGuard {
+        self.open.0.fetch_add(1, Ordering::AcqRel);
+        gauges.connections.fetch_add(1, Ordering::Relaxed);
+        ConnGuard {
+            open: self.open.clone(),
+            gauge: gauges.clone(),
+        }
+    }
+
+    /// Connections still open.
+    pub fn open(&self) -> usize {
+        self.open.0.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection is open, or `grace` passes; returns those left.
+    pub async fn wait_idle(&self, grace: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.open.1.notified();
+            if self.open() == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.open();
+            }
+        }
+    }
+}
+
+/// Everything the listeners share.
+#[derive(Debug)]
+pub struct Context {
+    /// The snapshot in force.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// The SVID and bundle.
+    pub identity: IdentityWatch,
+    /// Inbound TLS requiring a client SVID (STRICT).
+    pub tls_strict: TlsServer,
+    /// Inbound TLS accepting clients without one (PERMISSIVE).
+    pub tls_permissive: TlsServer,
+    /// Outbound TLS.
+    pub tls_client: TlsClient,
+    /// Inbound → app connections, by app port and protocol.
+    pub app_pool: Pool<(u16, UpstreamProtocol)>,
+    /// Outbound → peer proxy connections.
+    pub mesh_pool: Pool<MeshKey>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Drain.
+    pub drain: Drain,
+    /// Round-robin position over endpoints.
+    next_endpoint: AtomicU64,
+    /// The address the listeners are bound to (the workload's).
+    pub local_ip: IpAddr,
+}
+
+impl Context {
+    /// A context for the workload at `local_ip`, starting from `mesh`.
+    pub fn new(
+        mesh: Arc<MeshConfig>,
+        identity: IdentityWatch,
+        drain: Drain,
+        local_ip: IpAddr,
+    ) -> Self {
+        let tls_client = TlsClient::new(identity.clone(), alpn(ALPN_H1));
+        let server = |client_auth| {
+            TlsServer::new(
+                identity.clone(),
+                ServerOptions {
+                    client_auth,
+                    ..ServerOptions::default()
+                },
+            )
+        };
+        let snapshot = Snapshot::new(mesh, &tls_client);
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            tls_strict: server(ClientAuth::Required),
+            tls_permissive: server(ClientAuth::Optional),
+            tls_client,
+            app_pool: Pool::default(),
+            mesh_pool: Pool::default(),
+            metrics: Metrics::new(),
+            drain,
+            next_endpoint: AtomicU64::new(0),
+            identity,
+            local_ip,
+        }
+    }
+
+    /// Puts a new config in force for new requests; pooled connections to peers made
+    /// under the old one are dropped (their secure naming may have changed).
+    pub fn apply(&self, mesh: Arc<MeshConfig>) {
+        self.snapshot
+            .store(Arc::new(Snapshot::new(mesh, &self.tls_client)));
+        self.mesh_pool.clear();
+    }
+
+    /// Whether the proxy has an SVID and a bundle.
+    pub fn has_identity(&self) -> bool {
+        self.identity.borrow().is_some()
+    }
+
+    /// The next endpoint index out of `n` (round robin).
+    pub fn pick(&self, n: usize) -> usize {
+        let i = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
+        usize::try_from(i % n.max(1) as u64).unwrap_or(0)
+    }
+
+    /// A TCP connection from this workload's address (so the peer sees the caller's
+    /// address, as pods do) to `addr`.
+    pub async fn connect_from_local(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if self.local_ip.is_ipv4() == addr.is_ipv4() && !self.local_ip.is_unspecified() {
+            socket.bind(SocketAddr::new(self.local_ip, 0))?;
+        }
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} timed out after {CONNECT_TIMEOUT:?}"),
+                )
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// Whether a port protocol is spoken as HTTP/2 upstream regardless of the downstream.
+pub fn forces_h2(p: PortProtocol) -> bool {
+    matches!(p, PortProtocol::Http2 | PortProtocol::Grpc)
+}
