@@ -48,8 +48,8 @@ struct Conn {
     sni: Option<String>,
     /// The target from the SNI.
     target: Option<InboundTarget>,
-    /// `Hash=...` of the client leaf for XFCC.
-    cert_hash: Option<String>,
+    /// This connection's `x-forwarded-client-cert` element (mutual TLS only).
+    xfcc: Option<HeaderValue>,
     /// Metric labels of the last request: (generation, service key, labels).
     labels: Mutex<Option<(u64, usize, Arc<ConnLabels>)>>,
 }
@@ -205,10 +205,14 @@ async fn handle_tls(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, loc
     };
     let (_, session) = tls.get_ref();
     let principal = peer_spiffe_id(session).map(|id| id.as_str().to_string());
-    let cert_hash = session
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|leaf| hex(ring::digest::digest(&ring::digest::SHA256, leaf).as_ref()));
+    // XFCC as Istio's sidecar sets it (`APPEND_FORWARD` with subject, URI and DNS):
+    // `By=<us>;Hash=<sha256 of the client leaf>;Subject="";URI=<client>`, made once.
+    let xfcc = principal.as_ref().and_then(|uri| {
+        let leaf = session.peer_certificates()?.first()?;
+        let hash = hex(ring::digest::digest(&ring::digest::SHA256, leaf).as_ref());
+        let by = snap.mesh.local.spiffe_id.as_str();
+        HeaderValue::from_str(&format!("By={by};Hash={hash};Subject=\"\";URI={uri}")).ok()
+    });
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     let conn = Arc::new(Conn {
         peer,
@@ -216,7 +220,7 @@ async fn handle_tls(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, loc
         principal,
         sni,
         target,
-        cert_hash,
+        xfcc,
         labels: Mutex::default(),
     });
     match conn.target.as_ref().map(|t| t.protocol) {
@@ -247,7 +251,7 @@ async fn handle_plaintext(
         principal: None,
         sni: None,
         target: only_target(&snap),
-        cert_hash: None,
+        xfcc: None,
         labels: Mutex::default(),
     });
     if looks_like_http(&head[..n]) {
@@ -476,14 +480,14 @@ async fn request(
         jwt,
     };
     let decision = mesh.authz.evaluate(&local.policy, &policy_req);
-    if !record_decision(ctx, &decision, &policy_req, &host, false) {
+    if !record_decision(ctx, &decision, &policy_req, target.service.host(), false) {
         return Ok(finish(h::denied(grpc), "-"));
     }
 
     // Forward to the app.
     let upgrade = is_upgrade(&req);
     h::strip_hop_by_hop(req.headers_mut(), upgrade);
-    set_xfcc(&mut req, conn, local.spiffe_id.as_str());
+    set_xfcc(&mut req, conn);
     let app = SocketAddr::new(local_app_ip(ctx, conn), target.app_port);
     if upgrade {
         return Ok(finish(forward_upgrade(req, app).await, "-"));
@@ -576,22 +580,30 @@ fn jwt_reply(grpc: bool, status: u16, host: &str, path: &str) -> Response<Body> 
     resp
 }
 
-/// `x-forwarded-client-cert` as Istio's sidecar sets it for the app
-/// (`APPEND_FORWARD` with subject, URI and DNS): `By=<us>;Hash=<sha256 of the client
-/// leaf>;Subject="";URI=<client>`. A plaintext request's header is removed: with no
-/// certificate behind it, it could only be forged.
-fn set_xfcc<B>(req: &mut Request<B>, conn: &Conn, by: &str) {
+/// Sets `x-forwarded-client-cert` for the app: the element of this connection appended
+/// to any the peer proxy forwarded (Istio's `APPEND_FORWARD`). A plaintext request's
+/// header is removed: with no certificate behind it, it could only be forged.
+fn set_xfcc<B>(req: &mut Request<B>, conn: &Conn) {
     const XFCC: &str = "x-forwarded-client-cert";
-    let (Some(uri), Some(hash)) = (&conn.principal, &conn.cert_hash) else {
+    let Some(mine) = &conn.xfcc else {
         req.headers_mut().remove(XFCC);
         return;
     };
-    let mine = format!("By={by};Hash={hash};Subject=\"\";URI={uri}");
-    let value = match req.headers().get(XFCC).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev},{mine}"),
-        _ => mine,
-    };
-    h::set_header(req.headers_mut(), XFCC, &value);
+    let prev = req
+        .headers()
+        .get(XFCC)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    match prev {
+        Some(prev) => {
+            let value = format!("{prev},{}", mine.to_str().unwrap_or_default());
+            h::set_header(req.headers_mut(), XFCC, &value);
+        }
+        None => {
+            req.headers_mut()
+                .insert(http::header::HeaderName::from_static(XFCC), mine.clone());
+        }
+    }
 }
 
 async fn forward_upgrade(mut req: Request<Incoming>, app: SocketAddr) -> Response<Body> {
