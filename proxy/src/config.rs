@@ -598,7 +598,7 @@ async fn run(mut poller: Poller, tx: watch::Sender<Arc<MeshConfig>>, stats: Arc<
                     generation,
                     problems = e.problems.len(),
                     error = %e,
-                    "config rejected, keeping generation {generation}"
+                    "config rejected"
                 );
             }
         }

@@ -675,11 +675,13 @@ pub(crate) fn record_decision(
             tracing::info!(
                 decision = "dry_run_deny",
                 source_principal = source,
+                source_ip = %r.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 destination,
+                destination_port = r.destination_port,
                 method,
                 path,
                 policy = %dr.policy,
-                rule = ?dr.rule,
+                rule = dr.rule,
                 "authz"
             );
         }

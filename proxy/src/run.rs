@@ -16,8 +16,9 @@ use warden_common::config::LogFormat;
 use warden_common::monitoring::{self, Answer, PROMETHEUS};
 use warden_common::process::ShutdownSignals;
 
-use crate::config::{ConfigOptions, ConfigWatch, MeshConfig};
+use crate::config::{ConfigOptions, ConfigStats, ConfigWatch, MeshConfig};
 use crate::context::{Context, Drain};
+use crate::metrics::Gauges;
 use crate::outbound::TcpListeners;
 use crate::sds::{NodeInfo, Sds, SdsConfig};
 
@@ -106,7 +107,21 @@ async fn bind(ip: IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> 
         .with_context(|| format!("cannot bind the {what} listener on {addr}"))
 }
 
-fn admin_handler(ctx: Arc<Context>) -> impl Fn(&str) -> Answer + Clone + Send + Sync + 'static {
+/// Copies the config watch's counters into the metrics' scrape-time sources.
+fn sync_config_stats(gauges: &Gauges, stats: &ConfigStats) {
+    for (to, from) in [
+        (&gauges.config_generation, &stats.generation),
+        (&gauges.config_applied, &stats.applied),
+        (&gauges.config_rejected, &stats.rejected),
+    ] {
+        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+fn admin_handler(
+    ctx: Arc<Context>,
+    stats: Arc<ConfigStats>,
+) -> impl Fn(&str) -> Answer + Clone + Send + Sync + 'static {
     move |path: &str| match path {
         "/ready" | "/healthz/ready" => {
             if ctx.drain.draining() {
@@ -126,7 +141,10 @@ fn admin_handler(ctx: Arc<Context>) -> impl Fn(&str) -> Answer + Clone + Send + 
                 )
             }
         }
-        "/stats/prometheus" | "/metrics" => (StatusCode::OK, PROMETHEUS, ctx.metrics.encode()),
+        "/stats/prometheus" | "/metrics" => {
+            sync_config_stats(&ctx.metrics.gauges, &stats);
+            (StatusCode::OK, PROMETHEUS, ctx.metrics.encode())
+        }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
@@ -183,11 +201,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (admin_stop_tx, admin_stop) = watch::channel(false);
     tokio::spawn(monitoring::serve(
         health,
-        admin_handler(ctx.clone()),
+        admin_handler(ctx.clone(), stats.clone()),
         admin_stop.clone(),
     ));
     if let Some(l) = stats_listener {
-        tokio::spawn(monitoring::serve(l, admin_handler(ctx.clone()), admin_stop));
+        tokio::spawn(monitoring::serve(
+            l,
+            admin_handler(ctx.clone(), stats.clone()),
+            admin_stop,
+        ));
     }
     let inbound_task = tokio::spawn(crate::inbound::serve(ctx.clone(), inbound));
     let outbound_task = tokio::spawn(crate::outbound::serve_http(ctx.clone(), outbound));
@@ -234,41 +256,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
 
-    let gauges = ctx.metrics.gauges.clone();
-    let sync_stats = move || {
-        gauges
-            .config_generation
-            .store(stats.generation.load(Ordering::Relaxed), Ordering::Relaxed);
-        gauges
-            .config_applied
-            .store(stats.applied.load(Ordering::Relaxed), Ordering::Relaxed);
-        gauges
-            .config_rejected
-            .store(stats.rejected.load(Ordering::Relaxed), Ordering::Relaxed);
-    };
-    sync_stats();
     let config_loop = async {
         loop {
-            tokio::select! {
-                changed = configs.changed() => {
-                    if changed.is_err() {
-                        // The watch ended (it only does on shutdown).
-                        std::future::pending::<()>().await;
-                    }
-                    let next = configs.borrow_and_update().clone();
-                    if next.local.address != ip {
-                        tracing::warn!(
-                            old = %ip,
-                            new = %next.local.address,
-                            "the WorkloadEntry's address changed; the listeners stay on the old one until the proxy restarts"
-                        );
-                    }
-                    ctx.apply(next);
-                    tcp.reconcile(&ctx).await;
-                }
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            if configs.changed().await.is_err() {
+                // The watch ended (it only does on shutdown).
+                std::future::pending::<()>().await;
             }
-            sync_stats();
+            let next = configs.borrow_and_update().clone();
+            if next.local.address != ip {
+                tracing::warn!(
+                    old = %ip,
+                    new = %next.local.address,
+                    "the WorkloadEntry's address changed; the listeners stay on the old one until the proxy restarts"
+                );
+            }
+            ctx.apply(next);
+            tcp.reconcile(&ctx).await;
         }
     };
     tokio::select! {
