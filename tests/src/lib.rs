@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // test support: panics are failures
 
 pub mod envoy;
+pub mod mesh;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
