@@ -81,6 +81,33 @@ impl Conn {
         labels
     }
 
+    /// The engine's view of a request on this connection to `app_port`.
+    fn policy_request(
+        &self,
+        app_port: u16,
+        http: Option<warden_policy::authz::HttpRequest>,
+        jwt: Option<serde_json::Value>,
+    ) -> PolicyRequest {
+        PolicyRequest {
+            protocol: if http.is_some() {
+                Protocol::Http
+            } else {
+                Protocol::Tcp
+            },
+            source_principal: self
+                .principal
+                .as_deref()
+                .map(|p| p.strip_prefix("spiffe://").unwrap_or(p).to_string()),
+            source_ip: Some(self.peer.ip()),
+            remote_ip: None,
+            destination_ip: Some(self.local.ip()),
+            destination_port: app_port,
+            sni: self.sni.clone(),
+            http,
+            jwt,
+        }
+    }
+
     fn security(&self) -> &'static str {
         if self.principal.is_some() {
             "mutual_tls"
@@ -92,6 +119,23 @@ impl Conn {
 
 /// Accepts inbound connections until draining starts.
 pub async fn serve(ctx: Arc<Context>, listener: TcpListener) {
+    accept_loop(ctx, listener, "inbound", |ctx, stream, peer| async move {
+        handle(&ctx, stream, peer).await;
+    })
+    .await;
+}
+
+/// Accepts connections on `listener` until draining starts, running `handle` on each
+/// in a task of its own that counts as open for the drain.
+pub(crate) async fn accept_loop<F, Fut>(
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(Arc<Context>, TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -99,15 +143,16 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                let ctx = ctx.clone();
                 let guard = ctx.drain.guard(&ctx.metrics.gauges);
+                let task = handle(ctx.clone(), stream, peer);
                 tokio::spawn(async move {
-                    handle(&ctx, stream, peer).await;
+                    task.await;
                     drop(guard);
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "inbound accept failed");
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(listener = what, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -465,20 +510,7 @@ async fn request(
             }
         }
     }
-    let policy_req = PolicyRequest {
-        protocol: Protocol::Http,
-        source_principal: conn
-            .principal
-            .as_deref()
-            .map(|p| p.strip_prefix("spiffe://").unwrap_or(p).to_string()),
-        source_ip: Some(conn.peer.ip()),
-        remote_ip: None,
-        destination_ip: Some(conn.local.ip()),
-        destination_port: target.app_port,
-        sni: conn.sni.clone(),
-        http: Some(http_req),
-        jwt,
-    };
+    let policy_req = conn.policy_request(target.app_port, Some(http_req), jwt);
     let decision = mesh.authz.evaluate(&local.policy, &policy_req);
     if !record_decision(ctx, &decision, &policy_req, target.service.host(), false) {
         return Ok(finish(h::denied(grpc), "-"));
@@ -730,20 +762,7 @@ where
         conn: conn.labels(&snap, Some(&target)),
         flags: "-",
     };
-    let policy_req = PolicyRequest {
-        protocol: Protocol::Tcp,
-        source_principal: conn
-            .principal
-            .as_deref()
-            .map(|p| p.strip_prefix("spiffe://").unwrap_or(p).to_string()),
-        source_ip: Some(conn.peer.ip()),
-        remote_ip: None,
-        destination_ip: Some(conn.local.ip()),
-        destination_port: target.app_port,
-        sni: conn.sni.clone(),
-        http: None,
-        jwt: None,
-    };
+    let policy_req = conn.policy_request(target.app_port, None, None);
     let decision = mesh.authz.evaluate(&mesh.local.policy, &policy_req);
     ctx.metrics.tcp_open(&labels);
     if !record_decision(ctx, &decision, &policy_req, &host, true) {

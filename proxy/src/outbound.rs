@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -22,7 +22,7 @@ use crate::http::{
     self as h, Body, UpstreamError, UpstreamProtocol, authority_of, is_grpc, is_upgrade,
     split_host_port,
 };
-use crate::inbound::{absolute_uri, copy_both, serve_until_drained};
+use crate::inbound::{absolute_uri, accept_loop, copy_both, serve_until_drained};
 use crate::metrics::{ConnLabels, Peer, Reporter, RequestLabels, ServiceLabels, TcpLabels};
 use crate::registry::{Endpoint, Service, ServicePortInfo};
 use crate::tls::{TlsClient, VerifyError};
@@ -34,27 +34,11 @@ pub fn sni_for(host: &str, port: u16) -> String {
 
 /// Accepts outbound HTTP connections from the app until draining starts.
 pub async fn serve_http(ctx: Arc<Context>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            () = ctx.drain.started() => return,
-        };
-        match accepted {
-            Ok((stream, _peer)) => {
-                let ctx = ctx.clone();
-                let guard = ctx.drain.guard(&ctx.metrics.gauges);
-                tokio::spawn(async move {
-                    let _ = stream.set_nodelay(true);
-                    http_conn(&ctx, stream).await;
-                    drop(guard);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "outbound accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    accept_loop(ctx, listener, "outbound", |ctx, stream, _| async move {
+        let _ = stream.set_nodelay(true);
+        http_conn(&ctx, stream).await;
+    })
+    .await;
 }
 
 async fn http_conn(ctx: &Arc<Context>, stream: TcpStream) {
@@ -379,26 +363,15 @@ impl TcpListeners {
 }
 
 async fn serve_tcp(ctx: Arc<Context>, listener: TcpListener, port: u16) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            () = ctx.drain.started() => return,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let ctx = ctx.clone();
-                let guard = ctx.drain.guard(&ctx.metrics.gauges);
-                tokio::spawn(async move {
-                    tcp_conn(&ctx, stream, port).await;
-                    drop(guard);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "outbound TCP accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    accept_loop(
+        ctx,
+        listener,
+        "outbound TCP",
+        move |ctx, stream, _| async move {
+            tcp_conn(&ctx, stream, port).await;
+        },
+    )
+    .await;
 }
 
 async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {

@@ -303,6 +303,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// The README's example mesh loads for both of its workloads.
+    #[test]
+    fn the_example_mesh_in_deploy_loads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/mesh");
+        for workload in ["sleep", "httpbin"] {
+            let opts = ConfigOptions {
+                dir: dir.clone(),
+                root_namespace: "istio-system".into(),
+                trust_domain: "cluster.local".into(),
+                workload: workload.into(),
+                namespace: "demo".into(),
+            };
+            let mesh = crate::config::load(&opts, 1).unwrap();
+            assert_eq!(
+                mesh.local.spiffe_id.as_str(),
+                format!("spiffe://cluster.local/ns/demo/sa/{workload}")
+            );
+        }
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));

@@ -81,11 +81,35 @@ fn sds(name: &str) -> String {
     )
 }
 
+/// The `sds-grpc` cluster of Istio's bootstrap, as a YAML list item under `clusters:`:
+/// HTTP/2 to the agent's socket.
+pub fn sds_cluster(socket: &Path) -> String {
+    format!(
+        r#"  - name: sds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {{}}
+    load_assignment:
+      cluster_name: sds-grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              pipe: {{ path: "{}" }}
+"#,
+        socket.display()
+    )
+}
+
 /// The bootstrap (YAML; the SDS configs are JSON flow mappings, valid YAML).
 fn bootstrap(sds_socket: &Path, mtls_port: u16, server_id: &str) -> String {
     let default = sds("default");
     let rootca = sds("ROOTCA");
-    let socket = sds_socket.display();
+    let sds_cluster = sds_cluster(sds_socket);
     format!(
         r#"node:
   id: warden-e2e~127.0.0.1~envoy.default~default.svc.cluster.local
@@ -147,22 +171,7 @@ static_resources:
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
-  - name: sds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http2_protocol_options: {{}}
-    load_assignment:
-      cluster_name: sds-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              pipe: {{ path: "{socket}" }}
-  - name: mtls_upstream
+{sds_cluster}  - name: mtls_upstream
     type: STATIC
     connect_timeout: 2s
     typed_extension_protocol_options:

@@ -446,3 +446,30 @@ impl Drop for AgentProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Python with grpcio (`.venv`, or `$WARDEN_TEST_PYTHON`) for `what`; `None` (skipped
+/// loudly) without it, except under CI=true, where it panics.
+pub fn grpcio_python(what: &str) -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let py = std::env::var_os("WARDEN_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv/bin/python"));
+    let has_grpc = Command::new(&py)
+        .args(["-c", "import grpc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_grpc {
+        return Some(py);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "{} with grpcio is required under CI=true for {what} (./test.sh installs it)",
+            py.display()
+        );
+    }
+    eprintln!(
+        "\n*** SKIPPING {what}: no grpcio at {} (run ./test.sh) ***\n",
+        py.display()
+    );
+    None
+}

@@ -9,34 +9,11 @@ use std::process::Command;
 
 use warden_tests::{CaProcess, ok, warden};
 
-fn python() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let py = std::env::var_os("WARDEN_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/python"));
-    let has_grpc = Command::new(&py)
-        .args(["-c", "import grpc"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if has_grpc {
-        return Some(py);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "{} with grpcio is required under CI=true (./test.sh installs it)",
-            py.display()
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPING grpcio interop: no grpcio at {} (run ./test.sh) ***\n",
-        py.display()
-    );
-    None
-}
-
 #[test]
 fn python_grpcio_client_gets_and_is_refused_certificates() {
-    let Some(py) = python() else { return };
+    let Some(py) = warden_tests::grpcio_python("grpcio interop") else {
+        return;
+    };
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/istio_ca_client.py");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

@@ -15,7 +15,7 @@ use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use warden_tests::envoy::{envoy_binary, http};
+use warden_tests::envoy::{envoy_binary, http, sds_cluster};
 use warden_tests::mesh::{Mesh, Req, ServiceSpec, WorkloadSpec, spiffe_id};
 use warden_tests::spawn_logged;
 
@@ -23,29 +23,6 @@ use warden_tests::spawn_logged;
 fn sds(name: &str) -> String {
     format!(
         r#"{{"name": "{name}", "sds_config": {{"api_config_source": {{"api_type": "GRPC", "grpc_services": [{{"envoy_grpc": {{"cluster_name": "sds-grpc"}}}}], "set_node_on_first_message_only": true, "transport_api_version": "V3"}}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}}}}"#
-    )
-}
-
-/// Bootstrap head: node, admin, and the `sds-grpc` cluster (appended to `clusters`).
-fn sds_cluster(socket: &Path) -> String {
-    format!(
-        r#"  - name: sds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http2_protocol_options: {{}}
-    load_assignment:
-      cluster_name: sds-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              pipe: {{ path: "{}" }}
-"#,
-        socket.display()
     )
 }
 

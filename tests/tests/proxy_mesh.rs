@@ -81,33 +81,6 @@ fn assert_tcp_refused(r: std::io::Result<Vec<u8>>, what: &str) {
     }
 }
 
-/// Python with grpcio (`.venv`, or `$WARDEN_TEST_PYTHON`); `None` (skipped loudly)
-/// without it, except under CI=true.
-fn grpcio_python() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let py = std::env::var_os("WARDEN_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/python"));
-    let has_grpc = Command::new(&py)
-        .args(["-c", "import grpc"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if has_grpc {
-        return Some(py);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "{} with grpcio is required under CI=true (./test.sh installs it)",
-            py.display()
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPING the grpcio client: no grpcio at {} (run ./test.sh) ***\n",
-        py.display()
-    );
-    None
-}
-
 /// A unary call with raw bytes from grpcio: `{"ok": true, "reply": ...}` or
 /// `{"ok": false, "code": "PERMISSION_DENIED", "details": ...}`.
 const GRPCIO_SAY: &str = r#"
@@ -333,7 +306,7 @@ fn http_grpc_tcp_and_websocket_are_allowed_and_denied_by_policy() {
     );
 
     // gRPC with Python's grpcio.
-    if let Some(py) = grpcio_python() {
+    if let Some(py) = warden_tests::grpcio_python("the grpcio client") {
         let c = mesh.workload("client").outbound().to_string();
         let o = mesh.workload("other").outbound().to_string();
         let r = grpcio_say(&py, &c, &authority, "hello grpcio");
