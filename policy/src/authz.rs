@@ -120,6 +120,18 @@ pub struct DryRun {
     pub rule: Option<usize>,
 }
 
+impl DryRun {
+    /// Whether enforcing this policy alone would deny the request, as Envoy's shadow
+    /// engine judges it: a DENY policy whose rule matched, or an ALLOW policy with none
+    /// that matched.
+    pub fn would_deny(&self) -> bool {
+        match self.action {
+            Action::Deny => self.rule.is_some(),
+            _ => self.rule.is_none(),
+        }
+    }
+}
+
 /// The outcome for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {

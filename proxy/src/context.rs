@@ -19,7 +19,7 @@ use crate::config::MeshConfig;
 use crate::http::{Pool, UpstreamProtocol};
 use crate::identity::IdentityWatch;
 use crate::metrics::{ConnLabels, Metrics, Peer, Reporter, ServiceLabels};
-use crate::registry::{PortProtocol, Service};
+use crate::registry::{InboundTarget, PortProtocol, Service, ServicePortInfo};
 use crate::tls::{ClientAuth, ServerOptions, TlsClient, TlsServer, alpn};
 
 /// How long to wait for a TCP connection to an upstream.
@@ -70,6 +70,13 @@ pub struct Snapshot {
     pub local_peer: Arc<Peer>,
     /// Outbound metric labels by ([`service_key`], endpoint index).
     outbound_labels: HashMap<(usize, usize), Arc<ConnLabels>>,
+    /// Outbound metric labels of a request that was not routed.
+    pub unknown_outbound: Arc<ConnLabels>,
+    /// The workload's inbound target when it has exactly one (for connections that
+    /// name no service port).
+    pub only_target: Option<InboundTarget>,
+    /// Outbound TCP listener ports with the service port each one tunnels to.
+    pub outbound_tcp: HashMap<u16, (Arc<Service>, ServicePortInfo)>,
     /// Whether any RequestAuthentication applies to this workload.
     pub jwt_applies: bool,
     /// PeerAuthentication mode by app port (0: the workload level).
@@ -98,12 +105,25 @@ impl Snapshot {
         }
         let workload_mode = mesh.peer_authn.mode(&local.policy, 0).mode;
         let mut modes = HashMap::new();
-        for t in mesh.registry.inbound_targets(local) {
+        let mut targets = mesh.registry.inbound_targets(local);
+        for t in &targets {
             modes.insert(
                 t.app_port,
                 mesh.peer_authn.mode(&local.policy, t.app_port).mode,
             );
         }
+        let only_target = if targets.len() == 1 {
+            targets.pop()
+        } else {
+            None
+        };
+        let outbound_tcp = mesh
+            .registry
+            .outbound_tcp_ports(local)
+            .listen
+            .into_iter()
+            .map(|p| (p.port, (p.service.clone(), p.service_port.clone())))
+            .collect();
         for port in local.ports.values() {
             modes.insert(*port, mesh.peer_authn.mode(&local.policy, *port).mode);
         }
@@ -133,10 +153,20 @@ impl Snapshot {
                 outbound_labels.insert((service_key(svc), i), Arc::new(labels));
             }
         }
+        let unknown_outbound = Arc::new(ConnLabels::new(
+            Reporter::Source,
+            local_peer.clone(),
+            Peer::unknown(),
+            ServiceLabels::unknown(),
+            "unknown",
+        ));
         Self {
             jwt_applies: mesh.request_authn.applies_to(&local.policy),
             local_peer,
             outbound_labels,
+            unknown_outbound,
+            only_target,
+            outbound_tcp,
             tls,
             modes,
             workload_mode,
@@ -168,16 +198,8 @@ impl Snapshot {
     pub fn outbound_labels(&self, service: &Arc<Service>, index: usize) -> Arc<ConnLabels> {
         self.outbound_labels
             .get(&(service_key(service), index))
-            .cloned()
-            .unwrap_or_else(|| {
-                Arc::new(ConnLabels::new(
-                    Reporter::Source,
-                    self.local_peer.clone(),
-                    Peer::unknown(),
-                    ServiceLabels::unknown(),
-                    "unknown",
-                ))
-            })
+            .unwrap_or(&self.unknown_outbound)
+            .clone()
     }
 
     /// Whether any port of the workload accepts plaintext (is not STRICT).

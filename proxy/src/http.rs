@@ -273,9 +273,9 @@ impl<K: Clone + Eq + Hash + Send + 'static> Pool<K> {
     }
 
     /// Sends `req` to the destination `key`, reusing a connection when one is free and
-    /// otherwise opening one with `connect` (which returns the stream and whether it
-    /// negotiated HTTP/2). A request that could not be written on a reused connection
-    /// (the upstream closed it while idle) is retried once on a new one.
+    /// otherwise opening one with `connect`. A request that could not be written on a
+    /// reused connection (the upstream closed it while idle) is retried once on a new
+    /// one.
     pub async fn send<C, F, IO>(
         &self,
         key: K,
@@ -284,8 +284,8 @@ impl<K: Clone + Eq + Hash + Send + 'static> Pool<K> {
         connect: C,
     ) -> Result<Response<Incoming>, UpstreamError>
     where
-        C: Fn() -> F,
-        F: Future<Output = io::Result<(IO, bool)>>,
+        C: FnOnce() -> F,
+        F: Future<Output = io::Result<IO>>,
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         match protocol {
@@ -301,8 +301,8 @@ impl<K: Clone + Eq + Hash + Send + 'static> Pool<K> {
         connect: C,
     ) -> Result<Response<Incoming>, UpstreamError>
     where
-        C: Fn() -> F,
-        F: Future<Output = io::Result<(IO, bool)>>,
+        C: FnOnce() -> F,
+        F: Future<Output = io::Result<IO>>,
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         // HTTP/1.1 upstream: origin-form.
@@ -324,13 +324,9 @@ impl<K: Clone + Eq + Hash + Send + 'static> Pool<K> {
                 },
             }
         }
-        let (io, _) = connect().await.map_err(UpstreamError::Connect)?;
+        let io = connect().await.map_err(UpstreamError::Connect)?;
         let (mut sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
-            }
-        });
+        spawn_connection("HTTP/1.1", conn);
         let resp = sender.send_request(req).await?;
         self.put_h1(key, sender);
         Ok(resp)
@@ -343,8 +339,8 @@ impl<K: Clone + Eq + Hash + Send + 'static> Pool<K> {
         connect: C,
     ) -> Result<Response<Incoming>, UpstreamError>
     where
-        C: Fn() -> F,
-        F: Future<Output = io::Result<(IO, bool)>>,
+        C: FnOnce() -> F,
+        F: Future<Output = io::Result<IO>>,
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         *req.version_mut() = Version::HTTP_2;
@@ -361,15 +357,11 @@ impl<K: Clone + Eq + Hash + Send + 'static> Pool<K> {
                 },
             }
         }
-        let (io, _) = connect().await.map_err(UpstreamError::Connect)?;
+        let io = connect().await.map_err(UpstreamError::Connect)?;
         let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(io))
             .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
+        spawn_connection("HTTP/2", conn);
         self.lock().h2.insert(key, sender.clone());
         Ok(sender.send_request(req).await?)
     }
@@ -382,6 +374,18 @@ impl<K: Clone + Eq + Hash + Send + 'static> Pool<K> {
     }
 }
 
+/// Drives an upstream connection in a task of its own until it ends.
+fn spawn_connection<C>(what: &'static str, conn: C)
+where
+    C: Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(connection = what, error = %e, "upstream connection ended");
+        }
+    });
+}
+
 /// Sends an upgrade request (WebSocket) on a connection of its own: an upgraded
 /// connection never goes back to a pool.
 pub async fn send_upgrade<IO>(
@@ -392,11 +396,7 @@ where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (mut sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upgraded upstream connection ended");
-        }
-    });
+    spawn_connection("upgraded HTTP/1.1", conn.with_upgrades());
     Ok(sender.send_request(req).await?)
 }
 

@@ -28,7 +28,7 @@ use crate::http::{
     self as h, Body, UpstreamError, UpstreamProtocol, authority_of, is_grpc, is_upgrade,
     local_reply, split_host_port,
 };
-use crate::metrics::{ConnLabels, Outcome, Reporter, RequestLabels, ServiceLabels, TcpLabels};
+use crate::metrics::{ConnLabels, Outcome, Reporter, ServiceLabels, TcpLabels};
 use crate::registry::{InboundTarget, PortProtocol, parse_sni};
 use crate::tls::{VerifyError, peer_spiffe_id};
 
@@ -180,17 +180,6 @@ async fn handle(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     }
 }
 
-/// The target for a connection without SNI: the workload's only inbound target.
-fn only_target(snap: &Snapshot) -> Option<InboundTarget> {
-    let mesh = &snap.mesh;
-    let mut targets = mesh.registry.inbound_targets(&mesh.local);
-    if targets.len() == 1 {
-        targets.pop()
-    } else {
-        None
-    }
-}
-
 fn target_from_sni(snap: &Snapshot, sni: &str) -> Option<InboundTarget> {
     snap.mesh.registry.inbound_target_sni(&snap.mesh.local, sni)
 }
@@ -224,9 +213,9 @@ async fn handle_tls(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, loc
                 );
                 return;
             }
-            None => only_target(&snap),
+            None => snap.only_target.clone(),
         },
-        None => only_target(&snap),
+        None => snap.only_target.clone(),
     };
     let mode = match &target {
         Some(t) => snap.mode(t.app_port),
@@ -295,7 +284,7 @@ async fn handle_plaintext(
         local,
         principal: None,
         sni: None,
-        target: only_target(&snap),
+        target: snap.only_target.clone(),
         xfcc: None,
         labels: Mutex::default(),
     });
@@ -430,7 +419,7 @@ fn resolve_target(snap: &Snapshot, conn: &Conn, host: &str) -> Option<InboundTar
     snap.mesh
         .registry
         .inbound_target(&snap.mesh.local, name, port)
-        .or_else(|| only_target(snap))
+        .or_else(|| snap.only_target.clone())
 }
 
 async fn request(
@@ -447,17 +436,7 @@ async fn request(
     let target = resolve_target(&snap, conn, &host);
     let labels = conn.labels(&snap, target.as_ref());
     let finish = |resp: Response<Body>, flags: &'static str| {
-        let grpc_status = grpc.then(|| grpc_status(&resp)).flatten();
-        ctx.metrics.request(
-            &RequestLabels {
-                conn: labels.clone(),
-                grpc,
-                code: resp.status().as_u16(),
-                grpc_status,
-                flags,
-            },
-            started.elapsed().as_secs_f64() * 1000.0,
-        );
+        ctx.metrics.response(&labels, grpc, &resp, flags, started);
         resp
     };
     let Some(target) = target else {
@@ -537,7 +516,7 @@ async fn request(
         .send((target.app_port, protocol), protocol, req, || async move {
             let s = TcpStream::connect(app).await?;
             s.set_nodelay(true)?;
-            Ok((s, protocol == UpstreamProtocol::Http2))
+            Ok(s)
         })
         .await;
     match result {
@@ -578,13 +557,6 @@ pub(crate) fn absolute_uri<B>(req: &mut Request<B>, scheme: &str, authority: &st
     if let Ok(uri) = format!("{scheme}://{authority}{pq}").parse() {
         *req.uri_mut() = uri;
     }
-}
-
-fn grpc_status(resp: &Response<Body>) -> Option<u16> {
-    resp.headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Envoy's jwt_authn replies: 401 `Jwt verification fails` with `WWW-Authenticate`,
@@ -672,50 +644,19 @@ pub(crate) fn record_decision(
     destination: &str,
     tcp: bool,
 ) -> bool {
-    let (method, path) = r
-        .http
-        .as_ref()
-        .map_or(("", ""), |h| (h.method.as_str(), h.path.as_str()));
-    let source = r.source_principal.as_deref().unwrap_or("");
+    let event = |decision: &str, policy: &str, rule: Option<usize>, reason: &str| {
+        log_authz(r, destination, decision, policy, rule, reason);
+    };
     for a in &d.audit {
         ctx.metrics.decision(Outcome::Audit, tcp);
-        tracing::info!(
-            decision = "audit",
-            source_principal = source,
-            source_ip = %r.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            destination,
-            destination_port = r.destination_port,
-            method,
-            path,
-            policy = %a.policy,
-            rule = a.rule,
-            "authz"
-        );
+        event("audit", &a.policy, Some(a.rule), "");
     }
     for dr in &d.dry_run {
-        let denied_if_enforced = match dr.action {
-            warden_policy::resources::Action::Deny => dr.rule.is_some(),
-            _ => dr.rule.is_none(),
-        };
-        let outcome = if denied_if_enforced {
-            Outcome::DryRunDeny
+        if dr.would_deny() {
+            ctx.metrics.decision(Outcome::DryRunDeny, tcp);
+            event("dry_run_deny", &dr.policy, dr.rule, "");
         } else {
-            Outcome::DryRunAllow
-        };
-        ctx.metrics.decision(outcome, tcp);
-        if denied_if_enforced {
-            tracing::info!(
-                decision = "dry_run_deny",
-                source_principal = source,
-                source_ip = %r.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                destination,
-                destination_port = r.destination_port,
-                method,
-                path,
-                policy = %dr.policy,
-                rule = dr.rule,
-                "authz"
-            );
+            ctx.metrics.decision(Outcome::DryRunAllow, tcp);
         }
     }
     // CUSTOM needs an external authorizer; Warden has none, so it fails closed as
@@ -725,26 +666,39 @@ pub(crate) fn record_decision(
         ctx.metrics.decision(Outcome::Allow, tcp);
     } else {
         ctx.metrics.decision(Outcome::Deny, tcp);
-        let (policy, rule) = match (&d.deciding, &d.custom) {
-            (Some(m), _) => (m.policy.as_str(), Some(m.rule)),
-            (None, Some((_, m))) => (m.policy.as_str(), Some(m.rule)),
-            (None, None) => ("", None),
-        };
-        tracing::info!(
-            decision = "deny",
-            source_principal = source,
-            source_ip = %r.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            destination,
-            destination_port = r.destination_port,
-            method,
-            path,
-            policy,
-            rule,
-            reason = %d.reason,
-            "authz"
-        );
+        let deciding = d.deciding.as_ref().or(d.custom.as_ref().map(|(_, m)| m));
+        let (policy, rule) = deciding.map_or(("", None), |m| (m.policy.as_str(), Some(m.rule)));
+        event("deny", policy, rule, &d.reason);
     }
     allowed
+}
+
+/// One structured `authz` event (an empty `reason` is left out).
+fn log_authz(
+    r: &PolicyRequest,
+    destination: &str,
+    decision: &str,
+    policy: &str,
+    rule: Option<usize>,
+    reason: &str,
+) {
+    let (method, path) = r
+        .http
+        .as_ref()
+        .map_or(("", ""), |h| (h.method.as_str(), h.path.as_str()));
+    tracing::info!(
+        decision,
+        source_principal = r.source_principal.as_deref().unwrap_or(""),
+        source_ip = %r.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        destination,
+        destination_port = r.destination_port,
+        method,
+        path,
+        policy,
+        rule,
+        reason = (!reason.is_empty()).then_some(reason),
+        "authz"
+    );
 }
 
 /// An opaque TCP connection: one authorization at open, then bytes both ways.

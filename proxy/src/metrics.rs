@@ -483,6 +483,34 @@ impl Metrics {
         self.duration.get_or_create(labels).observe(millis);
     }
 
+    /// Counts one finished HTTP request from its response: the status, and for gRPC the
+    /// `grpc-status` of a trailers-only reply (a status sent in trailers is not seen).
+    pub fn response<B>(
+        &self,
+        conn: &Arc<ConnLabels>,
+        grpc: bool,
+        resp: &http::Response<B>,
+        flags: &'static str,
+        started: std::time::Instant,
+    ) {
+        let grpc_status = grpc
+            .then(|| {
+                resp.headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+            })
+            .flatten();
+        let labels = RequestLabels {
+            conn: conn.clone(),
+            grpc,
+            code: resp.status().as_u16(),
+            grpc_status,
+            flags,
+        };
+        self.request(&labels, started.elapsed().as_secs_f64() * 1000.0);
+    }
+
     /// Counts an authorization outcome.
     pub fn decision(&self, decision: Outcome, tcp: bool) {
         let protocol = if tcp { "tcp" } else { "http" };

@@ -23,7 +23,7 @@ use crate::http::{
     split_host_port,
 };
 use crate::inbound::{absolute_uri, accept_loop, copy_both, serve_until_drained};
-use crate::metrics::{ConnLabels, Peer, Reporter, RequestLabels, ServiceLabels, TcpLabels};
+use crate::metrics::{ConnLabels, TcpLabels};
 use crate::registry::{Endpoint, Service, ServicePortInfo};
 use crate::tls::{TlsClient, VerifyError};
 
@@ -125,7 +125,7 @@ async fn connect_tls(
     snap: &Snapshot,
     route: &Route<'_>,
     protocol: Option<UpstreamProtocol>,
-) -> std::io::Result<(tokio_rustls::client::TlsStream<TcpStream>, bool)> {
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let config = snap
         .tls
         .get(&service_key(route.service))
@@ -135,8 +135,7 @@ async fn connect_tls(
     let name = ServerName::try_from(sni_for(route.host, route.port.number))
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let tls = TlsClient::connect_named(config, name, tcp).await?;
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    Ok((tls, h2))
+    Ok(tls)
 }
 
 /// Explains a failed upstream connection: secure naming and certificate problems in
@@ -168,32 +167,10 @@ async fn request(ctx: &Context, mut req: Request<Incoming>) -> Response<Body> {
     let snap = ctx.snapshot.load_full();
     let grpc = is_grpc(req.headers());
     let authority = authority_of(&req).unwrap_or_default().to_string();
-    let labels = Arc::new(ConnLabels::new(
-        Reporter::Source,
-        snap.local_peer.clone(),
-        Peer::unknown(),
-        ServiceLabels::unknown(),
-        "unknown",
-    ));
+    // Until the request is routed, it is counted as to an unknown destination.
+    let labels = snap.unknown_outbound.clone();
     let finish = |labels: Arc<ConnLabels>, resp: Response<Body>, flags: &'static str| {
-        let grpc_status = grpc
-            .then(|| {
-                resp.headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-            })
-            .flatten();
-        ctx.metrics.request(
-            &RequestLabels {
-                conn: labels,
-                grpc,
-                code: resp.status().as_u16(),
-                grpc_status,
-                flags,
-            },
-            started.elapsed().as_secs_f64() * 1000.0,
-        );
+        ctx.metrics.response(&labels, grpc, &resp, flags, started);
         resp
     };
     if req.method() == http::Method::CONNECT {
@@ -235,7 +212,7 @@ async fn request(ctx: &Context, mut req: Request<Incoming>) -> Response<Body> {
     }
     if upgrade {
         let resp = match connect_tls(ctx, &snap, &route, Some(UpstreamProtocol::Http1)).await {
-            Ok((tls, _)) => {
+            Ok(tls) => {
                 let downstream = hyper::upgrade::on(&mut req);
                 let pq = h::path_and_query(req.uri()).to_string();
                 if let Ok(uri) = pq.parse() {
@@ -331,7 +308,7 @@ impl TcpListeners {
         for skipped in &tcp.skipped {
             tracing::debug!(port = skipped.port, service = %skipped.service.host(), conflict = ?skipped.conflict, "no outbound TCP listener for this service port");
         }
-        let wanted: Vec<u16> = tcp.listen.iter().map(|p| p.port).collect();
+        let wanted: Vec<u16> = snap.outbound_tcp.keys().copied().collect();
         self.by_port.retain(|port, task| {
             let keep = wanted.contains(port);
             if !keep {
@@ -377,15 +354,7 @@ async fn serve_tcp(ctx: Arc<Context>, listener: TcpListener, port: u16) {
 async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
     let _ = stream.set_nodelay(true);
     let snap = ctx.snapshot.load_full();
-    let found = snap
-        .mesh
-        .registry
-        .outbound_tcp_ports(&snap.mesh.local)
-        .listen
-        .into_iter()
-        .find(|p| p.port == port)
-        .map(|p| (p.service.clone(), p.service_port.clone()));
-    let Some((service, port_info)) = found else {
+    let Some((service, port_info)) = snap.outbound_tcp.get(&port) else {
         return;
     };
     if service.endpoints.is_empty() {
@@ -394,19 +363,19 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
     }
     let index = ctx.pick(service.endpoints.len());
     let route = Route {
-        service: &service,
-        port: &port_info,
+        service,
+        port: port_info,
         endpoint: &service.endpoints[index],
         index,
         host: service.host(),
     };
     let labels = TcpLabels {
-        conn: snap.outbound_labels(&service, index),
+        conn: snap.outbound_labels(service, index),
         flags: "-",
     };
     ctx.metrics.tcp_open(&labels);
     let mut tls = match connect_tls(ctx, &snap, &route, None).await {
-        Ok((tls, _)) => tls,
+        Ok(tls) => tls,
         Err(e) => {
             tracing::warn!(error = %connect_error(&route, &e), "outbound TCP connection failed");
             ctx.metrics.tcp_close(&labels, 0, 0);

@@ -690,6 +690,24 @@ mod tests {
         }
     }
 
+    /// A response with `default` (`chain`, `key`) and `ROOTCA` (`ca`'s root).
+    fn identity_response(
+        version: &str,
+        nonce: &str,
+        chain: &str,
+        key: &str,
+        ca: &TestCa,
+    ) -> DiscoveryResponse {
+        response(
+            version,
+            nonce,
+            vec![
+                cert_secret(DEFAULT, chain, key),
+                roots_secret(ROOTCA, &ca.pem()),
+            ],
+        )
+    }
+
     fn response(version: &str, nonce: &str, secrets: Vec<Secret>) -> DiscoveryResponse {
         DiscoveryResponse {
             version_info: version.into(),
@@ -804,15 +822,8 @@ mod tests {
 
         let ca = TestCa::new();
         let (chain, key) = ca.leaf_pem(ID);
-        s.respond(response(
-            "v1",
-            "n1",
-            vec![
-                cert_secret(DEFAULT, &chain, &key),
-                roots_secret(ROOTCA, &ca.pem()),
-            ],
-        ))
-        .await;
+        s.respond(identity_response("v1", "n1", &chain, &key, &ca))
+            .await;
         let good = changed(&mut identity).await;
         assert_ack(&s.request().await, "v1", "n1");
 
@@ -897,15 +908,8 @@ mod tests {
         s.request().await;
         let ca = TestCa::new();
         let (chain, key) = ca.leaf_pem(ID);
-        s.respond(response(
-            "v1",
-            "n1",
-            vec![
-                cert_secret(DEFAULT, &chain, &key),
-                roots_secret(ROOTCA, &ca.pem()),
-            ],
-        ))
-        .await;
+        s.respond(identity_response("v1", "n1", &chain, &key, &ca))
+            .await;
         let got = changed(&mut identity).await;
         s.request().await;
 
@@ -919,15 +923,8 @@ mod tests {
         assert!(again.response_nonce.is_empty());
         assert_eq!(identity.borrow().as_ref().unwrap().serial(), got.serial());
         // The same material again publishes nothing new.
-        s.respond(response(
-            "v2",
-            "n2",
-            vec![
-                cert_secret(DEFAULT, &chain, &key),
-                roots_secret(ROOTCA, &ca.pem()),
-            ],
-        ))
-        .await;
+        s.respond(identity_response("v2", "n2", &chain, &key, &ca))
+            .await;
         assert_ack(&s.request().await, "v2", "n2");
         assert!(!identity.has_changed().unwrap());
         assert!(sds.stats().streams.load(Ordering::Relaxed) >= 2);

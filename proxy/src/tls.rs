@@ -312,6 +312,12 @@ mod tests {
         check_leaf(leaf).unwrap().serial
     }
 
+    /// `result` is a handshake refused for `why`.
+    fn assert_refused<T: std::fmt::Debug>(result: io::Result<T>, why: &VerifyError) {
+        let err = result.unwrap_err();
+        assert_eq!(VerifyError::from_io(&err), Some(why), "{err}");
+    }
+
     #[tokio::test]
     async fn mutual_tls_shows_each_side_the_other_spiffe_id() {
         let ca = TestCa::new();
@@ -416,12 +422,7 @@ mod tests {
         let server = TlsServer::new(server_id, ServerOptions::default());
         let client = TlsClient::new(client_id, alpn(&OUTBOUND_ALPN));
         let (s, _c) = handshake(&server, &client, AllowedIds::Any).await;
-        let err = s.unwrap_err();
-        assert_eq!(
-            VerifyError::from_io(&err),
-            Some(&VerifyError::UnknownIssuer),
-            "{err}"
-        );
+        assert_refused(s, &VerifyError::UnknownIssuer);
     }
 
     #[tokio::test]
@@ -492,12 +493,7 @@ mod tests {
             new_ca.identity(SERVER).bundle().clone(),
         ))));
         let (s, _c) = handshake(&server, &client, AllowedIds::Any).await;
-        let err = s.unwrap_err();
-        assert_eq!(
-            VerifyError::from_io(&err),
-            Some(&VerifyError::UnknownIssuer),
-            "{err}"
-        );
+        assert_refused(s, &VerifyError::UnknownIssuer);
     }
 
     #[tokio::test]
