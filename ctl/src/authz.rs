@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use warden_policy::authz::{Engine, HttpRequest, Protocol, Request, Workload};
 use warden_policy::loader::ConfigSet;
+use warden_policy::normalize::{PathNormalization, normalize};
 use warden_policy::peer_authn::PeerAuthn;
 use warden_policy::request_authn::{self, Outcome, RequestAuthn};
 use warden_policy::resources::{Action, MtlsMode};
@@ -34,6 +35,10 @@ pub enum AuthzCmd {
         /// Also say, for each policy considered, why it did or did not match.
         #[arg(long)]
         explain: bool,
+        /// `meshConfig.pathNormalization`: how the proxy normalizes the path before any
+        /// policy sees it (NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES).
+        #[arg(long, default_value = "BASE", value_parser = PathNormalization::parse)]
+        path_normalization: PathNormalization,
     },
 }
 
@@ -269,6 +274,7 @@ pub fn run(cmd: AuthzCmd) -> ExitCode {
         root_namespace,
         trust_domain,
         explain,
+        path_normalization,
     } = cmd;
     let text = if request.as_os_str() == "-" {
         let mut s = String::new();
@@ -286,6 +292,14 @@ pub fn run(cmd: AuthzCmd) -> ExitCode {
         Ok(x) => x,
         Err(e) => return bad(format!("--request {}: {e}", request.display())),
     };
+    // The proxy normalizes the path first; every filter, JWT included, sees the result.
+    let mut refused_path = None;
+    if let Some(http) = check.request.http.as_mut() {
+        match normalize(&http.path, path_normalization) {
+            Ok(p) => http.path = p.into_owned(),
+            Err(e) => refused_path = Some(e.to_string()),
+        }
+    }
     let set = match warden_policy::loader::load(&config) {
         Ok(s) => s,
         Err(e) => return bad(e),
@@ -328,6 +342,17 @@ pub fn run(cmd: AuthzCmd) -> ExitCode {
         }
         return print(&out);
     }
+    if let Some(why) = refused_path {
+        let mut out = serde_json::json!({
+            "decision": "DENY", "status": 400, "policy": null, "rule": null,
+            "reason": format!("refused before authorization: {why}"),
+            "audit": [], "dry_run": [], "peer_authentication": peer,
+        });
+        if explain {
+            out["explain"] = serde_json::json!([]);
+        }
+        return print(&out);
+    }
     if let Authn::Refused(mut out) = authn {
         if explain {
             // Envoy answers before the RBAC filter: no AuthorizationPolicy is considered.
@@ -353,6 +378,9 @@ pub fn run(cmd: AuthzCmd) -> ExitCode {
     }
     if let Authn::Passed(summary) = authn {
         out["request_authentication"] = summary;
+    }
+    if let Some(http) = &req.http {
+        out["path"] = serde_json::json!(http.path);
     }
     out["peer_authentication"] = peer;
     if explain {

@@ -10,7 +10,9 @@
 //!
 //! - [`authz`]: AuthorizationPolicy decisions, compiled once per config version and
 //!   indexed by namespace and selector label; [`matcher`] holds the value, path
-//!   template, CIDR and path normalization rules it uses.
+//!   template and CIDR rules it uses. It decides on the path as given: callers
+//!   normalize it first with [`normalize`] (Istio's `pathNormalization` modes), and
+//!   the proxy forwards that same path.
 //! - [`peer_authn`]: the mTLS mode for a workload and port.
 //! - [`request_authn`]: RequestAuthentication JWT validation as Envoy's `jwt_authn`.
 //! - [`validate`]: Istio's validation webhook rules, reported at the field's line
@@ -22,6 +24,7 @@
 pub mod authz;
 pub mod loader;
 pub mod matcher;
+pub mod normalize;
 pub mod peer_authn;
 pub mod request_authn;
 pub mod resources;

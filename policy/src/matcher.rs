@@ -1,8 +1,7 @@
 //! Istio's value matching (exact, `prefix*`, `*suffix`, `*` = any non-empty value),
-//! path templates (`{*}`, `{**}`), IP/CIDR blocks, and the default (`BASE`) path
-//! normalization.
+//! path templates (`{*}`, `{**}`) and IP/CIDR blocks. Paths reach them normalized
+//! ([`crate::normalize`]).
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 /// A compiled string match.
@@ -277,90 +276,6 @@ impl std::fmt::Display for IpBlock {
     }
 }
 
-/// Istio's default path normalization (`BASE`): the query and fragment are dropped,
-/// `\` becomes `/`, the unreserved characters `%2D %2E %30-%39 %41-%5A %5F %61-%7A
-/// %7E` are decoded once, and dot segments are removed (RFC 3986 5.2.4). `%00` is an
-/// error (Envoy answers 400).
-pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, String> {
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    if !path.contains(['%', '\\']) && !path.split('/').any(|s| s == "." || s == "..") {
-        // Nothing to decode or remove: the common case, without allocating.
-        return Ok(Cow::Borrowed(path));
-    }
-    let bytes = path.as_bytes();
-    let mut decoded = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%'
-            && i + 2 < bytes.len()
-            && bytes[i + 1].is_ascii_hexdigit()
-            && bytes[i + 2].is_ascii_hexdigit()
-        {
-            // Both are ASCII, so this slice is on character boundaries.
-            let hex = &path[i + 1..i + 3];
-            if let Ok(v) = u8::from_str_radix(hex, 16) {
-                if v == 0 {
-                    return Err("the path contains %00".into());
-                }
-                let unreserved =
-                    v == b'-' || v == b'.' || v == b'_' || v == b'~' || v.is_ascii_alphanumeric();
-                if unreserved {
-                    decoded.push(char::from(v));
-                } else {
-                    decoded.push('%');
-                    decoded.push_str(&hex.to_ascii_uppercase());
-                }
-                i += 3;
-                continue;
-            }
-        }
-        if b == b'\\' {
-            decoded.push('/');
-        } else {
-            // Push the whole UTF-8 character.
-            let ch = path[i..].chars().next().unwrap_or('\u{fffd}');
-            decoded.push(ch);
-            i += ch.len_utf8();
-            continue;
-        }
-        i += 1;
-    }
-    Ok(Cow::Owned(remove_dot_segments(&decoded)))
-}
-
-/// RFC 3986 section 5.2.4.
-fn remove_dot_segments(path: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    let absolute = path.starts_with('/');
-    let segments: Vec<&str> = path.split('/').collect();
-    let last = segments.len().saturating_sub(1);
-    for (i, seg) in segments.iter().enumerate() {
-        match *seg {
-            "." => {
-                if i == last {
-                    out.push("");
-                }
-            }
-            ".." => {
-                if out.len() > usize::from(absolute) {
-                    out.pop();
-                }
-                if i == last {
-                    out.push("");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    let joined = out.join("/");
-    if absolute && !joined.starts_with('/') {
-        format!("/{joined}")
-    } else {
-        joined
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,23 +358,5 @@ mod tests {
         assert!(IpBlock::parse("10.0.0.0/33").is_err());
         assert!(IpBlock::parse("10.0.0").is_err());
         assert!(IpBlock::parse("::/129").is_err());
-    }
-
-    #[test]
-    fn base_normalization() {
-        let n = |s| normalize_path(s).unwrap();
-        assert_eq!(n("/a/b/../c"), "/a/c");
-        assert_eq!(n("/a/./b/"), "/a/b/");
-        assert_eq!(n("/../../etc/passwd"), "/etc/passwd");
-        assert_eq!(n("/a\\..\\admin"), "/admin");
-        assert_eq!(n("/%61dmin"), "/admin");
-        assert_eq!(n("/a%2e%2e/x"), "/a../x");
-        assert_eq!(n("/a/%2E%2E/admin"), "/admin");
-        assert_eq!(n("/a%2fb"), "/a%2Fb", "%2F stays encoded in BASE");
-        assert_eq!(n("/info?x=1#f"), "/info");
-        assert_eq!(n("/a/b/.."), "/a/");
-        assert!(normalize_path("/a%00b").is_err());
-        assert_eq!(n("/%zz"), "/%zz");
-        assert_eq!(n("/é/x"), "/é/x");
     }
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use warden_policy::authz::{Engine, HttpRequest, Protocol, Request, Workload};
 use warden_policy::loader::load_str;
+use warden_policy::normalize::{PathNormalization, normalize};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +57,8 @@ struct RequestCase {
     sni: Option<String>,
     method: Option<String>,
     path: Option<String>,
+    /// `meshConfig.pathNormalization` the proxy normalizes `path` with (`BASE`).
+    normalization: Option<String>,
     host: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
@@ -127,7 +130,24 @@ fn run(file: &Path, case: &Case) -> Result<(), String> {
             labels: BTreeMap::from([("app".to_string(), "httpbin".to_string())]),
         },
     };
-    let d = engine.evaluate(&workload, &case.request.build());
+    // The proxy normalizes the path before any policy sees it; a path it refuses
+    // (400) never reaches authorization and counts as DENY here.
+    let mut request = case.request.build();
+    let mode = case.request.normalization.as_deref().unwrap_or("BASE");
+    let mode = PathNormalization::parse(mode)?;
+    if let Some(h) = &mut request.http {
+        match normalize(&h.path, mode) {
+            Ok(p) => h.path = p.into_owned(),
+            Err(e) => {
+                return if case.expect == "DENY" {
+                    Ok(())
+                } else {
+                    Err(format!("the path is refused before authorization: {e}"))
+                };
+            }
+        }
+    }
+    let d = engine.evaluate(&workload, &request);
     let mut diffs = Vec::new();
     let got = if d.allowed { "ALLOW" } else { "DENY" };
     if got != case.expect {

@@ -12,7 +12,8 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use warden_policy::authz::{Decision, Engine, HttpRequest, Protocol, Request, Workload};
 use warden_policy::loader::load_str;
-use warden_policy::matcher::{IpBlock, PathTemplate, StringMatch, normalize_path};
+use warden_policy::matcher::{IpBlock, PathTemplate, StringMatch};
+use warden_policy::normalize::{PathNormalization, normalize};
 
 const PRINCIPALS: &[&str] = &[
     "cluster.local/ns/foo/sa/sleep",
@@ -327,7 +328,7 @@ proptest! {
     /// so `..` can never walk around a path rule.
     #[test]
     fn normalized_paths_have_no_dot_segments(p in "/[a-z./\\\\%0-9A-F]{0,24}") {
-        if let Ok(n) = normalize_path(&p) {
+        if let Ok(n) = normalize(&p, PathNormalization::Base) {
             prop_assert!(n.starts_with('/'), "{:?} -> {:?}", p, n);
             prop_assert!(!n.split('/').any(|s| s == "." || s == ".."), "{:?} -> {:?}", p, n);
         }
@@ -349,7 +350,13 @@ proptest! {
         if let Ok(b) = IpBlock::parse(&value) {
             let _ = b.to_string();
         }
-        let _ = normalize_path(&input);
+        for mode in [PathNormalization::None, PathNormalization::Base, PathNormalization::MergeSlashes, PathNormalization::DecodeAndMergeSlashes] {
+            if let Ok(once) = normalize(&input, mode) {
+                // Idempotent: a second pass (the app's own reading) sees the same path.
+                let twice = normalize(&once, mode).map(|p| p.into_owned());
+                prop_assert_eq!(twice.as_deref(), Ok(&*once));
+            }
+        }
     }
 
     /// Path templates built from valid pieces always parse and match what they
