@@ -37,6 +37,8 @@ use warden_policy::request_authn::RequestAuthn;
 use warden_proto::SpiffeId;
 
 use crate::registry::{LocalWorkload, Registry};
+use crate::traffic_policy::{DestinationRules, H2UpgradePolicy};
+use warden_policy::normalize::PathNormalization;
 
 /// How often the directory is checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -59,6 +61,81 @@ pub struct ConfigOptions {
     pub workload: String,
     /// Its namespace.
     pub namespace: String,
+    /// The mesh-wide settings (`--mesh-config`).
+    pub settings: MeshSettings,
+}
+
+/// The parts of Istio's MeshConfig (the `mesh` key of the `istio` ConfigMap) the
+/// proxy applies, read once at start from `--mesh-config`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeshSettings {
+    /// `pathNormalization.normalization` (`BASE` by default).
+    pub path_normalization: PathNormalization,
+    /// `h2UpgradePolicy` (`DO_NOT_UPGRADE` by default).
+    pub h2_upgrade_policy: H2UpgradePolicy,
+}
+
+impl MeshSettings {
+    /// Reads a MeshConfig YAML file. Fields Warden does not use are returned by name,
+    /// for a warning; a field it uses with a wrong value is an error naming the file
+    /// and the field.
+    pub fn load(path: &Path) -> Result<(Self, Vec<String>), String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read the mesh config: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// [`MeshSettings::load`] on YAML text.
+    pub fn parse(text: &str) -> Result<(Self, Vec<String>), String> {
+        let value: serde_json::Value = if text.trim().is_empty() {
+            serde_json::Value::Object(serde_json::Map::new())
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| format!("not YAML: {e}"))?
+        };
+        let serde_json::Value::Object(map) = value else {
+            return Err(
+                "expected a MeshConfig mapping (pathNormalization, h2UpgradePolicy, ...)".into(),
+            );
+        };
+        let mut settings = Self::default();
+        let mut unused = Vec::new();
+        for (key, v) in &map {
+            match key.as_str() {
+                "pathNormalization" => {
+                    let n = v.get("normalization").unwrap_or(&serde_json::Value::Null);
+                    match n {
+                        serde_json::Value::Null => {}
+                        serde_json::Value::String(s) => {
+                            settings.path_normalization = PathNormalization::parse(s)
+                                .map_err(|e| format!("pathNormalization.normalization: {e}"))?;
+                        }
+                        _ => return Err("pathNormalization.normalization: expected NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES".into()),
+                    }
+                    if let Some(obj) = v.as_object() {
+                        unused.extend(
+                            obj.keys()
+                                .filter(|k| *k != "normalization")
+                                .map(|k| format!("pathNormalization.{k}")),
+                        );
+                    }
+                }
+                "h2UpgradePolicy" => {
+                    settings.h2_upgrade_policy = match v.as_str() {
+                        _ if v.is_null() => H2UpgradePolicy::Default,
+                        Some("DO_NOT_UPGRADE") => H2UpgradePolicy::DoNotUpgrade,
+                        Some("UPGRADE") => H2UpgradePolicy::Upgrade,
+                        _ => {
+                            return Err(format!(
+                                "h2UpgradePolicy: {v} is not DO_NOT_UPGRADE or UPGRADE"
+                            ));
+                        }
+                    };
+                }
+                other => unused.push(other.to_string()),
+            }
+        }
+        Ok((settings, unused))
+    }
 }
 
 /// One compiled, immutable snapshot of the mesh config.
@@ -76,6 +153,10 @@ pub struct MeshConfig {
     pub peer_authn: PeerAuthn,
     /// RequestAuthentications.
     pub request_authn: RequestAuthn,
+    /// DestinationRules (the HTTP version toward each destination).
+    pub destination_rules: DestinationRules,
+    /// The mesh-wide settings.
+    pub settings: MeshSettings,
     /// How many YAML/JSON files were read.
     pub files: usize,
     /// How many resources of the kinds Warden reads they held.
@@ -95,6 +176,8 @@ pub enum Stage {
     RequestAuthn,
     /// Building the registry from ServiceEntries and WorkloadEntries.
     Registry,
+    /// Reading DestinationRules.
+    DestinationRules,
     /// Finding the proxy's own WorkloadEntry.
     LocalWorkload,
 }
@@ -107,6 +190,7 @@ impl fmt::Display for Stage {
             Self::Authz => "compiling AuthorizationPolicies",
             Self::RequestAuthn => "compiling RequestAuthentications",
             Self::Registry => "building the service registry",
+            Self::DestinationRules => "reading DestinationRules",
             Self::LocalWorkload => "finding the proxy's own WorkloadEntry",
         })
     }
@@ -209,6 +293,12 @@ fn load_with_refs(
                 .for_each(|e| problem(Stage::Registry, e.to_string()))
         })
         .ok();
+    let destination_rules = DestinationRules::compile(&set, &opts.root_namespace)
+        .map_err(|e| {
+            e.into_iter()
+                .for_each(|e| problem(Stage::DestinationRules, e.to_string()))
+        })
+        .ok();
     let local = registry.as_ref().and_then(|r| {
         let local = r.workload(&opts.namespace, &opts.workload).cloned();
         if local.is_none() {
@@ -224,19 +314,25 @@ fn load_with_refs(
         }
         local
     });
-    let result = match (authz, request_authn, registry, local) {
-        (Some(authz), Some(request_authn), Some(registry), Some(local)) if problems.is_empty() => {
-            Ok(MeshConfig {
-                generation,
-                registry,
-                local,
-                authz,
-                peer_authn,
-                request_authn,
-                files: files.len(),
-                resources: resources(&set),
-            })
-        }
+    let result = match (authz, request_authn, registry, local, destination_rules) {
+        (
+            Some(authz),
+            Some(request_authn),
+            Some(registry),
+            Some(local),
+            Some(destination_rules),
+        ) if problems.is_empty() => Ok(MeshConfig {
+            generation,
+            registry,
+            local,
+            authz,
+            peer_authn,
+            request_authn,
+            destination_rules,
+            settings: opts.settings,
+            files: files.len(),
+            resources: resources(&set),
+        }),
         _ => Err(err(problems)),
     };
     (result, Some(refs))
@@ -648,6 +744,7 @@ spec:
             trust_domain: "cluster.local".into(),
             workload: "web".into(),
             namespace: "shop".into(),
+            settings: MeshSettings::default(),
         }
     }
 
@@ -992,5 +1089,32 @@ spec:
         let (watch, rx) = ConfigWatch::start(opts(dir.path())).unwrap();
         drop(rx);
         eventually("the task to end", || watch.task.is_finished()).await;
+    }
+
+    #[test]
+    fn mesh_settings_read_istios_mesh_config() {
+        let (s, unused) = MeshSettings::parse(
+            "pathNormalization:\n  normalization: DECODE_AND_MERGE_SLASHES\nh2UpgradePolicy: UPGRADE\naccessLogFile: /dev/stdout\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.path_normalization,
+            PathNormalization::DecodeAndMergeSlashes
+        );
+        assert_eq!(s.h2_upgrade_policy, H2UpgradePolicy::Upgrade);
+        assert_eq!(unused, ["accessLogFile"]);
+        assert_eq!(MeshSettings::parse("").unwrap().0, MeshSettings::default());
+        let e = MeshSettings::parse("pathNormalization: {normalization: base}").unwrap_err();
+        assert!(
+            e.contains("pathNormalization.normalization: \"base\" is not a path normalization"),
+            "{e}"
+        );
+        let e = MeshSettings::parse("h2UpgradePolicy: ALWAYS").unwrap_err();
+        assert!(e.contains("h2UpgradePolicy"), "{e}");
+        assert!(
+            MeshSettings::parse("[1, 2]")
+                .unwrap_err()
+                .contains("expected a MeshConfig mapping")
+        );
     }
 }

@@ -1,25 +1,26 @@
 //! What every connection shares: the config snapshot in force (swapped atomically when
-//! the config directory changes), the TLS sides, the upstream pools, the metrics and
-//! the drain signal.
+//! the config directory changes), the TLS sides, the upstream pools, the metrics, the
+//! downstream limits and the drain signal.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::ClientConfig;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Semaphore;
 
 use warden_policy::resources::MtlsMode;
 
 use crate::config::MeshConfig;
-use crate::http::{Pool, UpstreamProtocol};
 use crate::identity::IdentityWatch;
+use crate::listener::{Drain, Limits, connection_permits};
 use crate::metrics::{ConnLabels, Metrics, Peer, Reporter, ServiceLabels};
-use crate::registry::{InboundTarget, PortProtocol, Service, ServicePortInfo};
+use crate::pool::{Pool, UpstreamProtocol};
+use crate::registry::{InboundTarget, Service, ServicePortInfo};
 use crate::tls::{ClientAuth, ServerOptions, TlsClient, TlsServer, alpn};
 
 /// How long to wait for a TCP connection to an upstream.
@@ -224,84 +225,6 @@ impl Snapshot {
 /// generation, the service, the endpoint and the protocol.
 pub type MeshKey = (u64, usize, u16, SocketAddr, UpstreamProtocol);
 
-/// The drain signal and the count of connections still open.
-#[derive(Debug, Clone)]
-pub struct Drain {
-    signal: watch::Receiver<bool>,
-    open: Arc<(AtomicUsize, Notify)>,
-}
-
-/// Held by each connection task; the count drops when it does.
-#[derive(Debug)]
-pub struct ConnGuard {
-    open: Arc<(AtomicUsize, Notify)>,
-    gauge: Arc<crate::metrics::Gauges>,
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.gauge.connections.fetch_sub(1, Ordering::Relaxed);
-        if self.open.0.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.open.1.notify_waiters();
-        }
-    }
-}
-
-impl Drain {
-    /// A drain signal and its trigger.
-    pub fn new() -> (watch::Sender<bool>, Self) {
-        let (tx, rx) = watch::channel(false);
-        (
-            tx,
-            Self {
-                signal: rx,
-                open: Arc::new((AtomicUsize::new(0), Notify::new())),
-            },
-        )
-    }
-
-    /// Whether draining has begun.
-    pub fn draining(&self) -> bool {
-        *self.signal.borrow()
-    }
-
-    /// Resolves when draining begins.
-    pub async fn started(&self) {
-        let mut rx = self.signal.clone();
-        // An error means the sender is gone: the process is stopping anyway.
-        let _ = rx.wait_for(|d| *d).await;
-    }
-
-    /// Counts a connection until the guard drops.
-    pub fn guard(&self, gauges: &Arc<crate::metrics::Gauges>) -> ConnGuard {
-        self.open.0.fetch_add(1, Ordering::AcqRel);
-        gauges.connections.fetch_add(1, Ordering::Relaxed);
-        ConnGuard {
-            open: self.open.clone(),
-            gauge: gauges.clone(),
-        }
-    }
-
-    /// Connections still open.
-    pub fn open(&self) -> usize {
-        self.open.0.load(Ordering::Acquire)
-    }
-
-    /// Waits until no connection is open, or `grace` passes; returns those left.
-    pub async fn wait_idle(&self, grace: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + grace;
-        loop {
-            let notified = self.open.1.notified();
-            if self.open() == 0 {
-                return 0;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.open();
-            }
-        }
-    }
-}
-
 /// Everything the listeners share.
 #[derive(Debug)]
 pub struct Context {
@@ -323,6 +246,12 @@ pub struct Context {
     pub metrics: Metrics,
     /// Drain.
     pub drain: Drain,
+    /// Downstream limits and timeouts.
+    pub limits: Limits,
+    /// One permit per downstream connection allowed ([`Limits::max_connections`]).
+    pub connection_permits: Arc<Semaphore>,
+    /// Accept HTTP/1.0 requests (Istio's `HTTP10` proxy metadata); 426 otherwise.
+    pub accept_http10: bool,
     /// Round-robin position over endpoints.
     next_endpoint: AtomicU64,
     /// The address the listeners are bound to (the workload's).
@@ -336,6 +265,7 @@ impl Context {
         identity: IdentityWatch,
         drain: Drain,
         local_ip: IpAddr,
+        limits: Limits,
     ) -> Self {
         let tls_client = TlsClient::new(identity.clone(), alpn(ALPN_H1));
         let server = |client_auth| {
@@ -357,6 +287,9 @@ impl Context {
             mesh_pool: Pool::default(),
             metrics: Metrics::new(),
             drain,
+            connection_permits: connection_permits(&limits),
+            limits,
+            accept_http10: false,
             next_endpoint: AtomicU64::new(0),
             identity,
             local_ip,
@@ -403,9 +336,4 @@ impl Context {
         stream.set_nodelay(true)?;
         Ok(stream)
     }
-}
-
-/// Whether a port protocol is spoken as HTTP/2 upstream regardless of the downstream.
-pub fn forces_h2(p: PortProtocol) -> bool {
-    matches!(p, PortProtocol::Http2 | PortProtocol::Grpc)
 }

@@ -10,11 +10,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
@@ -23,17 +23,17 @@ use warden_policy::authz::{Decision, Protocol, Request as PolicyRequest};
 use warden_policy::request_authn::Outcome as JwtOutcome;
 use warden_policy::resources::MtlsMode;
 
-use crate::context::{Context, Snapshot, forces_h2, service_key};
-use crate::http::{
-    self as h, Body, UpstreamError, UpstreamProtocol, authority_of, is_grpc, is_upgrade,
-    local_reply, split_host_port,
+use crate::context::{Context, Snapshot, service_key};
+use crate::http::{self as h, Body, local_reply, split_host_port};
+use crate::listener::{
+    Activity, Ended, Rewind, Watched, accept_loop, copy_both, drive_http, sniff_version,
 };
 use crate::metrics::{ConnLabels, Outcome, Reporter, ServiceLabels, TcpLabels};
+use crate::pipeline::{self, Exchange, Reply, Xfcc};
+use crate::pool::{UpstreamError, UpstreamProtocol};
 use crate::registry::{InboundTarget, PortProtocol, parse_sni};
 use crate::tls::{VerifyError, peer_spiffe_id};
-
-/// How long a new connection may take to send its first byte (TLS hello or request).
-const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::traffic_policy::upstream_protocol;
 
 /// What is known of a downstream connection once TLS (if any) is done.
 #[derive(Debug)]
@@ -44,6 +44,8 @@ struct Conn {
     local: SocketAddr,
     /// Verified SPIFFE ID, `spiffe://...`.
     principal: Option<String>,
+    /// TLS (mutual or not).
+    tls: bool,
     /// SNI.
     sni: Option<String>,
     /// The target from the SNI.
@@ -125,40 +127,6 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener) {
     .await;
 }
 
-/// Accepts connections on `listener` until draining starts, running `handle` on each
-/// in a task of its own that counts as open for the drain.
-pub(crate) async fn accept_loop<F, Fut>(
-    ctx: Arc<Context>,
-    listener: TcpListener,
-    what: &'static str,
-    handle: F,
-) where
-    F: Fn(Arc<Context>, TcpStream, SocketAddr) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            () = ctx.drain.started() => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let guard = ctx.drain.guard(&ctx.metrics.gauges);
-                let task = handle(ctx.clone(), stream, peer);
-                tokio::spawn(async move {
-                    task.await;
-                    drop(guard);
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors and similar: back off instead of spinning.
-                tracing::warn!(listener = what, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
 async fn handle(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let local = match stream.local_addr() {
@@ -166,7 +134,8 @@ async fn handle(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         Err(_) => return,
     };
     let mut first = [0u8; 1];
-    let n = match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first)).await {
+    let n = match tokio::time::timeout(ctx.limits.handshake_timeout, stream.peek(&mut first)).await
+    {
         Ok(Ok(n)) => n,
         _ => return,
     };
@@ -186,8 +155,9 @@ fn target_from_sni(snap: &Snapshot, sni: &str) -> Option<InboundTarget> {
 
 async fn handle_tls(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, local: SocketAddr) {
     let snap = ctx.snapshot.load_full();
-    let start = match tokio::time::timeout(
-        FIRST_BYTE_TIMEOUT,
+    let deadline = tokio::time::Instant::now() + ctx.limits.handshake_timeout;
+    let start = match tokio::time::timeout_at(
+        deadline,
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream),
     )
     .await
@@ -197,7 +167,10 @@ async fn handle_tls(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, loc
             tracing::debug!(%peer, error = %e, "inbound: not a TLS client hello");
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "inbound: TLS handshake timed out");
+            return;
+        }
     };
     let hello = start.client_hello();
     let sni = hello.server_name().map(str::to_owned);
@@ -227,13 +200,17 @@ async fn handle_tls(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, loc
         &ctx.tls_permissive
     };
     let config = server.config_for(&hello);
-    let tls = match start.into_stream(config).await {
-        Ok(t) => t,
-        Err(e) => {
+    let tls = match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
             match VerifyError::from_io(&e) {
                 Some(why) => tracing::info!(%peer, error = %why, "inbound mTLS handshake refused"),
                 None => tracing::debug!(%peer, error = %e, "inbound TLS handshake failed"),
             }
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "inbound: TLS handshake timed out");
             return;
         }
     };
@@ -252,6 +229,7 @@ async fn handle_tls(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, loc
         peer,
         local,
         principal,
+        tls: true,
         sni,
         target,
         xfcc,
@@ -283,6 +261,7 @@ async fn handle_plaintext(
         peer,
         local,
         principal: None,
+        tls: false,
         sni: None,
         target: snap.only_target.clone(),
         xfcc: None,
@@ -345,65 +324,45 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Serves HTTP on `io` (HTTP/2 or HTTP/1.1 as ALPN said, else detected), with graceful
-/// shutdown when draining starts.
+/// Serves HTTP on `io` (HTTP/2 or HTTP/1.1 as ALPN said, else detected) within the
+/// downstream limits, until it ends, drains or times out.
 async fn http<IO>(ctx: &Arc<Context>, conn: Arc<Conn>, io: IO, version: Option<Version>)
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let (version, io) = match version {
+        Some(v) => (v, Rewind::new(io)),
+        None => match sniff_version(io, ctx.limits.request_headers_timeout).await {
+            Some(found) => found,
+            None => return,
+        },
+    };
+    let activity = Activity::new(version != Version::HTTP_2);
+    let peer = conn.peer;
     let svc = {
         let ctx = ctx.clone();
+        let activity = activity.clone();
         hyper::service::service_fn(move |req| {
             let ctx = ctx.clone();
             let conn = conn.clone();
-            async move { request(&ctx, &conn, req).await }
+            let active = activity.begin();
+            async move {
+                let mut resp = request(&ctx, &conn, req).await?;
+                resp.body_mut().hold(active);
+                Ok::<_, PlaintextRefused>(resp)
+            }
         })
     };
-    let io = TokioIo::new(io);
-    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match version {
-        Some(Version::HTTP_2) => {
-            let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(io, svc);
-            serve_until_drained(ctx, c, |c| c.graceful_shutdown())
-                .await
-                .map_err(Into::into)
+    let io = TokioIo::new(Watched::new(io, activity.clone()));
+    match drive_http(ctx, io, svc, Some(version), &activity).await {
+        Ended::Finished(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "inbound HTTP connection ended")
         }
-        Some(_) => {
-            let c = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .with_upgrades();
-            serve_until_drained(ctx, c, |c| c.graceful_shutdown())
-                .await
-                .map_err(Into::into)
+        Ended::HeaderTimeout => {
+            tracing::info!(%peer, timeout = ?ctx.limits.request_headers_timeout, "inbound connection closed: the request headers did not arrive in time")
         }
-        None => {
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let c = builder.serve_connection_with_upgrades(io, svc);
-            serve_until_drained(ctx, c, |c| c.graceful_shutdown()).await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "inbound HTTP connection ended");
+        Ended::Finished(Ok(())) => {}
     }
-}
-
-/// Drives a hyper connection; when draining starts, asks it to finish gracefully
-/// (HTTP/1.1: close after the response in flight; HTTP/2: GOAWAY) and keeps driving it.
-pub(crate) async fn serve_until_drained<C, E>(
-    ctx: &Context,
-    conn: C,
-    shutdown: impl FnOnce(std::pin::Pin<&mut C>),
-) -> Result<(), E>
-where
-    C: std::future::Future<Output = Result<(), E>>,
-{
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => return r,
-        () = ctx.drain.started() => {}
-    }
-    shutdown(conn.as_mut());
-    conn.await
 }
 
 /// A request refused by PeerAuthentication: closes the connection.
@@ -411,106 +370,184 @@ where
 #[error("plaintext refused: PeerAuthentication requires mutual TLS")]
 struct PlaintextRefused;
 
-fn resolve_target(snap: &Snapshot, conn: &Conn, host: &str) -> Option<InboundTarget> {
-    if let Some(t) = &conn.target {
-        return Some(t.clone());
-    }
-    let (name, port) = split_host_port(host, 80)?;
-    snap.mesh
-        .registry
-        .inbound_target(&snap.mesh.local, name, port)
-        .or_else(|| snap.only_target.clone())
+/// How the inbound pipeline stops early: a local reply, or closing the connection.
+enum Stop {
+    Reply(Reply),
+    Close,
 }
 
+impl From<Reply> for Stop {
+    fn from(r: Reply) -> Self {
+        Self::Reply(r)
+    }
+}
+
+/// One inbound request through the pipeline (see [`crate::pipeline`]), counted in the
+/// metrics whatever its outcome.
 async fn request(
     ctx: &Context,
     conn: &Conn,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<Body>, PlaintextRefused> {
     let started = Instant::now();
     let snap = ctx.snapshot.load_full();
-    let mesh = &snap.mesh;
-    let local = &mesh.local;
-    let grpc = is_grpc(req.headers());
-    let host = authority_of(&req).unwrap_or_default().to_string();
-    let target = resolve_target(&snap, conn, &host);
-    let labels = conn.labels(&snap, target.as_ref());
-    let finish = |resp: Response<Body>, flags: &'static str| {
-        ctx.metrics.response(&labels, grpc, &resp, flags, started);
-        resp
+    let mut ex = Exchange::new(req);
+    let grpc = ex.grpc;
+    let mut target = None;
+    let result = match stages(ctx, conn, &snap, &mut ex, &mut target) {
+        Ok(()) => forward(ctx, conn, &snap, ex, target.as_ref()).await,
+        Err(stop) => Err(stop),
     };
-    let Some(target) = target else {
-        return Ok(finish(
-            h::error_reply(
-                grpc,
+    let labels = conn.labels(&snap, target.as_ref());
+    let (resp, flags) = match result {
+        Ok(resp) => (resp, "-"),
+        Err(Stop::Reply(r)) => (*r.resp, r.flags),
+        Err(Stop::Close) => return Err(PlaintextRefused),
+    };
+    ctx.metrics.response(&labels, grpc, &resp, flags, started);
+    Ok(resp)
+}
+
+/// The stages before forwarding, in Envoy's order, each on `ex` itself.
+fn stages(
+    ctx: &Context,
+    conn: &Conn,
+    snap: &Snapshot,
+    ex: &mut Exchange,
+    target: &mut Option<InboundTarget>,
+) -> Result<(), Stop> {
+    pipeline::validate(ex, &ctx.limits, ctx.accept_http10)?;
+    pipeline::normalize_path(ex, snap.mesh.settings.path_normalization)?;
+    let xfcc = conn.xfcc.as_ref().map_or(Xfcc::Remove, Xfcc::Append);
+    pipeline::sanitize(ex, conn.tls, xfcc)?;
+    let t = route(snap, conn, ex)?;
+    let t = target.insert(t);
+    if conn.principal.is_none() && snap.mode(t.app_port) == MtlsMode::Strict {
+        refuse_plaintext(snap, conn.peer, Some(t.app_port));
+        return Err(Stop::Close);
+    }
+    authenticate(conn, snap, ex)?;
+    authorize(ctx, conn, snap, ex, t)?;
+    Ok(())
+}
+
+/// Which service port of this workload the request is for: the connection's (from
+/// the SNI, or the workload's only one), else the authority's.
+fn route(snap: &Snapshot, conn: &Conn, ex: &Exchange) -> Result<InboundTarget, Reply> {
+    if let Some(t) = &conn.target {
+        return Ok(t.clone());
+    }
+    let found = split_host_port(&ex.authority, 80).and_then(|(name, port)| {
+        snap.mesh
+            .registry
+            .inbound_target(&snap.mesh.local, name, port)
+    });
+    found.or_else(|| snap.only_target.clone()).ok_or_else(|| {
+        let local = &snap.mesh.local;
+        Reply {
+            flags: "NR",
+            ..ex.reply(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "warden: workload {}/{} serves no service port for host {host:?}",
-                    local.namespace, local.name
+                    "warden: workload {}/{} serves no service port for host {:?}",
+                    local.namespace, local.name, ex.authority
                 ),
-            ),
-            "NR",
-        ));
-    };
-    if conn.principal.is_none() && snap.mode(target.app_port) == MtlsMode::Strict {
-        refuse_plaintext(&snap, conn.peer, Some(target.app_port));
-        return Err(PlaintextRefused);
-    }
+            )
+        }
+    })
+}
 
-    // RequestAuthentication, then AuthorizationPolicy, on the engine's view.
-    let mut http_req = h::policy_request(&req, &host);
-    let mut jwt = None;
-    if snap.jwt_applies {
-        match mesh
-            .request_authn
-            .authenticate(&local.policy, &http_req, SystemTime::now())
-        {
-            JwtOutcome::NoToken { edits } => {
-                warden_policy::request_authn::apply_edits(&edits, &mut http_req);
-                h::apply_jwt_edits(&mut req, &edits);
-            }
-            JwtOutcome::Authenticated(a) => {
-                warden_policy::request_authn::apply_edits(&a.edits, &mut http_req);
-                h::apply_jwt_edits(&mut req, &a.edits);
-                jwt = Some(a.claims);
-            }
-            JwtOutcome::Rejected(r) => {
-                tracing::info!(
-                    source_principal = conn.principal.as_deref().unwrap_or(""),
-                    destination = %host,
-                    method = %req.method(),
-                    path = %req.uri().path(),
-                    reason = %r.reason(),
-                    status = r.status,
-                    "request authentication refused"
-                );
-                let resp = jwt_reply(grpc, r.status, &host, req.uri().path());
-                return Ok(finish(resp, "UAEX"));
-            }
+/// RequestAuthentication (Envoy's `jwt_authn`): a bad token ends the request; a good
+/// one leaves its claims; the header edits are made on the request itself.
+fn authenticate(conn: &Conn, snap: &Snapshot, ex: &mut Exchange) -> Result<(), Reply> {
+    if !snap.jwt_applies {
+        return Ok(());
+    }
+    let mesh = &snap.mesh;
+    let view = h::policy_request(&ex.req, &ex.authority, None);
+    match mesh
+        .request_authn
+        .authenticate(&mesh.local.policy, &view, SystemTime::now())
+    {
+        JwtOutcome::NoToken { edits } => h::apply_jwt_edits(&mut ex.req, &edits),
+        JwtOutcome::Authenticated(a) => {
+            h::apply_jwt_edits(&mut ex.req, &a.edits);
+            ex.jwt = Some(a.claims);
+        }
+        JwtOutcome::Rejected(r) => {
+            tracing::info!(
+                source_principal = conn.principal.as_deref().unwrap_or(""),
+                destination = %ex.authority,
+                method = %ex.req.method(),
+                path = %ex.req.uri().path(),
+                reason = %r.reason(),
+                status = r.status,
+                "request authentication refused"
+            );
+            let resp = jwt_reply(ex.grpc, r.status, &ex.authority, ex.req.uri().path());
+            return Err(Reply {
+                resp: Box::new(resp),
+                flags: "UAEX",
+            });
         }
     }
-    let policy_req = conn.policy_request(target.app_port, Some(http_req), jwt);
-    let decision = mesh.authz.evaluate(&local.policy, &policy_req);
-    if !record_decision(ctx, &decision, &policy_req, target.service.host(), false) {
-        return Ok(finish(h::denied(grpc), "-"));
-    }
+    Ok(())
+}
 
-    // Forward to the app.
-    let upgrade = is_upgrade(&req);
-    h::strip_hop_by_hop(req.headers_mut(), upgrade);
-    set_xfcc(&mut req, conn);
-    let app = SocketAddr::new(local_app_ip(ctx, conn), target.app_port);
-    if upgrade {
-        return Ok(finish(forward_upgrade(req, app).await, "-"));
-    }
-    let protocol = if req.version() == Version::HTTP_2 || forces_h2(target.protocol) {
-        UpstreamProtocol::Http2
+/// AuthorizationPolicy (Envoy's RBAC) on the request as it stands: the path normalized
+/// above, the headers after every edit, exactly what [`forward`] sends.
+fn authorize(
+    ctx: &Context,
+    conn: &Conn,
+    snap: &Snapshot,
+    ex: &mut Exchange,
+    target: &InboundTarget,
+) -> Result<(), Reply> {
+    let mesh = &snap.mesh;
+    let view = h::policy_request(&ex.req, &ex.authority, Some(mesh.authz.header_names()));
+    let policy_req = conn.policy_request(target.app_port, Some(view), ex.jwt.take());
+    let decision = mesh.authz.evaluate(&mesh.local.policy, &policy_req);
+    if record_decision(ctx, &decision, &policy_req, target.service.host(), false) {
+        Ok(())
     } else {
-        UpstreamProtocol::Http1
-    };
-    if protocol == UpstreamProtocol::Http2 && req.uri().scheme().is_none() {
-        absolute_uri(&mut req, "http", &host);
+        Err(Reply {
+            resp: Box::new(h::denied(ex.grpc)),
+            flags: "-",
+        })
     }
+}
+
+/// Sends the request to the app, in the HTTP version its port is declared with.
+async fn forward(
+    ctx: &Context,
+    conn: &Conn,
+    snap: &Snapshot,
+    mut ex: Exchange,
+    target: Option<&InboundTarget>,
+) -> Result<Response<Body>, Stop> {
+    let Some(target) = target else {
+        return Err(Stop::Close);
+    };
+    let app = SocketAddr::new(local_app_ip(ctx, conn), target.app_port);
+    if ex.websocket {
+        return Ok(forward_websocket(ctx, ex, app).await?);
+    }
+    let mesh = &snap.mesh;
+    let pool = mesh.destination_rules.http_pool(
+        &mesh.local.namespace,
+        &mesh.local.labels,
+        &target.service,
+        target.service_port,
+    );
+    let protocol = upstream_protocol(
+        target.protocol,
+        pool,
+        mesh.settings.h2_upgrade_policy,
+        ex.downstream == Version::HTTP_2,
+        true,
+    );
+    pipeline::shape_upstream(&mut ex, protocol);
+    let (req, ex) = ex.send_off();
     let result = ctx
         .app_pool
         .send((target.app_port, protocol), protocol, req, || async move {
@@ -520,7 +557,7 @@ async fn request(
         })
         .await;
     match result {
-        Ok(resp) => Ok(finish(resp.map(Body::Left), "-")),
+        Ok(resp) => Ok(pipeline::sanitize_response(&ex, resp)?),
         Err(e) => {
             tracing::warn!(%app, error = %e, "inbound: the app did not answer");
             let flags = if matches!(e, UpstreamError::Connect(_)) {
@@ -528,16 +565,15 @@ async fn request(
             } else {
                 "UC"
             };
-            Ok(finish(
-                h::error_reply(
-                    grpc,
+            Err(Stop::Reply(Reply {
+                flags,
+                ..ex.reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
                         "upstream connect error or disconnect/reset before headers: app at {app}: {e}"
                     ),
-                ),
-                flags,
-            ))
+                )
+            }))
         }
     }
 }
@@ -548,14 +584,6 @@ fn local_app_ip(ctx: &Context, conn: &Conn) -> IpAddr {
         ctx.local_ip
     } else {
         conn.local.ip()
-    }
-}
-
-/// Makes the URI absolute (HTTP/2 needs `:scheme` and `:authority`).
-pub(crate) fn absolute_uri<B>(req: &mut Request<B>, scheme: &str, authority: &str) {
-    let pq = h::path_and_query(req.uri());
-    if let Ok(uri) = format!("{scheme}://{authority}{pq}").parse() {
-        *req.uri_mut() = uri;
     }
 }
 
@@ -584,55 +612,39 @@ fn jwt_reply(grpc: bool, status: u16, host: &str, path: &str) -> Response<Body> 
     resp
 }
 
-/// Sets `x-forwarded-client-cert` for the app: the element of this connection appended
-/// to any the peer proxy forwarded (Istio's `APPEND_FORWARD`). A plaintext request's
-/// header is removed: with no certificate behind it, it could only be forged.
-fn set_xfcc<B>(req: &mut Request<B>, conn: &Conn) {
-    const XFCC: &str = "x-forwarded-client-cert";
-    let Some(mine) = &conn.xfcc else {
-        req.headers_mut().remove(XFCC);
-        return;
-    };
-    let prev = req
-        .headers()
-        .get(XFCC)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty());
-    match prev {
-        Some(prev) => {
-            let value = format!("{prev},{}", mine.to_str().unwrap_or_default());
-            h::set_header(req.headers_mut(), XFCC, &value);
-        }
-        None => {
-            req.headers_mut()
-                .insert(http::header::HeaderName::from_static(XFCC), mine.clone());
-        }
-    }
-}
-
-async fn forward_upgrade(mut req: Request<Incoming>, app: SocketAddr) -> Response<Body> {
-    let downstream = hyper::upgrade::on(&mut req);
-    let stream = match TcpStream::connect(app).await {
-        Ok(s) => s,
-        Err(e) => {
-            return local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("upstream connect error: app at {app}: {e}"),
-            );
-        }
-    };
+/// A WebSocket upgrade: its own connection to the app; on `101` the two upgraded
+/// connections are spliced (with the idle timeout), on anything else the answer goes
+/// back as [`pipeline::sanitize_response`] says.
+async fn forward_websocket(
+    ctx: &Context,
+    mut ex: Exchange,
+    app: SocketAddr,
+) -> Result<Response<Body>, Reply> {
+    pipeline::shape_upstream(&mut ex, UpstreamProtocol::Http1);
+    let downstream = hyper::upgrade::on(&mut ex.req);
+    let stream = TcpStream::connect(app).await.map_err(|e| Reply {
+        flags: "UF",
+        ..ex.reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("upstream connect error: app at {app}: {e}"),
+        )
+    })?;
+    let (req, ex) = ex.send_off();
     match h::send_upgrade(stream, req).await {
         Ok(mut resp) => {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let upstream = hyper::upgrade::on(&mut resp);
-                h::splice_upgrade(downstream, upstream);
+                h::splice_upgrade(downstream, upstream, ctx.limits.idle_timeout);
             }
-            resp.map(Body::Left)
+            pipeline::sanitize_response(&ex, resp)
         }
-        Err(e) => local_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("upstream connect error: app at {app}: {e}"),
-        ),
+        Err(e) => Err(Reply {
+            flags: "UC",
+            ..ex.reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream connect error: app at {app}: {e}"),
+            )
+        }),
     }
 }
 
@@ -734,19 +746,8 @@ where
         }
     };
     let _ = upstream.set_nodelay(true);
-    let (received, sent) = copy_both(ctx, &mut io, &mut upstream).await;
+    let (received, sent) = copy_both(&mut io, &mut upstream, ctx.limits.idle_timeout).await;
     ctx.metrics.tcp_close(&labels, sent, received);
-}
-
-/// Copies both ways until both sides close; returns (downstream→upstream,
-/// upstream→downstream) byte counts. Draining does not cut a tunnel: the grace period
-/// bounds it.
-pub(crate) async fn copy_both<A, B>(_ctx: &Context, a: &mut A, b: &mut B) -> (u64, u64)
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    tokio::io::copy_bidirectional(a, b).await.unwrap_or((0, 0))
 }
 
 #[cfg(test)]

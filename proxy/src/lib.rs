@@ -10,13 +10,20 @@
 //!   streams this workload's SVID and `ROOTCA` and keeps the last good material.
 //! - [`tls`]: SPIFFE mutual TLS with rustls (ring only), secure naming, rotation for
 //!   new handshakes without touching live connections.
+//! - [`pipeline`]: the HTTP request path as one pipeline of stages over the request
+//!   itself (validate, normalize the path, sanitize headers, then the side's own
+//!   stages, then forward): what was authorized is what is forwarded.
 //! - [`inbound`] (port 15006): STRICT/PERMISSIVE per port (TLS told from plaintext by
-//!   the first byte), then per request the JWT filter and the RBAC decision, then the
-//!   app; HTTP/1.1, HTTP/2, gRPC, WebSocket and opaque TCP.
+//!   the first byte), then per request the pipeline with the JWT filter and the RBAC
+//!   decision, then the app; HTTP/1.1, HTTP/2, gRPC, WebSocket and opaque TCP.
 //! - [`outbound`] (port 15001): an HTTP proxy (absolute form or `Host`) and a TCP
 //!   listener per TCP service port, each sending mutual TLS with Istio's SNI to an
 //!   endpoint of the resolved service and refusing a server with the wrong identity.
-//! - [`http`]: local replies in Envoy's words, hop-by-hop headers, the upstream pool.
+//! - [`traffic_policy`]: the HTTP version toward each destination (declared port
+//!   protocol, DestinationRule `h2UpgradePolicy`/`useClientProtocol`, MeshConfig).
+//! - [`listener`]: accepting within the connection limit, the header, idle and
+//!   handshake timeouts, tunnels, the drain; [`pool`]: upstream connections;
+//!   [`http`]: the response body and local replies in Envoy's words.
 //! - [`metrics`]: Istio's standard metrics with Istio's labels, and Warden's own.
 //! - [`context`] and [`run`]: the shared state, the admin endpoints (`/ready` on
 //!   15021, `/stats/prometheus` on 15020) and the SIGTERM drain.
@@ -26,12 +33,16 @@ pub mod context;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod listener;
 pub mod metrics;
 pub mod outbound;
+pub mod pipeline;
+pub mod pool;
 pub mod registry;
 pub mod run;
 pub mod sds;
 pub mod tls;
+pub mod traffic_policy;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

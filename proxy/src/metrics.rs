@@ -353,6 +353,12 @@ pub struct Gauges {
     pub svid_expiry: AtomicU64,
     /// Downstream connections open.
     pub connections: AtomicU64,
+    /// Downstream connections closed at accept: the connection limit was reached.
+    pub overflow: AtomicU64,
+    /// Downstream connections closed because a request head took too long.
+    pub header_timeouts: AtomicU64,
+    /// Downstream connections closed for being idle.
+    pub idle_timeouts: AtomicU64,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -373,6 +379,9 @@ pub struct Metrics {
     config_rejected: Counter,
     svid_expiry: Gauge,
     connections: Gauge,
+    overflow: Counter,
+    header_timeouts: Counter,
+    idle_timeouts: Counter,
     /// Scrape-time sources.
     pub gauges: Arc<Gauges>,
 }
@@ -459,6 +468,24 @@ impl Metrics {
             "Downstream connections open",
             connections.clone(),
         );
+        let overflow = Counter::default();
+        let header_timeouts = Counter::default();
+        let idle_timeouts = Counter::default();
+        registry.register(
+            "warden_downstream_connections_overflow",
+            "Downstream connections closed at accept because --max-connections were open",
+            overflow.clone(),
+        );
+        registry.register(
+            "warden_downstream_request_headers_timeouts",
+            "Downstream connections closed because a request head took longer than --request-headers-timeout",
+            header_timeouts.clone(),
+        );
+        registry.register(
+            "warden_downstream_idle_timeouts",
+            "Downstream connections closed after --idle-timeout with no request in flight",
+            idle_timeouts.clone(),
+        );
         Self {
             registry,
             requests,
@@ -473,6 +500,9 @@ impl Metrics {
             config_rejected,
             svid_expiry,
             connections,
+            overflow,
+            header_timeouts,
+            idle_timeouts,
             gauges: Arc::new(Gauges::default()),
         }
     }
@@ -540,6 +570,9 @@ impl Metrics {
         for (counter, source) in [
             (&self.config_applied, &g.config_applied),
             (&self.config_rejected, &g.config_rejected),
+            (&self.overflow, &g.overflow),
+            (&self.header_timeouts, &g.header_timeouts),
+            (&self.idle_timeouts, &g.idle_timeouts),
         ] {
             let now = source.load(Ordering::Relaxed);
             counter.inc_by(now.saturating_sub(counter.get()));

@@ -12,20 +12,22 @@ use std::time::Instant;
 
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::context::{Context, Snapshot, forces_h2, service_key};
-use crate::http::{
-    self as h, Body, UpstreamError, UpstreamProtocol, authority_of, is_grpc, is_upgrade,
-    split_host_port,
+use crate::context::{Context, Snapshot, service_key};
+use crate::http::{self as h, Body, split_host_port};
+use crate::listener::{
+    Activity, Ended, Watched, accept_loop, copy_both, drive_http, sniff_version,
 };
-use crate::inbound::{absolute_uri, accept_loop, copy_both, serve_until_drained};
-use crate::metrics::{ConnLabels, TcpLabels};
+use crate::metrics::TcpLabels;
+use crate::pipeline::{self, Exchange, Reply, Xfcc};
+use crate::pool::{UpstreamError, UpstreamProtocol};
 use crate::registry::{Endpoint, Service, ServicePortInfo};
 use crate::tls::{TlsClient, VerifyError};
+use crate::traffic_policy::upstream_protocol;
 
 /// The SNI Istio's sidecars send to a service port: its outbound cluster name.
 pub fn sni_for(host: &str, port: u16) -> String {
@@ -42,17 +44,31 @@ pub async fn serve_http(ctx: Arc<Context>, listener: TcpListener) {
 }
 
 async fn http_conn(ctx: &Arc<Context>, stream: TcpStream) {
+    let Some((version, io)) = sniff_version(stream, ctx.limits.request_headers_timeout).await
+    else {
+        return;
+    };
+    let activity = Activity::new(version != Version::HTTP_2);
     let svc = {
         let ctx = ctx.clone();
+        let activity = activity.clone();
         hyper::service::service_fn(move |req| {
             let ctx = ctx.clone();
-            async move { Ok::<_, std::convert::Infallible>(request(&ctx, req).await) }
+            let active = activity.begin();
+            async move {
+                let mut resp = request(&ctx, req).await;
+                resp.body_mut().hold(active);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
         })
     };
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-    if let Err(e) = serve_until_drained(ctx, conn, |c| c.graceful_shutdown()).await {
-        tracing::debug!(error = %e, "outbound HTTP connection ended");
+    let io = TokioIo::new(Watched::new(io, activity.clone()));
+    match drive_http(ctx, io, svc, Some(version), &activity).await {
+        Ended::Finished(Err(e)) => tracing::debug!(error = %e, "outbound HTTP connection ended"),
+        Ended::HeaderTimeout => {
+            tracing::info!(timeout = ?ctx.limits.request_headers_timeout, "outbound connection closed: the request headers did not arrive in time")
+        }
+        Ended::Finished(Ok(())) => {}
     }
 }
 
@@ -162,92 +178,78 @@ fn connect_error(route: &Route<'_>, e: &std::io::Error) -> String {
     }
 }
 
-async fn request(ctx: &Context, mut req: Request<Incoming>) -> Response<Body> {
+/// One outbound request through the pipeline (see [`crate::pipeline`]): validated,
+/// normalized and sanitized as on the inbound side, then routed and sent over mutual
+/// TLS in the HTTP version the destination is configured for.
+async fn request(ctx: &Context, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let snap = ctx.snapshot.load_full();
-    let grpc = is_grpc(req.headers());
-    let authority = authority_of(&req).unwrap_or_default().to_string();
+    let mut ex = Exchange::new(req);
+    let grpc = ex.grpc;
     // Until the request is routed, it is counted as to an unknown destination.
-    let labels = snap.unknown_outbound.clone();
-    let finish = |labels: Arc<ConnLabels>, resp: Response<Body>, flags: &'static str| {
-        ctx.metrics.response(&labels, grpc, &resp, flags, started);
-        resp
-    };
-    if req.method() == http::Method::CONNECT {
-        return finish(
-            labels,
-            h::local_reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "warden: CONNECT is not supported: send plain HTTP to the proxy (HTTP_PROXY), not HTTPS_PROXY tunnels",
-            ),
-            "-",
-        );
-    }
-    if authority.is_empty() {
-        return finish(
-            labels,
-            h::local_reply(
-                StatusCode::BAD_REQUEST,
-                "warden: the request names no host (absolute-form URI or Host header)",
-            ),
-            "-",
-        );
-    }
-    let route = match route(ctx, &snap, &authority) {
-        Ok(r) => r,
-        Err((status, flags, body)) => {
-            tracing::info!(authority = %authority, %status, reason = %body, "outbound request refused");
-            return finish(labels, h::error_reply(grpc, status, body), flags);
+    let mut labels = snap.unknown_outbound.clone();
+    let result = match stages(ctx, &snap, &mut ex) {
+        Ok(route) => {
+            labels = snap.outbound_labels(route.service, route.index);
+            forward(ctx, &snap, ex, &route).await
         }
+        Err(r) => Err(r),
     };
-    let labels = snap.outbound_labels(route.service, route.index);
+    let (resp, flags) = match result {
+        Ok(resp) => (resp, "-"),
+        Err(r) => (*r.resp, r.flags),
+    };
+    ctx.metrics.response(&labels, grpc, &resp, flags, started);
+    resp
+}
 
+fn stages<'a>(ctx: &Context, snap: &'a Snapshot, ex: &mut Exchange) -> Result<Route<'a>, Reply> {
+    pipeline::validate(ex, &ctx.limits, ctx.accept_http10)?;
+    pipeline::normalize_path(ex, snap.mesh.settings.path_normalization)?;
     // The app's own XFCC means nothing to the peer: Envoy's outbound default
     // (SANITIZE) removes it.
-    req.headers_mut().remove("x-forwarded-client-cert");
-    let upgrade = is_upgrade(&req);
-    h::strip_hop_by_hop(req.headers_mut(), upgrade);
-    if !req.headers().contains_key(http::header::HOST) && req.version() != Version::HTTP_2 {
-        h::set_header(req.headers_mut(), "host", &authority);
+    pipeline::sanitize(ex, false, Xfcc::Remove)?;
+    if ex.authority.is_empty() {
+        return Err(ex.reply(
+            StatusCode::BAD_REQUEST,
+            "warden: the request names no host (absolute-form URI or Host header)",
+        ));
     }
-    if upgrade {
-        let resp = match connect_tls(ctx, &snap, &route, Some(UpstreamProtocol::Http1)).await {
-            Ok(tls) => {
-                let downstream = hyper::upgrade::on(&mut req);
-                let pq = h::path_and_query(req.uri()).to_string();
-                if let Ok(uri) = pq.parse() {
-                    *req.uri_mut() = uri;
-                }
-                match h::send_upgrade(tls, req).await {
-                    Ok(mut resp) => {
-                        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                            h::splice_upgrade(downstream, hyper::upgrade::on(&mut resp));
-                        }
-                        resp.map(Body::Left)
-                    }
-                    Err(e) => h::local_reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("upstream reset: {e}"),
-                    ),
-                }
-            }
-            Err(e) => {
-                let msg = connect_error(&route, &e);
-                tracing::warn!(error = %msg, "outbound connection failed");
-                h::local_reply(StatusCode::SERVICE_UNAVAILABLE, msg)
-            }
-        };
-        return finish(labels, resp, "-");
+    route(ctx, snap, &ex.authority).map_err(|(status, flags, body)| {
+        tracing::info!(authority = %ex.authority, %status, reason = %body, "outbound request refused");
+        Reply {
+            flags,
+            ..ex.reply(status, body)
+        }
+    })
+}
+
+/// Sends the request to the route's endpoint over mutual TLS.
+async fn forward(
+    ctx: &Context,
+    snap: &Snapshot,
+    mut ex: Exchange,
+    route: &Route<'_>,
+) -> Result<Response<Body>, Reply> {
+    if ex.websocket {
+        return forward_websocket(ctx, snap, ex, route).await;
     }
-    let protocol = if req.version() == Version::HTTP_2 || forces_h2(route.port.protocol) {
-        UpstreamProtocol::Http2
-    } else {
-        UpstreamProtocol::Http1
-    };
-    if protocol == UpstreamProtocol::Http2 {
-        req.headers_mut().remove(http::header::HOST);
-        absolute_uri(&mut req, "http", &authority);
-    }
+    let mesh = &snap.mesh;
+    let pool = mesh.destination_rules.http_pool(
+        &mesh.local.namespace,
+        &mesh.local.labels,
+        route.service,
+        route.port.number,
+    );
+    let protocol = upstream_protocol(
+        route.port.protocol,
+        pool,
+        mesh.settings.h2_upgrade_policy,
+        ex.downstream == Version::HTTP_2,
+        false,
+    );
+    pipeline::shape_upstream(&mut ex, protocol);
+    let (req, ex) = ex.send_off();
     let key = (
         snap.mesh.generation,
         service_key(route.service),
@@ -258,31 +260,73 @@ async fn request(ctx: &Context, mut req: Request<Incoming>) -> Response<Body> {
     let result = ctx
         .mesh_pool
         .send(key, protocol, req, || {
-            connect_tls(ctx, &snap, &route, Some(protocol))
+            connect_tls(ctx, snap, route, Some(protocol))
         })
         .await;
     match result {
-        Ok(resp) => finish(labels, resp.map(Body::Left), "-"),
+        Ok(resp) => pipeline::sanitize_response(&ex, resp),
         Err(UpstreamError::Connect(e)) => {
-            let msg = connect_error(&route, &e);
+            let msg = connect_error(route, &e);
             tracing::warn!(error = %msg, "outbound connection failed");
-            finish(
-                labels,
-                h::error_reply(grpc, StatusCode::SERVICE_UNAVAILABLE, msg),
-                "UF",
-            )
+            Err(Reply {
+                flags: "UF",
+                ..ex.reply(StatusCode::SERVICE_UNAVAILABLE, msg)
+            })
         }
         Err(e) => {
-            let msg = format!(
-                "upstream connect error or disconnect/reset before headers. reset reason: {e}"
-            );
             tracing::warn!(host = %route.host, error = %e, "outbound request failed");
-            finish(
-                labels,
-                h::error_reply(grpc, StatusCode::SERVICE_UNAVAILABLE, msg),
-                "UC",
-            )
+            Err(Reply {
+                flags: "UC",
+                ..ex.reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "upstream connect error or disconnect/reset before headers. reset reason: {e}"
+                    ),
+                )
+            })
         }
+    }
+}
+
+/// A WebSocket upgrade over a mutual TLS connection of its own; spliced on `101`.
+async fn forward_websocket(
+    ctx: &Context,
+    snap: &Snapshot,
+    mut ex: Exchange,
+    route: &Route<'_>,
+) -> Result<Response<Body>, Reply> {
+    let tls = match connect_tls(ctx, snap, route, Some(UpstreamProtocol::Http1)).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            let msg = connect_error(route, &e);
+            tracing::warn!(error = %msg, "outbound connection failed");
+            return Err(Reply {
+                flags: "UF",
+                ..ex.reply(StatusCode::SERVICE_UNAVAILABLE, msg)
+            });
+        }
+    };
+    pipeline::shape_upstream(&mut ex, UpstreamProtocol::Http1);
+    let downstream = hyper::upgrade::on(&mut ex.req);
+    let (req, ex) = ex.send_off();
+    match h::send_upgrade(tls, req).await {
+        Ok(mut resp) => {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                h::splice_upgrade(
+                    downstream,
+                    hyper::upgrade::on(&mut resp),
+                    ctx.limits.idle_timeout,
+                );
+            }
+            pipeline::sanitize_response(&ex, resp)
+        }
+        Err(e) => Err(Reply {
+            flags: "UC",
+            ..ex.reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream reset: {e}"),
+            )
+        }),
     }
 }
 
@@ -382,6 +426,6 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
             return;
         }
     };
-    let (sent, received) = copy_both(ctx, &mut stream, &mut tls).await;
+    let (sent, received) = copy_both(&mut stream, &mut tls, ctx.limits.idle_timeout).await;
     ctx.metrics.tcp_close(&labels, received, sent);
 }

@@ -244,6 +244,22 @@ pub struct Service {
 }
 
 impl Service {
+    /// A service with one host and no ports or endpoints, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(host: &str, namespace: &str) -> Self {
+        Self {
+            name: host.split('.').next().unwrap_or(host).to_string(),
+            namespace: namespace.to_string(),
+            hosts: vec![host.to_string()],
+            ports: Vec::new(),
+            endpoints: Vec::new(),
+            allowed_ids: AllowedIds::one_of([]),
+            mesh_internal: true,
+            resolution: Resolution::Static,
+            export_to: ExportTo::All,
+        }
+    }
+
     /// The first host, as Istio names a service in telemetry.
     pub fn host(&self) -> &str {
         self.hosts.first().map_or("", String::as_str)
@@ -751,7 +767,7 @@ fn lookup_key(host: &str) -> Cow<'_, str> {
 }
 
 /// The errors of one resource.
-struct Errors {
+pub(crate) struct Errors {
     kind: &'static str,
     name: String,
     origin: warden_policy::loader::Origin,
@@ -759,7 +775,7 @@ struct Errors {
 }
 
 impl Errors {
-    fn new<S>(kind: &'static str, l: &Loaded<S>) -> Self {
+    pub(crate) fn new<S>(kind: &'static str, l: &Loaded<S>) -> Self {
         Self {
             kind,
             name: format!("{}/{}", l.resource.namespace(), l.resource.metadata.name),
@@ -768,7 +784,11 @@ impl Errors {
         }
     }
 
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn into_list(self) -> Vec<CompileError> {
+        self.list
+    }
+
+    pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.list.push(CompileError {
             kind: self.kind,
             policy: self.name.clone(),

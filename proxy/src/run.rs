@@ -16,8 +16,9 @@ use warden_common::config::LogFormat;
 use warden_common::monitoring::{self, Answer, PROMETHEUS};
 use warden_common::process::ShutdownSignals;
 
-use crate::config::{ConfigOptions, ConfigStats, ConfigWatch, MeshConfig};
-use crate::context::{Context, Drain};
+use crate::config::{ConfigOptions, ConfigStats, ConfigWatch, MeshConfig, MeshSettings};
+use crate::context::Context;
+use crate::listener::{Drain, Limits};
 use crate::metrics::Gauges;
 use crate::outbound::TcpListeners;
 use crate::sds::{NodeInfo, Sds, SdsConfig};
@@ -66,9 +67,50 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    /// Istio MeshConfig YAML (the `mesh` key of the `istio` ConfigMap); Warden applies
+    /// `pathNormalization` and `h2UpgradePolicy` from it. Read at start.
+    #[arg(long, env = "WARDEN_MESH_CONFIG")]
+    pub mesh_config: Option<PathBuf>,
+    /// Open downstream connections, all listeners together; more are closed at once.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Bytes of request headers allowed (Envoy's max_request_headers_kb, 60 KiB);
+    /// more get 431.
+    #[arg(long, default_value_t = Limits::default().max_request_headers_bytes)]
+    pub max_request_headers_bytes: usize,
+    /// Request headers allowed (Envoy's max_headers_count); more get 431.
+    #[arg(long, default_value_t = Limits::default().max_request_headers)]
+    pub max_request_headers: usize,
+    /// Time a new connection has for its first byte and its TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Time an HTTP/1.1 request head has from its first byte to its end.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub request_headers_timeout: Duration,
+    /// A downstream connection with no request in flight (HTTP) or no bytes moving
+    /// (TCP, WebSocket) this long is closed (Envoy's idle_timeout).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Accept HTTP/1.0 requests (Istio's HTTP10 proxy metadata); 426 otherwise.
+    #[arg(long)]
+    pub accept_http10: bool,
 }
 
-/// `5s`, `500ms`, `1m`.
+impl RunArgs {
+    /// The downstream limits the flags set.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections.max(1),
+            handshake_timeout: self.handshake_timeout,
+            request_headers_timeout: self.request_headers_timeout,
+            idle_timeout: self.idle_timeout,
+            max_request_headers_bytes: self.max_request_headers_bytes,
+            max_request_headers: self.max_request_headers,
+        }
+    }
+}
+
+/// `5s`, `500ms`, `1m`, `1h`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
@@ -80,8 +122,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
         _ => Err(format!(
-            "{s:?} is not a duration: the unit must be ms, s or m"
+            "{s:?} is not a duration: the unit must be ms, s, m or h"
         )),
     }
 }
@@ -153,12 +196,30 @@ fn admin_handler(
 /// Runs the proxy until SIGTERM/SIGINT, then drains.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let signals = ShutdownSignals::install().context("cannot catch SIGTERM/SIGINT")?;
+    let settings = match &args.mesh_config {
+        Some(path) => {
+            let (settings, unused) = MeshSettings::load(path).map_err(|e| anyhow::anyhow!(e))?;
+            if !unused.is_empty() {
+                tracing::warn!(file = %path.display(), fields = ?unused, "mesh config fields Warden does not use are ignored");
+            }
+            settings
+        }
+        None => MeshSettings::default(),
+    };
+    tracing::info!(
+        path_normalization = %settings.path_normalization,
+        h2_upgrade_policy = ?settings.h2_upgrade_policy,
+        limits = ?args.limits(),
+        accept_http10 = args.accept_http10,
+        "mesh settings and downstream limits"
+    );
     let opts = ConfigOptions {
         dir: args.config_dir.clone(),
         root_namespace: args.root_namespace.clone(),
         trust_domain: args.trust_domain.clone(),
         workload: args.workload.clone(),
         namespace: args.namespace.clone(),
+        settings,
     };
     let (watch_handle, mut configs) = ConfigWatch::start(opts)
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -176,7 +237,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let sds = Sds::start(sds_config);
 
     let (drain_tx, drain) = Drain::new();
-    let ctx = Arc::new(Context::new(first, sds.identity(), drain, ip));
+    let mut context = Context::new(first, sds.identity(), drain, ip, args.limits());
+    context.accept_http10 = args.accept_http10;
+    let ctx = Arc::new(context);
     let stats = watch_handle.stats();
 
     let inbound_port = args.inbound_port.unwrap_or(local.inbound_port);
@@ -314,6 +377,7 @@ mod tests {
                 trust_domain: "cluster.local".into(),
                 workload: workload.into(),
                 namespace: "demo".into(),
+                settings: crate::config::MeshSettings::default(),
             };
             let mesh = crate::config::load(&opts, 1).unwrap();
             assert_eq!(
@@ -329,7 +393,8 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert!(parse_duration("5h").unwrap_err().contains("unit"));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("5d").unwrap_err().contains("unit"));
         assert!(parse_duration("x").is_err());
     }
 }

@@ -1,0 +1,679 @@
+//! What every downstream listener shares: accepting connections within the connection
+//! limit, driving an HTTP connection until it ends, drains or times out, copying
+//! tunnels (TCP, WebSocket) until both sides close or they go idle, and the drain.
+//!
+//! The limits are Envoy's defaults under Istio unless a flag says otherwise
+//! ([`Limits`]): 60 KiB and 100 request headers, a 1 h idle timeout, and, beyond
+//! Envoy's defaults, a bound on open downstream connections and timeouts for a client
+//! that never finishes its TLS handshake or its request headers.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::context::Context;
+use crate::metrics::Gauges;
+
+/// Downstream limits and timeouts (`warden-proxy run` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open downstream connections, all listeners together; more are closed at accept.
+    pub max_connections: usize,
+    /// Time from accept to the first byte and then to the end of the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time from the first byte of an HTTP/1.1 request head to its end.
+    pub request_headers_timeout: Duration,
+    /// A connection with no request in flight (HTTP) or no bytes either way (TCP,
+    /// WebSocket) for this long is closed. Envoy's `idle_timeout`.
+    pub idle_timeout: Duration,
+    /// Bytes of request headers (Envoy's `max_request_headers_kb`, 60 KiB).
+    pub max_request_headers_bytes: usize,
+    /// Request headers (Envoy's `max_headers_count`, 100).
+    pub max_request_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            handshake_timeout: Duration::from_secs(10),
+            request_headers_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+            max_request_headers_bytes: 60 * 1024,
+            max_request_headers: 100,
+        }
+    }
+}
+
+/// Accepts connections on `listener` until draining starts, running `handle` on each
+/// in a task of its own that counts as open for the drain. Past
+/// [`Limits::max_connections`] a new connection is closed at once and counted.
+pub(crate) async fn accept_loop<F, Fut>(
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(Arc<Context>, TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = ctx.drain.started() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let Ok(permit) = ctx.connection_permits.clone().try_acquire_owned() else {
+                    drop(stream);
+                    let before = ctx.metrics.gauges.overflow.fetch_add(1, Ordering::Relaxed);
+                    // Once at warn (the operator must know), then at debug.
+                    if before == 0 {
+                        tracing::warn!(listener = what, %peer, max = ctx.limits.max_connections, "connection limit reached: new downstream connections are closed at once (see warden_downstream_connections_overflow_total)");
+                    } else {
+                        tracing::debug!(listener = what, %peer, "connection limit reached: connection closed");
+                    }
+                    continue;
+                };
+                let guard = ctx.drain.guard(&ctx.metrics.gauges);
+                let task = handle(ctx.clone(), stream, peer);
+                tokio::spawn(async move {
+                    task.await;
+                    drop(guard);
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(listener = what, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Why [`serve_connection`] stopped a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended<T> {
+    /// It ended by itself (the client closed, an upgrade took it over, an error).
+    Finished(T),
+    /// A request head was not complete within [`Limits::request_headers_timeout`].
+    HeaderTimeout,
+}
+
+/// Drives an HTTP connection. When draining starts, or when no request has been in
+/// flight for [`Limits::idle_timeout`], it is asked to finish gracefully (HTTP/1.1:
+/// close after the response in flight, at once when idle; HTTP/2: GOAWAY, then close
+/// when the open streams end) and driven to its end; when `activity` tracks request heads and one takes longer than
+/// [`Limits::request_headers_timeout`], it is dropped (closed).
+pub(crate) async fn serve_connection<C>(
+    ctx: &Context,
+    conn: C,
+    activity: &Activity,
+    graceful: impl FnOnce(Pin<&mut C>),
+) -> Ended<C::Output>
+where
+    C: Future,
+{
+    let limits = &ctx.limits;
+    let mut conn = std::pin::pin!(conn);
+    let mut check = activity.next_check(limits);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return Ended::Finished(r),
+            () = ctx.drain.started() => break,
+            () = tokio::time::sleep_until(check) => {
+                match activity.verdict(Instant::now(), limits) {
+                    Verdict::Wait(next) => check = next,
+                    Verdict::HeaderTimeout => {
+                        ctx.metrics.gauges.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                        return Ended::HeaderTimeout;
+                    }
+                    Verdict::Idle => {
+                        ctx.metrics.gauges.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    graceful(conn.as_mut());
+    Ended::Finished(conn.await)
+}
+
+/// Errors hyper's connections end with.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves HTTP on `io`: HTTP/2 or HTTP/1.1 as ALPN said (`version`), else as the first
+/// bytes say ([`sniff_version`]). Request heads are bounded by [`Limits`] as they are read (hyper
+/// answers 431 over HTTP/1.1 and HTTP/2 alike); HTTP/2 allows Envoy's 1024 concurrent
+/// streams. The connection is driven by [`serve_connection`].
+pub(crate) async fn drive_http<IO, S>(
+    ctx: &Context,
+    io: IO,
+    svc: S,
+    version: Option<http::Version>,
+    activity: &Activity,
+) -> Ended<Result<(), BoxError>>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::http::Body>,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    use hyper_util::rt::TokioExecutor;
+    let limits = &ctx.limits;
+    // HTTP/2 counts 32 bytes of overhead per header (RFC 9113 6.5.2).
+    let h2_list =
+        u32::try_from(limits.max_request_headers_bytes + 32 * (limits.max_request_headers + 4))
+            .unwrap_or(u32::MAX);
+    let ended = if version == Some(http::Version::HTTP_2) {
+        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        b.max_header_list_size(h2_list)
+            .max_concurrent_streams(H2_MAX_STREAMS);
+        let c = b.serve_connection(io, svc);
+        serve_connection(ctx, c, activity, |c| c.graceful_shutdown()).await
+    } else {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.max_header_size(limits.max_request_headers_bytes)
+            .header_read_timeout(None);
+        let c = b.serve_connection(io, svc).with_upgrades();
+        serve_connection(ctx, c, activity, |c| c.graceful_shutdown()).await
+    };
+    match ended {
+        Ended::Finished(r) => Ended::Finished(r.map_err(Into::into)),
+        Ended::HeaderTimeout => Ended::HeaderTimeout,
+    }
+}
+
+/// HTTP/2's connection preface.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tells HTTP/2 (its preface) from HTTP/1.1 by the first bytes, reading no further
+/// than they agree with the preface; the bytes read are given back first by the
+/// returned stream. `None` when the client closes or sends nothing in `timeout`.
+pub(crate) async fn sniff_version<IO>(
+    mut io: IO,
+    timeout: Duration,
+) -> Option<(http::Version, Rewind<IO>)>
+where
+    IO: AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(H2_PREFACE.len());
+    let read = async {
+        while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
+            let mut chunk = [0u8; 24];
+            let want = H2_PREFACE.len() - buf.len();
+            let n = io.read(&mut chunk[..want]).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Some(())
+    };
+    tokio::time::timeout(timeout, read).await.ok()??;
+    let version = if buf == H2_PREFACE {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    Some((
+        version,
+        Rewind {
+            prefix: buf,
+            pos: 0,
+            io,
+        },
+    ))
+}
+
+/// A stream that gives back bytes already read from it before reading on.
+#[derive(Debug)]
+pub(crate) struct Rewind<IO> {
+    prefix: Vec<u8>,
+    pos: usize,
+    io: IO,
+}
+
+impl<IO> Rewind<IO> {
+    /// A stream nothing was read from yet.
+    pub(crate) fn new(io: IO) -> Self {
+        Self {
+            prefix: Vec::new(),
+            pos: 0,
+            io,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Concurrent streams per HTTP/2 connection (Envoy's default since 1.36).
+const H2_MAX_STREAMS: u32 = 1024;
+
+/// What one HTTP connection is doing, for its timeouts: requests in flight, since when
+/// it has had none, and since when a request head has been arriving.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    base: Instant,
+    /// Requests whose response has not been sent in full.
+    active: AtomicUsize,
+    /// Milliseconds after `base` when `active` last dropped to zero.
+    idle_since: AtomicU64,
+    /// Milliseconds after `base` when bytes of a new request head arrived, or
+    /// [`NONE`]; only tracked when `heads` is set.
+    head_started: AtomicU64,
+    /// Whether request heads are timed: HTTP/1.1 (an HTTP/2 client may send frames
+    /// while no request is in flight).
+    heads: bool,
+}
+
+const NONE: u64 = u64::MAX;
+
+/// What [`Activity::verdict`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Nothing expired; look again then.
+    Wait(Instant),
+    /// A request head took too long.
+    HeaderTimeout,
+    /// No request for the idle timeout.
+    Idle,
+}
+
+impl Activity {
+    /// A connection accepted now. `heads`: time request heads (HTTP/1.1, whose heads
+    /// are the only bytes a client sends while no request is in flight; an HTTP/2
+    /// client may send frames at any time).
+    pub(crate) fn new(heads: bool) -> Arc<Self> {
+        Arc::new(Self {
+            base: Instant::now(),
+            active: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(NONE),
+            heads,
+        })
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn at(&self, millis: u64) -> Instant {
+        self.base + Duration::from_millis(millis)
+    }
+
+    /// Bytes arrived from the client.
+    fn on_read(&self) {
+        if self.heads
+            && self.active.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Relaxed) == NONE
+        {
+            let now = self.millis(Instant::now());
+            let _ =
+                self.head_started
+                    .compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    /// A request head is complete and its request begins; the guard ends it (held by
+    /// the response body until it is sent).
+    pub(crate) fn begin(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(NONE, Ordering::Release);
+        ActiveGuard(self.clone())
+    }
+
+    fn next_check(&self, limits: &Limits) -> Instant {
+        self.at(self.idle_since.load(Ordering::Relaxed))
+            + limits.idle_timeout.min(self.head_limit(limits))
+    }
+
+    fn head_limit(&self, limits: &Limits) -> Duration {
+        if self.heads {
+            limits.request_headers_timeout
+        } else {
+            limits.idle_timeout
+        }
+    }
+
+    /// Whether a timeout has expired at `now`, else when to look again.
+    pub(crate) fn verdict(&self, now: Instant, limits: &Limits) -> Verdict {
+        let head = self.head_started.load(Ordering::Acquire);
+        if head != NONE {
+            let deadline = self.at(head) + limits.request_headers_timeout;
+            if now >= deadline {
+                return Verdict::HeaderTimeout;
+            }
+            return Verdict::Wait(deadline);
+        }
+        if self.active.load(Ordering::Acquire) > 0 {
+            // A request in flight is not idle; heads and idleness restart after it.
+            return Verdict::Wait(now + limits.idle_timeout.min(self.head_limit(limits)));
+        }
+        let deadline = self.at(self.idle_since.load(Ordering::Acquire)) + limits.idle_timeout;
+        if now >= deadline {
+            return Verdict::Idle;
+        }
+        // A head may start before then: look again within the header timeout.
+        Verdict::Wait(deadline.min(now + self.head_limit(limits)))
+    }
+}
+
+/// A request in flight on a connection (see [`Activity::begin`]).
+#[derive(Debug)]
+pub(crate) struct ActiveGuard(Arc<Activity>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let now = a.millis(Instant::now());
+        a.idle_since.store(now, Ordering::Release);
+        a.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A downstream stream that reports reads to its connection's [`Activity`].
+#[derive(Debug)]
+pub(crate) struct Watched<IO> {
+    io: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO> Watched<IO> {
+    pub(crate) fn new(io: IO, activity: Arc<Activity>) -> Self {
+        Self { io, activity }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A tunnel end that stamps every read and write (for the tunnel's idle timeout) and
+/// counts the bytes read from it.
+struct Stamped<'a, IO> {
+    io: &'a mut IO,
+    last: &'a AtomicU64,
+    read: &'a AtomicU64,
+    base: Instant,
+}
+
+impl<IO> Stamped<'_, IO> {
+    fn stamp(&self) {
+        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Stamped<'_, IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *self.io).poll_read(cx, buf);
+        if r.is_ready() {
+            let n = buf.filled().len().saturating_sub(before);
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+            self.stamp();
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Stamped<'_, IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut *self.io).poll_write(cx, buf);
+        if r.is_ready() {
+            self.stamp();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_shutdown(cx)
+    }
+}
+
+/// Copies both ways until both sides close, or nothing moves either way for `idle`
+/// (then both are dropped, which closes them); returns the bytes read from `a` and
+/// from `b`. Draining does not cut a tunnel: the grace period bounds it.
+pub(crate) async fn copy_both<A, B>(a: &mut A, b: &mut B, idle: Duration) -> (u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let last = AtomicU64::new(0);
+    let (from_a, from_b) = (AtomicU64::new(0), AtomicU64::new(0));
+    let base = Instant::now();
+    let mut a = Stamped {
+        io: a,
+        last: &last,
+        read: &from_a,
+        base,
+    };
+    let mut b = Stamped {
+        io: b,
+        last: &last,
+        read: &from_b,
+        base,
+    };
+    let watchdog = async {
+        loop {
+            let deadline = base + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut a, &mut b) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "tunnel ended with an error");
+            }
+        }
+        () = watchdog => tracing::debug!(?idle, "tunnel idle timeout: closing both sides"),
+    }
+    (
+        from_a.load(Ordering::Relaxed),
+        from_b.load(Ordering::Relaxed),
+    )
+}
+
+/// The drain signal and the count of connections still open.
+#[derive(Debug, Clone)]
+pub struct Drain {
+    signal: watch::Receiver<bool>,
+    open: Arc<(AtomicUsize, Notify)>,
+}
+
+/// Held by each connection task; the count drops when it does.
+#[derive(Debug)]
+pub struct ConnGuard {
+    open: Arc<(AtomicUsize, Notify)>,
+    gauge: Arc<Gauges>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.gauge.connections.fetch_sub(1, Ordering::Relaxed);
+        if self.open.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.open.1.notify_waiters();
+        }
+    }
+}
+
+impl Drain {
+    /// A drain signal and its trigger.
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (
+            tx,
+            Self {
+                signal: rx,
+                open: Arc::new((AtomicUsize::new(0), Notify::new())),
+            },
+        )
+    }
+
+    /// Whether draining has begun.
+    pub fn draining(&self) -> bool {
+        *self.signal.borrow()
+    }
+
+    /// Resolves when draining begins.
+    pub async fn started(&self) {
+        let mut rx = self.signal.clone();
+        // An error means the sender is gone: the process is stopping anyway.
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// Counts a connection until the guard drops.
+    pub fn guard(&self, gauges: &Arc<Gauges>) -> ConnGuard {
+        self.open.0.fetch_add(1, Ordering::AcqRel);
+        gauges.connections.fetch_add(1, Ordering::Relaxed);
+        ConnGuard {
+            open: self.open.clone(),
+            gauge: gauges.clone(),
+        }
+    }
+
+    /// Connections still open.
+    pub fn open(&self) -> usize {
+        self.open.0.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection is open, or `grace` passes; returns those left.
+    pub async fn wait_idle(&self, grace: Duration) -> usize {
+        let deadline = Instant::now() + grace;
+        loop {
+            let notified = self.open.1.notified();
+            if self.open() == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.open();
+            }
+        }
+    }
+}
+
+/// A semaphore with one permit per allowed downstream connection.
+pub(crate) fn connection_permits(limits: &Limits) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ))
+}
