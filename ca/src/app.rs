@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 
 use warden_proto::admin::admin_server::AdminServer;
 use warden_proto::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
@@ -163,7 +163,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         }
     }));
 
-    // Admin API on a unix socket only the CA's user can open.
+    // Admin API on a unix socket only the CA's user can open (grpc-core clients too).
     let admin_socket = config.admin_socket();
     let admin_listener = bind_admin_socket(&admin_socket).await?;
     let admin = AdminService::new(
@@ -178,7 +178,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         };
         let result = tonic::transport::Server::builder()
             .add_service(AdminServer::new(admin).max_decoding_message_size(MAX_MESSAGE_BYTES))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), signal)
+            .serve_with_incoming_shutdown(warden_common::uds::incoming(admin_listener), signal)
             .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "admin API server failed");

@@ -12,7 +12,6 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
 use tokio::net::UnixListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
@@ -130,7 +129,9 @@ fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves SDS and the Workload API on `listener` until `stop` fires.
+/// Serves SDS and the Workload API on `listener` until `stop` fires. Connections go
+/// through `uds::incoming`, so clients on grpc-core (py-spiffe, grpcio), which send the
+/// socket path as `:authority`, are served too.
 fn serve(
     listener: UnixListener,
     manager: Arc<Manager>,
@@ -145,7 +146,7 @@ fn serve(
         let result = tonic::transport::Server::builder()
             .add_service(sds)
             .add_service(wl)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+            .serve_with_incoming_shutdown(warden_common::uds::incoming(listener), stop)
             .await;
         if let Err(e) = result {
             tracing::error!(socket = socket.as_deref().unwrap_or("shared"), error = %e, "socket server failed");
