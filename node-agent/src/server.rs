@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
+use warden_common::grpc_status::ResourceExhaustedLayer;
 use warden_proto::SpiffeId;
 use warden_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
@@ -23,7 +24,8 @@ use crate::manager::{Entry, Manager, State};
 use crate::sds::Sds;
 use crate::workload_api::WorkloadApi;
 
-/// Largest request accepted on the sockets.
+/// Largest request accepted on the sockets; a larger one is answered
+/// `RESOURCE_EXHAUSTED` ([`ResourceExhaustedLayer`]).
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Who is calling: the socket and the `SO_PEERCRED` credentials of the connection,
@@ -144,6 +146,7 @@ fn serve(
         let wl = SpiffeWorkloadApiServer::new(WorkloadApi::new(manager, socket.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let result = tonic::transport::Server::builder()
+            .layer(ResourceExhaustedLayer)
             .add_service(sds)
             .add_service(wl)
             .serve_with_incoming_shutdown(warden_common::uds::incoming(listener), stop)

@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 use warden_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use warden_proto::workload::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
+    X509svidResponse,
 };
 use warden_tests::{AgentProcess, CaProcess, my_uid, ok, run_json};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -429,6 +430,61 @@ async fn requests_without_the_security_header_are_invalid_argument() {
     )
     .await;
     assert_eq!(resp.svids[0].spiffe_id, X);
+}
+
+/// A request over the agent's 1 MiB message limit is answered RESOURCE_EXHAUSTED (not
+/// tonic's OUT_OF_RANGE), on a unary RPC and on a server-streaming one, and the
+/// connection keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_resource_exhausted() {
+    let uid = format!("unix:uid:{}", my_uid());
+    let env = start(&[(X, &[&uid])]);
+    let mut raw = raw_client(&env.agent.socket).await;
+    let with_header = |r: JwtsvidRequest| {
+        let mut req = tonic::Request::new(r);
+        req.metadata_mut()
+            .insert("workload.spiffe.io", "true".parse().unwrap());
+        req
+    };
+    let huge = JwtsvidRequest {
+        audience: vec!["a".repeat(2 << 20)],
+        spiffe_id: String::new(),
+    };
+    let s = raw
+        .fetch_jwtsvid(with_header(huge.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("too large"), "{s:?}");
+
+    // FetchX509SVID (server streaming) with a 2 MiB request message.
+    let mut grpc = tonic::client::Grpc::new(
+        warden_common::uds::channel(&env.agent.socket)
+            .await
+            .unwrap(),
+    );
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<JwtsvidRequest, X509svidResponse>::default();
+    let path = http::uri::PathAndQuery::from_static("/SpiffeWorkloadAPI/FetchX509SVID");
+    let s = grpc
+        .server_streaming(with_header(huge), path, codec)
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+
+    // The same connection serves a request under the limit.
+    let ok = eventually("FetchJWTSVID", Duration::from_secs(20), || {
+        let mut raw = raw.clone();
+        async move {
+            raw.fetch_jwtsvid(with_header(JwtsvidRequest {
+                audience: vec!["a".into()],
+                spiffe_id: String::new(),
+            }))
+            .await
+        }
+    })
+    .await;
+    assert_eq!(ok.into_inner().svids[0].spiffe_id, X);
 }
 
 /// A caller no entry names is refused (and counted); an entry added at the CA takes

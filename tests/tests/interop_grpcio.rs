@@ -109,10 +109,24 @@ fn python_grpcio_client_gets_and_is_refused_certificates() {
         r["details"].as_str().unwrap().contains("already used"),
         "{r}"
     );
+
+    // A request over the CA's 64 KiB message limit: RESOURCE_EXHAUSTED, as gRPC's
+    // status codes say, not tonic's OUT_OF_RANGE.
+    let r = client(
+        "huge",
+        &[
+            "--csr-bytes",
+            "100000",
+            "--expect-code",
+            "RESOURCE_EXHAUSTED",
+        ],
+    );
+    assert!(r["details"].as_str().unwrap().contains("too large"), "{r}");
 }
 
 /// The CA's admin API on its unix socket with grpcio (`tests/interop/admin_client.py`),
-/// which sends the socket path as the HTTP/2 `:authority`: served.
+/// which sends the socket path as the HTTP/2 `:authority`: served, and an oversized
+/// request refused with RESOURCE_EXHAUSTED.
 #[test]
 fn python_grpcio_client_is_served_on_the_admin_socket() {
     let Some(py) = warden_tests::grpcio_python("grpcio on the admin socket") else {
@@ -135,4 +149,13 @@ fn python_grpcio_client_is_served_on_the_admin_socket() {
     let (ok, r) = client(&[]);
     assert!(ok, "ListEntries failed: {r}");
     assert_eq!(r["spiffe_ids"], serde_json::json!([id]), "{r}");
+
+    let (ok, r) = client(&[
+        "--oversize",
+        "100000",
+        "--expect-code",
+        "RESOURCE_EXHAUSTED",
+    ]);
+    assert!(ok, "{r}");
+    assert!(r["details"].as_str().unwrap().contains("too large"), "{r}");
 }
