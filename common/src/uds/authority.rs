@@ -120,7 +120,7 @@ struct Block {
 /// The client-to-server rewriting, free of I/O: bytes in with [`Rewriter::push`],
 /// rewritten bytes out with [`Rewriter::step`].
 #[derive(Debug)]
-pub struct Rewriter {
+pub(crate) struct Rewriter {
     phase: Phase,
     input: BytesMut,
     /// Payload bytes of a passed-through frame still to copy.
@@ -145,7 +145,7 @@ impl Default for Rewriter {
 
 impl Rewriter {
     /// Adds bytes read from the client.
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.input.extend_from_slice(bytes);
     }
 
@@ -156,7 +156,7 @@ impl Rewriter {
 
     /// Rewrites buffered input into `out` until it needs more input or `out` holds
     /// more than `OUT_HIGH_WATER` bytes.
-    pub fn step(&mut self, out: &mut Vec<u8>) -> Result<(), RewriteError> {
+    pub(crate) fn step(&mut self, out: &mut Vec<u8>) -> Result<(), RewriteError> {
         while out.len() < OUT_HIGH_WATER {
             match self.phase {
                 Phase::Passthrough => {

@@ -25,8 +25,8 @@ pub enum HpackError {
     #[error("HPACK index {0} is not in the table")]
     InvalidIndex(usize),
     /// A string literal is not valid Huffman code.
-    #[error("invalid Huffman string literal")]
-    Huffman(#[from] HuffmanError),
+    #[error("invalid Huffman string literal: {0}")]
+    Huffman(HuffmanError),
     /// A dynamic table size update above the advertised maximum.
     #[error("dynamic table size update to {0}, above the {MAX_TABLE_SIZE} allowed")]
     TableSizeTooLarge(usize),
@@ -307,7 +307,7 @@ impl Input<'_> {
         self.pos = end;
         if huffman {
             let mut out = Vec::with_capacity(raw.len() * 8 / 5);
-            huffman::decode(raw, &mut out)?;
+            huffman::decode(raw, &mut out).map_err(HpackError::Huffman)?;
             Ok(out)
         } else {
             Ok(raw.to_vec())

@@ -13,6 +13,8 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::transport::{Channel, Endpoint};
 
 pub use authority::{AuthorityFix, RewriteError};
+pub use hpack::HpackError;
+pub use huffman::HuffmanError;
 
 /// Connects a tonic channel to the unix socket at `path` (the URI tonic needs is a
 /// placeholder; every connection dials the socket).
