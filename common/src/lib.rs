@@ -1,10 +1,13 @@
 //! What Warden's binaries share at run time (the CA and the node agent; `warden-proto`
 //! stays free of I/O): [`config`] (YAML config files, errors naming the setting),
 //! [`process`] (logging, signals), [`files`] (atomic writes, PEM), [`x509`] (the SPIFFE
-//! ID of a certificate) and [`monitoring`] (the `/metrics`, `/ready` HTTP server) and [`uds`] (gRPC over unix sockets).
+//! ID of a certificate), [`monitoring`] (the `/metrics`, `/ready` HTTP server), [`uds`]
+//! (gRPC over unix sockets, served to grpc-core clients too) and [`grpc_status`]
+//! (`RESOURCE_EXHAUSTED` for oversized messages on every gRPC server).
 
 pub mod config;
 pub mod files;
+pub mod grpc_status;
 pub mod monitoring;
 pub mod process;
 pub mod uds;

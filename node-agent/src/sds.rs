@@ -296,7 +296,10 @@ impl Stream {
                     Ok(Some(req)) => self.on_request(req).await,
                     Ok(None) => break,
                     Err(e) => {
+                        // A request tonic could not decode (too large, say) ends the
+                        // stream with its status; a reset by the client goes nowhere.
                         tracing::debug!(caller = %self.caller, error = %e, "SDS stream ended");
+                        let _ = self.tx.send(Err(e)).await;
                         break;
                     }
                 },

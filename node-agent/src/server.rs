@@ -12,10 +12,10 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
 use tokio::net::UnixListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
+use warden_common::grpc_status::ResourceExhaustedLayer;
 use warden_proto::SpiffeId;
 use warden_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
@@ -24,7 +24,8 @@ use crate::manager::{Entry, Manager, State};
 use crate::sds::Sds;
 use crate::workload_api::WorkloadApi;
 
-/// Largest request accepted on the sockets.
+/// Largest request accepted on the sockets; a larger one is answered
+/// `RESOURCE_EXHAUSTED` ([`ResourceExhaustedLayer`]).
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Who is calling: the socket and the `SO_PEERCRED` credentials of the connection,
@@ -130,7 +131,9 @@ fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves SDS and the Workload API on `listener` until `stop` fires.
+/// Serves SDS and the Workload API on `listener` until `stop` fires. Connections go
+/// through `uds::incoming`, so clients on grpc-core (py-spiffe, grpcio), which send the
+/// socket path as `:authority`, are served too.
 fn serve(
     listener: UnixListener,
     manager: Arc<Manager>,
@@ -143,9 +146,10 @@ fn serve(
         let wl = SpiffeWorkloadApiServer::new(WorkloadApi::new(manager, socket.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let result = tonic::transport::Server::builder()
+            .layer(ResourceExhaustedLayer)
             .add_service(sds)
             .add_service(wl)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+            .serve_with_incoming_shutdown(warden_common::uds::incoming(listener), stop)
             .await;
         if let Err(e) = result {
             tracing::error!(socket = socket.as_deref().unwrap_or("shared"), error = %e, "socket server failed");

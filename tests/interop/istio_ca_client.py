@@ -7,7 +7,9 @@ Istio's security/v1alpha1/ca.proto and google/protobuf/struct.proto, so a wrong 
 number or type on Warden's side fails here.
 
   istio_ca_client.py --addr localhost:PORT --root ROOT.pem --token-file F --out DIR
-      [--impersonate SPIFFE_ID] [--ttl SECONDS] [--expect-code UNAUTHENTICATED]
+      [--impersonate SPIFFE_ID] [--ttl SECONDS] [--csr-bytes N] [--expect-code UNAUTHENTICATED]
+
+--csr-bytes N sends N bytes of "A" instead of a CSR (an oversized request).
 
 Prints one JSON line: {"ok": true, "chain_len": N} or {"ok": false, "code": ..., "details": ...}.
 """
@@ -92,15 +94,19 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--impersonate")
     ap.add_argument("--ttl", type=int, default=3600)
+    ap.add_argument("--csr-bytes", type=int)
     ap.add_argument("--expect-code")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     key = os.path.join(a.out, "key.pem")
-    csr = subprocess.run(
-        ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", key, "-subj", "/O=interop"],
-        check=True, capture_output=True, text=True,
-    ).stdout
+    if a.csr_bytes:
+        csr = "A" * a.csr_bytes
+    else:
+        csr = subprocess.run(
+            ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", key, "-subj", "/O=interop"],
+            check=True, capture_output=True, text=True,
+        ).stdout
     creds = grpc.ssl_channel_credentials(root_certificates=open(a.root, "rb").read())
     metadata = []
     if a.token_file:

@@ -447,28 +447,55 @@ impl Drop for AgentProcess {
     }
 }
 
+/// Runs an interop script (`tests/interop/`) that prints one JSON line last; returns
+/// whether it exited 0 and that line. Panics, with the script's stderr, when the last
+/// line is not JSON.
+pub fn run_json(cmd: &mut Command) -> (bool, serde_json::Value) {
+    let o = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let v = serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "{cmd:?} printed no JSON line ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.success(), v)
+}
+
 /// Python with grpcio (`.venv`, or `$WARDEN_TEST_PYTHON`) for `what`; `None` (skipped
 /// loudly) without it, except under CI=true, where it panics.
 pub fn grpcio_python(what: &str) -> Option<PathBuf> {
+    interop_python(what, "grpc")
+}
+
+/// Python with py-spiffe (PyPI `spiffe`, on grpcio) for `what`, like [`grpcio_python`].
+pub fn py_spiffe_python(what: &str) -> Option<PathBuf> {
+    interop_python(what, "spiffe")
+}
+
+/// Python (`.venv`, or `$WARDEN_TEST_PYTHON`) that can import `module`, from
+/// `tests/interop/requirements.txt`.
+fn interop_python(what: &str, module: &str) -> Option<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let py = std::env::var_os("WARDEN_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join(".venv/bin/python"));
-    let has_grpc = Command::new(&py)
-        .args(["-c", "import grpc"])
+    let found = Command::new(&py)
+        .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|o| o.status.success());
-    if has_grpc {
+    if found {
         return Some(py);
     }
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!(
-            "{} with grpcio is required under CI=true for {what} (./test.sh installs it)",
+            "{} with Python's {module} is required under CI=true for {what} (./test.sh installs it)",
             py.display()
         );
     }
     eprintln!(
-        "\n*** SKIPPING {what}: no grpcio at {} (run ./test.sh) ***\n",
+        "\n*** SKIPPING {what}: no Python {module} at {} (run ./test.sh) ***\n",
         py.display()
     );
     None

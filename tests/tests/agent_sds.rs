@@ -298,3 +298,51 @@ async fn sds_refuses_callers_without_an_entry() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert!(agent.metric("warden_agent_attestation_denied_total") >= 2.0);
 }
+
+/// Requests over the agent's 1 MiB message limit are answered RESOURCE_EXHAUSTED (not
+/// tonic's OUT_OF_RANGE): FetchSecrets at once, and on StreamSecrets, where the error
+/// surfaces in the request stream, as the status that ends the response stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn sds_oversized_requests_are_resource_exhausted() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CaProcess::start(&dir.path().join("ca"), &[]);
+    let token = ca.join_token("node-a");
+    let uid = format!("unix:uid:{}", my_uid());
+    ca.entry("node-a", "spiffe://cluster.local/ns/default/sa/me", &[&uid]);
+    let agent = AgentProcess::start(
+        &ca,
+        &dir.path().join("agent"),
+        &["--node-name", "node-a", "--join-token", &token],
+    );
+    agent.wait_ready();
+    let mut client = SecretDiscoveryServiceClient::new(channel(agent.socket.clone()).await);
+    let huge = "x".repeat(2 << 20);
+
+    let err = client
+        .fetch_secrets(req(&[&huge], "", "", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("too large"), "{err:?}");
+
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(req(&["ROOTCA"], "", "", None)).await.unwrap();
+    let mut inbound = client
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut inbound, Duration::from_secs(10))
+        .await
+        .expect("ROOTCA");
+    assert_eq!(secrets(&first)[0].name, "ROOTCA");
+    tx.send(req(&[&huge], &first.nonce, &first.version_info, None))
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+        .await
+        .expect("the stream ends");
+    let err = end.expect_err("the stream ends with an error status");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+}

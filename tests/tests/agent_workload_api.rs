@@ -15,8 +15,9 @@ use tonic::transport::Channel;
 use warden_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use warden_proto::workload::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
+    X509svidResponse,
 };
-use warden_tests::{AgentProcess, CaProcess, my_uid, ok};
+use warden_tests::{AgentProcess, CaProcess, my_uid, ok, run_json};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 const X: &str = "spiffe://cluster.local/ns/default/sa/x";
@@ -215,6 +216,101 @@ async fn spiffe_client_fetches_svids_and_bundles() {
     assert!(matches!(err, WorkloadApiError::NoIdentityIssued), "{err:?}");
 }
 
+/// py-spiffe's own `WorkloadApiClient` (`tests/interop/py_spiffe_client.py`), found
+/// through `SPIFFE_ENDPOINT_SOCKET`: grpcio underneath sends the socket path as the
+/// HTTP/2 `:authority`, which h2 alone resets with PROTOCOL_ERROR. X.509-SVID and bundle
+/// (chain checked by `openssl verify`, bundle = the CA's root), JWT-SVID validated with
+/// the fetched JWT bundles and by the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_spiffe_client_fetches_svids_and_bundles() {
+    let Some(py) = warden_tests::py_spiffe_python("the py-spiffe client") else {
+        return;
+    };
+    let uid = format!("unix:uid:{}", my_uid());
+    let env = start(&[(X, &[&uid])]);
+    // Wait for the SVID with the Rust client, so one py-spiffe run decides.
+    let c = client(&env.agent.socket).await;
+    eventually("X.509-SVID", Duration::from_secs(20), || {
+        c.fetch_x509_svid()
+    })
+    .await;
+
+    let out = env.tmp.path().join("py-spiffe");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/py_spiffe_client.py");
+    let (ok, r) = run_json(
+        std::process::Command::new(&py)
+            .arg(&script)
+            .args(["--audience", "a", "--out", out.to_str().unwrap()])
+            .env(
+                "SPIFFE_ENDPOINT_SOCKET",
+                format!("unix:{}", env.agent.socket.display()),
+            ),
+    );
+    assert!(ok && r["ok"] == true, "py-spiffe failed: {r}");
+    assert_eq!(r["spiffe_id"], X, "{r}");
+    assert_eq!(
+        r["bundle_trust_domains"],
+        serde_json::json!(["cluster.local"])
+    );
+
+    // The chain verifies against the fetched bundle, which is the CA's root.
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-x509_strict", "-purpose", "sslclient", "-CAfile"])
+        .arg(out.join("bundle.pem"))
+        .arg("-untrusted")
+        .arg(out.join("svid.pem"))
+        .arg(out.join("svid.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let ders = |path: &Path| -> Vec<Vec<u8>> {
+        let pem = std::fs::read(path).unwrap();
+        rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
+            .map(|c: Result<rustls_pki_types::CertificateDer<'static>, _>| c.unwrap().to_vec())
+            .collect()
+    };
+    assert_eq!(
+        ders(&out.join("bundle.pem")),
+        ders(&env.ca.data_dir.join("root-cert.pem"))
+    );
+    let chain = ders(&out.join("svid.pem"));
+    assert_eq!(chain.len(), r["chain_len"].as_u64().unwrap() as usize);
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+    let sans: Vec<String> = leaf
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => u.to_string(),
+            other => format!("not a URI: {other:?}"),
+        })
+        .collect();
+    assert_eq!(sans, [X]);
+
+    // The JWT-SVID: validated by py-spiffe with the fetched bundle (another audience
+    // refused) and by the agent; its claims as the spec says.
+    assert_eq!(r["jwt"]["spiffe_id"], X, "{r}");
+    assert_eq!(r["jwt"]["audience"], serde_json::json!(["a"]), "{r}");
+    let claims = &r["jwt"]["claims"];
+    assert_eq!(claims["sub"], X, "{r}");
+    assert!(
+        claims["aud"] == "a" || claims["aud"] == serde_json::json!(["a"]),
+        "{r}"
+    );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(claims["exp"].as_i64().unwrap() > now, "{r}");
+    assert_eq!(r["jwt_other_audience_refused"], true, "{r}");
+    assert_eq!(r["jwt_validated_by_agent"], X, "{r}");
+    assert!(!r["jwt_key_ids"].as_array().unwrap().is_empty(), "{r}");
+}
+
 /// With a 4 s lifetime, the open X.509 stream pushes the rotated SVID by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x509_stream_pushes_the_rotated_svid() {
@@ -334,6 +430,61 @@ async fn requests_without_the_security_header_are_invalid_argument() {
     )
     .await;
     assert_eq!(resp.svids[0].spiffe_id, X);
+}
+
+/// A request over the agent's 1 MiB message limit is answered RESOURCE_EXHAUSTED (not
+/// tonic's OUT_OF_RANGE), on a unary RPC and on a server-streaming one, and the
+/// connection keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_resource_exhausted() {
+    let uid = format!("unix:uid:{}", my_uid());
+    let env = start(&[(X, &[&uid])]);
+    let mut raw = raw_client(&env.agent.socket).await;
+    let with_header = |r: JwtsvidRequest| {
+        let mut req = tonic::Request::new(r);
+        req.metadata_mut()
+            .insert("workload.spiffe.io", "true".parse().unwrap());
+        req
+    };
+    let huge = JwtsvidRequest {
+        audience: vec!["a".repeat(2 << 20)],
+        spiffe_id: String::new(),
+    };
+    let s = raw
+        .fetch_jwtsvid(with_header(huge.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("too large"), "{s:?}");
+
+    // FetchX509SVID (server streaming) with a 2 MiB request message.
+    let mut grpc = tonic::client::Grpc::new(
+        warden_common::uds::channel(&env.agent.socket)
+            .await
+            .unwrap(),
+    );
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<JwtsvidRequest, X509svidResponse>::default();
+    let path = http::uri::PathAndQuery::from_static("/SpiffeWorkloadAPI/FetchX509SVID");
+    let s = grpc
+        .server_streaming(with_header(huge), path, codec)
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+
+    // The same connection serves a request under the limit.
+    let ok = eventually("FetchJWTSVID", Duration::from_secs(20), || {
+        let mut raw = raw.clone();
+        async move {
+            raw.fetch_jwtsvid(with_header(JwtsvidRequest {
+                audience: vec!["a".into()],
+                spiffe_id: String::new(),
+            }))
+            .await
+        }
+    })
+    .await;
+    assert_eq!(ok.into_inner().svids[0].spiffe_id, X);
 }
 
 /// A caller no entry names is refused (and counted); an entry added at the CA takes

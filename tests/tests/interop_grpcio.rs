@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use warden_tests::{CaProcess, ok, warden};
+use warden_tests::{CaProcess, ok, run_json, warden};
 
 #[test]
 fn python_grpcio_client_gets_and_is_refused_certificates() {
@@ -28,31 +28,22 @@ fn python_grpcio_client_gets_and_is_refused_certificates() {
     std::fs::write(&token_file, token).unwrap();
     let addr = format!("localhost:{}", ca.grpc_addr.rsplit(':').next().unwrap());
     let client = |out: &str, extra: &[&str]| {
-        let o = Command::new(&py)
-            .arg(&script)
-            .args([
-                "--addr",
-                &addr,
-                "--root",
-                root.to_str().unwrap(),
-                "--token-file",
-                token_file.to_str().unwrap(),
-            ])
-            .args(["--out", tmp.path().join(out).to_str().unwrap()])
-            .args(extra)
-            .output()
-            .unwrap();
-        let line = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .last()
-            .unwrap_or("{}")
-            .to_string();
-        assert!(
-            o.status.success(),
-            "client failed: {line} {}",
-            String::from_utf8_lossy(&o.stderr)
+        let (ok, r) = run_json(
+            Command::new(&py)
+                .arg(&script)
+                .args([
+                    "--addr",
+                    &addr,
+                    "--root",
+                    root.to_str().unwrap(),
+                    "--token-file",
+                    token_file.to_str().unwrap(),
+                ])
+                .args(["--out", tmp.path().join(out).to_str().unwrap()])
+                .args(extra),
         );
-        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+        assert!(ok, "client failed: {r}");
+        r
     };
 
     // ImpersonatedIdentity in the Struct (field 4) is read: a join token may not impersonate.
@@ -118,4 +109,53 @@ fn python_grpcio_client_gets_and_is_refused_certificates() {
         r["details"].as_str().unwrap().contains("already used"),
         "{r}"
     );
+
+    // A request over the CA's 64 KiB message limit: RESOURCE_EXHAUSTED, as gRPC's
+    // status codes say, not tonic's OUT_OF_RANGE.
+    let r = client(
+        "huge",
+        &[
+            "--csr-bytes",
+            "100000",
+            "--expect-code",
+            "RESOURCE_EXHAUSTED",
+        ],
+    );
+    assert!(r["details"].as_str().unwrap().contains("too large"), "{r}");
+}
+
+/// The CA's admin API on its unix socket with grpcio (`tests/interop/admin_client.py`),
+/// which sends the socket path as the HTTP/2 `:authority`: served, and an oversized
+/// request refused with RESOURCE_EXHAUSTED.
+#[test]
+fn python_grpcio_client_is_served_on_the_admin_socket() {
+    let Some(py) = warden_tests::grpcio_python("grpcio on the admin socket") else {
+        return;
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/admin_client.py");
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = CaProcess::start(&tmp.path().join("data"), &[]);
+    let id = "spiffe://cluster.local/ns/default/sa/py";
+    ca.entry("py-node", id, &["unix:uid:1000"]);
+    let socket = ca.admin_socket();
+    let client = |extra: &[&str]| {
+        run_json(
+            Command::new(&py)
+                .arg(&script)
+                .args(["--socket", socket.to_str().unwrap()])
+                .args(extra),
+        )
+    };
+    let (ok, r) = client(&[]);
+    assert!(ok, "ListEntries failed: {r}");
+    assert_eq!(r["spiffe_ids"], serde_json::json!([id]), "{r}");
+
+    let (ok, r) = client(&[
+        "--oversize",
+        "100000",
+        "--expect-code",
+        "RESOURCE_EXHAUSTED",
+    ]);
+    assert!(ok, "{r}");
+    assert!(r["details"].as_str().unwrap().contains("too large"), "{r}");
 }
