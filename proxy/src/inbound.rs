@@ -267,7 +267,14 @@ async fn handle_plaintext(
         xfcc: None,
         labels: Mutex::default(),
     });
-    if looks_like_http(&head[..n]) {
+    // A port's declared protocol decides, as Istio's listener does: an HTTP port is
+    // always read as HTTP (bytes that are not get a 400, never a TCP tunnel past the
+    // HTTP filters). Only a workload with several ports is told apart by the bytes.
+    let http_port = match &conn.target {
+        Some(t) => t.protocol.is_http(),
+        None => looks_like_http(&head[..n]),
+    };
+    if http_port {
         // The mode is checked per request, once the Host header names the port.
         if !snap.accepts_plaintext() {
             refuse_plaintext(&snap, peer, None);

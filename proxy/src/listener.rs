@@ -677,3 +677,96 @@ pub(crate) fn connection_permits(limits: &Limits) -> Arc<Semaphore> {
         limits.max_connections.min(Semaphore::MAX_PERMITS),
     ))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            request_headers_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heads_time_out_idle_keep_alive_does_not() {
+        let l = limits();
+        let a = Activity::new(true);
+        let t0 = Instant::now();
+        // Idle from the start: the next look is within the header timeout.
+        assert_eq!(
+            a.verdict(t0, &l),
+            Verdict::Wait(t0 + l.request_headers_timeout)
+        );
+        // Bytes of a head arrive; 10 s later the head is overdue.
+        a.on_read();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(matches!(a.verdict(Instant::now(), &l), Verdict::Wait(_)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(a.verdict(Instant::now(), &l), Verdict::HeaderTimeout);
+        // The head completed in time instead: a request in flight is never idle.
+        let a = Activity::new(true);
+        a.on_read();
+        let guard = a.begin();
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert!(matches!(a.verdict(Instant::now(), &l), Verdict::Wait(_)));
+        // Done: idle counts from the end of the response, and takes the idle timeout.
+        drop(guard);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(matches!(a.verdict(Instant::now(), &l), Verdict::Wait(_)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(a.verdict(Instant::now(), &l), Verdict::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_connections_only_idle() {
+        let l = limits();
+        let a = Activity::new(false);
+        a.on_read();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(matches!(a.verdict(Instant::now(), &l), Verdict::Wait(_)));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(a.verdict(Instant::now(), &l), Verdict::Idle);
+    }
+
+    #[tokio::test]
+    async fn the_version_is_told_by_the_first_bytes_and_nothing_is_lost() {
+        use tokio::io::AsyncReadExt;
+        for (bytes, want) in [
+            (
+                &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nrest"[..],
+                http::Version::HTTP_2,
+            ),
+            (b"GET / HTTP/1.1\r\n\r\n", http::Version::HTTP_11),
+            (b"PRIX", http::Version::HTTP_11),
+        ] {
+            let (mut tx, rx) = tokio::io::duplex(64);
+            tokio::io::AsyncWriteExt::write_all(&mut tx, bytes)
+                .await
+                .unwrap();
+            drop(tx);
+            let (v, mut io) = sniff_version(rx, Duration::from_secs(1)).await.unwrap();
+            assert_eq!(v, want);
+            let mut all = Vec::new();
+            io.read_to_end(&mut all).await.unwrap();
+            assert_eq!(all, bytes, "every byte is given back");
+        }
+        let (tx, rx) = tokio::io::duplex(64);
+        drop(tx);
+        assert!(sniff_version(rx, Duration::from_secs(1)).await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tunnels_close_when_nothing_moves() {
+        let (mut a, mut a_peer) = tokio::io::duplex(64);
+        let (mut b, _b_peer) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut a_peer, b"hello")
+            .await
+            .unwrap();
+        let (from_a, from_b) = copy_both(&mut a, &mut b, Duration::from_secs(5)).await;
+        assert_eq!((from_a, from_b), (5, 0));
+    }
+}

@@ -469,6 +469,57 @@ pub fn grpcio_python(what: &str) -> Option<PathBuf> {
     interop_python(what, "grpc")
 }
 
+/// Python with the `websockets` library for `what`, like [`grpcio_python`].
+pub fn websockets_python(what: &str) -> Option<PathBuf> {
+    interop_python(what, "websockets")
+}
+
+/// A script under `tests/interop/`.
+pub fn interop_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("interop")
+        .join(name)
+}
+
+/// What curl got: the status (0 when no response) and the body.
+#[derive(Debug)]
+pub struct Curl {
+    pub status: u16,
+    pub body: String,
+    /// curl's stderr (why it failed).
+    pub stderr: String,
+}
+
+impl Curl {
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("curl body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Runs curl (the system's, a client no one here wrote) with `args` (no proxy from the
+/// environment; `--proxy` in `args` is the one used), a 15 s limit; the status code
+/// and body.
+pub fn curl(args: &[&str]) -> Curl {
+    let o = Command::new("curl")
+        .args(["-sS", "--max-time", "15", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("ALL_PROXY")
+        .output()
+        .unwrap_or_else(|e| panic!("curl cannot run ({e}): ./test.sh installs it"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+    Curl {
+        status: code.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
 /// Python with py-spiffe (PyPI `spiffe`, on grpcio) for `what`, like [`grpcio_python`].
 pub fn py_spiffe_python(what: &str) -> Option<PathBuf> {
     interop_python(what, "spiffe")

@@ -248,6 +248,7 @@ pub struct MeshBuilder {
     files: Vec<(String, String)>,
     proxy_args: Vec<String>,
     agent_args: Vec<String>,
+    mesh_config: Option<String>,
 }
 
 impl MeshBuilder {
@@ -287,6 +288,12 @@ impl MeshBuilder {
     /// Extra `warden-proxy run` arguments for every proxy.
     pub fn proxy_args(mut self, args: &[&str]) -> Self {
         self.proxy_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// An Istio MeshConfig YAML every proxy reads (`--mesh-config`).
+    pub fn mesh_config(mut self, yaml: &str) -> Self {
+        self.mesh_config = Some(yaml.into());
         self
     }
 
@@ -346,7 +353,7 @@ impl Drop for AppProcess {
 pub struct Mesh {
     proxies: Mutex<BTreeMap<String, ProxyProcess>>,
     /// Kept to be killed on drop.
-    _apps: Mutex<Vec<AppProcess>>,
+    apps: Mutex<Vec<AppProcess>>,
     pub agent: Mutex<AgentProcess>,
     pub ca: Mutex<CaProcess>,
     pub workloads: BTreeMap<String, Workload>,
@@ -458,6 +465,7 @@ impl Mesh {
             svid_ttl: "1h".into(),
             files: Vec::new(),
             proxy_args: Vec::new(),
+            mesh_config: None,
             agent_args: Vec::new(),
         }
     }
@@ -524,6 +532,13 @@ impl Mesh {
         let sds_socket = agent.socket.clone();
 
         // Config directory.
+        let mut proxy_args = b.proxy_args.clone();
+        if let Some(yaml) = &b.mesh_config {
+            let path = dir.path().join("mesh-config.yaml");
+            write_atomic(&path, yaml);
+            proxy_args.push("--mesh-config".into());
+            proxy_args.push(path.to_string_lossy().into_owned());
+        }
         let config_dir = dir.path().join("config");
         std::fs::create_dir_all(&config_dir).unwrap();
         let mesh_yaml = mesh_yaml(&workloads, &b.services);
@@ -554,7 +569,7 @@ impl Mesh {
 
         let mesh = Self {
             proxies: Mutex::new(BTreeMap::new()),
-            _apps: Mutex::new(apps),
+            apps: Mutex::new(apps),
             agent: Mutex::new(agent),
             ca: Mutex::new(ca),
             workloads,
@@ -568,7 +583,7 @@ impl Mesh {
             config_dir,
             mesh_yaml,
             sds_socket,
-            proxy_args: b.proxy_args,
+            proxy_args,
             dir,
         };
         let names: Vec<String> = mesh
@@ -696,6 +711,25 @@ impl Mesh {
             .get_mut(name)
             .unwrap_or_else(|| panic!("no running proxy for {name}"));
         f(p)
+    }
+
+    /// Starts an application no one here wrote (a Python `http.server`, a grpcio
+    /// server, ...) that logs `{"message": "serving"}` on stderr when it listens; it is
+    /// killed with the mesh.
+    pub fn spawn_app(&self, cmd: Command) {
+        let (child, log) = spawn_logged(cmd);
+        crate::wait_message(&log, "serving", Duration::from_secs(20));
+        self.apps.lock().unwrap().push(AppProcess { child, log });
+    }
+
+    /// Every JSON line the applications started by [`Mesh::spawn_app`] logged since the
+    /// last call.
+    pub fn app_log(&self) -> Vec<serde_json::Value> {
+        let apps = self.apps.lock().unwrap();
+        apps.iter()
+            .flat_map(|a| a.log.try_iter().collect::<Vec<_>>())
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
     }
 
     /// Takes workload `name`'s proxy out of the mesh (to stop it by hand).
@@ -946,6 +980,66 @@ impl Mesh {
             .try_iter()
             .filter_map(|l| serde_json::from_str(&l).ok())
             .collect()
+    }
+}
+
+/// What a raw HTTP/1 exchange got back: every byte until the proxy closed the
+/// connection or went quiet for `quiet`, and whether it closed.
+#[derive(Debug)]
+pub struct Raw {
+    pub text: String,
+    pub closed: bool,
+}
+
+impl Raw {
+    /// The status codes of the responses, in order (a status line may follow the
+    /// previous response's body directly).
+    pub fn statuses(&self) -> Vec<u16> {
+        let t = self.text.as_bytes();
+        (0..t.len())
+            .filter(|&i| t[i..].starts_with(b"HTTP/1.1 ") || t[i..].starts_with(b"HTTP/1.0 "))
+            .filter_map(|i| {
+                let code = t.get(i + 9..i + 12)?;
+                (t.get(i + 12) == Some(&b' ') && code.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(code).ok()?.parse().ok())
+                    .flatten()
+            })
+            .collect()
+    }
+}
+
+/// Writes `bytes` to `addr` as they are (a client that may break every rule) and reads
+/// until the peer closes or nothing arrives for `quiet`.
+pub fn raw_http(addr: SocketAddr, bytes: &[u8], quiet: Duration) -> Raw {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(quiet)).unwrap();
+    // A proxy may refuse and close before reading everything: that is an answer too.
+    let _ = s.write_all(bytes);
+    read_until_quiet(&mut s)
+}
+
+/// Reads from `s` until it closes or a read times out.
+pub fn read_until_quiet(s: &mut TcpStream) -> Raw {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false;
+            }
+            Err(_) => break true,
+        }
+    };
+    Raw {
+        text: String::from_utf8_lossy(&out).into_owned(),
+        closed,
     }
 }
 

@@ -376,6 +376,57 @@ fn envoy_sidecar_calls_a_warden_proxied_app() {
     assert_eq!(ev["policy"], "default/deny-envoy", "{ev}");
 }
 
+/// curl → Envoy (HTTP/2 over ALPN h2 to the Warden proxy) → Warden → Python's
+/// `http.server`, which speaks only HTTP/1.1: the port is declared `HTTP`, so Warden
+/// speaks HTTP/1.1 to the app whatever the client spoke, as Istio's inbound cluster
+/// does. (Before, the app got HTTP/2 and the client a 503.)
+#[test]
+fn envoy_over_h2_reaches_an_http1_only_app_behind_warden() {
+    let Some(py) = warden_tests::grpcio_python("http.server behind the proxy") else {
+        return;
+    };
+    let envoy_id = spiffe_id("default", "envoy-client");
+    let server_id = spiffe_id("default", "server");
+    let mesh = Mesh::builder()
+        .workload_spec(WorkloadSpec::new("envoy-client", "default", "envoy-client").without_proxy())
+        .workload_spec(WorkloadSpec::new("server", "default", "server").without_apps())
+        .service(ServiceSpec::new("server", "default").http(8080))
+        .start();
+    let server = mesh.workload("server").clone();
+    let mut app = Command::new(&py);
+    app.arg(warden_tests::interop_script("http_echo.py"))
+        .arg(server.addr(server.ports["http"]).to_string());
+    mesh.spawn_app(app);
+    let host = mesh.service("server").host.clone();
+    let envoy_ip = mesh.workload("envoy-client").ip.to_string();
+    let bootstrap = client_bootstrap(
+        &mesh.sds_socket,
+        (&envoy_ip, 15001),
+        (&server.ip.to_string(), 15006),
+        &format!("outbound_.8080_._.{host}"),
+        &envoy_id,
+        &server_id,
+    );
+    let envoy = Envoy::start(&mesh.dir.path().join("envoy"), &bootstrap);
+    for (path, cluster) in [
+        ("/h2/via-envoy", "to_server_h2"),
+        ("/via-envoy", "to_server_h1"),
+    ] {
+        let url = format!("http://{envoy_ip}:15001{path}");
+        let r = warden_tests::curl(&["-H", &format!("host: {host}:8080"), &url]);
+        assert_eq!(r.status, 200, "{path}: {r:?}\nenvoy: {}", envoy.drain_log());
+        let seen = r.json();
+        assert_eq!(seen["path"], path);
+        assert_eq!(seen["version"], "HTTP/1.1", "{seen}");
+        assert!(
+            seen.to_string().contains(&format!("URI={envoy_id}")),
+            "the app sees Envoy's identity in XFCC: {seen}"
+        );
+        assert!(envoy.stat(&format!("cluster.{cluster}.upstream_rq_200")) >= 1);
+    }
+    assert!(envoy.stat("cluster.to_server_h2.upstream_cx_http2_total") >= 1);
+}
+
 #[test]
 fn warden_proxy_calls_an_envoy_fronted_app_and_checks_its_identity() {
     let envoy_id = spiffe_id("default", "envoy-server");
