@@ -449,14 +449,14 @@ pub fn sanitize<B>(ex: &mut Exchange<B>, tls: bool, xfcc: Xfcc<'_>) -> Stage {
     } else {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
-        headers.remove("http2-settings");
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
     headers.remove(header::TRANSFER_ENCODING);
-    for name in ENVOY_CONTROL_HEADERS {
-        headers.remove(name);
-    }
+    let websocket = ex.websocket;
+    remove_where(headers, |n| {
+        matches!(n, "keep-alive" | "proxy-connection")
+            || (n == "http2-settings" && !websocket)
+            || (n.starts_with("x-envoy-") && ENVOY_CONTROL_HEADERS.contains(&n))
+    });
     if !headers.contains_key("x-forwarded-proto") {
         let proto = if tls { "https" } else { "http" };
         headers.insert(
@@ -489,16 +489,33 @@ pub fn sanitize<B>(ex: &mut Exchange<B>, tls: bool, xfcc: Xfcc<'_>) -> Stage {
     Ok(())
 }
 
+/// Removes the headers whose names `pred` picks, in one pass over the names (a
+/// lookup per candidate name would parse and hash each of them on every request).
+fn remove_where(headers: &mut HeaderMap, pred: impl Fn(&str) -> bool) {
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| pred(n.as_str()))
+        .cloned()
+        .collect();
+    for name in found {
+        headers.remove(name);
+    }
+}
+
 /// Puts the request in the form `protocol` sends: HTTP/1.1 in origin form with `Host`,
 /// HTTP/2 with `:scheme` and `:authority` and no `Host`.
 pub fn shape_upstream<B>(ex: &mut Exchange<B>, protocol: UpstreamProtocol) {
-    let pq = path_and_query(ex.req.uri()).to_string();
     match protocol {
         UpstreamProtocol::Http1 => {
-            if ex.req.uri().scheme().is_some()
-                && let Ok(uri) = Uri::try_from(pq)
-            {
-                *ex.req.uri_mut() = uri;
+            if ex.req.uri().scheme().is_some() {
+                let mut parts = std::mem::take(ex.req.uri_mut()).into_parts();
+                parts.scheme = None;
+                parts.authority = None;
+                if parts.path_and_query.is_none() {
+                    parts.path_and_query = Some(PathAndQuery::from_static("/"));
+                }
+                *ex.req.uri_mut() =
+                    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
             }
             if !ex.req.headers().contains_key(header::HOST)
                 && let Ok(v) = HeaderValue::from_str(&ex.authority)
@@ -509,14 +526,18 @@ pub fn shape_upstream<B>(ex: &mut Exchange<B>, protocol: UpstreamProtocol) {
         }
         UpstreamProtocol::Http2 => {
             ex.req.headers_mut().remove(header::HOST);
-            if let Ok(authority) = Authority::try_from(ex.authority.as_str())
-                && let Ok(uri) = Uri::builder()
-                    .scheme("http")
-                    .authority(authority)
-                    .path_and_query(pq)
-                    .build()
+            if ex.req.uri().scheme().is_none()
+                && let Ok(authority) = Authority::try_from(ex.authority.as_str())
             {
-                *ex.req.uri_mut() = uri;
+                let mut parts = std::mem::take(ex.req.uri_mut()).into_parts();
+                parts.scheme = Some(http::uri::Scheme::HTTP);
+                parts.authority = Some(authority);
+                if parts.path_and_query.is_none() {
+                    parts.path_and_query = Some(PathAndQuery::from_static("/"));
+                }
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    *ex.req.uri_mut() = uri;
+                }
             }
             *ex.req.version_mut() = Version::HTTP_2;
         }
@@ -551,8 +572,7 @@ pub fn sanitize_response<B>(
         headers.remove(header::UPGRADE);
     }
     headers.remove(header::TRANSFER_ENCODING);
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    remove_where(headers, |n| matches!(n, "keep-alive" | "proxy-connection"));
     if ex.websocket && !switching {
         let mut out = if status.is_client_error() || status.is_server_error() {
             resp.map(Body::upstream)

@@ -348,3 +348,66 @@ fn unusable_request_authentication_exits_2() {
         "{err}"
     );
 }
+
+#[test]
+fn the_path_is_normalized_as_the_proxy_does_in_each_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/p.yaml"), POLICIES).unwrap();
+    let sleep = "\"spiffe://cluster.local/ns/foo/sa/sleep\"";
+    let v = check(dir.path(), &request(sleep, "GET", "/info/x/../y"), &[]);
+    assert_eq!(
+        (v["decision"].as_str(), v["path"].as_str()),
+        (Some("ALLOW"), Some("/info/y"))
+    );
+    // `%2F` stays escaped in BASE, is a slash in DECODE_AND_MERGE_SLASHES.
+    let r = request(sleep, "GET", "/info%2F..%2F..%2Fadmin");
+    let v = check(dir.path(), &r, &[]);
+    assert_eq!(v["decision"], "ALLOW", "{v}");
+    let v = check(
+        dir.path(),
+        &r,
+        &["--path-normalization", "DECODE_AND_MERGE_SLASHES"],
+    );
+    assert_eq!(
+        (v["decision"].as_str(), v["path"].as_str()),
+        (Some("DENY"), Some("/admin")),
+        "{v}"
+    );
+    // NONE matches the raw path: the dot segments stay.
+    let v = check(
+        dir.path(),
+        &request(sleep, "GET", "/info/../admin"),
+        &["--path-normalization", "NONE"],
+    );
+    assert_eq!(v["decision"], "ALLOW", "{v}");
+    // A NUL is a 400 before any policy, in every mode.
+    let v = check(
+        dir.path(),
+        &request(sleep, "GET", "/info%00"),
+        &["--path-normalization", "NONE"],
+    );
+    assert_eq!(
+        (v["decision"].as_str(), v["status"].as_u64()),
+        (Some("DENY"), Some(400)),
+        "{v}"
+    );
+    assert!(v["reason"].as_str().unwrap().contains("NUL"), "{v}");
+    // A mode Istio does not have is a usage error.
+    let file = dir.path().join("req.json");
+    let out = warden(&[
+        "authz",
+        "check",
+        "--config",
+        dir.path().join("policies").to_str().unwrap(),
+        "--request",
+        file.to_str().unwrap(),
+        "--path-normalization",
+        "base",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expected NONE, BASE"),
+        "{out:?}"
+    );
+}
