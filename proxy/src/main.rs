@@ -24,6 +24,9 @@ enum Command {
     Run(RunArgs),
 }
 
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let Command::Run(args) = Cli::parse().command;
