@@ -15,12 +15,12 @@ use tokio::sync::Semaphore;
 
 use warden_policy::resources::MtlsMode;
 
-use crate::config::MeshConfig;
 use crate::identity::IdentityWatch;
 use crate::listener::{Drain, Limits, connection_permits};
+use crate::mesh::config::MeshConfig;
+use crate::mesh::model::{InboundTarget, Service, ServiceId, ServicePortInfo};
 use crate::metrics::{ConnLabels, Metrics, Peer, Reporter, ServiceLabels};
 use crate::pool::{Pool, UpstreamProtocol};
-use crate::registry::{InboundTarget, Service, ServicePortInfo};
 use crate::tls::{ClientAuth, ServerOptions, TlsClient, TlsServer, alpn};
 
 /// How long to wait for a TCP connection to an upstream.
@@ -54,23 +54,17 @@ impl ServiceTls {
     }
 }
 
-/// A key for a service within one snapshot: its address in the snapshot's registry,
-/// which the snapshot keeps alive.
-pub fn service_key(s: &Arc<Service>) -> usize {
-    Arc::as_ptr(s) as usize
-}
-
 /// One config generation with everything derived from it that requests need.
 #[derive(Debug)]
 pub struct Snapshot {
     /// The config.
     pub mesh: Arc<MeshConfig>,
-    /// Client TLS configs by [`service_key`].
-    pub tls: HashMap<usize, ServiceTls>,
+    /// Client TLS configs by service.
+    pub tls: HashMap<ServiceId, ServiceTls>,
     /// This workload as a metrics peer.
     pub local_peer: Arc<Peer>,
-    /// Outbound metric labels by ([`service_key`], endpoint index).
-    outbound_labels: HashMap<(usize, usize), Arc<ConnLabels>>,
+    /// Outbound metric labels by (service, endpoint index).
+    outbound_labels: HashMap<(ServiceId, usize), Arc<ConnLabels>>,
     /// Outbound metric labels of a request that was not routed.
     pub unknown_outbound: Arc<ConnLabels>,
     /// The workload's inbound target when it has exactly one (for connections that
@@ -96,7 +90,7 @@ impl Snapshot {
                 client.config_with_alpn(svc.allowed_ids.clone(), Some(alpn(alpn_list)))
             };
             tls.insert(
-                service_key(svc),
+                svc.id,
                 ServiceTls {
                     h1: make(ALPN_H1),
                     h2: make(ALPN_H2),
@@ -151,7 +145,7 @@ impl Snapshot {
                     service.clone(),
                     "unknown",
                 );
-                outbound_labels.insert((service_key(svc), i), Arc::new(labels));
+                outbound_labels.insert((svc.id, i), Arc::new(labels));
             }
         }
         let unknown_outbound = Arc::new(ConnLabels::new(
@@ -198,7 +192,7 @@ impl Snapshot {
     /// The outbound labels for endpoint `index` of `service`.
     pub fn outbound_labels(&self, service: &Arc<Service>, index: usize) -> Arc<ConnLabels> {
         self.outbound_labels
-            .get(&(service_key(service), index))
+            .get(&(service.id, index))
             .unwrap_or(&self.unknown_outbound)
             .clone()
     }
@@ -223,7 +217,7 @@ impl Snapshot {
 
 /// Which pool key an HTTP upstream connection to a peer proxy has: the config
 /// generation, the service, the endpoint and the protocol.
-pub type MeshKey = (u64, usize, u16, SocketAddr, UpstreamProtocol);
+pub type MeshKey = (u64, ServiceId, u16, SocketAddr, UpstreamProtocol);
 
 /// Everything the listeners share.
 #[derive(Debug)]

@@ -23,17 +23,18 @@ use warden_policy::authz::{Decision, Protocol, Request as PolicyRequest};
 use warden_policy::request_authn::Outcome as JwtOutcome;
 use warden_policy::resources::MtlsMode;
 
-use crate::context::{Context, Snapshot, service_key};
+use crate::context::{Context, Snapshot};
 use crate::http::{self as h, Body, local_reply, split_host_port};
 use crate::listener::{
     Activity, Ended, Rewind, Watched, accept_loop, copy_both, drive_http, sniff_version,
 };
+use crate::mesh::model::{InboundTarget, PortProtocol, ServiceId};
+use crate::mesh::registry::parse_sni;
+use crate::mesh::traffic_policy::upstream_protocol;
 use crate::metrics::{ConnLabels, Outcome, Reporter, ServiceLabels, TcpLabels};
 use crate::pipeline::{self, Exchange, Reply, Xfcc};
 use crate::pool::{UpstreamError, UpstreamProtocol};
-use crate::registry::{InboundTarget, PortProtocol, parse_sni};
 use crate::tls::{VerifyError, peer_spiffe_id};
-use crate::traffic_policy::upstream_protocol;
 
 /// What is known of a downstream connection once TLS (if any) is done.
 #[derive(Debug)]
@@ -52,22 +53,30 @@ struct Conn {
     target: Option<InboundTarget>,
     /// This connection's `x-forwarded-client-cert` element (mutual TLS only).
     xfcc: Option<HeaderValue>,
-    /// Metric labels of the last request: (generation, service key, labels).
-    labels: Mutex<Option<(u64, usize, Arc<ConnLabels>)>>,
+    /// Metric labels of the last request.
+    labels: Mutex<Option<CachedLabels>>,
+}
+
+/// A connection's metric labels for one (config generation, service) pair.
+#[derive(Debug)]
+struct CachedLabels {
+    generation: u64,
+    service: Option<ServiceId>,
+    labels: Arc<ConnLabels>,
 }
 
 impl Conn {
     /// The metric labels for a request to `target` under `snap`, made once per
     /// connection (and again only if the config or the service changes).
     fn labels(&self, snap: &Snapshot, target: Option<&InboundTarget>) -> Arc<ConnLabels> {
-        let key = target.map_or(0, |t| service_key(&t.service));
+        let key = target.map(|t| t.service.id);
         let generation = snap.mesh.generation;
         let mut cache = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((g, k, labels)) = cache.as_ref()
-            && *g == generation
-            && *k == key
+        if let Some(c) = cache.as_ref()
+            && c.generation == generation
+            && c.service == key
         {
-            return labels.clone();
+            return c.labels.clone();
         }
         let service = target.map_or_else(ServiceLabels::unknown, |t| {
             ServiceLabels::new(t.service.host(), &t.service.namespace)
@@ -79,7 +88,11 @@ impl Conn {
             service,
             self.security(),
         ));
-        *cache = Some((generation, key, labels.clone()));
+        *cache = Some(CachedLabels {
+            generation,
+            service: key,
+            labels: labels.clone(),
+        });
         labels
     }
 

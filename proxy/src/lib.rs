@@ -3,9 +3,12 @@
 //! passes PeerAuthentication, RequestAuthentication and AuthorizationPolicy before it
 //! reaches the app.
 //!
-//! - [`config`] and [`registry`]: the watched directory of Istio YAML (ServiceEntry,
-//!   WorkloadEntry and the security policies), compiled all-or-nothing into a
-//!   [`config::MeshConfig`]; a bad change is refused whole and the last good one stays.
+//! - [`mesh`]: the Istio YAML side. The watched directory (ServiceEntry, WorkloadEntry,
+//!   DestinationRule and the security policies) compiled all-or-nothing into a
+//!   [`mesh::config::MeshConfig`] ([`mesh::config`]); a bad change is refused whole and
+//!   the last good one stays. [`mesh::model`] holds services, endpoints and workloads,
+//!   [`mesh::registry`] builds them and resolves hosts, [`mesh::traffic_policy`] picks
+//!   the HTTP version toward each destination.
 //! - [`sds`] and [`identity`]: an SDS client of the node agent, as Envoy is one; it
 //!   streams this workload's SVID and `ROOTCA` and keeps the last good material.
 //! - [`tls`]: SPIFFE mutual TLS with rustls (ring only), secure naming, rotation for
@@ -19,8 +22,6 @@
 //! - [`outbound`] (port 15001): an HTTP proxy (absolute form or `Host`) and a TCP
 //!   listener per TCP service port, each sending mutual TLS with Istio's SNI to an
 //!   endpoint of the resolved service and refusing a server with the wrong identity.
-//! - [`traffic_policy`]: the HTTP version toward each destination (declared port
-//!   protocol, DestinationRule `h2UpgradePolicy`/`useClientProtocol`, MeshConfig).
 //! - [`listener`]: accepting within the connection limit, the header, idle and
 //!   handshake timeouts, tunnels, the drain; [`pool`]: upstream connections;
 //!   [`http`]: the response body and local replies in Envoy's words.
@@ -28,21 +29,19 @@
 //! - [`context`] and [`run`]: the shared state, the admin endpoints (`/ready` on
 //!   15021, `/stats/prometheus` on 15020) and the SIGTERM drain.
 
-pub mod config;
 pub mod context;
 pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod listener;
+pub mod mesh;
 pub mod metrics;
 pub mod outbound;
 pub mod pipeline;
 pub mod pool;
-pub mod registry;
 pub mod run;
 pub mod sds;
 pub mod tls;
-pub mod traffic_policy;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -17,17 +17,17 @@ use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::context::{Context, Snapshot, service_key};
+use crate::context::{Context, Snapshot};
 use crate::http::{self as h, Body, split_host_port};
 use crate::listener::{
     Activity, Ended, Watched, accept_loop, copy_both, drive_http, sniff_version,
 };
+use crate::mesh::model::{Endpoint, Service, ServicePortInfo};
+use crate::mesh::traffic_policy::upstream_protocol;
 use crate::metrics::TcpLabels;
 use crate::pipeline::{self, Exchange, Reply, Xfcc};
 use crate::pool::{UpstreamError, UpstreamProtocol};
-use crate::registry::{Endpoint, Service, ServicePortInfo};
 use crate::tls::{TlsClient, VerifyError};
-use crate::traffic_policy::upstream_protocol;
 
 /// The SNI Istio's sidecars send to a service port: its outbound cluster name.
 pub fn sni_for(host: &str, port: u16) -> String {
@@ -144,7 +144,7 @@ async fn connect_tls(
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let config = snap
         .tls
-        .get(&service_key(route.service))
+        .get(&route.service.id)
         .map(|t| t.for_protocol(protocol))
         .ok_or_else(|| std::io::Error::other("no TLS config for the service"))?;
     let tcp = ctx.connect_from_local(route.endpoint.inbound).await?;
@@ -252,7 +252,7 @@ async fn forward(
     let (req, ex) = ex.send_off();
     let key = (
         snap.mesh.generation,
-        service_key(route.service),
+        route.service.id,
         route.port.number,
         route.endpoint.inbound,
         protocol,

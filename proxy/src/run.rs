@@ -16,9 +16,10 @@ use warden_common::config::LogFormat;
 use warden_common::monitoring::{self, Answer, PROMETHEUS};
 use warden_common::process::ShutdownSignals;
 
-use crate::config::{ConfigOptions, ConfigStats, ConfigWatch, MeshConfig, MeshSettings};
 use crate::context::Context;
 use crate::listener::{Drain, Limits};
+use crate::mesh::config::{ConfigOptions, MeshConfig, MeshSettings};
+use crate::mesh::watch::{ConfigStats, ConfigWatch};
 use crate::metrics::Gauges;
 use crate::outbound::TcpListeners;
 use crate::sds::{NodeInfo, Sds, SdsConfig};
@@ -377,9 +378,9 @@ mod tests {
                 trust_domain: "cluster.local".into(),
                 workload: workload.into(),
                 namespace: "demo".into(),
-                settings: crate::config::MeshSettings::default(),
+                settings: crate::mesh::config::MeshSettings::default(),
             };
-            let mesh = crate::config::load(&opts, 1).unwrap();
+            let mesh = crate::mesh::config::load(&opts, 1).unwrap();
             assert_eq!(
                 mesh.local.spiffe_id.as_str(),
                 format!("spiffe://cluster.local/ns/demo/sa/{workload}")

@@ -24,8 +24,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use warden_policy::loader::{CompileError, ConfigSet, Loaded};
 
+use crate::mesh::errors::Errors;
+use crate::mesh::model::{PortProtocol, Service};
 use crate::pool::UpstreamProtocol;
-use crate::registry::{Errors, PortProtocol, Service};
 
 /// `h2UpgradePolicy` (DestinationRule `connectionPool.http` and MeshConfig).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
