@@ -26,9 +26,12 @@
 //!   handshake timeouts, tunnels, the drain; [`pool`]: upstream connections;
 //!   [`http`]: the response body and local replies in Envoy's words.
 //! - [`metrics`]: Istio's standard metrics with Istio's labels, and Warden's own.
-//! - [`context`] and [`run`]: the shared state, the admin endpoints (`/ready` on
-//!   15021, `/stats/prometheus` on 15020) and the SIGTERM drain.
+//! - [`config`]: the process flags; [`app`]: the wiring ([`app::build`] returns the
+//!   bound addresses), the admin endpoints (`/ready` on 15021, `/stats/prometheus` on
+//!   15020) and the SIGTERM drain; [`context`]: the state the listeners share.
 
+pub mod app;
+pub mod config;
 pub mod context;
 pub mod http;
 pub mod identity;
@@ -39,7 +42,6 @@ pub mod metrics;
 pub mod outbound;
 pub mod pipeline;
 pub mod pool;
-pub mod run;
 pub mod sds;
 pub mod tls;
 

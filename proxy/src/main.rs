@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use warden_common::process::init_tracing;
-use warden_proxy::run::{RunArgs, run, runtime};
+use warden_proxy::app::{run, runtime};
+use warden_proxy::config::RunArgs;
 
 #[derive(Debug, Parser)]
 #[command(

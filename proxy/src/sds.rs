@@ -549,7 +549,7 @@ impl Client {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use std::net::Ipv4Addr;
     use std::path::Path;
 
@@ -574,20 +574,20 @@ mod tests {
 
     /// One stream as the test sees it: the requests the client sent, and a handle
     /// to send responses (dropping it ends the stream).
-    struct FakeStream {
+    pub(crate) struct FakeStream {
         requests: UnboundedReceiver<DiscoveryRequest>,
         responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     }
 
     impl FakeStream {
-        async fn request(&mut self) -> DiscoveryRequest {
+        pub(crate) async fn request(&mut self) -> DiscoveryRequest {
             tokio::time::timeout(WAIT, self.requests.recv())
                 .await
                 .expect("no request from the SDS client")
                 .unwrap()
         }
 
-        async fn respond(&self, resp: DiscoveryResponse) {
+        pub(crate) async fn respond(&self, resp: DiscoveryResponse) {
             self.responses.send(Ok(resp)).await.unwrap();
         }
     }
@@ -642,7 +642,7 @@ mod tests {
     }
 
     /// Serves the fake on `socket`; new streams arrive on the returned receiver.
-    fn serve(socket: &Path) -> UnboundedReceiver<FakeStream> {
+    pub(crate) fn serve(socket: &Path) -> UnboundedReceiver<FakeStream> {
         let listener = tokio::net::UnixListener::bind(socket).unwrap();
         let (streams, rx) = unbounded_channel();
         tokio::spawn(
@@ -653,7 +653,7 @@ mod tests {
         rx
     }
 
-    async fn next_stream(streams: &mut UnboundedReceiver<FakeStream>) -> FakeStream {
+    pub(crate) async fn next_stream(streams: &mut UnboundedReceiver<FakeStream>) -> FakeStream {
         tokio::time::timeout(WAIT, streams.recv())
             .await
             .expect("the SDS client did not open a stream")
@@ -667,7 +667,7 @@ mod tests {
         })
     }
 
-    fn cert_secret(name: &str, chain: &str, key: &str) -> Secret {
+    pub(crate) fn cert_secret(name: &str, chain: &str, key: &str) -> Secret {
         Secret {
             name: name.into(),
             r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
@@ -678,7 +678,7 @@ mod tests {
         }
     }
 
-    fn roots_secret(name: &str, pem: &str) -> Secret {
+    pub(crate) fn roots_secret(name: &str, pem: &str) -> Secret {
         Secret {
             name: name.into(),
             r#type: Some(secret::Type::ValidationContext(
@@ -708,7 +708,7 @@ mod tests {
         )
     }
 
-    fn response(version: &str, nonce: &str, secrets: Vec<Secret>) -> DiscoveryResponse {
+    pub(crate) fn response(version: &str, nonce: &str, secrets: Vec<Secret>) -> DiscoveryResponse {
         DiscoveryResponse {
             version_info: version.into(),
             resources: secrets
