@@ -21,10 +21,10 @@ use warden_proto::warden_ca::jwt_svid_service_server::JwtSvidServiceServer;
 
 use crate::admin::AdminService;
 use crate::auth::{Authenticator, JwtValidator};
+use crate::certificate::CertificateService;
 use crate::config::Config;
 use crate::monitoring::{self, Metrics, Readiness};
 use crate::pki::Authority;
-use crate::server::CaService;
 use crate::store::Store;
 
 /// Largest gRPC message accepted (a CSR request is a few KiB); a larger one is answered
@@ -122,7 +122,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         conn_tx,
         shutdown_rx.clone(),
     )));
-    let service = CaService::new(
+    let service = CertificateService::new(
         authority.clone(),
         auth.clone(),
         store.clone(),

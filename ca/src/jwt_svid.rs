@@ -13,10 +13,11 @@ use warden_proto::warden_ca::{
     GetJwtBundleRequest, GetJwtBundleResponse, MintJwtSvidRequest, MintJwtSvidResponse,
 };
 
+use crate::auth::request::{audit_denial, authenticate};
 use crate::auth::{AuthMethod, Authenticator, ImpersonationError};
 use crate::monitoring::Metrics;
 use crate::pki::JwtSigner;
-use crate::server::{audit_denial, authenticate, requested_ttl};
+use crate::pki::requested_ttl;
 use crate::store::{AuditEvent, Store};
 
 /// Most audiences one token may carry.

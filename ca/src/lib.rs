@@ -4,18 +4,18 @@
 //! so istio-agent and ztunnel can use it in place of istiod's CA. The parts, by folder:
 //! [`config`] (flags and YAML), [`pki`] (roots, CSR checks, signing), [`auth`] (who is
 //! asking, node impersonation), [`store`] (SQLite/PostgreSQL, hash-chained audit log with
-//! group commit), [`server`] (CreateCertificate), [`jwt_svid`] (JWT-SVIDs), [`node_api`] (a node's entries for its agent), [`admin`] (the CLI's unix-socket API),
+//! group commit), [`certificate`] (CreateCertificate), [`jwt_svid`] (JWT-SVIDs), [`node_api`] (a node's entries for its agent), [`admin`] (the CLI's unix-socket API),
 //! [`monitoring`] (istiod-named metrics, health) and [`app`] (wiring; `build` returns the
 //! bound addresses).
 
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod certificate;
 pub mod config;
 pub mod jwt_svid;
 pub mod monitoring;
 pub mod node_api;
 pub mod pki;
-pub mod server;
 pub mod store;
 pub mod tls;

@@ -11,8 +11,8 @@ use warden_proto::warden_ca::node_service_server::NodeService;
 use warden_proto::warden_ca::{ListNodeEntriesRequest, ListNodeEntriesResponse, NodeEntry};
 
 use crate::auth::Authenticator;
+use crate::auth::request::{audit_denial, authenticate};
 use crate::monitoring::Metrics;
-use crate::server::{audit_denial, authenticate};
 use crate::store::Store;
 
 /// The node service.

@@ -7,8 +7,11 @@
 //! 2. `authorization: Bearer <JWT>`: a Kubernetes service-account token ([`jwt`]);
 //! 3. `authorization: Bearer <join token>`: a one-time node token, giving
 //!    `spiffe://<td>/warden/node/<name>`.
+//!
+//! [`request`] applies them to a gRPC request on the certificate port and audits refusals.
 
 pub mod jwt;
+pub mod request;
 
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};

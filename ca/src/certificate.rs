@@ -1,4 +1,5 @@
-//! `istio.v1.auth.IstioCertificateService/CreateCertificate`: authenticate, authorize,
+//! The certificate service, `istio.v1.auth.IstioCertificateService/CreateCertificate`:
+//! authenticate, authorize,
 //! check the CSR, sign, record durably, answer. Every refusal is audited with its reason
 //! and answered with a gRPC status naming what was wrong.
 
@@ -12,14 +13,16 @@ use warden_proto::istio_ca::istio_certificate_service_server::IstioCertificateSe
 use warden_proto::istio_ca::{IstioCertificateRequest, IstioCertificateResponse};
 use warden_proto::{IMPERSONATED_IDENTITY, SpiffeId};
 
+use crate::auth::request::{audit_denial, authenticate};
 use crate::auth::{AuthMethod, Authenticator, Caller};
 use crate::monitoring::Metrics;
+use crate::pki::requested_ttl;
 use crate::pki::{Authority, csr};
 use crate::store::{AuditEvent, CertRecord, Op, Outcome, Store};
 
 /// The certificate service's shared state.
 #[derive(Debug)]
-pub struct CaService {
+pub struct CertificateService {
     authority: Arc<Authority>,
     auth: Arc<Authenticator>,
     store: Store,
@@ -58,11 +61,7 @@ impl Denial {
     }
 }
 
-fn now_unix() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-impl CaService {
+impl CertificateService {
     /// Builds the service.
     pub fn new(
         authority: Arc<Authority>,
@@ -251,108 +250,8 @@ impl CaService {
     }
 }
 
-/// The lifetime a request asks for in seconds: the default when 0 or less, refused
-/// (as istiod refuses) when above the maximum. `kind` prefixes "TTL" in the message.
-pub(crate) fn requested_ttl(
-    secs: i64,
-    default: Duration,
-    max: Duration,
-    kind: &str,
-) -> Result<Duration, String> {
-    if secs <= 0 {
-        return Ok(default);
-    }
-    let ttl = Duration::from_secs(secs.unsigned_abs());
-    if ttl > max {
-        return Err(format!(
-            "requested TTL {secs}s is greater than the max allowed {kind}TTL {}s",
-            max.as_secs()
-        ));
-    }
-    Ok(ttl)
-}
-
-/// Appends a refusal to the audit log; a failure to do so is logged and counted (the
-/// request is refused either way).
-pub(crate) async fn audit_denial(
-    store: &Store,
-    metrics: &Metrics,
-    event: &'static str,
-    identity: String,
-    requester: String,
-    peer: &str,
-    reason: &str,
-) {
-    let event = AuditEvent {
-        event,
-        outcome: "denied",
-        identity,
-        requester,
-        peer_addr: peer.to_string(),
-        detail: serde_json::json!({ "reason": reason }),
-    };
-    if let Err(e) = store.audit(event).await {
-        metrics
-            .store_failure_count
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::error!(error = %e, "cannot record a denial in the audit log");
-    }
-}
-
-/// Authenticates the caller of a request on the certificate port (client certificate,
-/// then `authorization: Bearer`), counting and auditing failures as `denied_event`.
-/// Returns the caller and its address.
-pub(crate) async fn authenticate<T>(
-    auth: &Authenticator,
-    store: &Store,
-    metrics: &Metrics,
-    request: &Request<T>,
-    denied_event: &'static str,
-) -> Result<(Caller, String), Status> {
-    let peer = request
-        .remote_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let peer_certs = request.peer_certs();
-    let authorization = request
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok());
-    match auth
-        .authenticate(
-            peer_certs.as_deref().map(Vec::as_slice),
-            authorization,
-            now_unix(),
-        )
-        .await
-    {
-        Ok(caller) => Ok((caller, peer)),
-        Err(e) => {
-            metrics
-                .authentication_failure_count
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let reason = e.to_string();
-            tracing::warn!(peer, reason, "request denied: authentication failed");
-            audit_denial(
-                store,
-                metrics,
-                denied_event,
-                String::new(),
-                "unauthenticated".into(),
-                &peer,
-                &reason,
-            )
-            .await;
-            Err(match e {
-                crate::auth::AuthError::Store(_) => Status::unavailable(reason),
-                _ => Status::unauthenticated(reason),
-            })
-        }
-    }
-}
-
 #[tonic::async_trait]
-impl IstioCertificateService for CaService {
+impl IstioCertificateService for CertificateService {
     async fn create_certificate(
         &self,
         request: Request<IstioCertificateRequest>,
