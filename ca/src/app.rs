@@ -52,6 +52,12 @@ pub struct Bound {
     drain_timeout: Duration,
 }
 
+impl warden_common::process::Serving for Bound {
+    async fn shutdown(self) {
+        Bound::shutdown(self).await
+    }
+}
+
 /// Builds and starts the CA.
 pub async fn build(config: Config) -> anyhow::Result<Bound> {
     create_data_dir(&config.data_dir)?;

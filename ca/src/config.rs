@@ -7,18 +7,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::pki::KeyType;
 
 pub use warden_common::config::{ConfigError, LogFormat};
-use warden_common::config::{file_duration, invalid, read_yaml};
+use warden_common::config::{de, invalid, load_layers};
 
+warden_common::run_args! {
 /// Flags of `warden-ca run`. All optional here so a config file can fill them in.
-#[derive(Debug, Default, Clone, clap::Args)]
 pub struct RunArgs {
     /// YAML file with any of the settings below (same names as the flags).
     #[arg(long)]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Directory for the CA's keys, its SQLite database and the admin socket. Required.
     #[arg(long)]
@@ -41,13 +40,16 @@ pub struct RunArgs {
     pub plugin_certs: Option<PathBuf>,
     /// Lifetime of a workload certificate when the request names none [default: 24h].
     #[arg(long, value_parser = warden_proto::duration::parse_flag)]
+    #[serde(deserialize_with = "de::duration")]
     pub workload_cert_ttl: Option<Duration>,
     /// Longest lifetime a request may ask for; longer requests are refused [default: 90d].
     #[arg(long, value_parser = warden_proto::duration::parse_flag)]
+    #[serde(deserialize_with = "de::duration")]
     pub max_workload_cert_ttl: Option<Duration>,
     /// Key type of a newly created root: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096
     /// [default: ec-p256].
     #[arg(long)]
+    #[serde(deserialize_with = "de::from_str")]
     pub key_type: Option<KeyType>,
     /// JWKS file with the keys that sign service-account tokens (RS256, ES256).
     #[arg(long)]
@@ -71,45 +73,20 @@ pub struct RunArgs {
     pub serving_ip_addrs: Vec<IpAddr>,
     /// Lifetime of a JWT-SVID when the request names none [default: 5m].
     #[arg(long, value_parser = warden_proto::duration::parse_flag)]
+    #[serde(deserialize_with = "de::duration")]
     pub jwt_svid_ttl: Option<Duration>,
     /// Default lifetime of join tokens made by `warden token create` [default: 1h].
     #[arg(long, value_parser = warden_proto::duration::parse_flag)]
+    #[serde(deserialize_with = "de::duration")]
     pub join_token_ttl: Option<Duration>,
     /// How long SIGTERM waits for in-flight requests [default: 10s].
     #[arg(long, value_parser = warden_proto::duration::parse_flag)]
+    #[serde(deserialize_with = "de::duration")]
     pub drain_timeout: Option<Duration>,
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<LogFormat>,
 }
-
-/// The YAML config file: the same settings as the flags, kebab-case, unknown keys refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    trust_domain: Option<String>,
-    grpc_addr: Option<SocketAddr>,
-    monitoring_addr: Option<SocketAddr>,
-    database_url: Option<String>,
-    plugin_certs: Option<PathBuf>,
-    workload_cert_ttl: Option<String>,
-    max_workload_cert_ttl: Option<String>,
-    key_type: Option<String>,
-    jwks: Option<PathBuf>,
-    token_issuer: Option<String>,
-    #[serde(default)]
-    token_audience: Vec<String>,
-    #[serde(default)]
-    trusted_node_accounts: Vec<String>,
-    #[serde(default)]
-    serving_dns_names: Vec<String>,
-    #[serde(default)]
-    serving_ip_addrs: Vec<IpAddr>,
-    jwt_svid_ttl: Option<String>,
-    join_token_ttl: Option<String>,
-    drain_timeout: Option<String>,
-    log_format: Option<LogFormat>,
 }
 
 /// A Kubernetes service account, `namespace/name`.
@@ -164,44 +141,23 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-fn or_file<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
-    if flag.is_empty() { file } else { flag }
-}
-
 impl Config {
     /// Merges flags over the optional config file and applies defaults and checks.
-    pub fn load(args: RunArgs) -> Result<Self, ConfigError> {
-        let file = match &args.config {
-            Some(path) => read_yaml(path)?,
-            None => FileConfig::default(),
-        };
+    pub fn load(flags: RunArgs) -> Result<Self, ConfigError> {
+        let args = load_layers(flags.clone(), flags.config.as_deref())?;
         let data_dir = args
             .data_dir
-            .or(file.data_dir)
             .ok_or_else(|| invalid("--data-dir", "is required"))?;
         let trust_domain = args
             .trust_domain
-            .or(file.trust_domain)
             .unwrap_or_else(|| "cluster.local".to_string());
         warden_proto::SpiffeId::parse(&format!("spiffe://{trust_domain}"))
             .map_err(|e| invalid("--trust-domain", e.to_string()))?;
-        let key_type = match args.key_type {
-            Some(k) => k,
-            None => match file.key_type {
-                Some(k) => k.parse().map_err(|e: String| invalid("--key-type", e))?,
-                None => KeyType::EcP256,
-            },
-        };
         let workload_cert_ttl = args
             .workload_cert_ttl
-            .or(file_duration("workload-cert-ttl", file.workload_cert_ttl)?)
             .unwrap_or(Duration::from_secs(24 * 3600));
         let max_workload_cert_ttl = args
             .max_workload_cert_ttl
-            .or(file_duration(
-                "max-workload-cert-ttl",
-                file.max_workload_cert_ttl,
-            )?)
             .unwrap_or(Duration::from_secs(90 * 86_400));
         if workload_cert_ttl.is_zero() || workload_cert_ttl > max_workload_cert_ttl {
             return Err(invalid(
@@ -212,23 +168,22 @@ impl Config {
                 ),
             ));
         }
-        let jwks = args.jwks.or(file.jwks);
-        let token_issuer = args.token_issuer.or(file.token_issuer);
-        if jwks.is_some() && token_issuer.is_none() {
+        if args.jwks.is_some() && args.token_issuer.is_none() {
             return Err(invalid(
                 "--token-issuer",
                 "is required with --jwks: tokens are only accepted from a named issuer",
             ));
         }
-        let mut token_audiences = or_file(args.token_audience, file.token_audience);
+        let mut token_audiences = args.token_audience;
         if token_audiences.is_empty() {
             token_audiences.push("istio-ca".to_string());
         }
-        let trusted_node_accounts = or_file(args.trusted_node_accounts, file.trusted_node_accounts)
+        let trusted_node_accounts = args
+            .trusted_node_accounts
             .iter()
             .map(|s| parse_service_account(s))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut serving_dns_names = or_file(args.serving_dns_names, file.serving_dns_names);
+        let mut serving_dns_names = args.serving_dns_names;
         if serving_dns_names.is_empty() {
             serving_dns_names = [
                 "istiod.istio-system.svc",
@@ -238,13 +193,12 @@ impl Config {
             .map(String::from)
             .to_vec();
         }
-        let mut serving_ip_addrs = or_file(args.serving_ip_addrs, file.serving_ip_addrs);
+        let mut serving_ip_addrs = args.serving_ip_addrs;
         if serving_ip_addrs.is_empty() {
             serving_ip_addrs.push(IpAddr::from([127, 0, 0, 1]));
         }
         let database_url = args
             .database_url
-            .or(file.database_url)
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("warden.db").display()));
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres://")
@@ -259,36 +213,25 @@ impl Config {
             trust_domain,
             grpc_addr: args
                 .grpc_addr
-                .or(file.grpc_addr)
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 15012))),
             monitoring_addr: args
                 .monitoring_addr
-                .or(file.monitoring_addr)
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 15014))),
             database_url,
-            plugin_certs: args.plugin_certs.or(file.plugin_certs),
+            plugin_certs: args.plugin_certs,
             workload_cert_ttl,
             max_workload_cert_ttl,
-            key_type,
-            jwks,
-            token_issuer,
+            key_type: args.key_type.unwrap_or(KeyType::EcP256),
+            jwks: args.jwks,
+            token_issuer: args.token_issuer,
             token_audiences,
             trusted_node_accounts,
             serving_dns_names,
             serving_ip_addrs,
-            jwt_svid_ttl: args
-                .jwt_svid_ttl
-                .or(file_duration("jwt-svid-ttl", file.jwt_svid_ttl)?)
-                .unwrap_or(Duration::from_secs(300)),
-            join_token_ttl: args
-                .join_token_ttl
-                .or(file_duration("join-token-ttl", file.join_token_ttl)?)
-                .unwrap_or(Duration::from_secs(3600)),
-            drain_timeout: args
-                .drain_timeout
-                .or(file_duration("drain-timeout", file.drain_timeout)?)
-                .unwrap_or(Duration::from_secs(10)),
-            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            jwt_svid_ttl: args.jwt_svid_ttl.unwrap_or(Duration::from_secs(300)),
+            join_token_ttl: args.join_token_ttl.unwrap_or(Duration::from_secs(3600)),
+            drain_timeout: args.drain_timeout.unwrap_or(Duration::from_secs(10)),
+            log_format: args.log_format.unwrap_or_default(),
             data_dir,
         })
     }
@@ -298,9 +241,27 @@ impl Config {
         self.data_dir.join("admin.sock")
     }
 
+    /// This configuration with the database password replaced, for the start-up log.
+    pub fn redacted(&self) -> Self {
+        Self {
+            database_url: self.database_url_redacted(),
+            ..self.clone()
+        }
+    }
+
     /// The database URL with any password replaced, for logs.
     pub fn database_url_redacted(&self) -> String {
         redact_url_password(&self.database_url)
+    }
+}
+
+impl warden_common::process::ServerConfig for Config {
+    fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
+    fn log_effective(&self) {
+        tracing::info!(config = ?self.redacted(), "effective configuration");
     }
 }
 
@@ -453,6 +414,7 @@ mod tests {
 #[cfg(test)]
 mod shipped_configs {
     use super::*;
+    use serde::Deserialize;
     use std::path::Path;
 
     fn load_file(path: &Path) -> Config {

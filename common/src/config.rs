@@ -1,8 +1,10 @@
-//! Config files: every flag of a `run` command can also be set in a YAML file under the
-//! same name; unknown keys are refused; errors name the file, flag or key.
+//! One config shape for the three servers: a `run` command's settings are declared once
+//! with [`run_args!`](crate::run_args) (each is a flag and a key of the `--config` YAML
+//! file under the same name), merged once by [`load_layers`] (flags win over the file;
+//! unknown keys are refused), then each binary's `Config::load` applies defaults and
+//! checks. Errors name the file, flag or key.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -55,16 +57,6 @@ pub fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError
     }
 }
 
-/// A duration written in a config file (`24h`, `90d`, `1h30m`), named on error.
-pub fn file_duration(
-    setting: &'static str,
-    value: Option<String>,
-) -> Result<Option<Duration>, ConfigError> {
-    value
-        .map(|v| warden_proto::duration::parse(&v).map_err(|e| invalid(setting, e.to_string())))
-        .transpose()
-}
-
 /// Reads a YAML config file; an empty file is all defaults.
 pub fn read_yaml<T: DeserializeOwned + Default>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -78,4 +70,112 @@ pub fn read_yaml<T: DeserializeOwned + Default>(path: &Path) -> Result<T, Config
         path: path.to_path_buf(),
         message: e.to_string(),
     })
+}
+
+/// How a setting given on the command line (or in the environment) sits over the same
+/// setting in the config file: the command line wins when it says anything.
+pub trait Layer {
+    /// `self` (the command line) over `lower` (the file).
+    fn over(self, lower: Self) -> Self;
+}
+
+impl<T> Layer for Option<T> {
+    fn over(self, lower: Self) -> Self {
+        self.or(lower)
+    }
+}
+
+impl<T> Layer for Vec<T> {
+    fn over(self, lower: Self) -> Self {
+        if self.is_empty() { lower } else { self }
+    }
+}
+
+/// A switch (`--accept-http10`): on when either layer turns it on.
+impl Layer for bool {
+    fn over(self, lower: Self) -> Self {
+        self || lower
+    }
+}
+
+/// Declares a `run` command's settings once: the struct derives `clap::Args` (the flags)
+/// and `serde::Deserialize` (the `--config` YAML file, kebab-case, unknown keys refused),
+/// and implements [`Layer`] field by field, so a setting is written in one place and
+/// [`load_layers`] merges the two the same way in every binary. Fields are `Option`,
+/// `Vec` or `bool`: defaults belong to the effective config, after the merge, so a file
+/// can set what a flag default would otherwise hide. The `config` field (the file's
+/// own path) must carry `#[serde(skip)]`.
+#[macro_export]
+macro_rules! run_args {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $(
+                $(#[$fmeta:meta])*
+                $fvis:vis $field:ident : $ty:ty
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Clone, clap::Args, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+        $vis struct $name {
+            $(
+                $(#[$fmeta])*
+                $fvis $field: $ty,
+            )*
+        }
+
+        impl $crate::config::Layer for $name {
+            fn over(self, lower: Self) -> Self {
+                Self {
+                    $( $field: $crate::config::Layer::over(self.$field, lower.$field), )*
+                }
+            }
+        }
+    };
+}
+
+/// The command line over the config file it names (if any): the one merge of every
+/// binary's settings.
+pub fn load_layers<T>(flags: T, file: Option<&Path>) -> Result<T, ConfigError>
+where
+    T: Layer + DeserializeOwned + Default,
+{
+    match file {
+        Some(path) => Ok(flags.over(read_yaml(path)?)),
+        None => Ok(flags),
+    }
+}
+
+/// `serde(deserialize_with)` helpers for settings read from the config file in the same
+/// syntax as their flags.
+pub mod de {
+    use std::str::FromStr;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// A duration in Warden's one syntax (`500ms`, `10s`, `1h30m`, `90d`).
+    pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        warden_proto::duration::parse(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+
+    /// Any value with the `FromStr` its flag uses (key types, modes).
+    pub fn from_str<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
 }

@@ -1,6 +1,93 @@
-//! Process setup shared by the servers: logging and waiting for SIGTERM/SIGINT.
+//! Process setup shared by the servers: the one `main()` sequence ([`serve`]), logging
+//! and waiting for SIGTERM/SIGINT.
 
-use crate::config::LogFormat;
+use std::fmt::{Debug, Display};
+use std::future::Future;
+use std::process::ExitCode;
+
+use crate::config::{ConfigError, LogFormat};
+
+/// A server's effective configuration, as [`serve`] needs it.
+pub trait ServerConfig: Debug {
+    /// How to log.
+    fn log_format(&self) -> LogFormat;
+
+    /// The runtime the server runs on: multi-threaded with a worker per core unless the
+    /// config says otherwise.
+    fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    }
+
+    /// Logs the configuration in effect (flags over file over defaults), once at start.
+    /// Override to redact secrets; keys and tokens are never logged.
+    fn log_effective(&self) {
+        tracing::info!(config = ?self, "effective configuration");
+    }
+}
+
+/// What a binary's `app::build` returns: its servers, bound and serving.
+pub trait Serving {
+    /// Stops accepting, drains what is in flight, and returns when the server is down.
+    fn shutdown(self) -> impl Future<Output = ()>;
+}
+
+/// The `main()` of every Warden server, in one order: a config error exits 2 with the
+/// message; then logging starts, the effective config is logged, the runtime is made,
+/// SIGTERM/SIGINT are caught (before anything is bound, so a signal during start-up is
+/// a clean stop), the server is built (a failure exits 1 with the cause chain), and on
+/// the first signal it drains and the process exits 0.
+pub fn serve<C, B, E, F>(
+    name: &str,
+    config: Result<C, ConfigError>,
+    build: impl FnOnce(C) -> F,
+) -> ExitCode
+where
+    C: ServerConfig,
+    B: Serving,
+    E: Display,
+    F: Future<Output = Result<B, E>>,
+{
+    // Only ring is compiled in; make the choice explicit (one crypto provider).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format());
+    config.log_effective();
+    let runtime = match config.runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let signals = match ShutdownSignals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{name}: cannot catch SIGTERM/SIGINT: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let bound = match build(config).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("{name}: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        signals.wait("stopping").await;
+        bound.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
 
 /// Logs to stderr in `format`, level from `RUST_LOG` (default `info`).
 pub fn init_tracing(format: LogFormat) {

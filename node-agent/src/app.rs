@@ -71,6 +71,12 @@ async fn attest(node: &Node) -> anyhow::Result<()> {
     }
 }
 
+impl warden_common::process::Serving for Bound {
+    async fn shutdown(self) {
+        Bound::shutdown(self).await
+    }
+}
+
 /// Starts the agent.
 pub async fn build(config: Config) -> anyhow::Result<Bound> {
     crate::files::private_dir(&config.data_dir)

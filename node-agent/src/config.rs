@@ -10,13 +10,14 @@ use serde::Deserialize;
 use crate::rotation::RotationPolicy;
 
 pub use warden_common::config::{ConfigError, LogFormat};
-use warden_common::config::{file_duration, invalid, read_yaml};
+use warden_common::config::{de, invalid, load_layers};
 
+warden_common::run_args! {
 /// Flags of `warden-agent run`. All optional here so a config file can fill them in.
-#[derive(Debug, Default, Clone, clap::Args)]
 pub struct RunArgs {
     /// YAML file with any of the settings below (same names as the flags).
     #[arg(long)]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// The CA's certificate API, e.g. https://127.0.0.1:15012. Required.
     #[arg(long)]
@@ -56,10 +57,12 @@ pub struct RunArgs {
     pub rotation_ratio: Option<f64>,
     /// Lifetime to ask the CA for, e.g. 24h or 10s [default: 24h].
     #[arg(long, value_parser = warden_proto::duration::parse_flag)]
+    #[serde(deserialize_with = "de::duration")]
     pub svid_ttl: Option<Duration>,
     /// How often to fetch this node's registration entries and the JWT bundle
     /// [default: 5s].
     #[arg(long, value_parser = warden_proto::duration::parse_flag)]
+    #[serde(deserialize_with = "de::duration")]
     pub sync_interval: Option<Duration>,
     /// Also write each SVID (cert-chain.pem, key.pem 0600, root-cert.pem) under this
     /// directory, atomically: directly in workload mode, in `DIR/<SPIFFE ID path>/` in
@@ -73,6 +76,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub log_format: Option<LogFormat>,
 }
+}
 
 /// How the agent decides whom to serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -83,27 +87,6 @@ pub enum Mode {
     Node,
     /// Istio sidecar-style: the token's own identity, for the pod's private sockets.
     Workload,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    ca_addr: Option<String>,
-    ca_root: Option<PathBuf>,
-    tls_server_name: Option<String>,
-    trust_domain: Option<String>,
-    data_dir: Option<PathBuf>,
-    socket_dir: Option<PathBuf>,
-    node_name: Option<String>,
-    mode: Option<Mode>,
-    join_token: Option<String>,
-    token_file: Option<PathBuf>,
-    rotation_ratio: Option<f64>,
-    svid_ttl: Option<String>,
-    sync_interval: Option<String>,
-    write_dir: Option<PathBuf>,
-    monitoring_addr: Option<SocketAddr>,
-    log_format: Option<LogFormat>,
 }
 
 /// How the node proves itself to the CA.
@@ -169,16 +152,18 @@ fn hostname() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+impl warden_common::process::ServerConfig for Config {
+    fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+}
+
 impl Config {
     /// Merges flags over the optional config file and applies defaults and checks.
-    pub fn load(args: RunArgs) -> Result<Self, ConfigError> {
-        let file = match &args.config {
-            Some(path) => read_yaml(path)?,
-            None => FileConfig::default(),
-        };
+    pub fn load(flags: RunArgs) -> Result<Self, ConfigError> {
+        let args = load_layers(flags.clone(), flags.config.as_deref())?;
         let ca_addr = args
             .ca_addr
-            .or(file.ca_addr)
             .ok_or_else(|| invalid("--ca-addr", "is required, e.g. https://127.0.0.1:15012"))?;
         let uri: http::Uri = ca_addr
             .parse()
@@ -191,9 +176,8 @@ impl Config {
         }
         let tls_server_name = args
             .tls_server_name
-            .or(file.tls_server_name)
             .unwrap_or_else(|| uri.host().unwrap_or_default().to_string());
-        let ca_root = args.ca_root.or(file.ca_root).ok_or_else(|| {
+        let ca_root = args.ca_root.ok_or_else(|| {
             invalid(
                 "--ca-root",
                 "is required: the PEM bundle that authenticates the CA",
@@ -201,15 +185,13 @@ impl Config {
         })?;
         let data_dir = args
             .data_dir
-            .or(file.data_dir)
             .ok_or_else(|| invalid("--data-dir", "is required"))?;
         let trust_domain = args
             .trust_domain
-            .or(file.trust_domain)
             .unwrap_or_else(|| "cluster.local".to_string());
         warden_proto::SpiffeId::parse(&format!("spiffe://{trust_domain}"))
             .map_err(|e| invalid("--trust-domain", e.to_string()))?;
-        let node_name = match args.node_name.or(file.node_name).or_else(hostname) {
+        let node_name = match args.node_name.or_else(hostname) {
             Some(n) => n,
             None => {
                 return Err(invalid(
@@ -228,9 +210,9 @@ impl Config {
                 ),
             ));
         }
-        let mode = args.mode.or(file.mode).unwrap_or_default();
-        let join_token = args.join_token.or(file.join_token);
-        let token_file = args.token_file.or(file.token_file);
+        let mode = args.mode.unwrap_or_default();
+        let join_token = args.join_token;
+        let token_file = args.token_file;
         let credential = match (join_token, token_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -248,28 +230,19 @@ impl Config {
                 "is required in workload mode: the workload's own service-account token",
             ));
         }
-        let ratio = args.rotation_ratio.or(file.rotation_ratio).unwrap_or(0.5);
+        let ratio = args.rotation_ratio.unwrap_or(0.5);
         let rotation = RotationPolicy::new(ratio, 0.01)
             .map_err(|e| invalid("--rotation-ratio", e.to_string()))?;
-        let svid_ttl = args
-            .svid_ttl
-            .or(file_duration("svid-ttl", file.svid_ttl)?)
-            .unwrap_or(Duration::from_secs(24 * 3600));
+        let svid_ttl = args.svid_ttl.unwrap_or(Duration::from_secs(24 * 3600));
         if svid_ttl < Duration::from_secs(2) {
             return Err(invalid("--svid-ttl", "must be at least 2s"));
         }
-        let sync_interval = args
-            .sync_interval
-            .or(file_duration("sync-interval", file.sync_interval)?)
-            .unwrap_or(Duration::from_secs(5));
+        let sync_interval = args.sync_interval.unwrap_or(Duration::from_secs(5));
         if sync_interval < Duration::from_millis(100) {
             return Err(invalid("--sync-interval", "must be at least 100ms"));
         }
         Ok(Self {
-            socket_dir: args
-                .socket_dir
-                .or(file.socket_dir)
-                .unwrap_or_else(|| data_dir.join("sockets")),
+            socket_dir: args.socket_dir.unwrap_or_else(|| data_dir.join("sockets")),
             ca_addr,
             ca_root,
             tls_server_name,
@@ -281,12 +254,11 @@ impl Config {
             rotation,
             svid_ttl,
             sync_interval,
-            write_dir: args.write_dir.or(file.write_dir),
+            write_dir: args.write_dir,
             monitoring_addr: args
                 .monitoring_addr
-                .or(file.monitoring_addr)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15020))),
-            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            log_format: args.log_format.unwrap_or_default(),
         })
     }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use warden_agent::config::{Config, RunArgs};
-use warden_common::process::{ShutdownSignals, init_tracing};
+use warden_common::process::serve;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,76 +29,28 @@ enum Command {
     Api(warden_agent::client::ApiCmd),
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("warden-agent: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        })
-}
-
 fn main() -> ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
+        Command::Run(args) => serve("warden-agent", Config::load(args), warden_agent::app::build),
         Command::Api(cmd) => {
-            let rt = match runtime() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
-                Err(c) => return c,
+                Err(e) => {
+                    eprintln!("warden-agent: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
             };
-            match rt.block_on(warden_agent::client::run(cmd)) {
+            match runtime.block_on(warden_agent::client::run(cmd)) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("warden-agent: {e:#}");
                     ExitCode::FAILURE
                 }
             }
-        }
-        Command::Run(args) => {
-            let config = match Config::load(args) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("warden-agent: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            init_tracing(config.log_format);
-            tracing::info!(
-                ca_addr = %config.ca_addr,
-                trust_domain = %config.trust_domain,
-                node = %config.node_name,
-                mode = ?config.mode,
-                credential = ?config.credential,
-                svid_ttl = %warden_proto::duration::format(config.svid_ttl),
-                rotation_ratio = config.rotation.ratio,
-                socket_dir = %config.socket_dir.display(),
-                "effective configuration"
-            );
-            let rt = match runtime() {
-                Ok(r) => r,
-                Err(c) => return c,
-            };
-            rt.block_on(async move {
-                let signals = match ShutdownSignals::install() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("warden-agent: cannot catch SIGTERM/SIGINT: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                let bound = match warden_agent::app::build(config).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::error!("{e:#}");
-                        eprintln!("warden-agent: {e:#}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                signals.wait("stopping").await;
-                bound.shutdown().await;
-                ExitCode::SUCCESS
-            })
         }
     }
 }

@@ -15,9 +15,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use warden_common::monitoring::{self, Answer, PROMETHEUS};
-use warden_common::process::ShutdownSignals;
 
-use crate::config::RunArgs;
+use crate::config::Config;
 use crate::context::Context;
 use crate::listener::Drain;
 use crate::mesh::config::{ConfigOptions, MeshConfig, MeshSettings};
@@ -77,29 +76,6 @@ impl Bound {
     }
 }
 
-/// Runs the proxy until SIGTERM/SIGINT, then drains.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let signals = ShutdownSignals::install().context("cannot catch SIGTERM/SIGINT")?;
-    let bound = build(args).await?;
-    signals.wait("warden-proxy").await;
-    bound.shutdown().await;
-    Ok(())
-}
-
-/// Builds the runtime `concurrency` asks for.
-pub fn runtime(concurrency: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if concurrency <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(concurrency)
-            .enable_all()
-            .build()
-    }
-}
-
 async fn bind(ip: IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::new(ip, port);
     TcpListener::bind(addr)
@@ -150,8 +126,14 @@ fn admin_handler(
     }
 }
 
+impl warden_common::process::Serving for Bound {
+    async fn shutdown(self) {
+        Bound::shutdown(self).await
+    }
+}
+
 /// Loads the config, starts the SDS client and binds and serves every listener.
-pub async fn build(args: RunArgs) -> anyhow::Result<Bound> {
+pub async fn build(args: Config) -> anyhow::Result<Bound> {
     let settings = match &args.mesh_config {
         Some(path) => {
             let (settings, unused) = MeshSettings::load(path).map_err(|e| anyhow::anyhow!(e))?;
@@ -165,9 +147,7 @@ pub async fn build(args: RunArgs) -> anyhow::Result<Bound> {
     tracing::info!(
         path_normalization = %settings.path_normalization,
         h2_upgrade_policy = ?settings.h2_upgrade_policy,
-        limits = ?args.limits(),
-        accept_http10 = args.accept_http10,
-        "mesh settings and downstream limits"
+        "mesh settings"
     );
     let opts = ConfigOptions {
         dir: args.config_dir.clone(),
@@ -193,7 +173,7 @@ pub async fn build(args: RunArgs) -> anyhow::Result<Bound> {
     let sds = Sds::start(sds_config);
 
     let (drain_tx, drain) = Drain::new();
-    let mut context = Context::new(first, sds.identity(), drain, ip, args.limits());
+    let mut context = Context::new(first, sds.identity(), drain, ip, args.limits);
     context.accept_http10 = args.accept_http10;
     let ctx = Arc::new(context);
     let stats = watch_handle.stats();
@@ -367,7 +347,7 @@ mod tests {
     #[derive(Debug, clap::Parser)]
     struct Cli {
         #[command(flatten)]
-        args: RunArgs,
+        args: crate::config::RunArgs,
     }
 
     /// An SDS server on `socket` that answers every stream with `id`'s SVID under the
@@ -440,7 +420,7 @@ spec:
         )
     }
 
-    fn args(dir: &Path, workload: &str, socket: &Path) -> RunArgs {
+    fn args(dir: &Path, workload: &str, socket: &Path) -> Config {
         let (dir, socket) = (dir.display().to_string(), socket.display().to_string());
         Cli::try_parse_from([
             "warden-proxy",
@@ -463,8 +443,9 @@ spec:
             "--drain-grace",
             "1s",
         ])
+        .map(|cli| Config::load(cli.args))
         .unwrap()
-        .args
+        .unwrap()
     }
 
     /// A one-response HTTP/1.1 app that reports each request head it reads.

@@ -4,9 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use warden_common::process::init_tracing;
-use warden_proxy::app::{run, runtime};
-use warden_proxy::config::RunArgs;
+use warden_proxy::config::{Config, RunArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,22 +27,6 @@ enum Command {
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let Command::Run(args) = Cli::parse().command;
-    init_tracing(args.log_format);
-    let rt = match runtime(args.concurrency) {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("warden-proxy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "warden-proxy failed");
-            eprintln!("warden-proxy: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    warden_common::process::serve("warden-proxy", Config::load(args), warden_proxy::app::build)
 }

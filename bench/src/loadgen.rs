@@ -1,5 +1,6 @@
-//! Open-loop, fixed-rate HTTP/1.1 load generator for bench/proxy.sh (std only; built
-//! by the script with `rustc -O`, not a workspace crate).
+//! Open-loop, fixed-rate HTTP/1.1 load generator for bench/proxy.sh (std only; the
+//! workspace's `warden-bench` package, built by the script with `cargo build --release
+//! -p warden-bench`).
 //!
 //! Requests are scheduled at fixed intended times `t0 + k / rate` and request `k` is
 //! sent on keep-alive connection `k % conns`, one outstanding request per connection
@@ -19,6 +20,9 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
+// The one foreign function: prctl(2), declared with its C signature (five register-width
+// arguments, an int result), as glibc exports it.
+#[allow(unsafe_code)]
 unsafe extern "C" {
     fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
 }
@@ -212,14 +216,12 @@ fn connect(addr: &str) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
-fn run_conn(
-    idx: usize,
-    a: &Args,
-    request: &[u8],
-    t0: Instant,
-    end: Instant,
-) -> ConnResult {
-    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+fn run_conn(idx: usize, a: &Args, request: &[u8], t0: Instant, end: Instant) -> ConnResult {
+    // SAFETY: prctl(PR_SET_TIMERSLACK, 1) takes no pointers (every argument is an
+    // integer passed by value), touches no memory of this process, and only sets the
+    // calling thread's timer slack to 1 ns; a failure is a -1 return we may ignore (the
+    // slack then stays at its 50 µs default and `send_lag_*` shows it).
+    #[allow(unsafe_code)]
     unsafe {
         prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0);
     }
@@ -334,8 +336,18 @@ fn main() {
     lag.sort_unstable();
     let elapsed = (last - t0).as_secs_f64().max(a.duration);
     let n = lat.len();
-    let mean = if n == 0 { f64::NAN } else { lat.iter().sum::<u64>() as f64 / n as f64 / 1e6 };
-    let num = |x: f64| if x.is_finite() { format!("{x:.4}") } else { "null".into() };
+    let mean = if n == 0 {
+        f64::NAN
+    } else {
+        lat.iter().sum::<u64>() as f64 / n as f64 / 1e6
+    };
+    let num = |x: f64| {
+        if x.is_finite() {
+            format!("{x:.4}")
+        } else {
+            "null".into()
+        }
+    };
     println!(
         "{{\"requests\": {n}, \"errors\": {errors}, \"non_2xx\": {non_2xx}, \"reconnects\": {reconnects}, \
          \"target_rate\": {}, \"conns\": {}, \"elapsed_s\": {elapsed:.3}, \"rps\": {:.1}, \
