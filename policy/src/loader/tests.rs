@@ -283,3 +283,44 @@ fn mutated_inputs_never_panic() {
     }
 }
 
+/// `jwksUri` files are read at load time, once, relative to the YAML file; inline `jwks`
+/// wins and remote URIs are left to the compiler. What was read is compiled even after
+/// the file is gone: compiling reads nothing.
+#[test]
+fn jwks_files_are_read_at_load_time() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    let jwks = r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0", "alg": "HS256"}]}"#;
+    std::fs::write(dir.path().join("keys/a.json"), jwks).unwrap();
+    let yaml = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec:\n  jwtRules:\n  - {issuer: a, jwksUri: keys/a.json}\n  - {issuer: b, jwksUri: 'file://keys/a.json'}\n  - {issuer: c, jwksUri: missing.json}\n  - {issuer: d, jwksUri: https://example.com/jwks, jwks: '{}'}\n  - {issuer: e, jwksUri: inline-wins.json, jwks: 'x'}\n";
+    let file = dir.path().join("ra.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let set = load(std::slice::from_ref(&file)).unwrap();
+    let paths: Vec<&Path> = set.jwks_files.keys().map(PathBuf::as_path).collect();
+    assert_eq!(
+        paths,
+        [
+            dir.path().join("keys/a.json"),
+            dir.path().join("missing.json")
+        ]
+    );
+    assert_eq!(
+        set.jwks_files[&dir.path().join("keys/a.json")].as_deref(),
+        Ok(jwks)
+    );
+    let missing = set.jwks_files[&dir.path().join("missing.json")]
+        .as_ref()
+        .unwrap_err();
+    assert!(missing.contains("cannot read the JWKS file"), "{missing}");
+    assert_eq!(&*set.sources[&file], yaml);
+
+    std::fs::remove_dir_all(dir.path().join("keys")).unwrap();
+    // The two rules whose file was read compile without it.
+    let mut read = set.clone();
+    read.request_authentications[0]
+        .resource
+        .spec
+        .jwt_rules
+        .truncate(2);
+    crate::request_authn::RequestAuthn::compile(&read, "istio-system").unwrap();
+}
