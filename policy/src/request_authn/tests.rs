@@ -665,6 +665,24 @@ fn jwks_files() {
     );
 }
 
+/// Compiling reads nothing: the JWKS file the loader read still verifies tokens after it
+/// is gone from the disk.
+#[test]
+fn jwks_files_compile_from_the_loaded_set() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), jwks()).unwrap();
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: foo}}\nspec:\n  jwtRules:\n  - issuer: {ISS}\n    jwksUri: jwks.json\n"
+    );
+    let file = dir.path().join("ra.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let set = crate::loader::load(std::slice::from_ref(&file)).unwrap();
+    drop(dir);
+    let ra = RequestAuthn::compile(&set, "istio-system").unwrap();
+    let a = authenticated(ra.authenticate(&wl(), &bearer(&rs256()), now()));
+    assert_eq!(a.principal, format!("{ISS}/alice"));
+}
+
 #[test]
 fn helpers_follow_envoy() {
     assert_eq!(extract_jwt("Bearer   a.b.c, other", 6), "a.b.c");
