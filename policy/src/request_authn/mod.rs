@@ -46,7 +46,7 @@
 //! then neither checked nor stripped; with one rule, every token it finds must verify.
 //!
 //! The module is split by what each part holds: this file the public types, the
-//! compiled providers and the requirement over them; `compile` (RequestAuthentications
+//! compiled providers and `authenticate`; `compile` (RequestAuthentications
 //! into providers), `jwks` (JSON Web Key Sets into usable keys), `extract` (finding tokens
 //! in headers, query and cookies), `verify` (one token against one provider) and `filter`
 //! (the verifier tree over a request and the header edits it makes).
