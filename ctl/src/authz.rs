@@ -217,6 +217,8 @@ fn authenticate(set: &ConfigSet, root_namespace: &str, check: &mut Check) -> Res
             .filter(|p| request_authn::applies(p, root_namespace, &check.workload))
             .cloned()
             .collect(),
+        // The JWKS files the loader read for them.
+        jwks_files: set.jwks_files.clone(),
         ..ConfigSet::default()
     };
     if applicable.request_authentications.is_empty() {

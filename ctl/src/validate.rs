@@ -31,7 +31,7 @@ pub fn run(args: ValidateArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let lines = SourceLines::read(&set);
+    let lines = SourceLines::new(&set);
     let options = Options {
         root_namespace: args.root_namespace,
     };

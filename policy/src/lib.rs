@@ -6,7 +6,9 @@
 //!   are carried as parsed JSON for the routing work that follows.
 //! - [`loader`]: directories and files of multi-document YAML (and Kubernetes `List`s)
 //!   into a [`loader::ConfigSet`], all or nothing, with errors that name the file, the
-//!   document, the kind, `namespace/name` and the field path.
+//!   document, the kind, `namespace/name` and the field path. It is the only module that
+//!   reads files: it keeps each file's text (for field lines) and reads the JWKS files
+//!   `jwksUri` names, so the engines below compile a loaded set without I/O.
 //!
 //! - [`authz`]: AuthorizationPolicy decisions, compiled once per config version and
 //!   indexed by namespace and selector label; [`matcher`] holds the value, path

@@ -351,6 +351,14 @@ pub struct JwtRule {
     pub space_delimited_claims: Vec<String>,
 }
 
+impl JwtRule {
+    /// The inline JWKS, if set and not blank: it wins over `jwksUri` (jwt.proto: "jwks_uri
+    /// will be ignored").
+    pub fn inline_jwks(&self) -> Option<&str> {
+        self.jwks.as_deref().filter(|s| !s.trim().is_empty())
+    }
+}
+
 /// `RequestAuthentication.spec`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

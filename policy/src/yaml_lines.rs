@@ -7,6 +7,10 @@
 //! loader's deserializer) runs on, so both read the same YAML the same way. Aliases are
 //! recorded where the alias is written; fields reached only through an alias or a `<<`
 //! merge are not in the map, and lookups fall back to the nearest recorded ancestor.
+//!
+//! Lines are computed from the text the loader parsed and kept
+//! ([`ConfigSet::sources`]), never from the files again: an edit after loading cannot
+//! shift them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -88,16 +92,17 @@ pub struct SourceLines {
 }
 
 impl SourceLines {
-    /// Reads and maps the files named in `set`'s origins. A file that cannot be read
-    /// again is left out (its problems are reported at document lines).
-    pub fn read(set: &ConfigSet) -> Self {
+    /// Maps the files named in `set`'s origins, from the text the loader kept. A file
+    /// whose text is not in `set` (a hand-built set) is left out: its problems are
+    /// reported at document lines.
+    pub fn new(set: &ConfigSet) -> Self {
         let mut files = HashMap::new();
         for origin in origins(set) {
             if files.contains_key(&origin.file) {
                 continue;
             }
-            if let Ok(text) = std::fs::read_to_string(&origin.file) {
-                files.insert(origin.file.clone(), FileLines::parse(&text));
+            if let Some(text) = set.sources.get(&origin.file) {
+                files.insert(origin.file.clone(), FileLines::parse(text));
             }
         }
         Self { files }
@@ -332,6 +337,27 @@ after: 2
         assert_eq!(d.line("other.nested"), Some(20), "through the alias");
         assert_eq!(d.line("after"), Some(23), "complex keys are skipped");
         assert!(f.document(24).is_none());
+    }
+
+    /// Lines come from the text that was parsed: overwriting the file after loading
+    /// changes nothing.
+    #[test]
+    fn lines_come_from_the_loaded_text_not_the_file_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ap.yaml");
+        let text = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: foo}\nspec:\n  action: DENY\n  rules:\n  - to:\n    - operation: {methods: [GET]}\n";
+        std::fs::write(&file, text).unwrap();
+        let set = crate::loader::load(std::slice::from_ref(&file)).unwrap();
+        // Three lines more at the top, and the rules elsewhere.
+        std::fs::write(&file, format!("# a\n# b\n# c\n{text}")).unwrap();
+        let lines = SourceLines::new(&set);
+        let origin = &set.authorization_policies[0].origin;
+        assert_eq!(origin.line, 1);
+        assert_eq!(lines.line(origin, "spec.rules"), 6);
+        assert_eq!(lines.line(origin, "spec.rules[0].to[0].operation"), 8);
+        // Gone: still the loaded text.
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(SourceLines::new(&set).line(origin, "spec.action"), 5);
     }
 
     #[test]
