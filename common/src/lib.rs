@@ -1,10 +1,12 @@
-//! What Warden's binaries share at run time (the CA and the node agent; `warden-proto`
-//! stays free of I/O): [`config`] (YAML config files, errors naming the setting),
-//! [`process`] (logging, signals), [`files`] (atomic writes, PEM), [`x509`] (the SPIFFE
-//! ID of a certificate), [`monitoring`] (the `/metrics`, `/ready` HTTP server), [`uds`]
-//! (gRPC over unix sockets, served to grpc-core clients too) and [`grpc_status`]
-//! (`RESOURCE_EXHAUSTED` for oversized messages on every gRPC server).
+//! What Warden's binaries share at run time (the CA, the node agent and the proxy;
+//! `warden-proto` stays free of I/O): [`config`] (YAML config files, errors naming the
+//! setting), [`process`] (logging, signals), [`files`] (atomic writes, PEM), [`x509`]
+//! (the SPIFFE ID of a certificate), [`backoff`] (retry delays, full jitter),
+//! [`monitoring`] (the `/metrics`, `/ready` HTTP server), [`uds`] (gRPC over unix
+//! sockets, served to grpc-core clients too) and [`grpc_status`] (`RESOURCE_EXHAUSTED`
+//! for oversized messages on every gRPC server).
 
+pub mod backoff;
 pub mod config;
 pub mod files;
 pub mod grpc_status;
