@@ -2,9 +2,10 @@
 //! `warden-proto` stays free of I/O): [`config`] (YAML config files, errors naming the
 //! setting), [`process`] (logging, signals), [`files`] (atomic writes, PEM), [`x509`]
 //! (the SPIFFE ID of a certificate), [`backoff`] (retry delays, full jitter),
-//! [`monitoring`] (the `/metrics`, `/ready` HTTP server), [`uds`] (gRPC over unix
-//! sockets, served to grpc-core clients too) and [`grpc_status`] (`RESOURCE_EXHAUSTED`
-//! for oversized messages on every gRPC server).
+//! [`monitoring`] (the `/metrics`, `/ready` HTTP server), [`prometheus`] (the text
+//! exposition format, histograms), [`uds`] (gRPC over unix sockets, served to grpc-core
+//! clients too) and [`grpc_status`] (`RESOURCE_EXHAUSTED` for oversized messages on every
+//! gRPC server).
 
 pub mod backoff;
 pub mod config;
@@ -12,5 +13,6 @@ pub mod files;
 pub mod grpc_status;
 pub mod monitoring;
 pub mod process;
+pub mod prometheus;
 pub mod uds;
 pub mod x509;
