@@ -3,15 +3,17 @@
 //!
 //! The metrics are plain atomics rendered with `warden_common::prometheus`, so counter
 //! names stay exactly istiod's (`citadel_server_csr_count`, no `_total` suffix added).
+//! `/ready` names the readiness guards still held (`warden_common::readiness`).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use http::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use warden_common::prometheus::{Histogram, Kind, Text};
+use warden_common::readiness::Ready;
 
 /// Latency bucket bounds in seconds.
 const BUCKETS: [f64; 14] = [
@@ -153,27 +155,12 @@ impl Metrics {
     }
 }
 
-/// Readiness: true while serving, false before start and while draining.
-#[derive(Debug, Default)]
-pub struct Readiness(AtomicBool);
-
-impl Readiness {
-    /// Sets readiness.
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
-    }
-    /// Reads readiness.
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// Serves the monitoring endpoints until `shutdown` flips to true.
 pub async fn serve(
     listener: TcpListener,
     metrics: std::sync::Arc<Metrics>,
     store: crate::store::Store,
-    ready: std::sync::Arc<Readiness>,
+    ready: Ready,
     shutdown: watch::Receiver<bool>,
 ) {
     use warden_common::monitoring::PROMETHEUS;
@@ -183,12 +170,7 @@ pub async fn serve(
             PROMETHEUS,
             metrics.render(Some(store.commit_stats())),
         ),
-        "/ready" if ready.get() => (StatusCode::OK, "text/plain", "ready\n".into()),
-        "/ready" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready\n".into(),
-        ),
+        "/ready" => ready.answer(),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };

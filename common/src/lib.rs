@@ -3,9 +3,9 @@
 //! setting), [`process`] (logging, signals), [`files`] (atomic writes, PEM), [`x509`]
 //! (the SPIFFE ID of a certificate), [`backoff`] (retry delays, full jitter),
 //! [`monitoring`] (the `/metrics`, `/ready` HTTP server), [`prometheus`] (the text
-//! exposition format, histograms), [`uds`] (gRPC over unix sockets, served to grpc-core
-//! clients too) and [`grpc_status`] (`RESOURCE_EXHAUSTED` for oversized messages on every
-//! gRPC server).
+//! exposition format, histograms), [`readiness`] (named guards `/ready` reports), [`uds`]
+//! (gRPC over unix sockets, served to grpc-core clients too) and [`grpc_status`]
+//! (`RESOURCE_EXHAUSTED` for oversized messages on every gRPC server).
 
 pub mod backoff;
 pub mod config;
@@ -14,5 +14,6 @@ pub mod grpc_status;
 pub mod monitoring;
 pub mod process;
 pub mod prometheus;
+pub mod readiness;
 pub mod uds;
 pub mod x509;
