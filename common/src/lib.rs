@@ -5,7 +5,8 @@
 //! [`monitoring`] (the `/metrics`, `/ready` HTTP server), [`prometheus`] (the text
 //! exposition format, histograms), [`readiness`] (named guards `/ready` reports), [`uds`]
 //! (gRPC over unix sockets, served to grpc-core clients too) and [`grpc_status`]
-//! (`RESOURCE_EXHAUSTED` for oversized messages on every gRPC server).
+//! (`RESOURCE_EXHAUSTED` for oversized messages on every gRPC server). With the
+//! `testing` feature, `testing` holds the test CA other crates' tests issue SVIDs with.
 
 pub mod backoff;
 pub mod config;
@@ -15,5 +16,7 @@ pub mod monitoring;
 pub mod process;
 pub mod prometheus;
 pub mod readiness;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod uds;
 pub mod x509;
