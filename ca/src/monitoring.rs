@@ -77,26 +77,35 @@ impl Metrics {
     /// counters when given.
     pub fn render(&self, commits: Option<&crate::store::CommitStats>) -> String {
         let mut out = Text::new();
-        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        out.counter(
-            "citadel_server_csr_count",
-            "The number of CSRs received by the CA server.",
-            load(&self.csr_count),
-        );
-        out.counter(
-            "citadel_server_success_cert_issuance_count",
-            "The number of certificates issuance that have succeeded.",
-            load(&self.success_cert_issuance_count),
-        );
-        out.counter(
-            "citadel_server_authentication_failure_count",
-            "The number of authentication failures.",
-            load(&self.authentication_failure_count),
-        );
-        out.counter(
-            "citadel_server_csr_parsing_err_count",
-            "The number of errors occurred when parsing the CSR.",
-            load(&self.csr_parsing_err_count),
+        let counters = |out: &mut Text, list: &[(&str, &str, &AtomicU64)]| {
+            for (name, help, v) in list {
+                out.counter(name, help, v.load(Ordering::Relaxed));
+            }
+        };
+        counters(
+            &mut out,
+            &[
+                (
+                    "citadel_server_csr_count",
+                    "The number of CSRs received by the CA server.",
+                    &self.csr_count,
+                ),
+                (
+                    "citadel_server_success_cert_issuance_count",
+                    "The number of certificates issuance that have succeeded.",
+                    &self.success_cert_issuance_count,
+                ),
+                (
+                    "citadel_server_authentication_failure_count",
+                    "The number of authentication failures.",
+                    &self.authentication_failure_count,
+                ),
+                (
+                    "citadel_server_csr_parsing_err_count",
+                    "The number of errors occurred when parsing the CSR.",
+                    &self.csr_parsing_err_count,
+                ),
+            ],
         );
         let name = "citadel_server_csr_sign_err_count";
         out.header(
@@ -109,36 +118,50 @@ impl Metrics {
                 out.sample(name, &[("error", label)], n);
             }
         }
-        out.gauge(
-            "citadel_server_root_cert_expiry_timestamp",
-            "The unix timestamp, in seconds, when the root cert will expire.",
-            self.root_cert_expiry_timestamp.load(Ordering::Relaxed),
-        );
-        out.gauge(
-            "citadel_server_cert_chain_expiry_timestamp",
-            "The unix timestamp, in seconds, when the CA cert chain will expire.",
-            self.cert_chain_expiry_timestamp.load(Ordering::Relaxed),
-        );
-        out.counter(
-            "warden_ca_jwt_svid_issuance_count",
-            "The number of JWT-SVIDs issued.",
-            load(&self.jwt_svid_issuance_count),
-        );
-        out.counter(
-            "warden_ca_store_failure_count",
-            "Audit/storage writes that failed; the callers got errors and no certificate.",
-            load(&self.store_failure_count),
+        for (name, help, v) in [
+            (
+                "citadel_server_root_cert_expiry_timestamp",
+                "The unix timestamp, in seconds, when the root cert will expire.",
+                &self.root_cert_expiry_timestamp,
+            ),
+            (
+                "citadel_server_cert_chain_expiry_timestamp",
+                "The unix timestamp, in seconds, when the CA cert chain will expire.",
+                &self.cert_chain_expiry_timestamp,
+            ),
+        ] {
+            out.gauge(name, help, v.load(Ordering::Relaxed));
+        }
+        counters(
+            &mut out,
+            &[
+                (
+                    "warden_ca_jwt_svid_issuance_count",
+                    "The number of JWT-SVIDs issued.",
+                    &self.jwt_svid_issuance_count,
+                ),
+                (
+                    "warden_ca_store_failure_count",
+                    "Audit/storage writes that failed; the callers got errors and no certificate.",
+                    &self.store_failure_count,
+                ),
+            ],
         );
         if let Some(c) = commits {
-            out.counter(
-                "warden_ca_store_commit_count",
-                "Database transactions committed by the group-commit writer.",
-                load(&c.commits),
-            );
-            out.counter(
-                "warden_ca_store_committed_ops_count",
-                "Writes committed; divided by commits, the mean group-commit batch size.",
-                load(&c.ops),
+            counters(
+                &mut out,
+                &[
+                    (
+                        "warden_ca_store_commit_count",
+                        "Database transactions committed by the group-commit writer.",
+                        &c.commits,
+                    ),
+                    (
+                        "warden_ca_store_committed_ops_count",
+                        "Writes committed; divided by commits, the mean group-commit batch size.",
+                        &c.ops,
+                    ),
+                ],
             );
         }
         out.histogram(
