@@ -15,6 +15,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use warden_common::grpc_status::ResourceExhaustedLayer;
+use warden_common::readiness::Ready;
 use warden_proto::admin::admin_server::AdminServer;
 use warden_proto::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer;
 use warden_proto::warden_ca::jwt_svid_service_server::JwtSvidServiceServer;
@@ -23,7 +24,7 @@ use crate::admin::AdminService;
 use crate::auth::{Authenticator, JwtValidator};
 use crate::certificate::CertificateService;
 use crate::config::Config;
-use crate::monitoring::{self, Metrics, Readiness};
+use crate::monitoring::{self, Metrics};
 use crate::pki::Authority;
 use crate::store::Store;
 
@@ -46,7 +47,8 @@ pub struct Bound {
     pub metrics: Arc<Metrics>,
     /// The storage handle.
     pub store: Store,
-    ready: Arc<Readiness>,
+    /// `/ready`'s guards; shutdown takes one (`draining`).
+    ready: Ready,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
@@ -107,7 +109,9 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         authority.chain_not_after().unix_timestamp(),
         Ordering::Relaxed,
     );
-    let ready = Arc::new(Readiness::default());
+    let ready = Ready::new();
+    // Released once every listener is bound and served.
+    let listeners = ready.block("listeners");
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -208,7 +212,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         shutdown_rx,
     )));
 
-    ready.set(true);
+    drop(listeners);
     let root_cert_path = config.data_dir.join("root-cert.pem");
     tracing::info!(
         grpc_addr = %grpc_addr,
@@ -236,7 +240,7 @@ impl Bound {
     /// Stops accepting, lets in-flight requests finish (up to the drain timeout), flushes
     /// the audit writer and closes the database.
     pub async fn shutdown(self) {
-        self.ready.set(false);
+        let _draining = self.ready.block("draining");
         let _ = self.shutdown.send(true);
         let drain = futures::future::join_all(self.tasks);
         if tokio::time::timeout(self.drain_timeout, drain)

@@ -83,3 +83,64 @@ pub async fn accept_loop(
         });
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tokio_rustls::TlsConnector;
+    use warden_common::testing::TestCa;
+
+    use super::*;
+
+    const NODE: &str = "spiffe://cluster.local/warden/node/node-1";
+
+    type Leaf = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+    /// One handshake against `server_config` with `ca`'s roots, the client presenting
+    /// `client` if given; the client certificate the server accepted, or its error.
+    async fn handshake(
+        ca: &TestCa,
+        client: Option<Leaf>,
+    ) -> std::io::Result<Option<CertificateDer<'static>>> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (chain, key) =
+            ca.leaf_der_with("spiffe://cluster.local/ns/istio-system/sa/istiod", |p| {
+                p.subject_alt_names
+                    .push(rcgen::SanType::DnsName("localhost".try_into().unwrap()));
+            });
+        let server = server_config(chain, key, &[ca.root_der()]).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.root_der()).unwrap();
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let config = match client {
+            Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let (accepted, _connected) = tokio::join!(
+            TlsAcceptor::from(Arc::new(server)).accept(server_io),
+            TlsConnector::from(Arc::new(config)).connect(name, client_io),
+        );
+        let accepted = accepted?;
+        let peer = accepted.get_ref().1.peer_certificates();
+        Ok(peer.and_then(|c| c.first()).map(|c| c.clone().into_owned()))
+    }
+
+    #[tokio::test]
+    async fn client_certificates_are_optional_but_must_chain_to_the_roots() {
+        let ca = TestCa::new();
+        // Anonymous (JWT callers): accepted without a client certificate.
+        assert_eq!(handshake(&ca, None).await.unwrap(), None);
+        // An SVID of this CA, directly or through an intermediate: the server sees it.
+        let intermediate = ca.intermediate();
+        for issuer in [&ca, &intermediate] {
+            let leaf = issuer.leaf_der(NODE);
+            let presented = leaf.0[0].clone();
+            assert_eq!(handshake(&ca, Some(leaf)).await.unwrap(), Some(presented));
+        }
+        // The same SPIFFE ID from another CA: the handshake fails.
+        let other = TestCa::new();
+        assert!(handshake(&ca, Some(other.leaf_der(NODE))).await.is_err());
+    }
+}

@@ -49,7 +49,7 @@ impl Bound {
 /// Attests the node, retrying while the CA is unreachable (a restarted node comes back
 /// by itself); a refusal (bad, used or expired token) ends the agent with the CA's reason.
 async fn attest(node: &Node) -> anyhow::Result<()> {
-    let backoff = Backoff::default();
+    let backoff = Backoff::CA_REQUEST;
     let mut attempt = 0;
     loop {
         match node.attest().await {
@@ -64,7 +64,7 @@ async fn attest(node: &Node) -> anyhow::Result<()> {
                 if attempt == 1 {
                     tracing::warn!(error = %e, "node attestation: the CA is unreachable; retrying with backoff");
                 }
-                tokio::time::sleep(backoff.delay(attempt, crate::random_sample())).await;
+                tokio::time::sleep(backoff.delay(attempt - 1, crate::random_unit())).await;
             }
             Err(e) => return Err(anyhow::Error::new(e).context("node attestation failed")),
         }

@@ -31,17 +31,8 @@ use std::time::SystemTime;
 
 pub use warden_common::x509::spiffe_id_of;
 
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    // SystemRandom only fails if the OS has no randomness; jitter then degrades to 0.
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    u64::from_le_bytes(b)
-}
-
 /// A uniform random number in [0, 1).
-pub fn random_unit() -> f64 {
-    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
-}
+pub use warden_common::backoff::random_unit;
 
 /// A uniform random number in [-1, 1) (jitter samples).
 pub fn random_sample() -> f64 {

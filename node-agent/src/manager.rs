@@ -298,7 +298,7 @@ impl Manager {
     /// Fetches and refreshes one identity's SVID forever (until aborted). `None` in
     /// workload mode: the CA decides the identity from the token.
     async fn identity_loop(self: Arc<Self>, id: Option<SpiffeId>) {
-        let backoff = Backoff::default();
+        let backoff = Backoff::CA_REQUEST;
         let mut attempt = 0u32;
         let label = id
             .as_ref()
@@ -356,8 +356,12 @@ impl Manager {
                     if e.code == tonic::Code::PermissionDenied && attempt == 1 {
                         tracing::warn!(id = %label, "the CA denies this identity to this node; check the registration entry");
                     }
-                    tokio::time::sleep(backoff.delay_before(attempt, crate::random_sample(), left))
-                        .await;
+                    tokio::time::sleep(backoff.delay_before(
+                        attempt - 1,
+                        crate::random_unit(),
+                        left,
+                    ))
+                    .await;
                 }
             }
         }

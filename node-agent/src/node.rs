@@ -215,7 +215,7 @@ impl Node {
 
     /// Renews the node SVID over mTLS for as long as the agent runs.
     pub async fn renew_loop(self: Arc<Self>) {
-        let backoff = Backoff::default();
+        let backoff = Backoff::CA_REQUEST;
         let mut attempt = 0;
         let mut expired_logged = false;
         loop {
@@ -261,8 +261,8 @@ impl Node {
                             );
                         }
                         tokio::time::sleep(backoff.delay_before(
-                            attempt,
-                            crate::random_sample(),
+                            attempt - 1,
+                            crate::random_unit(),
                             left,
                         ))
                         .await;

@@ -1,12 +1,13 @@
 //! When to refresh a certificate, and how long to wait after a failure: pure functions
-//! of the certificate's validity, so the schedule is tested without clocks.
+//! of the certificate's validity, so the schedule is tested without clocks (the backoff
+//! is `warden_common::backoff`, tested there).
 //!
 //! The lifetime is measured from when the certificate was *received* (or its
 //! `notBefore`, if later), not from `notBefore` alone: the CA backdates `notBefore` for
 //! clock skew (two minutes), which would make a certificate of a few seconds look half
 //! spent the moment it arrives. istio-agent's secret cache measures from fetch time too.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// Refresh policy: refresh once `ratio` of the lifetime has passed, ± `jitter` of the
 /// lifetime, so many workloads don't refresh at the same instant.
@@ -78,51 +79,13 @@ impl RotationPolicy {
     }
 }
 
-/// Retry backoff after failures: exponential from `initial`, doubling up to `max`,
-/// ± `jitter` of the delay (ztunnel: 500 ms, x2, 150 s, ±20%).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backoff {
-    /// Delay after the first failure.
-    pub initial: Duration,
-    /// Upper bound on the delay.
-    pub max: Duration,
-    /// Fraction of the delay to jitter by.
-    pub jitter: f64,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(150),
-            jitter: 0.2,
-        }
-    }
-}
-
-impl Backoff {
-    /// Delay before retry number `attempt` (1 = after the first failure); `sample` in
-    /// [-1, 1] chooses the jitter.
-    pub fn delay(&self, attempt: u32, sample: f64) -> Duration {
-        let exp = attempt.saturating_sub(1).min(30);
-        let base = self.initial.saturating_mul(1u32 << exp).min(self.max);
-        base.mul_f64((1.0 + self.jitter * sample.clamp(-1.0, 1.0)).max(0.0))
-    }
-
-    /// The delay, but never past `deadline - now` when a still-valid certificate must
-    /// be refreshed before it expires (retry sooner rather than serve an expired one).
-    pub fn delay_before(&self, attempt: u32, sample: f64, until_expiry: Duration) -> Duration {
-        let d = self.delay(attempt, sample);
-        if until_expiry.is_zero() {
-            return d;
-        }
-        d.min(until_expiry / 2)
-            .max(Duration::from_millis(100).min(d))
-    }
-}
+/// Retry backoff after failures: Warden's one backoff (full jitter; see its module).
+pub use warden_common::backoff::Backoff;
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn t(secs: u64) -> SystemTime {
@@ -166,36 +129,5 @@ mod tests {
         assert!(RotationPolicy::new(0.5, 0.6).is_err());
         assert!(RotationPolicy::new(0.5, -0.1).is_err());
         assert!(RotationPolicy::new(f64::NAN, 0.0).is_err());
-    }
-
-    #[test]
-    fn backoff_doubles_to_a_cap_with_jitter() {
-        let b = Backoff::default();
-        assert_eq!(b.delay(1, 0.0), Duration::from_millis(500));
-        assert_eq!(b.delay(2, 0.0), Duration::from_secs(1));
-        assert_eq!(b.delay(5, 0.0), Duration::from_secs(8));
-        assert_eq!(b.delay(20, 0.0), Duration::from_secs(150));
-        assert_eq!(b.delay(u32::MAX, 0.0), Duration::from_secs(150));
-        assert_eq!(b.delay(1, 1.0), Duration::from_millis(600));
-        assert_eq!(b.delay(1, -1.0), Duration::from_millis(400));
-    }
-
-    #[test]
-    fn backoff_retries_sooner_when_the_certificate_is_about_to_expire() {
-        let b = Backoff::default();
-        // 150 s backoff, but the certificate expires in 20 s: retry within 10 s.
-        assert_eq!(
-            b.delay_before(20, 0.0, Duration::from_secs(20)),
-            Duration::from_secs(10)
-        );
-        assert_eq!(
-            b.delay_before(1, 0.0, Duration::from_secs(3600)),
-            Duration::from_millis(500)
-        );
-        // Expired already: plain backoff.
-        assert_eq!(
-            b.delay_before(3, 0.0, Duration::ZERO),
-            Duration::from_secs(2)
-        );
     }
 }

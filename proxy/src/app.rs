@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use warden_common::monitoring::{self, Answer, PROMETHEUS};
+use warden_common::readiness::Ready;
 
 use crate::config::Config;
 use crate::context::Context;
@@ -38,6 +39,9 @@ pub struct Bound {
     pub stats_addr: Option<SocketAddr>,
     /// The state the listeners share.
     pub context: Arc<Context>,
+    /// `/ready`'s guards: `sds-certificate` until the first SVID and bundle arrive,
+    /// `draining` from shutdown on.
+    ready: Ready,
     drain: watch::Sender<bool>,
     admin_stop: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
@@ -50,10 +54,16 @@ pub struct Bound {
 }
 
 impl Bound {
+    /// What `/ready` reports.
+    pub fn ready(&self) -> &Ready {
+        &self.ready
+    }
+
     /// Drains: stops accepting, lets open connections finish for up to `--drain-grace`,
     /// then stops everything.
     pub async fn shutdown(self) {
         tracing::info!(grace = ?self.drain_grace, open = self.context.drain.open(), "draining");
+        let _draining = self.ready.block("draining");
         let _ = self.drain.send(true);
         for task in self.listeners {
             let _ = task.await;
@@ -76,6 +86,10 @@ impl Bound {
     }
 }
 
+/// The readiness guard held until the first SVID and trust bundle arrive over SDS
+/// (`/ready` says `not ready: waiting for: sds-certificate`).
+const SDS_CERTIFICATE: &str = "sds-certificate";
+
 async fn bind(ip: IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::new(ip, port);
     TcpListener::bind(addr)
@@ -97,26 +111,10 @@ fn sync_config_stats(gauges: &Gauges, stats: &ConfigStats) {
 fn admin_handler(
     ctx: Arc<Context>,
     stats: Arc<ConfigStats>,
+    ready: Ready,
 ) -> impl Fn(&str) -> Answer + Clone + Send + Sync + 'static {
     move |path: &str| match path {
-        "/ready" | "/healthz/ready" => {
-            if ctx.drain.draining() {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "draining\n".into(),
-                )
-            } else if ctx.has_identity() {
-                (StatusCode::OK, "text/plain", "ready\n".into())
-            } else {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "not ready: waiting for the SVID and ROOTCA from the node agent over SDS\n"
-                        .into(),
-                )
-            }
-        }
+        "/ready" | "/healthz/ready" => ready.answer(),
         "/stats/prometheus" | "/metrics" => {
             sync_config_stats(&ctx.metrics.gauges, &stats);
             (StatusCode::OK, PROMETHEUS, ctx.metrics.encode())
@@ -170,6 +168,9 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
     // Ask for this workload's own identity by name: one process may be entitled to
     // several (all proxies of a node run as one user locally).
     sds_config.certificate = local.spiffe_id.as_str().to_string();
+    let ready = Ready::new();
+    // Released by the identity task below when the SVID and ROOTCA have arrived.
+    let sds_certificate = ready.block(SDS_CERTIFICATE);
     let sds = Sds::start(sds_config);
 
     let (drain_tx, drain) = Drain::new();
@@ -207,13 +208,13 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
     let (admin_stop_tx, admin_stop) = watch::channel(false);
     tokio::spawn(monitoring::serve(
         health,
-        admin_handler(ctx.clone(), stats.clone()),
+        admin_handler(ctx.clone(), stats.clone(), ready.clone()),
         admin_stop.clone(),
     ));
     if let Some(l) = stats_listener {
         tokio::spawn(monitoring::serve(
             l,
-            admin_handler(ctx.clone(), stats.clone()),
+            admin_handler(ctx.clone(), stats.clone(), ready.clone()),
             admin_stop,
         ));
     }
@@ -237,6 +238,7 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
     let identity_task = {
         let ctx = ctx.clone();
         let mut identity = sds.identity();
+        let mut waiting = Some(sds_certificate);
         tokio::spawn(async move {
             let mut announced = false;
             loop {
@@ -252,6 +254,8 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
                         .store(expiry, Ordering::Relaxed);
                     if !announced {
                         announced = true;
+                        // Before the log line: who sees "ready" logged finds /ready 200.
+                        drop(waiting.take());
                         tracing::info!(spiffe_id = %id.spiffe_id(), serial = %id.serial(), "ready");
                     } else {
                         tracing::info!(spiffe_id = %id.spiffe_id(), serial = %id.serial(), "identity rotated");
@@ -292,6 +296,7 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
         health_addr,
         stats_addr,
         context: ctx,
+        ready,
         drain: drain_tx,
         admin_stop: admin_stop_tx,
         listeners,
@@ -494,7 +499,7 @@ spec:
 
     async fn ready(b: &Bound) {
         for _ in 0..500 {
-            if b.context.has_identity() {
+            if b.context.has_identity() && b.ready().is_ready() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -48,156 +48,26 @@ pub mod tls;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod test_support {
-    //! A throwaway CA that issues SVIDs (and deliberately broken certificates) for tests.
+    //! The test CA (`warden_common::testing::TestCa`) and the proxy's own view of its
+    //! leaves: a checked [`Identity`].
 
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    pub(crate) use warden_common::testing::TestCa;
 
     use crate::identity::{Identity, Svid, TrustBundle};
 
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-    /// A CA: a self-signed root, or an intermediate under one.
-    pub(crate) struct TestCa {
-        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-        der: CertificateDer<'static>,
-        /// The root of the hierarchy (the trust bundle).
-        root: CertificateDer<'static>,
-        /// Certificates sent after a leaf: the intermediates, if any.
-        tail: Vec<CertificateDer<'static>>,
+    /// A checked identity for `id` with the CA's root as the bundle.
+    pub(crate) trait IdentityOf {
+        fn identity(&self, id: &str) -> Arc<Identity>;
     }
 
-    fn ca_params(name: Option<&str>) -> rcgen::CertificateParams {
-        let mut params = rcgen::CertificateParams::default();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        // A name of its own unless asked: two test CAs are two issuers to webpki.
-        let name = name.map_or_else(
-            || format!("Warden test CA {}", NEXT.fetch_add(1, Ordering::Relaxed)),
-            str::to_string,
-        );
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params
-    }
-
-    fn key() -> rcgen::KeyPair {
-        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
-    }
-
-    impl TestCa {
-        pub(crate) fn new() -> Self {
-            Self::root(None)
-        }
-
-        /// A root named `name` (to impersonate another CA's name).
-        pub(crate) fn named(name: &str) -> Self {
-            Self::root(Some(name))
-        }
-
-        fn root(name: Option<&str>) -> Self {
-            let key = key();
-            let params = ca_params(name);
-            let der = params.self_signed(&key).unwrap().der().clone();
-            Self {
-                issuer: rcgen::Issuer::new(params, key),
-                root: der.clone(),
-                der,
-                tail: Vec::new(),
-            }
-        }
-
-        /// An intermediate CA signed by this one.
-        pub(crate) fn intermediate(&self) -> Self {
-            let key = key();
-            let params = ca_params(None);
-            let der = params.signed_by(&key, &self.issuer).unwrap().der().clone();
-            let mut tail = vec![der.clone()];
-            tail.extend(self.tail.iter().cloned());
-            Self {
-                issuer: rcgen::Issuer::new(params, key),
-                root: self.root.clone(),
-                der,
-                tail,
-            }
-        }
-
-        /// This CA's certificate.
-        pub(crate) fn der(&self) -> CertificateDer<'static> {
-            self.der.clone()
-        }
-
-        /// The root, PEM.
-        pub(crate) fn pem(&self) -> String {
-            warden_common::files::pem_encode("CERTIFICATE", &self.root)
-        }
-
-        /// A leaf for `id` as Warden's CA issues it, changed by `f`; chain leaf first.
-        pub(crate) fn leaf_der_with(
-            &self,
-            id: &str,
-            f: impl FnOnce(&mut rcgen::CertificateParams),
-        ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-            let key = key();
-            let mut p = rcgen::CertificateParams::default();
-            p.distinguished_name = rcgen::DistinguishedName::new();
-            p.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
-            p.is_ca = rcgen::IsCa::ExplicitNoCa;
-            p.key_usages = vec![
-                rcgen::KeyUsagePurpose::DigitalSignature,
-                rcgen::KeyUsagePurpose::KeyEncipherment,
-            ];
-            p.extended_key_usages = vec![
-                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-            ];
-            f(&mut p);
-            let leaf = p.signed_by(&key, &self.issuer).unwrap().der().clone();
-            let mut chain = vec![leaf];
-            chain.extend(self.tail.iter().cloned());
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-            (chain, key)
-        }
-
-        pub(crate) fn leaf_der(
-            &self,
-            id: &str,
-        ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-            self.leaf_der_with(id, |_| {})
-        }
-
-        /// Chain PEM and key PEM (PKCS#8), as the agent serves them over SDS.
-        pub(crate) fn leaf_pem_with(
-            &self,
-            id: &str,
-            f: impl FnOnce(&mut rcgen::CertificateParams),
-        ) -> (String, String) {
-            let (chain, key) = self.leaf_der_with(id, f);
-            let chain_pem = chain
-                .iter()
-                .map(|c| warden_common::files::pem_encode("CERTIFICATE", c))
-                .collect();
-            let key_pem = warden_common::files::pem_encode("PRIVATE KEY", key.secret_der());
-            (chain_pem, key_pem)
-        }
-
-        pub(crate) fn leaf_pem(&self, id: &str) -> (String, String) {
-            self.leaf_pem_with(id, |_| {})
-        }
-
-        /// A checked identity for `id` with this hierarchy's root as the bundle.
-        pub(crate) fn identity(&self, id: &str) -> Arc<Identity> {
+    impl IdentityOf for TestCa {
+        fn identity(&self, id: &str) -> Arc<Identity> {
             let (chain, key) = self.leaf_der(id);
             Arc::new(Identity::new(
                 Arc::new(Svid::from_der(chain, key).unwrap()),
-                Arc::new(TrustBundle::from_der(vec![self.root.clone()]).unwrap()),
+                Arc::new(TrustBundle::from_der(vec![self.root_der()]).unwrap()),
             ))
         }
     }

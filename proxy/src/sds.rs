@@ -7,9 +7,9 @@
 //! otherwise a NACK (the nonce, the last accepted version, and `error_detail` saying what
 //! was wrong, code `INTERNAL` as Envoy's `GrpcMuxImpl` sends), and nothing of a NACKed
 //! response is applied: the last good material stays in force. When the stream ends or
-//! the agent cannot be reached, it reconnects with Envoy's xDS backoff (jittered
-//! exponential from 500 ms up to 30 s, reset once a response arrives), re-sending the
-//! last accepted version.
+//! the agent cannot be reached, it reconnects with Envoy's xDS backoff
+//! ([`Backoff::ENVOY`]: full-jitter exponential from 500 ms up to 30 s, reset once a
+//! response arrives), re-sending the last accepted version.
 //!
 //! The result is published as an [`IdentityWatch`]: `None` until both resources have
 //! arrived, then the latest [`Identity`], replaced whenever either half changes.
@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
 use envoy_types::pb::envoy::config::core::v3::{DataSource, Node, node};
@@ -30,6 +30,8 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
+
+use warden_common::backoff::{Backoff, random_unit};
 
 use crate::identity::{Identity, IdentityError, IdentityWatch, Svid, TrustBundle};
 
@@ -74,40 +76,6 @@ impl NodeInfo {
             )),
             ..Default::default()
         }
-    }
-}
-
-/// Reconnection delays: uniformly random below a ceiling that doubles per attempt up
-/// to `max` (Envoy's `JitteredExponentialBackOffStrategy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// The ceiling of the first delay.
-    pub initial: Duration,
-    /// The largest ceiling.
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// Envoy's xDS stream retry: 500 ms, doubling, at most 30 s
-    /// (`source/common/config/grpc_stream.h`).
-    pub const ENVOY: Self = Self {
-        initial: Duration::from_millis(500),
-        max: Duration::from_secs(30),
-    };
-
-    /// The delay before retry `attempt` (0 for the first), given `unit` uniformly
-    /// random in [0, 1).
-    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
-        let ceiling = self
-            .initial
-            .saturating_mul(2u32.saturating_pow(attempt))
-            .min(self.max);
-        let unit = if unit.is_nan() {
-            0.0
-        } else {
-            unit.clamp(0.0, 1.0)
-        };
-        Duration::try_from_secs_f64(ceiling.as_secs_f64() * unit).unwrap_or(ceiling)
     }
 }
 
@@ -335,14 +303,6 @@ fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// A uniform random number in [0, 1) for backoff jitter.
-fn random_unit() -> f64 {
-    let mut b = [0u8; 8];
-    // SystemRandom fails only without OS randomness; the jitter then degrades to 0.
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// A running SDS client. Dropping it stops the client; the identity watch then keeps
 /// its last value.
 #[derive(Debug)]
@@ -552,6 +512,7 @@ impl Client {
 pub(crate) mod tests {
     use std::net::Ipv4Addr;
     use std::path::Path;
+    use std::time::Duration;
 
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
         CertificateValidationContext, TlsCertificate,
@@ -947,31 +908,6 @@ pub(crate) mod tests {
     }
 
     // --- pure parts -----------------------------------------------------------------
-
-    #[test]
-    fn backoff_doubles_up_to_the_maximum_with_full_jitter() {
-        let b = Backoff::ENVOY;
-        assert_eq!(b.delay(0, 0.0), Duration::ZERO);
-        assert_eq!(b.delay(0, 0.5), Duration::from_millis(250));
-        assert_eq!(b.delay(1, 0.5), Duration::from_millis(500));
-        assert_eq!(b.delay(3, 0.5), Duration::from_secs(2));
-        assert_eq!(b.delay(10, 0.5), Duration::from_secs(15));
-        assert_eq!(
-            b.delay(u32::MAX, 0.999),
-            Duration::from_secs(30).mul_f64(0.999)
-        );
-        assert_eq!(b.delay(2, f64::NAN), Duration::ZERO);
-        let huge = Backoff {
-            initial: Duration::MAX,
-            max: Duration::MAX,
-        };
-        assert!(
-            huge.delay(3, 1.0) > Duration::from_secs(1 << 60),
-            "no overflow panic"
-        );
-        let r = random_unit();
-        assert!((0.0..1.0).contains(&r));
-    }
 
     #[test]
     fn refuses_file_and_env_data_sources_and_other_types() {

@@ -276,7 +276,7 @@ mod tests {
 
     use super::*;
     use crate::identity::Identity;
-    use crate::test_support::TestCa;
+    use crate::test_support::{IdentityOf, TestCa};
 
     const SERVER: &str = "spiffe://cluster.local/ns/default/sa/server";
     const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
