@@ -12,11 +12,11 @@ use tokio::task::JoinHandle;
 
 use crate::ca_client::CaClient;
 use crate::config::{Config, Mode};
+use crate::endpoints::Sockets;
 use crate::manager::{Manager, Settings};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeError};
 use crate::rotation::Backoff;
-use crate::server::Sockets;
 
 /// A running agent.
 #[derive(Debug)]
