@@ -128,7 +128,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         .await
         .with_context(|| format!("binding --monitoring-addr {}", config.monitoring_addr))?;
     let monitoring_addr = listener.local_addr()?;
-    tasks.push(tokio::spawn(crate::metrics::serve(
+    tasks.push(tokio::spawn(crate::monitoring::serve(
         listener,
         manager.clone(),
         shutdown_rx,

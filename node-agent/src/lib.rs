@@ -5,7 +5,8 @@
 //! The parts: [`config`] (flags and YAML), [`node`] (node attestation and the node
 //! SVID), [`ca_client`] (the CA's APIs over TLS), [`manager`] (entries, one SVID per
 //! identity, bundles, rotation tasks), [`endpoints`] (the sockets, caller attestation,
-//! SDS and the Workload API), [`metrics`], [`files`] (atomic file output), [`app`]
+//! SDS and the Workload API), [`metrics`] (counters and gauges), [`monitoring`]
+//! (`/metrics`, `/ready`, `/healthz`), [`files`] (atomic file output), [`app`]
 //! (wiring) and [`client`] (`warden-agent api fetch`). The pure decision parts are
 //! unit-tested on their own: [`rotation`], [`endpoints::sds_state`], [`attestation`].
 
@@ -19,6 +20,7 @@ pub mod files;
 pub mod jwt;
 pub mod manager;
 pub mod metrics;
+pub mod monitoring;
 pub mod node;
 pub mod rotation;
 pub mod svid;
