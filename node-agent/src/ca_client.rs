@@ -1,7 +1,12 @@
 //! The agent's client of the CA: Istio's CreateCertificate, and Warden's JWT-SVID and
 //! node-entry services, over TLS verified against `--ca-root`. The node SVID, when the
 //! node has one, is the TLS client certificate; the channel is rebuilt when it rotates.
+//!
+//! The node and the manager see the CA as [`CertificateAuthority`] (ztunnel's
+//! `CaClientTrait`), so their rotation and retry logic runs in unit tests against an
+//! in-process fake.
 
+use std::fmt;
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -56,6 +61,37 @@ impl CaError {
     }
 }
 
+/// What the agent asks of the CA.
+#[tonic::async_trait]
+pub trait CertificateAuthority: Send + Sync + fmt::Debug {
+    /// CreateCertificate: signs `csr` for `ttl`, for `impersonate` when the node asks on
+    /// a workload's behalf; returns the PEM chain, root bundle last.
+    async fn create_certificate(
+        &self,
+        csr: String,
+        ttl: Duration,
+        impersonate: Option<&SpiffeId>,
+        bearer: Option<&str>,
+    ) -> Result<Vec<String>, CaError>;
+
+    /// The registration entries whose parent is this node.
+    async fn list_entries(&self, bearer: Option<&str>) -> Result<ListNodeEntriesResponse, CaError>;
+
+    /// Mints a JWT-SVID for `id` (impersonated when it is not the caller's own).
+    async fn mint_jwt(
+        &self,
+        id: Option<&SpiffeId>,
+        audience: Vec<String>,
+        bearer: Option<&str>,
+    ) -> Result<MintJwtSvidResponse, CaError>;
+
+    /// The trust domain's JWT bundle (JWKS).
+    async fn jwt_bundle(&self, bearer: Option<&str>) -> Result<GetJwtBundleResponse, CaError>;
+
+    /// Presents `svid` as the node's client certificate from now on (new connections).
+    fn set_identity(&self, svid: &Svid) -> Result<(), String>;
+}
+
 /// Client of the CA.
 #[derive(Debug)]
 pub struct CaClient {
@@ -100,15 +136,6 @@ impl CaClient {
             .connect_lazy())
     }
 
-    /// Uses `svid` as the TLS client certificate from now on (new connections).
-    pub fn set_identity(&self, svid: &Svid) -> Result<(), String> {
-        let channel = Self::channel(&self.addr, &self.server_name, &self.roots_pem, Some(svid))?;
-        if let Ok(mut c) = self.channel.write() {
-            *c = channel;
-        }
-        Ok(())
-    }
-
     fn current(&self) -> Channel {
         match self.channel.read() {
             Ok(c) => c.clone(),
@@ -126,9 +153,11 @@ impl CaClient {
         }
         Ok(req)
     }
+}
 
-    /// CreateCertificate: returns the PEM chain, root bundle last.
-    pub async fn create_certificate(
+#[tonic::async_trait]
+impl CertificateAuthority for CaClient {
+    async fn create_certificate(
         &self,
         csr: String,
         ttl: Duration,
@@ -159,11 +188,7 @@ impl CaClient {
         Ok(resp.into_inner().cert_chain)
     }
 
-    /// The registration entries whose parent is this node.
-    pub async fn list_entries(
-        &self,
-        bearer: Option<&str>,
-    ) -> Result<ListNodeEntriesResponse, CaError> {
+    async fn list_entries(&self, bearer: Option<&str>) -> Result<ListNodeEntriesResponse, CaError> {
         let req = Self::request(ListNodeEntriesRequest {}, bearer)?;
         Ok(NodeServiceClient::new(self.current())
             .list_node_entries(req)
@@ -171,8 +196,7 @@ impl CaClient {
             .into_inner())
     }
 
-    /// Mints a JWT-SVID for `id` (impersonated when it is not the caller's own).
-    pub async fn mint_jwt(
+    async fn mint_jwt(
         &self,
         id: Option<&SpiffeId>,
         audience: Vec<String>,
@@ -192,12 +216,19 @@ impl CaClient {
             .into_inner())
     }
 
-    /// The trust domain's JWT bundle (JWKS).
-    pub async fn jwt_bundle(&self, bearer: Option<&str>) -> Result<GetJwtBundleResponse, CaError> {
+    async fn jwt_bundle(&self, bearer: Option<&str>) -> Result<GetJwtBundleResponse, CaError> {
         let req = Self::request(GetJwtBundleRequest {}, bearer)?;
         Ok(JwtSvidServiceClient::new(self.current())
             .get_jwt_bundle(req)
             .await?
             .into_inner())
+    }
+
+    fn set_identity(&self, svid: &Svid) -> Result<(), String> {
+        let channel = Self::channel(&self.addr, &self.server_name, &self.roots_pem, Some(svid))?;
+        if let Ok(mut c) = self.channel.write() {
+            *c = channel;
+        }
+        Ok(())
     }
 }

@@ -3,17 +3,20 @@
 //! servers on unix sockets.
 //!
 //! The parts: [`config`] (flags and YAML), [`node`] (node attestation and the node
-//! SVID), [`ca_client`] (the CA's APIs over TLS), [`manager`] (entries, one SVID per
-//! identity, bundles, rotation tasks), [`endpoints`] (the sockets, caller attestation,
-//! SDS and the Workload API), [`metrics`] (counters and gauges), [`monitoring`]
-//! (`/metrics`, `/ready`, `/healthz`), [`files`] (atomic file output), [`app`]
-//! (wiring) and [`client`] (`warden-agent api fetch`). The pure decision parts are
-//! unit-tested on their own: [`rotation`], [`endpoints::sds_state`], [`attestation`].
+//! SVID), [`ca_client`] (the CA's APIs over TLS, behind the
+//! [`ca_client::CertificateAuthority`] trait), [`clock`] (wall-clock time, swapped in
+//! tests), [`manager`] (entries, one SVID per identity, bundles, rotation tasks),
+//! [`endpoints`] (the sockets, caller attestation, SDS and the Workload API),
+//! [`metrics`] (counters and gauges), [`monitoring`] (`/metrics`, `/ready`,
+//! `/healthz`), [`files`] (atomic file output), [`app`] (wiring) and [`client`]
+//! (`warden-agent api fetch`). The pure decision parts are unit-tested on their own:
+//! [`rotation`], [`endpoints::sds_state`], [`attestation`].
 
 pub mod app;
 pub mod attestation;
 pub mod ca_client;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod endpoints;
 pub mod files;

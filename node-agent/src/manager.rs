@@ -22,11 +22,12 @@ use tokio::task::JoinHandle;
 use warden_proto::{Selector, SpiffeId};
 
 use crate::attestation::{self, Caller};
-use crate::ca_client::{CaClient, CaError};
+use crate::ca_client::{CaError, CertificateAuthority};
+use crate::clock::Timing;
 use crate::config::Mode;
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::rotation::{Backoff, RotationPolicy};
+use crate::rotation::RotationPolicy;
 use crate::svid::{Bundle, NodeKey, Svid};
 
 /// Most JWT-SVIDs kept; past it, expired ones are dropped, then the cache is cleared
@@ -106,7 +107,8 @@ struct CachedJwt {
 /// The identity cache and its tasks.
 #[derive(Debug)]
 pub struct Manager {
-    ca: Arc<CaClient>,
+    ca: Arc<dyn CertificateAuthority>,
+    timing: Timing,
     node: Arc<Node>,
     mode: Mode,
     ttl: Duration,
@@ -142,13 +144,14 @@ pub struct Settings {
 impl Manager {
     /// A manager with an empty state.
     pub fn new(
-        ca: Arc<CaClient>,
+        ca: Arc<dyn CertificateAuthority>,
         node: Arc<Node>,
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             ca,
+            timing: Timing::default(),
             node,
             mode: settings.mode,
             ttl: settings.ttl,
@@ -162,6 +165,13 @@ impl Manager {
             jwt_cache: Mutex::new(HashMap::new()),
             limiter: Semaphore::new(MAX_CONCURRENT_FETCHES),
         }
+    }
+
+    /// Keeps time with `timing` (tests: a clock that follows tokio's paused one,
+    /// backoff without jitter).
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
     }
 
     /// Node or workload mode.
@@ -246,7 +256,7 @@ impl Manager {
             .ca
             .create_certificate(csr, self.ttl, impersonate, bearer.as_deref())
             .await?;
-        Svid::from_ca_answer(key, &answer, id, SystemTime::now()).map_err(|e| local(e.to_string()))
+        Svid::from_ca_answer(key, &answer, id, self.timing.now()).map_err(|e| local(e.to_string()))
     }
 
     fn publish(&self, svid: Svid) -> Arc<Svid> {
@@ -298,7 +308,7 @@ impl Manager {
     /// Fetches and refreshes one identity's SVID forever (until aborted). `None` in
     /// workload mode: the CA decides the identity from the token.
     async fn identity_loop(self: Arc<Self>, id: Option<SpiffeId>) {
-        let backoff = Backoff::default();
+        let backoff = self.timing.backoff;
         let mut attempt = 0u32;
         let label = id
             .as_ref()
@@ -329,7 +339,7 @@ impl Manager {
                         self.metrics.ready.store(true, Ordering::SeqCst);
                     }
                     drop(published);
-                    if let Ok(wait) = refresh.duration_since(SystemTime::now()) {
+                    if let Ok(wait) = refresh.duration_since(self.timing.now()) {
                         tokio::time::sleep(wait).await;
                     }
                 }
@@ -341,7 +351,7 @@ impl Manager {
                     let current = self.current_svid(id.as_ref());
                     let left = current
                         .as_ref()
-                        .and_then(|s| s.not_after.duration_since(SystemTime::now()).ok())
+                        .and_then(|s| s.not_after.duration_since(self.timing.now()).ok())
                         .unwrap_or_default();
                     if attempt == 1 {
                         tracing::warn!(
@@ -512,7 +522,7 @@ impl Manager {
         key_aud.sort();
         key_aud.dedup();
         let key = (id.clone(), key_aud.clone());
-        let now = SystemTime::now();
+        let now = self.timing.now();
         if let Ok(cache) = self.jwt_cache.lock()
             && let Some(c) = cache.get(&key)
             && now < c.refresh_at
@@ -559,6 +569,7 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca_client::CaClient;
     use crate::config::NodeCredential;
     use crate::svid::test_support::TestCa;
 

@@ -8,22 +8,23 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use tokio::sync::watch;
 
 use warden_proto::SpiffeId;
 
-use crate::ca_client::{CaClient, CaError};
+use crate::ca_client::{CaError, CertificateAuthority};
+use crate::clock::Timing;
 use crate::config::NodeCredential;
 use crate::files;
-use crate::rotation::{Backoff, RotationPolicy};
+use crate::rotation::RotationPolicy;
 use crate::svid::{NodeKey, Svid};
 
 /// The node's identity and how to present it.
 #[derive(Debug)]
 pub struct Node {
-    ca: Arc<CaClient>,
+    ca: Arc<dyn CertificateAuthority>,
+    timing: Timing,
     credential: NodeCredential,
     dir: PathBuf,
     expected: SpiffeId,
@@ -54,7 +55,7 @@ pub enum NodeError {
 impl Node {
     /// Sets up node attestation; nothing is sent yet.
     pub fn new(
-        ca: Arc<CaClient>,
+        ca: Arc<dyn CertificateAuthority>,
         credential: NodeCredential,
         data_dir: &std::path::Path,
         trust_domain: &str,
@@ -66,6 +67,7 @@ impl Node {
             .map_err(|e| NodeError::Other(format!("--node-name {node_name:?}: {e}")))?;
         Ok(Self {
             ca,
+            timing: Timing::default(),
             credential,
             dir: data_dir.join("node"),
             expected,
@@ -73,6 +75,13 @@ impl Node {
             rotation,
             svid: watch::channel(None).0,
         })
+    }
+
+    /// Keeps time with `timing` (tests: a clock that follows tokio's paused one,
+    /// backoff without jitter).
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
     }
 
     /// The bearer token to send, if the node authenticates with a token file.
@@ -113,7 +122,7 @@ impl Node {
             (Ok(c), Ok(k), Ok(r)) => (c, k, r),
             _ => return Ok(None),
         };
-        let svid = Svid::from_files(&chain, &key, &root).map_err(|e| {
+        let svid = Svid::from_files(&chain, &key, &root, self.timing.now()).map_err(|e| {
             NodeError::Other(format!(
                 "the node SVID in {} is unusable: {e}; remove it and start with a new --join-token",
                 self.dir.display()
@@ -154,7 +163,7 @@ impl Node {
             return Ok(());
         }
         if let Some(saved) = self.load_saved()? {
-            if saved.valid_at(SystemTime::now()) {
+            if saved.valid_at(self.timing.now()) {
                 tracing::info!(id = %saved.id, serial = %saved.serial, "using the node SVID kept in the data dir");
                 return self.install(saved);
             }
@@ -184,7 +193,7 @@ impl Node {
                 )),
                 _ => NodeError::Ca(e),
             })?;
-        let svid = Svid::from_ca_answer(key, &answer, None, SystemTime::now())
+        let svid = Svid::from_ca_answer(key, &answer, None, self.timing.now())
             .map_err(|e| NodeError::Other(e.to_string()))?;
         if svid.id != self.expected {
             return Err(NodeError::Other(format!(
@@ -206,7 +215,7 @@ impl Node {
             .ca
             .create_certificate(csr, self.ttl, None, None)
             .await?;
-        let svid = Svid::from_ca_answer(key, &answer, Some(&self.expected), SystemTime::now())
+        let svid = Svid::from_ca_answer(key, &answer, Some(&self.expected), self.timing.now())
             .map_err(|e| NodeError::Other(e.to_string()))?;
         self.save(&svid)?;
         tracing::info!(id = %svid.id, serial = %svid.serial, "node SVID renewed");
@@ -215,7 +224,7 @@ impl Node {
 
     /// Renews the node SVID over mTLS for as long as the agent runs.
     pub async fn renew_loop(self: Arc<Self>) {
-        let backoff = Backoff::default();
+        let backoff = self.timing.backoff;
         let mut attempt = 0;
         let mut expired_logged = false;
         loop {
@@ -228,7 +237,7 @@ impl Node {
                 current.received,
                 crate::random_unit(),
             );
-            if let Ok(wait) = at.duration_since(SystemTime::now()) {
+            if let Ok(wait) = at.duration_since(self.timing.now()) {
                 tokio::time::sleep(wait).await;
             }
             loop {
@@ -250,7 +259,7 @@ impl Node {
                         }
                         let left = current
                             .not_after
-                            .duration_since(SystemTime::now())
+                            .duration_since(self.timing.now())
                             .unwrap_or_default();
                         if left.is_zero() && !expired_logged {
                             expired_logged = true;

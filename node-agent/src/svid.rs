@@ -215,12 +215,17 @@ impl Svid {
         })
     }
 
-    /// Loads an SVID kept on disk (the node SVID): chain PEM, key PEM, bundle PEM.
-    pub fn from_files(chain_pem: &str, key_pem: &str, bundle_pem: &str) -> Result<Self, String> {
+    /// Loads an SVID kept on disk (the node SVID): chain PEM, key PEM, bundle PEM;
+    /// `loaded` counts as when it was received.
+    pub fn from_files(
+        chain_pem: &str,
+        key_pem: &str,
+        bundle_pem: &str,
+        loaded: SystemTime,
+    ) -> Result<Self, String> {
         let key = NodeKey::from_pem(key_pem).map_err(|e| format!("key: {e}"))?;
         let answer = [chain_pem.to_string(), bundle_pem.to_string()];
-        let svid = Self::from_ca_answer(key, &answer, None, SystemTime::now())
-            .map_err(|e| e.to_string())?;
+        let svid = Self::from_ca_answer(key, &answer, None, loaded).map_err(|e| e.to_string())?;
         Ok(svid)
     }
 
