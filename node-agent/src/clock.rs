@@ -53,3 +53,34 @@ impl Timing {
         self.clock.now()
     }
 }
+
+/// Test support: wall-clock time that moves with tokio's (paused) clock.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// `start` plus the tokio time elapsed since the clock was made. Under
+    /// `tokio::time::pause` it moves only when the test's timers do.
+    #[derive(Debug)]
+    pub struct TokioClock {
+        start: SystemTime,
+        origin: tokio::time::Instant,
+    }
+
+    impl TokioClock {
+        /// A clock reading `start` now. Whole seconds keep certificate validity (which
+        /// X.509 holds to the second) exact.
+        pub fn starting_at(start: SystemTime) -> Self {
+            Self {
+                start,
+                origin: tokio::time::Instant::now(),
+            }
+        }
+    }
+
+    impl Clock for TokioClock {
+        fn now(&self) -> SystemTime {
+            self.start + self.origin.elapsed()
+        }
+    }
+}

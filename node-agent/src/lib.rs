@@ -10,7 +10,8 @@
 //! [`metrics`] (counters and gauges), [`monitoring`] (`/metrics`, `/ready`,
 //! `/healthz`), [`files`] (atomic file output), [`app`] (wiring) and [`client`]
 //! (`warden-agent api fetch`). The pure decision parts are unit-tested on their own:
-//! [`rotation`], [`endpoints::sds_state`], [`attestation`].
+//! [`rotation`], [`endpoints::sds_state`], [`attestation`]; the manager and the node
+//! against a fake CA under tokio's paused clock.
 
 pub mod app;
 pub mod attestation;

@@ -281,3 +281,140 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ca_client::fake::{FakeCa, at};
+
+    /// Node `n1` with `credential` on `ca` under tokio's paused clock: 100 s node SVIDs
+    /// renewed at half life, backoff without jitter.
+    fn node_n1(ca: &Arc<FakeCa>, dir: &std::path::Path, credential: NodeCredential) -> Arc<Node> {
+        let node = Node::new(
+            ca.clone(),
+            credential,
+            dir,
+            "cluster.local",
+            "n1",
+            Duration::from_secs(100),
+            RotationPolicy::new(0.5, 0.0).unwrap(),
+        )
+        .unwrap()
+        .with_timing(ca.timing());
+        Arc::new(node)
+    }
+
+    /// A node attested with a join token at 0 s, its renewal loop running.
+    struct Renewing {
+        dir: tempfile::TempDir,
+        ca: Arc<FakeCa>,
+        node: Arc<Node>,
+        first: Arc<Svid>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Renewing {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn renewing() -> Renewing {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(FakeCa::new());
+        let node = node_n1(&ca, dir.path(), NodeCredential::JoinToken("token".into()));
+        node.attest().await.unwrap();
+        let first = node.svid().unwrap();
+        let task = tokio::spawn(node.clone().renew_loop());
+        Renewing {
+            dir,
+            ca,
+            node,
+            first,
+            task,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_node_svid_is_renewed_at_half_life_and_presented_to_the_ca() {
+        let Renewing {
+            ca, node, first, ..
+        } = &renewing().await;
+        assert_eq!(&first.id, node.expected_id());
+        assert_eq!(ca.client(), Some((first.id.clone(), at(100))));
+        tokio::time::sleep(Duration::from_millis(49_900)).await;
+        assert!(Arc::ptr_eq(&node.svid().unwrap(), first), "renewed early");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let second = node.svid().unwrap();
+        assert_ne!(second.serial, first.serial, "not renewed at 50 s");
+        assert_eq!(&second.id, node.expected_id());
+        // The renewed SVID is the client certificate from now on, and kept on disk.
+        assert_eq!(ca.client(), Some((second.id.clone(), at(150))));
+        let saved = std::fs::read_to_string(node.dir.join(files::CHAIN_FILE));
+        assert_eq!(saved.unwrap(), second.chain_pem);
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        assert_eq!(ca.call_times(true), [0, 50_000, 100_000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_renewal_backs_off_and_recovers_while_the_node_svid_is_valid() {
+        let Renewing {
+            ca, node, first, ..
+        } = &renewing().await;
+        ca.set_down(true);
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        assert_eq!(
+            ca.call_times(false),
+            [50_000, 50_500, 51_500, 53_500, 57_500, 65_500]
+        );
+        assert!(Arc::ptr_eq(&node.svid().unwrap(), first));
+        ca.set_down(false);
+        tokio::time::sleep(Duration::from_secs(20)).await; // t = 90 s
+        assert_eq!(ca.call_times(true), [0, 81_500]);
+        let second = node.svid().unwrap();
+        assert_ne!(second.serial, first.serial);
+        assert_eq!(ca.client(), Some((second.id.clone(), second.not_after)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_node_svid_cannot_renew_and_a_restart_needs_a_join_token() {
+        let Renewing {
+            dir,
+            ca,
+            node,
+            first,
+            ..
+        } = &renewing().await;
+        ca.set_down(true);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        // Back after the node SVID expired at 100 s: the CA refuses the expired client
+        // certificate, so renewal keeps failing and the old SVID stays.
+        ca.set_down(false);
+        let before = ca.calls().len();
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(ca.calls().len() > before, "no retry after the CA came back");
+        assert_eq!(ca.call_times(true), [0]);
+        assert!(Arc::ptr_eq(&node.svid().unwrap(), first));
+        // A restart without a join token finds only the expired SVID and says what to do.
+        let restarted = node_n1(ca, dir.path(), NodeCredential::None);
+        let err = restarted.attest().await.unwrap_err().to_string();
+        assert!(err.contains("no valid node SVID"), "{err}");
+        assert!(err.contains("--join-token"), "{err}");
+        assert!(restarted.svid().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_reuses_the_kept_node_svid_without_the_ca() {
+        let Renewing { dir, ca, first, .. } = &renewing().await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let restarted = node_n1(ca, dir.path(), NodeCredential::None);
+        restarted.attest().await.unwrap();
+        let reused = restarted.svid().unwrap();
+        assert_eq!(reused.serial, first.serial);
+        assert_eq!(reused.received, at(30), "its life counts from the restart");
+        assert_eq!(ca.calls().len(), 1, "no CA call on the restart");
+        assert_eq!(ca.client(), Some((first.id.clone(), at(100))));
+    }
+}

@@ -256,6 +256,12 @@ pub(crate) mod test_support {
         pub pem: String,
     }
 
+    impl fmt::Debug for TestCa {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("TestCa")
+        }
+    }
+
     impl TestCa {
         pub fn new() -> Self {
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -277,6 +283,23 @@ pub(crate) mod test_support {
                 p.signed_by(&pk, &self.issuer).unwrap().pem(),
                 self.pem.clone(),
             ]
+        }
+
+        /// The CA's answer to `csr_pem`: a leaf for `id` whatever the CSR names, valid
+        /// from `not_before` to `not_after`, and the root.
+        pub fn sign_csr(
+            &self,
+            csr_pem: &str,
+            id: &SpiffeId,
+            not_before: SystemTime,
+            not_after: SystemTime,
+        ) -> Vec<String> {
+            let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
+            csr.params.subject_alt_names =
+                vec![rcgen::SanType::URI(id.as_str().try_into().unwrap())];
+            csr.params.not_before = not_before.into();
+            csr.params.not_after = not_after.into();
+            vec![csr.signed_by(&self.issuer).unwrap().pem(), self.pem.clone()]
         }
 
         /// An SVID for `id`.
