@@ -12,11 +12,11 @@ use tokio::task::JoinHandle;
 
 use crate::ca_client::CaClient;
 use crate::config::{Config, Mode};
+use crate::endpoints::Sockets;
 use crate::manager::{Manager, Settings};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeError};
 use crate::rotation::Backoff;
-use crate::server::Sockets;
 
 /// A running agent.
 #[derive(Debug)]
@@ -134,7 +134,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         .await
         .with_context(|| format!("binding --monitoring-addr {}", config.monitoring_addr))?;
     let monitoring_addr = listener.local_addr()?;
-    tasks.push(tokio::spawn(crate::metrics::serve(
+    tasks.push(tokio::spawn(crate::monitoring::serve(
         listener,
         manager.clone(),
         shutdown_rx,

@@ -1,7 +1,12 @@
 //! The agent's client of the CA: Istio's CreateCertificate, and Warden's JWT-SVID and
 //! node-entry services, over TLS verified against `--ca-root`. The node SVID, when the
 //! node has one, is the TLS client certificate; the channel is rebuilt when it rotates.
+//!
+//! The node and the manager see the CA as [`CertificateAuthority`] (ztunnel's
+//! `CaClientTrait`), so their rotation and retry logic runs in unit tests against an
+//! in-process fake.
 
+use std::fmt;
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -56,6 +61,37 @@ impl CaError {
     }
 }
 
+/// What the agent asks of the CA.
+#[tonic::async_trait]
+pub trait CertificateAuthority: Send + Sync + fmt::Debug {
+    /// CreateCertificate: signs `csr` for `ttl`, for `impersonate` when the node asks on
+    /// a workload's behalf; returns the PEM chain, root bundle last.
+    async fn create_certificate(
+        &self,
+        csr: String,
+        ttl: Duration,
+        impersonate: Option<&SpiffeId>,
+        bearer: Option<&str>,
+    ) -> Result<Vec<String>, CaError>;
+
+    /// The registration entries whose parent is this node.
+    async fn list_entries(&self, bearer: Option<&str>) -> Result<ListNodeEntriesResponse, CaError>;
+
+    /// Mints a JWT-SVID for `id` (impersonated when it is not the caller's own).
+    async fn mint_jwt(
+        &self,
+        id: Option<&SpiffeId>,
+        audience: Vec<String>,
+        bearer: Option<&str>,
+    ) -> Result<MintJwtSvidResponse, CaError>;
+
+    /// The trust domain's JWT bundle (JWKS).
+    async fn jwt_bundle(&self, bearer: Option<&str>) -> Result<GetJwtBundleResponse, CaError>;
+
+    /// Presents `svid` as the node's client certificate from now on (new connections).
+    fn set_identity(&self, svid: &Svid) -> Result<(), String>;
+}
+
 /// Client of the CA.
 #[derive(Debug)]
 pub struct CaClient {
@@ -100,15 +136,6 @@ impl CaClient {
             .connect_lazy())
     }
 
-    /// Uses `svid` as the TLS client certificate from now on (new connections).
-    pub fn set_identity(&self, svid: &Svid) -> Result<(), String> {
-        let channel = Self::channel(&self.addr, &self.server_name, &self.roots_pem, Some(svid))?;
-        if let Ok(mut c) = self.channel.write() {
-            *c = channel;
-        }
-        Ok(())
-    }
-
     fn current(&self) -> Channel {
         match self.channel.read() {
             Ok(c) => c.clone(),
@@ -126,9 +153,11 @@ impl CaClient {
         }
         Ok(req)
     }
+}
 
-    /// CreateCertificate: returns the PEM chain, root bundle last.
-    pub async fn create_certificate(
+#[tonic::async_trait]
+impl CertificateAuthority for CaClient {
+    async fn create_certificate(
         &self,
         csr: String,
         ttl: Duration,
@@ -159,11 +188,7 @@ impl CaClient {
         Ok(resp.into_inner().cert_chain)
     }
 
-    /// The registration entries whose parent is this node.
-    pub async fn list_entries(
-        &self,
-        bearer: Option<&str>,
-    ) -> Result<ListNodeEntriesResponse, CaError> {
+    async fn list_entries(&self, bearer: Option<&str>) -> Result<ListNodeEntriesResponse, CaError> {
         let req = Self::request(ListNodeEntriesRequest {}, bearer)?;
         Ok(NodeServiceClient::new(self.current())
             .list_node_entries(req)
@@ -171,8 +196,7 @@ impl CaClient {
             .into_inner())
     }
 
-    /// Mints a JWT-SVID for `id` (impersonated when it is not the caller's own).
-    pub async fn mint_jwt(
+    async fn mint_jwt(
         &self,
         id: Option<&SpiffeId>,
         audience: Vec<String>,
@@ -192,12 +216,224 @@ impl CaClient {
             .into_inner())
     }
 
-    /// The trust domain's JWT bundle (JWKS).
-    pub async fn jwt_bundle(&self, bearer: Option<&str>) -> Result<GetJwtBundleResponse, CaError> {
+    async fn jwt_bundle(&self, bearer: Option<&str>) -> Result<GetJwtBundleResponse, CaError> {
         let req = Self::request(GetJwtBundleRequest {}, bearer)?;
         Ok(JwtSvidServiceClient::new(self.current())
             .get_jwt_bundle(req)
             .await?
             .into_inner())
+    }
+
+    fn set_identity(&self, svid: &Svid) -> Result<(), String> {
+        let channel = Self::channel(&self.addr, &self.server_name, &self.roots_pem, Some(svid))?;
+        if let Ok(mut c) = self.channel.write() {
+            *c = channel;
+        }
+        Ok(())
+    }
+}
+
+/// Test support: an in-process CA for the node's and the manager's unit tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod fake {
+    use std::sync::{Arc, Mutex};
+    use std::time::SystemTime;
+
+    use warden_proto::warden_ca::NodeEntry;
+
+    use super::*;
+    use crate::clock::test_support::TokioClock;
+    use crate::clock::{Clock, Timing};
+    use crate::rotation::Backoff;
+    use crate::svid::test_support::TestCa;
+
+    /// How far the real CA backdates `notBefore` for clock skew.
+    const BACKDATE: Duration = Duration::from_secs(120);
+
+    /// When the fake CA's clock starts: a whole second, as certificates keep seconds.
+    pub fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    /// `secs` seconds after [`t0`].
+    pub fn at(secs: u64) -> SystemTime {
+        t0() + Duration::from_secs(secs)
+    }
+
+    /// One CreateCertificate call as the fake CA saw it.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Call {
+        /// When, on the test clock.
+        pub at: SystemTime,
+        /// The identity issued; `None` when the call failed.
+        pub issued: Option<SpiffeId>,
+    }
+
+    #[derive(Debug, Default)]
+    struct Inner {
+        down: bool,
+        entries: Vec<NodeEntry>,
+        /// The client certificate presented ([`CertificateAuthority::set_identity`]):
+        /// its identity and `notAfter`.
+        client: Option<(SpiffeId, SystemTime)>,
+        calls: Vec<Call>,
+    }
+
+    /// A CA that signs CSRs with a [`TestCa`] for `ttl` from the test clock (with
+    /// `notBefore` backdated as the real CA does), answers Unavailable while
+    /// [`FakeCa::set_down`], and, like a TLS handshake, refuses a node whose client
+    /// certificate has expired.
+    #[derive(Debug)]
+    pub struct FakeCa {
+        ca: TestCa,
+        clock: Arc<dyn Clock>,
+        inner: Mutex<Inner>,
+    }
+
+    impl FakeCa {
+        /// A CA that is up, with no entries, on a clock that reads [`t0`] now and
+        /// moves with tokio's (paused) clock.
+        pub fn new() -> Self {
+            Self {
+                ca: TestCa::new(),
+                clock: Arc::new(TokioClock::starting_at(t0())),
+                inner: Mutex::new(Inner::default()),
+            }
+        }
+
+        /// Timing for the node and the manager under test: the CA's clock, and
+        /// backoff without jitter (every delay is its ceiling).
+        pub fn timing(&self) -> Timing {
+            Timing {
+                clock: self.clock.clone(),
+                backoff: Backoff::CA_REQUEST,
+                jitter: || 1.0,
+            }
+        }
+
+        /// Takes the CA down (every call fails Unavailable) or brings it back.
+        pub fn set_down(&self, down: bool) {
+            self.inner.lock().unwrap().down = down;
+        }
+
+        /// Registers an entry for the node.
+        pub fn add_entry(&self, id: &str, spiffe_id: &str, selectors: &[&str]) {
+            self.inner.lock().unwrap().entries.push(NodeEntry {
+                id: id.into(),
+                spiffe_id: spiffe_id.into(),
+                selectors: selectors.iter().map(|s| s.to_string()).collect(),
+                created_at: 0,
+            });
+        }
+
+        /// Every CreateCertificate call so far.
+        pub fn calls(&self) -> Vec<Call> {
+            self.inner.lock().unwrap().calls.clone()
+        }
+
+        /// When the CreateCertificate calls that issued (`true`) or failed (`false`)
+        /// came, in milliseconds after [`t0`].
+        pub fn call_times(&self, issued: bool) -> Vec<u64> {
+            let ms = |t: SystemTime| t.duration_since(t0()).unwrap().as_millis();
+            self.calls()
+                .iter()
+                .filter(|c| c.issued.is_some() == issued)
+                .map(|c| u64::try_from(ms(c.at)).unwrap())
+                .collect()
+        }
+
+        /// The client certificate presented last: identity and `notAfter`.
+        pub fn client(&self) -> Option<(SpiffeId, SystemTime)> {
+            self.inner.lock().unwrap().client.clone()
+        }
+
+        /// Unavailable while down, or when the client certificate has expired (a
+        /// handshake failure, as the real channel reports it).
+        fn reachable(&self, inner: &Inner) -> Result<(), CaError> {
+            if inner.down {
+                return Err(Status::unavailable("connection refused (fake CA down)").into());
+            }
+            if let Some((_, not_after)) = &inner.client
+                && self.clock.now() >= *not_after
+            {
+                return Err(Status::unavailable("tls: the client certificate has expired").into());
+            }
+            Ok(())
+        }
+    }
+
+    #[tonic::async_trait]
+    impl CertificateAuthority for FakeCa {
+        async fn create_certificate(
+            &self,
+            csr: String,
+            ttl: Duration,
+            impersonate: Option<&SpiffeId>,
+            _bearer: Option<&str>,
+        ) -> Result<Vec<String>, CaError> {
+            let now = self.clock.now();
+            let mut inner = self.inner.lock().unwrap();
+            let csr_id = rcgen::CertificateSigningRequestParams::from_pem(&csr)
+                .unwrap()
+                .params
+                .subject_alt_names
+                .iter()
+                .find_map(|san| match san {
+                    rcgen::SanType::URI(uri) => SpiffeId::parse(uri.as_str()).ok(),
+                    _ => None,
+                });
+            let id = impersonate
+                .cloned()
+                .or(csr_id)
+                .or_else(|| inner.client.as_ref().map(|(id, _)| id.clone()));
+            let answer = self.reachable(&inner).and_then(|()| {
+                let id = id.ok_or_else(|| {
+                    CaError::from(Status::invalid_argument("no identity to issue"))
+                })?;
+                let pem = self.ca.sign_csr(&csr, &id, now - BACKDATE, now + ttl);
+                Ok((id, pem))
+            });
+            inner.calls.push(Call {
+                at: now,
+                issued: answer.as_ref().ok().map(|(id, _)| id.clone()),
+            });
+            answer.map(|(_, pem)| pem)
+        }
+
+        async fn list_entries(
+            &self,
+            _bearer: Option<&str>,
+        ) -> Result<ListNodeEntriesResponse, CaError> {
+            let inner = self.inner.lock().unwrap();
+            self.reachable(&inner)?;
+            Ok(ListNodeEntriesResponse {
+                node_id: String::new(),
+                entries: inner.entries.clone(),
+            })
+        }
+
+        async fn mint_jwt(
+            &self,
+            _id: Option<&SpiffeId>,
+            _audience: Vec<String>,
+            _bearer: Option<&str>,
+        ) -> Result<MintJwtSvidResponse, CaError> {
+            Err(Status::unimplemented("the fake CA mints no JWT-SVIDs").into())
+        }
+
+        async fn jwt_bundle(&self, _bearer: Option<&str>) -> Result<GetJwtBundleResponse, CaError> {
+            let inner = self.inner.lock().unwrap();
+            self.reachable(&inner)?;
+            Ok(GetJwtBundleResponse {
+                trust_domain: "cluster.local".into(),
+                jwks_json: r#"{"keys":[]}"#.into(),
+            })
+        }
+
+        fn set_identity(&self, svid: &Svid) -> Result<(), String> {
+            self.inner.lock().unwrap().client = Some((svid.id.clone(), svid.not_after));
+            Ok(())
+        }
     }
 }

@@ -3,29 +3,31 @@
 //! servers on unix sockets.
 //!
 //! The parts: [`config`] (flags and YAML), [`node`] (node attestation and the node
-//! SVID), [`ca_client`] (the CA's APIs over TLS), [`manager`] (entries, one SVID per
-//! identity, bundles, rotation tasks), [`server`] (sockets and caller attestation),
-//! [`sds`] and [`workload_api`] (the two protocols), [`metrics`], [`files`] (atomic
-//! file output), [`app`] (wiring) and [`client`] (`warden-agent api fetch`). The pure
-//! decision parts are unit-tested on their own: [`rotation`], [`sds_state`],
-//! [`attestation`].
+//! SVID), [`ca_client`] (the CA's APIs over TLS, behind the
+//! [`ca_client::CertificateAuthority`] trait), [`clock`] (wall-clock time, swapped in
+//! tests), [`manager`] (entries, one SVID per identity, bundles, rotation tasks),
+//! [`endpoints`] (the sockets, caller attestation, SDS and the Workload API),
+//! [`metrics`] (counters and gauges), [`monitoring`] (`/metrics`, `/ready`,
+//! `/healthz`), [`files`] (atomic file output), [`app`] (wiring) and [`client`]
+//! (`warden-agent api fetch`). The pure decision parts are unit-tested on their own:
+//! [`rotation`], [`endpoints::sds_state`], [`attestation`]; the manager and the node
+//! against a fake CA under tokio's paused clock.
 
 pub mod app;
 pub mod attestation;
 pub mod ca_client;
 pub mod client;
+pub mod clock;
 pub mod config;
+pub mod endpoints;
 pub mod files;
 pub mod jwt;
 pub mod manager;
 pub mod metrics;
+pub mod monitoring;
 pub mod node;
 pub mod rotation;
-pub mod sds;
-pub mod sds_state;
-pub mod server;
 pub mod svid;
-pub mod workload_api;
 
 use std::time::SystemTime;
 

@@ -1,19 +1,12 @@
-//! The agent's metrics, hand-rendered in the Prometheus text format, and the
-//! `/metrics`, `/ready`, `/healthz` endpoints on `--monitoring-addr`.
+//! The agent's counters and gauges, updated by the manager and the endpoints. A leaf:
+//! it knows nothing of the manager; [`crate::monitoring`] renders them with the
+//! manager's state in the Prometheus text format.
 
-use std::fmt::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::StatusCode;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-use crate::manager::Manager;
-
 /// Bounds of the push-to-ACK histogram, seconds.
-const BUCKETS: [f64; 12] = [
+pub const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
@@ -59,149 +52,25 @@ impl Metrics {
         );
     }
 
-    /// Renders everything, including per-identity expiry from the manager's state.
-    pub fn render(&self, manager: &Manager) -> String {
-        let mut out = String::new();
-        let c = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        let g = |out: &mut String, name: &str, help: &str, v: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
+    /// The push-to-ACK histogram as it is now: per-bucket counts (not cumulative) in
+    /// the order of [`BUCKETS`], the count, and the sum in microseconds.
+    pub fn push_ack(&self) -> PushAck {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        c(
-            &mut out,
-            "warden_agent_svid_refreshes_total",
-            "X.509-SVIDs received from the CA.",
-            l(&self.svid_refreshes),
-        );
-        c(
-            &mut out,
-            "warden_agent_svid_refresh_failures_total",
-            "Failed X.509-SVID requests to the CA.",
-            l(&self.svid_refresh_failures),
-        );
-        c(
-            &mut out,
-            "warden_agent_sds_pushes_total",
-            "SDS responses sent.",
-            l(&self.sds_pushes),
-        );
-        c(
-            &mut out,
-            "warden_agent_sds_nacks_total",
-            "SDS NACKs received.",
-            l(&self.sds_nacks),
-        );
-        c(
-            &mut out,
-            "warden_agent_attestation_denied_total",
-            "Callers refused because no registration entry matched them.",
-            l(&self.attestation_denied),
-        );
-        c(
-            &mut out,
-            "warden_agent_entry_sync_failures_total",
-            "Failed registration-entry syncs.",
-            l(&self.entry_sync_failures),
-        );
-        c(
-            &mut out,
-            "warden_agent_jwt_svids_minted_total",
-            "JWT-SVIDs minted at the CA for callers.",
-            l(&self.jwt_svids_minted),
-        );
-        g(
-            &mut out,
-            "warden_agent_sds_streams",
-            "Open SDS streams.",
-            self.sds_streams.load(Ordering::Relaxed),
-        );
-        g(
-            &mut out,
-            "warden_agent_workload_api_streams",
-            "Open Workload API streams.",
-            self.workload_api_streams.load(Ordering::Relaxed),
-        );
-        let state = manager.state();
-        g(
-            &mut out,
-            "warden_agent_entries",
-            "Registration entries for this node.",
-            i64::try_from(state.entries.len()).unwrap_or(i64::MAX),
-        );
-        g(
-            &mut out,
-            "warden_agent_identities",
-            "Identities with a current X.509-SVID.",
-            i64::try_from(state.svids.len()).unwrap_or(i64::MAX),
-        );
-        let name = "warden_agent_cert_expiry_timestamp_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} notAfter of the current X.509-SVID, per identity.\n# TYPE {name} gauge"
-        );
-        let mut ids: Vec<_> = state.svids.values().collect();
-        ids.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
-        for svid in ids {
-            let _ = writeln!(
-                out,
-                "{name}{{spiffe_id=\"{}\"}} {}",
-                svid.id,
-                svid.not_after_unix()
-            );
+        PushAck {
+            buckets: std::array::from_fn(|i| l(&self.ack_buckets[i])),
+            count: l(&self.ack_count),
+            sum_micros: l(&self.ack_sum_micros),
         }
-        if let Some(node) = manager.node_svid() {
-            let name = "warden_agent_node_cert_expiry_timestamp_seconds";
-            let _ = writeln!(
-                out,
-                "# HELP {name} notAfter of the node SVID.\n# TYPE {name} gauge\n{name} {}",
-                node.not_after_unix()
-            );
-        }
-        let name = "warden_agent_sds_push_ack_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} From receiving a rotated X.509-SVID to the SDS client ACKing it.\n# TYPE {name} histogram"
-        );
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += l(&self.ack_buckets[i]);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = l(&self.ack_count);
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {}\n{name}_count {count}",
-            l(&self.ack_sum_micros) as f64 / 1e6
-        );
-        out
     }
 }
 
-/// Serves the monitoring endpoints until `shutdown` flips.
-pub async fn serve(listener: TcpListener, manager: Arc<Manager>, shutdown: watch::Receiver<bool>) {
-    use warden_common::monitoring::PROMETHEUS;
-    let handler = move |path: &str| {
-        let metrics = manager.metrics();
-        match path {
-            "/metrics" | "/stats/prometheus" => {
-                (StatusCode::OK, PROMETHEUS, metrics.render(&manager))
-            }
-            "/ready" if metrics.ready.load(Ordering::SeqCst) => {
-                (StatusCode::OK, "text/plain", "ready\n".into())
-            }
-            "/ready" => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                PROMETHEUS,
-                "not ready\n".into(),
-            ),
-            "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
-            _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
-        }
-    };
-    warden_common::monitoring::serve(listener, handler, shutdown).await;
+/// A reading of the push-to-ACK histogram ([`Metrics::push_ack`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushAck {
+    /// Observations per bucket of [`BUCKETS`] (not cumulative).
+    pub buckets: [u64; BUCKETS.len()],
+    /// All observations.
+    pub count: u64,
+    /// Their sum, microseconds.
+    pub sum_micros: u64,
 }

@@ -8,22 +8,23 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use tokio::sync::watch;
 
 use warden_proto::SpiffeId;
 
-use crate::ca_client::{CaClient, CaError};
+use crate::ca_client::{CaError, CertificateAuthority};
+use crate::clock::Timing;
 use crate::config::NodeCredential;
 use crate::files;
-use crate::rotation::{Backoff, RotationPolicy};
+use crate::rotation::RotationPolicy;
 use crate::svid::{NodeKey, Svid};
 
 /// The node's identity and how to present it.
 #[derive(Debug)]
 pub struct Node {
-    ca: Arc<CaClient>,
+    ca: Arc<dyn CertificateAuthority>,
+    timing: Timing,
     credential: NodeCredential,
     dir: PathBuf,
     expected: SpiffeId,
@@ -54,7 +55,7 @@ pub enum NodeError {
 impl Node {
     /// Sets up node attestation; nothing is sent yet.
     pub fn new(
-        ca: Arc<CaClient>,
+        ca: Arc<dyn CertificateAuthority>,
         credential: NodeCredential,
         data_dir: &std::path::Path,
         trust_domain: &str,
@@ -66,6 +67,7 @@ impl Node {
             .map_err(|e| NodeError::Other(format!("--node-name {node_name:?}: {e}")))?;
         Ok(Self {
             ca,
+            timing: Timing::default(),
             credential,
             dir: data_dir.join("node"),
             expected,
@@ -73,6 +75,13 @@ impl Node {
             rotation,
             svid: watch::channel(None).0,
         })
+    }
+
+    /// Keeps time with `timing` (tests: a clock that follows tokio's paused one,
+    /// backoff without jitter).
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
     }
 
     /// The bearer token to send, if the node authenticates with a token file.
@@ -113,7 +122,7 @@ impl Node {
             (Ok(c), Ok(k), Ok(r)) => (c, k, r),
             _ => return Ok(None),
         };
-        let svid = Svid::from_files(&chain, &key, &root).map_err(|e| {
+        let svid = Svid::from_files(&chain, &key, &root, self.timing.now()).map_err(|e| {
             NodeError::Other(format!(
                 "the node SVID in {} is unusable: {e}; remove it and start with a new --join-token",
                 self.dir.display()
@@ -154,7 +163,7 @@ impl Node {
             return Ok(());
         }
         if let Some(saved) = self.load_saved()? {
-            if saved.valid_at(SystemTime::now()) {
+            if saved.valid_at(self.timing.now()) {
                 tracing::info!(id = %saved.id, serial = %saved.serial, "using the node SVID kept in the data dir");
                 return self.install(saved);
             }
@@ -184,7 +193,7 @@ impl Node {
                 )),
                 _ => NodeError::Ca(e),
             })?;
-        let svid = Svid::from_ca_answer(key, &answer, None, SystemTime::now())
+        let svid = Svid::from_ca_answer(key, &answer, None, self.timing.now())
             .map_err(|e| NodeError::Other(e.to_string()))?;
         if svid.id != self.expected {
             return Err(NodeError::Other(format!(
@@ -206,7 +215,7 @@ impl Node {
             .ca
             .create_certificate(csr, self.ttl, None, None)
             .await?;
-        let svid = Svid::from_ca_answer(key, &answer, Some(&self.expected), SystemTime::now())
+        let svid = Svid::from_ca_answer(key, &answer, Some(&self.expected), self.timing.now())
             .map_err(|e| NodeError::Other(e.to_string()))?;
         self.save(&svid)?;
         tracing::info!(id = %svid.id, serial = %svid.serial, "node SVID renewed");
@@ -215,7 +224,6 @@ impl Node {
 
     /// Renews the node SVID over mTLS for as long as the agent runs.
     pub async fn renew_loop(self: Arc<Self>) {
-        let backoff = Backoff::CA_REQUEST;
         let mut attempt = 0;
         let mut expired_logged = false;
         loop {
@@ -228,7 +236,7 @@ impl Node {
                 current.received,
                 crate::random_unit(),
             );
-            if let Ok(wait) = at.duration_since(SystemTime::now()) {
+            if let Ok(wait) = at.duration_since(self.timing.now()) {
                 tokio::time::sleep(wait).await;
             }
             loop {
@@ -250,7 +258,7 @@ impl Node {
                         }
                         let left = current
                             .not_after
-                            .duration_since(SystemTime::now())
+                            .duration_since(self.timing.now())
                             .unwrap_or_default();
                         if left.is_zero() && !expired_logged {
                             expired_logged = true;
@@ -260,15 +268,147 @@ impl Node {
                                 self.expected.node_name().unwrap_or_default()
                             );
                         }
-                        tokio::time::sleep(backoff.delay_before(
-                            attempt - 1,
-                            crate::random_unit(),
-                            left,
-                        ))
-                        .await;
+                        tokio::time::sleep(self.timing.retry_delay(attempt, left)).await;
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ca_client::fake::{FakeCa, at};
+
+    /// Node `n1` with `credential` on `ca` under tokio's paused clock: 100 s node SVIDs
+    /// renewed at half life, backoff without jitter.
+    fn node_n1(ca: &Arc<FakeCa>, dir: &std::path::Path, credential: NodeCredential) -> Arc<Node> {
+        let node = Node::new(
+            ca.clone(),
+            credential,
+            dir,
+            "cluster.local",
+            "n1",
+            Duration::from_secs(100),
+            RotationPolicy::new(0.5, 0.0).unwrap(),
+        )
+        .unwrap()
+        .with_timing(ca.timing());
+        Arc::new(node)
+    }
+
+    /// A node attested with a join token at 0 s, its renewal loop running.
+    struct Renewing {
+        dir: tempfile::TempDir,
+        ca: Arc<FakeCa>,
+        node: Arc<Node>,
+        first: Arc<Svid>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Renewing {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn renewing() -> Renewing {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(FakeCa::new());
+        let node = node_n1(&ca, dir.path(), NodeCredential::JoinToken("token".into()));
+        node.attest().await.unwrap();
+        let first = node.svid().unwrap();
+        let task = tokio::spawn(node.clone().renew_loop());
+        Renewing {
+            dir,
+            ca,
+            node,
+            first,
+            task,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_node_svid_is_renewed_at_half_life_and_presented_to_the_ca() {
+        let Renewing {
+            ca, node, first, ..
+        } = &renewing().await;
+        assert_eq!(&first.id, node.expected_id());
+        assert_eq!(ca.client(), Some((first.id.clone(), at(100))));
+        tokio::time::sleep(Duration::from_millis(49_900)).await;
+        assert!(Arc::ptr_eq(&node.svid().unwrap(), first), "renewed early");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let second = node.svid().unwrap();
+        assert_ne!(second.serial, first.serial, "not renewed at 50 s");
+        assert_eq!(&second.id, node.expected_id());
+        // The renewed SVID is the client certificate from now on, and kept on disk.
+        assert_eq!(ca.client(), Some((second.id.clone(), at(150))));
+        let saved = std::fs::read_to_string(node.dir.join(files::CHAIN_FILE));
+        assert_eq!(saved.unwrap(), second.chain_pem);
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        assert_eq!(ca.call_times(true), [0, 50_000, 100_000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_renewal_backs_off_and_recovers_while_the_node_svid_is_valid() {
+        let Renewing {
+            ca, node, first, ..
+        } = &renewing().await;
+        ca.set_down(true);
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        assert_eq!(
+            ca.call_times(false),
+            [50_000, 50_500, 51_500, 53_500, 57_500, 65_500]
+        );
+        assert!(Arc::ptr_eq(&node.svid().unwrap(), first));
+        ca.set_down(false);
+        tokio::time::sleep(Duration::from_secs(20)).await; // t = 90 s
+        assert_eq!(ca.call_times(true), [0, 81_500]);
+        let second = node.svid().unwrap();
+        assert_ne!(second.serial, first.serial);
+        assert_eq!(ca.client(), Some((second.id.clone(), second.not_after)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_node_svid_cannot_renew_and_a_restart_needs_a_join_token() {
+        let Renewing {
+            dir,
+            ca,
+            node,
+            first,
+            ..
+        } = &renewing().await;
+        ca.set_down(true);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        // Back after the node SVID expired at 100 s: the CA refuses the expired client
+        // certificate, so renewal keeps failing and the old SVID stays.
+        ca.set_down(false);
+        let before = ca.calls().len();
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(ca.calls().len() > before, "no retry after the CA came back");
+        assert_eq!(ca.call_times(true), [0]);
+        assert!(Arc::ptr_eq(&node.svid().unwrap(), first));
+        // A restart without a join token finds only the expired SVID and says what to do.
+        let restarted = node_n1(ca, dir.path(), NodeCredential::None);
+        let err = restarted.attest().await.unwrap_err().to_string();
+        assert!(err.contains("no valid node SVID"), "{err}");
+        assert!(err.contains("--join-token"), "{err}");
+        assert!(restarted.svid().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_reuses_the_kept_node_svid_without_the_ca() {
+        let Renewing { dir, ca, first, .. } = &renewing().await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let restarted = node_n1(ca, dir.path(), NodeCredential::None);
+        restarted.attest().await.unwrap();
+        let reused = restarted.svid().unwrap();
+        assert_eq!(reused.serial, first.serial);
+        assert_eq!(reused.received, at(30), "its life counts from the restart");
+        assert_eq!(ca.calls().len(), 1, "no CA call on the restart");
+        assert_eq!(ca.client(), Some((first.id.clone(), at(100))));
     }
 }

@@ -215,12 +215,17 @@ impl Svid {
         })
     }
 
-    /// Loads an SVID kept on disk (the node SVID): chain PEM, key PEM, bundle PEM.
-    pub fn from_files(chain_pem: &str, key_pem: &str, bundle_pem: &str) -> Result<Self, String> {
+    /// Loads an SVID kept on disk (the node SVID): chain PEM, key PEM, bundle PEM;
+    /// `loaded` counts as when it was received.
+    pub fn from_files(
+        chain_pem: &str,
+        key_pem: &str,
+        bundle_pem: &str,
+        loaded: SystemTime,
+    ) -> Result<Self, String> {
         let key = NodeKey::from_pem(key_pem).map_err(|e| format!("key: {e}"))?;
         let answer = [chain_pem.to_string(), bundle_pem.to_string()];
-        let svid = Self::from_ca_answer(key, &answer, None, SystemTime::now())
-            .map_err(|e| e.to_string())?;
+        let svid = Self::from_ca_answer(key, &answer, None, loaded).map_err(|e| e.to_string())?;
         Ok(svid)
     }
 
@@ -251,6 +256,12 @@ pub(crate) mod test_support {
         pub pem: String,
     }
 
+    impl fmt::Debug for TestCa {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("TestCa")
+        }
+    }
+
     impl TestCa {
         pub fn new() -> Self {
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -272,6 +283,23 @@ pub(crate) mod test_support {
                 p.signed_by(&pk, &self.issuer).unwrap().pem(),
                 self.pem.clone(),
             ]
+        }
+
+        /// The CA's answer to `csr_pem`: a leaf for `id` whatever the CSR names, valid
+        /// from `not_before` to `not_after`, and the root.
+        pub fn sign_csr(
+            &self,
+            csr_pem: &str,
+            id: &SpiffeId,
+            not_before: SystemTime,
+            not_after: SystemTime,
+        ) -> Vec<String> {
+            let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
+            csr.params.subject_alt_names =
+                vec![rcgen::SanType::URI(id.as_str().try_into().unwrap())];
+            csr.params.not_before = not_before.into();
+            csr.params.not_after = not_after.into();
+            vec![csr.signed_by(&self.issuer).unwrap().pem(), self.pem.clone()]
         }
 
         /// An SVID for `id`.

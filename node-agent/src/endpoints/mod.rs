@@ -1,122 +1,38 @@
-//! The agent's unix sockets: the shared socket `<socket-dir>/socket` (callers attested
-//! by `SO_PEERCRED`) and one `<socket-dir>/NAME.sock` per `socket:NAME` entry, each
-//! serving SDS and the SPIFFE Workload API. Named sockets come and go with the entries.
+//! The agent's endpoints, as SPIRE's `pkg/agent/endpoints`: the unix sockets and what
+//! they serve. The shared socket `<socket-dir>/socket` (callers attested by
+//! `SO_PEERCRED`) and one `<socket-dir>/NAME.sock` per `socket:NAME` entry each serve
+//! SDS and the SPIFFE Workload API; named sockets come and go with the entries.
+//!
+//! The parts: this module (binding, serving, the named sockets), [`caller`] (who is
+//! calling and which identities it gets), [`sds`] with its pure decisions in
+//! [`sds_state`], and [`workload_api`]. Imports go one way: this module uses `sds` and
+//! `workload_api`, they use `caller`, and none of them points back.
+
+pub mod caller;
+pub mod sds;
+pub mod sds_state;
+pub mod workload_api;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use tokio::net::UnixListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::server::UdsConnectInfo;
-use tonic::{Request, Status};
 
 use warden_common::grpc_status::ResourceExhaustedLayer;
-use warden_proto::SpiffeId;
 use warden_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
-use crate::attestation::Caller;
-use crate::manager::{Entry, Manager, State};
-use crate::sds::Sds;
-use crate::workload_api::WorkloadApi;
+use crate::manager::{Entry, Manager};
+use sds::Sds;
+use workload_api::WorkloadApi;
 
 /// Largest request accepted on the sockets; a larger one is answered
 /// `RESOURCE_EXHAUSTED` ([`ResourceExhaustedLayer`]).
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
-
-/// Who is calling: the socket and the `SO_PEERCRED` credentials of the connection,
-/// with the executable read from `/proc/PID/exe`. A connection without credentials
-/// gets uid/gid `u32::MAX`, which no entry names.
-pub fn attest<T>(request: &Request<T>, socket: Option<&str>) -> Caller {
-    let cred = request
-        .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|i| i.peer_cred);
-    let exe = cred
-        .and_then(|c| c.pid())
-        .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok());
-    Caller {
-        socket: socket.map(String::from),
-        uid: cred.map_or(u32::MAX, |c| c.uid()),
-        gid: cred.map_or(u32::MAX, |c| c.gid()),
-        exe,
-    }
-}
-
-/// The caller's identities, or `PermissionDenied` (counted and logged) when it has none.
-pub fn identities_or_denied(
-    manager: &Manager,
-    state: &State,
-    caller: &Caller,
-) -> Result<Vec<SpiffeId>, Status> {
-    let ids = state.identities_for(manager.mode(), caller);
-    if ids.is_empty() {
-        manager
-            .metrics()
-            .attestation_denied
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(caller = %caller, "workload attestation: no registration entry matches this caller; refused");
-        return Err(Status::permission_denied(format!(
-            "no identity issued: no registration entry on this node matches the caller ({caller})"
-        )));
-    }
-    Ok(ids)
-}
-
-/// Waits until one of `rxs` fires; forever when there are none. A closed channel
-/// counts as firing (the caller re-subscribes with its next identity check).
-pub async fn any_changed(rxs: &mut [watch::Receiver<()>]) {
-    if rxs.is_empty() {
-        return std::future::pending().await;
-    }
-    let futures: Vec<_> = rxs.iter_mut().map(|r| Box::pin(r.changed())).collect();
-    let _ = futures::future::select_all(futures).await;
-}
-
-/// A stream's identities, recomputed only when the entries (or, in workload mode, the
-/// token's identity) change, not on every rotation of anyone's SVID.
-#[derive(Debug, Default)]
-pub struct CallerIds {
-    entries: Option<Arc<Vec<Entry>>>,
-    own: Option<SpiffeId>,
-    ids: Vec<SpiffeId>,
-    /// Rotation notifications of `watched`.
-    pub svid_events: Vec<watch::Receiver<()>>,
-    watched: Vec<SpiffeId>,
-}
-
-impl CallerIds {
-    /// The caller's identities in the current state, or `PermissionDenied`, with the
-    /// state they were read from. Keeps [`CallerIds::svid_events`] subscribed to them,
-    /// subscribing before the state is (re-)read so no rotation is missed.
-    pub fn get(
-        &mut self,
-        manager: &Manager,
-        caller: &Caller,
-    ) -> Result<(Arc<State>, Vec<SpiffeId>), Status> {
-        let mut state = manager.state();
-        let fresh = self
-            .entries
-            .as_ref()
-            .is_some_and(|e| Arc::ptr_eq(e, &state.entries))
-            && self.own == state.own_id;
-        if !fresh {
-            self.ids = identities_or_denied(manager, &state, caller)?;
-            self.entries = Some(state.entries.clone());
-            self.own = state.own_id.clone();
-        }
-        if self.watched != self.ids {
-            self.svid_events = manager.watch_svids(&self.ids);
-            self.watched = self.ids.clone();
-            state = manager.state();
-        }
-        Ok((state, self.ids.clone()))
-    }
-}
 
 /// Binds a socket, replacing a stale file, world-connectable: on the shared socket the
 /// caller's credentials decide; a named socket is for whoever can reach the file.

@@ -19,9 +19,9 @@ use warden_proto::workload::{
     X509svid, X509svidRequest, X509svidResponse,
 };
 
+use super::caller::{CallerIds, any_changed, attest, identities_or_denied};
 use crate::attestation::Caller;
 use crate::manager::{Manager, State};
-use crate::server::{CallerIds, any_changed, attest, identities_or_denied};
 
 /// The Workload API service for one socket.
 #[derive(Debug, Clone)]

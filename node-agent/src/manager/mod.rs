@@ -22,11 +22,12 @@ use tokio::task::JoinHandle;
 use warden_proto::{Selector, SpiffeId};
 
 use crate::attestation::{self, Caller};
-use crate::ca_client::{CaClient, CaError};
+use crate::ca_client::{CaError, CertificateAuthority};
+use crate::clock::Timing;
 use crate::config::Mode;
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::rotation::{Backoff, RotationPolicy};
+use crate::rotation::RotationPolicy;
 use crate::svid::{Bundle, NodeKey, Svid};
 
 /// Most JWT-SVIDs kept; past it, expired ones are dropped, then the cache is cleared
@@ -106,7 +107,8 @@ struct CachedJwt {
 /// The identity cache and its tasks.
 #[derive(Debug)]
 pub struct Manager {
-    ca: Arc<CaClient>,
+    ca: Arc<dyn CertificateAuthority>,
+    timing: Timing,
     node: Arc<Node>,
     mode: Mode,
     ttl: Duration,
@@ -142,13 +144,14 @@ pub struct Settings {
 impl Manager {
     /// A manager with an empty state.
     pub fn new(
-        ca: Arc<CaClient>,
+        ca: Arc<dyn CertificateAuthority>,
         node: Arc<Node>,
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             ca,
+            timing: Timing::default(),
             node,
             mode: settings.mode,
             ttl: settings.ttl,
@@ -162,6 +165,13 @@ impl Manager {
             jwt_cache: Mutex::new(HashMap::new()),
             limiter: Semaphore::new(MAX_CONCURRENT_FETCHES),
         }
+    }
+
+    /// Keeps time with `timing` (tests: a clock that follows tokio's paused one,
+    /// backoff without jitter).
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
     }
 
     /// Node or workload mode.
@@ -246,7 +256,7 @@ impl Manager {
             .ca
             .create_certificate(csr, self.ttl, impersonate, bearer.as_deref())
             .await?;
-        Svid::from_ca_answer(key, &answer, id, SystemTime::now()).map_err(|e| local(e.to_string()))
+        Svid::from_ca_answer(key, &answer, id, self.timing.now()).map_err(|e| local(e.to_string()))
     }
 
     fn publish(&self, svid: Svid) -> Arc<Svid> {
@@ -298,7 +308,6 @@ impl Manager {
     /// Fetches and refreshes one identity's SVID forever (until aborted). `None` in
     /// workload mode: the CA decides the identity from the token.
     async fn identity_loop(self: Arc<Self>, id: Option<SpiffeId>) {
-        let backoff = Backoff::CA_REQUEST;
         let mut attempt = 0u32;
         let label = id
             .as_ref()
@@ -329,7 +338,7 @@ impl Manager {
                         self.metrics.ready.store(true, Ordering::SeqCst);
                     }
                     drop(published);
-                    if let Ok(wait) = refresh.duration_since(SystemTime::now()) {
+                    if let Ok(wait) = refresh.duration_since(self.timing.now()) {
                         tokio::time::sleep(wait).await;
                     }
                 }
@@ -341,7 +350,7 @@ impl Manager {
                     let current = self.current_svid(id.as_ref());
                     let left = current
                         .as_ref()
-                        .and_then(|s| s.not_after.duration_since(SystemTime::now()).ok())
+                        .and_then(|s| s.not_after.duration_since(self.timing.now()).ok())
                         .unwrap_or_default();
                     if attempt == 1 {
                         tracing::warn!(
@@ -356,12 +365,7 @@ impl Manager {
                     if e.code == tonic::Code::PermissionDenied && attempt == 1 {
                         tracing::warn!(id = %label, "the CA denies this identity to this node; check the registration entry");
                     }
-                    tokio::time::sleep(backoff.delay_before(
-                        attempt - 1,
-                        crate::random_unit(),
-                        left,
-                    ))
-                    .await;
+                    tokio::time::sleep(self.timing.retry_delay(attempt, left)).await;
                 }
             }
         }
@@ -516,7 +520,7 @@ impl Manager {
         key_aud.sort();
         key_aud.dedup();
         let key = (id.clone(), key_aud.clone());
-        let now = SystemTime::now();
+        let now = self.timing.now();
         if let Ok(cache) = self.jwt_cache.lock()
             && let Some(c) = cache.get(&key)
             && now < c.refresh_at
@@ -561,115 +565,4 @@ impl Manager {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::NodeCredential;
-    use crate::svid::test_support::TestCa;
-
-    fn manager(mode: Mode, root_pem: &str, dir: &std::path::Path) -> Arc<Manager> {
-        let ca =
-            Arc::new(CaClient::new("https://127.0.0.1:9", "localhost", root_pem.into()).unwrap());
-        let node = Arc::new(
-            Node::new(
-                ca.clone(),
-                NodeCredential::None,
-                dir,
-                "cluster.local",
-                "n1",
-                Duration::from_secs(60),
-                RotationPolicy::default(),
-            )
-            .unwrap(),
-        );
-        let settings = Settings {
-            mode,
-            ttl: Duration::from_secs(60),
-            rotation: RotationPolicy::default(),
-            sync_interval: Duration::from_secs(5),
-            write_dir: None,
-        };
-        Arc::new(Manager::new(
-            ca,
-            node,
-            settings,
-            Arc::new(Metrics::default()),
-        ))
-    }
-
-    const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
-
-    #[tokio::test]
-    async fn a_new_root_in_an_answer_replaces_the_bundle() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ca1, ca2) = (TestCa::new(), TestCa::new());
-        let m = manager(Mode::Node, &ca1.pem, dir.path());
-        let mut rx = m.subscribe();
-        m.publish(ca1.svid(WEB));
-        let b1 = m.state().bundle.clone().unwrap();
-        assert!(rx.has_changed().unwrap());
-        rx.borrow_and_update();
-        // Same root: the bundle is kept as it was (no ROOTCA push).
-        m.publish(ca1.svid(WEB));
-        assert!(Arc::ptr_eq(&b1, m.state().bundle.as_ref().unwrap()));
-        // Another root: the bundle changes with the SVID.
-        let s2 = m.publish(ca2.svid(WEB));
-        let b2 = m.state().bundle.clone().unwrap();
-        assert_ne!(b1.pem, b2.pem);
-        assert_eq!(b2.pem, ca2.pem);
-        let id = SpiffeId::parse(WEB).unwrap();
-        assert!(Arc::ptr_eq(&m.state().svids[&id], &s2));
-    }
-
-    #[tokio::test]
-    async fn removed_entries_drop_their_identities() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new();
-        let m = manager(Mode::Node, &ca.pem, dir.path());
-        let web = SpiffeId::parse(WEB).unwrap();
-        let entry = Entry {
-            id: "e1".into(),
-            spiffe_id: web.clone(),
-            selectors: vec!["unix:uid:1000".parse().unwrap()],
-        };
-        m.apply_entries(vec![entry.clone()]);
-        m.publish(ca.svid(WEB));
-        let caller = Caller {
-            socket: None,
-            uid: 1000,
-            gid: 1,
-            exe: None,
-        };
-        assert_eq!(
-            m.state().identities_for(Mode::Node, &caller),
-            vec![web.clone()]
-        );
-        assert_eq!(m.tasks.lock().unwrap().len(), 1);
-        m.apply_entries(vec![]);
-        assert!(m.state().identities_for(Mode::Node, &caller).is_empty());
-        assert!(
-            m.state().svids.is_empty(),
-            "the SVID of a removed entry is dropped"
-        );
-        assert!(m.tasks.lock().unwrap().is_empty());
-        m.stop();
-    }
-
-    #[tokio::test]
-    async fn workload_mode_serves_its_own_identity_to_everyone() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new();
-        let m = manager(Mode::Workload, &ca.pem, dir.path());
-        let anyone = Caller {
-            socket: None,
-            uid: 4242,
-            gid: 4242,
-            exe: None,
-        };
-        assert!(m.state().identities_for(Mode::Workload, &anyone).is_empty());
-        m.publish(ca.svid(WEB));
-        assert_eq!(
-            m.state().identities_for(Mode::Workload, &anyone),
-            vec![SpiffeId::parse(WEB).unwrap()]
-        );
-    }
-}
+mod tests;

@@ -1,7 +1,7 @@
 //! Envoy's Secret Discovery Service on the agent's sockets, as istio-agent serves it:
 //! `default` is the attested caller's X.509-SVID (chain and key, inline), `ROOTCA` the
 //! trust bundle; a resource named by one of the caller's SPIFFE IDs is that SVID (as
-//! SPIRE serves it). [`crate::sds_state`] decides ACK, NACK, stale nonce and new
+//! SPIRE serves it). [`super::sds_state`] decides ACK, NACK, stale nonce and new
 //! watches; this module does the I/O and pushes rotations and bundle changes to every
 //! stream that watches them.
 
@@ -27,10 +27,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use warden_proto::SpiffeId;
 
+use super::caller::{CallerIds, any_changed, attest, identities_or_denied};
+use super::sds_state::{Decision, RequestView, StreamState};
 use crate::attestation::Caller;
 use crate::manager::{Manager, State};
-use crate::sds_state::{Decision, RequestView, StreamState};
-use crate::server::{CallerIds, any_changed, attest, identities_or_denied};
 use crate::svid::{Bundle, Svid};
 
 /// Type URL of SDS resources.
