@@ -9,7 +9,6 @@
 //! `..<timestamp>` directories, editors' swap and lock files); `*.yaml`, `*.yml` and
 //! `*.json` are read, recursively, in name order.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -375,27 +374,11 @@ pub(super) fn config_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-/// The JWKS files RequestAuthentications read (`jwksUri` paths and `file://` URLs,
-/// relative to the YAML file's directory, when no inline `jwks` is set), as
-/// `request_authn` resolves them.
+/// The JWKS files RequestAuthentications read: the loader resolved and read them
+/// (`jwksUri` paths and `file://` URLs, relative to the YAML file's directory, when no
+/// inline `jwks` is set), so the watcher polls exactly what was compiled.
 pub(super) fn jwks_files(set: &ConfigSet) -> Vec<PathBuf> {
-    let mut out = BTreeSet::new();
-    for ra in &set.request_authentications {
-        let dir = ra.origin.file.parent().unwrap_or(Path::new(""));
-        for rule in &ra.resource.spec.jwt_rules {
-            if rule.jwks.as_deref().is_some_and(|s| !s.trim().is_empty()) {
-                continue;
-            }
-            let uri = rule.jwks_uri.as_deref().unwrap_or_default();
-            let path = match uri.strip_prefix("file://") {
-                Some(p) => p,
-                None if uri.is_empty() || uri.contains("://") => continue,
-                None => uri,
-            };
-            out.insert(dir.join(path));
-        }
-    }
-    out.into_iter().collect()
+    set.jwks_files.keys().cloned().collect()
 }
 
 #[cfg(test)]
