@@ -1,6 +1,9 @@
 //! The CA over real TLS on loopback: every authentication path, every refusal, the
 //! certificates it issues (checked with x509-parser and openssl), and its audit log, on
 //! SQLite and on PostgreSQL.
+//!
+//! Over 800 lines on purpose: each file under `tests/` is a test binary that links the
+//! whole CA, so the CA's API tests share one binary (and one build) instead of several.
 
 #![allow(clippy::unwrap_used)] // tests fail by panicking
 
