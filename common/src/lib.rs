@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod config;
 pub mod files;
 pub mod grpc_status;
+pub mod io;
 pub mod monitoring;
 pub mod process;
 pub mod prometheus;
