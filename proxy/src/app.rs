@@ -18,8 +18,8 @@ use warden_common::monitoring::{self, Answer, PROMETHEUS};
 use warden_common::readiness::Ready;
 
 use crate::config::Config;
+use crate::conn::Drain;
 use crate::context::Context;
-use crate::listener::Drain;
 use crate::mesh::config::{ConfigOptions, MeshConfig, MeshSettings};
 use crate::mesh::watch::{ConfigStats, ConfigWatch};
 use crate::metrics::Gauges;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use warden_common::config::{ConfigError, LogFormat, de, invalid, load_layers};
 
-use crate::listener::Limits;
+use crate::conn::Limits;
 
 warden_common::run_args! {
 /// Flags of `warden-proxy run`, all optional here so a config file can fill them in.

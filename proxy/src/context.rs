@@ -15,8 +15,8 @@ use tokio::sync::Semaphore;
 
 use warden_policy::resources::MtlsMode;
 
+use crate::conn::{Drain, Limits, connection_permits};
 use crate::identity::IdentityWatch;
-use crate::listener::{Drain, Limits, connection_permits};
 use crate::mesh::config::MeshConfig;
 use crate::mesh::model::{InboundTarget, Service, ServiceId, ServicePortInfo};
 use crate::metrics::{ConnLabels, Metrics, Peer, Reporter, ServiceLabels};

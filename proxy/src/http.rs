@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use warden_policy::authz::HttpRequest;
 
-use crate::listener::ActiveGuard;
+use crate::conn::ActiveGuard;
 use crate::pool::UpstreamError;
 
 /// What the proxy answers downstream: the upstream's body or a local reply. It holds
@@ -284,7 +284,7 @@ pub fn splice_upgrade(
         };
         let mut down = TokioIo::new(down);
         let mut up = TokioIo::new(up);
-        crate::listener::copy_both(&mut down, &mut up, idle).await;
+        crate::conn::copy_both(&mut down, &mut up, idle).await;
     });
 }
 

@@ -23,11 +23,10 @@ use warden_policy::authz::{Decision, Protocol, Request as PolicyRequest};
 use warden_policy::request_authn::Outcome as JwtOutcome;
 use warden_policy::resources::MtlsMode;
 
+use crate::conn::{Activity, Rewind, Watched, copy_both, sniff_version};
 use crate::context::{Context, Snapshot};
 use crate::http::{self as h, Body, local_reply, split_host_port};
-use crate::listener::{
-    Activity, Ended, Rewind, Watched, accept_loop, copy_both, drive_http, sniff_version,
-};
+use crate::listener::{Ended, accept_loop, drive_http};
 use crate::mesh::model::{InboundTarget, PortProtocol, ServiceId};
 use crate::mesh::registry::parse_sni;
 use crate::mesh::traffic_policy::upstream_protocol;

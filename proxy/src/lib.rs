@@ -32,6 +32,7 @@
 
 pub mod app;
 pub mod config;
+pub mod conn;
 pub mod context;
 pub mod http;
 pub mod identity;

@@ -17,11 +17,10 @@ use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::conn::{Activity, Watched, copy_both, sniff_version};
 use crate::context::{Context, Snapshot};
 use crate::http::{self as h, Body, split_host_port};
-use crate::listener::{
-    Activity, Ended, Watched, accept_loop, copy_both, drive_http, sniff_version,
-};
+use crate::listener::{Ended, accept_loop, drive_http};
 use crate::mesh::model::{Endpoint, Service, ServicePortInfo};
 use crate::mesh::traffic_policy::upstream_protocol;
 use crate::metrics::TcpLabels;

@@ -28,8 +28,8 @@ use hyper::body::Incoming;
 
 use warden_policy::normalize::{PathNormalization, normalize};
 
+use crate::conn::Limits;
 use crate::http::{self as h, Body, authority_of, path_and_query};
-use crate::listener::Limits;
 use crate::pool::UpstreamProtocol;
 
 /// One request on its way through the proxy: the request (the one value every stage
