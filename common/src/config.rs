@@ -179,3 +179,87 @@ pub mod de {
         text.parse().map(Some).map_err(serde::de::Error::custom)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    crate::run_args! {
+        /// A command's settings, declared once.
+        struct Args {
+            #[arg(long)]
+            #[serde(skip)]
+            config: Option<PathBuf>,
+            #[arg(long)]
+            name: Option<String>,
+            #[arg(long, value_parser = warden_proto::duration::parse_flag)]
+            #[serde(deserialize_with = "de::duration")]
+            ttl: Option<Duration>,
+            #[arg(long)]
+            audience: Vec<String>,
+            #[arg(long)]
+            strict: bool,
+        }
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.yaml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn flags_win_and_the_file_fills_in() {
+        let (_d, path) = file("name: file\nttl: 1h30m\naudience: [a, b]\nstrict: true\n");
+        let flags = Args {
+            name: Some("flag".into()),
+            ..Default::default()
+        };
+        let merged = load_layers(flags, Some(&path)).unwrap();
+        assert_eq!(merged.name.as_deref(), Some("flag"));
+        assert_eq!(merged.ttl, Some(Duration::from_secs(5400)));
+        assert_eq!(merged.audience, ["a", "b"]);
+        assert!(merged.strict);
+
+        let flags = Args {
+            audience: vec!["c".into()],
+            ..Default::default()
+        };
+        let merged = load_layers(flags, Some(&path)).unwrap();
+        assert_eq!(
+            merged.audience,
+            ["c"],
+            "a list on the command line replaces the file's"
+        );
+        assert_eq!(load_layers(Args::default(), None).unwrap().name, None);
+    }
+
+    #[test]
+    fn the_file_is_refused_with_its_path_and_key() {
+        for (text, key) in [
+            ("nmae: typo\n", "nmae"),
+            ("ttl: 10\n", "ttl"),
+            ("config: other.yaml\n", "config"),
+        ] {
+            let (_d, path) = file(text);
+            let err = load_layers(Args::default(), Some(&path))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("run.yaml") && err.contains(key),
+                "{text:?}: {err}"
+            );
+        }
+        let err = load_layers(Args::default(), Some(Path::new("/nonexistent/run.yaml")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot read config file /nonexistent/run.yaml"),
+            "{err}"
+        );
+    }
+}
