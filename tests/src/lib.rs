@@ -6,7 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // test support: panics are failures
 
 pub mod envoy;
+pub mod eventually;
 pub mod mesh;
+
+pub use eventually::{eventually, eventually_async, try_eventually};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -187,20 +190,8 @@ impl CaProcess {
 
     /// Sends SIGTERM and waits for exit; returns the exit code and the remaining log.
     pub fn terminate(mut self) -> (Option<i32>, Vec<String>) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "warden-ca did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (status.code(), self.log.try_iter().collect())
+        let code = sigterm_and_wait(&mut self.child, "warden-ca");
+        (code, self.log.try_iter().collect())
     }
 }
 
@@ -298,21 +289,33 @@ pub fn wait_log(
 
 /// Sends SIGTERM to `child` and waits up to 20 s for it to exit.
 pub fn sigterm(child: &mut Child) -> Option<i32> {
+    sigterm_and_wait(child, "the process")
+}
+
+/// [`sigterm`], naming the process `what` if it does not exit.
+fn sigterm_and_wait(child: &mut Child, what: &str) -> Option<i32> {
+    let pid = child.id();
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the process did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let exited = try_eventually(
+        format!("{what} (pid {pid}) to exit after SIGTERM"),
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || child.try_wait().unwrap(),
+    );
+    exited.unwrap_or_else(|e| panic!("{e}")).code()
+}
+
+/// Writes `contents` to `path` atomically (a hidden temporary file renamed over it).
+pub fn write_atomic(path: &Path, contents: &str) {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// GET `path` from `addr` over plain HTTP/1.1; returns status and body.
@@ -418,14 +421,11 @@ impl AgentProcess {
 
     /// Waits until `/ready` answers 200.
     pub fn wait_ready(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while http_get(&self.monitoring_addr, "/ready").0 != 200 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the agent did not become ready"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        eventually(
+            "the agent's /ready to answer 200",
+            Duration::from_secs(30),
+            || http_get(&self.monitoring_addr, "/ready").0 == 200,
+        );
     }
 
     /// Runs `warden-agent api ...` against the shared socket (or `socket`).
