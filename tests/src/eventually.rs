@@ -82,15 +82,13 @@ pub fn try_eventually<P: Poll>(
 /// How long one attempt of [`eventually_async`] may take before it counts as failed.
 pub const ASYNC_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How often [`eventually_async`] tries (its attempts are gRPC calls and the like).
+pub const ASYNC_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
 /// [`eventually`] for async conditions (a gRPC call, ...): each attempt is cut off
-/// after [`ASYNC_ATTEMPT_TIMEOUT`], attempts are `every` apart, and the wait panics
-/// after `limit` with what was awaited and the last attempt's outcome.
-pub async fn eventually_async<P, F, Fut>(
-    what: impl Display,
-    limit: Duration,
-    every: Duration,
-    mut f: F,
-) -> P::Value
+/// after [`ASYNC_ATTEMPT_TIMEOUT`], attempts are [`ASYNC_POLL_INTERVAL`] apart, and the
+/// wait panics after `limit` with what was awaited and the last attempt's outcome.
+pub async fn eventually_async<P, F, Fut>(what: impl Display, limit: Duration, mut f: F) -> P::Value
 where
     P: Poll,
     F: FnMut() -> Fut,
@@ -108,7 +106,8 @@ where
         if Instant::now() >= deadline {
             panic!("{}", timed_out(&what, limit, &last));
         }
-        tokio::time::sleep(every.min(deadline.saturating_duration_since(Instant::now()))).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(ASYNC_POLL_INTERVAL.min(left)).await;
     }
 }
 

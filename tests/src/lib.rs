@@ -9,7 +9,7 @@ pub mod envoy;
 pub mod eventually;
 pub mod mesh;
 
-pub use eventually::{eventually, eventually_async, try_eventually};
+pub use eventually::{POLL_INTERVAL, eventually, eventually_async, try_eventually};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -417,6 +417,22 @@ impl AgentProcess {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    /// Waits up to `limit` until metric `name` satisfies `pred`; returns its value.
+    pub fn wait_metric(&self, name: &str, limit: Duration, pred: impl Fn(f64) -> bool) -> f64 {
+        let mut last = None;
+        try_eventually(
+            format_args!("the agent's metric {name}"),
+            limit,
+            Duration::from_millis(100),
+            || {
+                let v = self.metric(name);
+                last = Some(v);
+                pred(v).then_some(v)
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}; {name} stuck at {last:?}"))
     }
 
     /// Waits until `/ready` answers 200.

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
-use warden_tests::{AgentProcess, CaProcess, my_uid};
+use warden_tests::{AgentProcess, CaProcess, eventually_async, my_uid};
 
 const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
@@ -206,8 +206,13 @@ async fn sds_stream_protocol() {
     .await
     .unwrap();
     // The ACK of a pushed rotation is timed.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(agent.metric("warden_agent_sds_push_ack_seconds_count") >= 1.0);
+    // (Polled between async sleeps: the ACK goes out on this runtime.)
+    eventually_async(
+        "warden_agent_sds_push_ack_seconds_count >= 1",
+        Duration::from_secs(5),
+        || async { agent.metric("warden_agent_sds_push_ack_seconds_count") >= 1.0 },
+    )
+    .await;
 
     // Adding a name on the current nonce is answered with that name alone.
     tx.send(req(

@@ -97,14 +97,6 @@ async fn create_entries(ca: &CaProcess, node: &str, n: usize) {
     }
 }
 
-fn wait_metric(agent: &AgentProcess, name: &str, at_least: f64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while agent.metric(name) < at_least {
-        assert!(Instant::now() < deadline, "{name} did not reach {at_least}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 async fn scale(dir: &Path, n: usize, ttl_secs: u64, streams: usize) {
     println!("## Scale: {n} identities, {streams} SDS streams, node mode, --svid-ttl {ttl_secs}s");
     let ca = CaProcess::start(&dir.join("ca"), &[]);
@@ -127,12 +119,9 @@ async fn scale(dir: &Path, n: usize, ttl_secs: u64, streams: usize) {
         ],
     );
     let pid = agent.child.id();
-    wait_metric(
-        &agent,
-        "warden_agent_identities",
-        n as f64,
-        Duration::from_secs(120),
-    );
+    agent.wait_metric("warden_agent_identities", Duration::from_secs(120), |v| {
+        v >= n as f64
+    });
     let warm = start.elapsed();
     let (cpu0, rss0, _) = usage(pid);
     println!(
