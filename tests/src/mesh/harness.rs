@@ -155,22 +155,40 @@ pub struct Mesh {
     pub sds_socket: PathBuf,
     proxy_args: Vec<String>,
     pub dir: tempfile::TempDir,
+    /// The claim on the mesh's subnet (see `pick_subnet`), released last.
+    _subnet_lock: std::fs::File,
 }
 
-/// A `127.A.B.0/24` no other mesh uses now: `A` in 1..=254, and `.2:15006` and
-/// `.2:15001` bindable. (A mesh elsewhere that picked the same subnet and has not bound
-/// yet is a 1-in-65k chance per concurrent mesh.)
-fn pick_subnet() -> (u8, u8) {
+/// A `127.A.B.0/24` no other mesh uses now: `A` in 1..=254, claimed by an exclusive
+/// lock on `$TMPDIR/warden-test-subnets/127.A.B.lock` that the mesh holds until it is
+/// dropped (so meshes in parallel threads and test binaries never share a subnet,
+/// whatever the timing), and `.2:15006`, `.2:15001` and `.2:15021` bindable (so no
+/// process outside the tests sits there). The lock goes with its process, even a
+/// killed one.
+fn pick_subnet() -> ((u8, u8), std::fs::File) {
+    let locks = std::env::temp_dir().join("warden-test-subnets");
+    std::fs::create_dir_all(&locks).unwrap();
     for _ in 0..100 {
         let [a, b] = random_bytes::<2>();
         if a == 0 || a == 255 {
             continue;
         }
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(locks.join(format!("127.{a}.{b}.lock")))
+            .unwrap();
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => panic!("locking subnet 127.{a}.{b}: {e}"),
+        }
         let free = [INBOUND_PORT, OUTBOUND_PORT, HEALTH_PORT].iter().all(|p| {
             std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::new(127, a, b, 2), *p))).is_ok()
         });
         if free {
-            return (a, b);
+            return ((a, b), lock);
         }
     }
     panic!("no free 127.A.B.0/24 after 100 tries");
@@ -199,7 +217,7 @@ impl Mesh {
             .unwrap();
 
         // Addresses and application ports.
-        let (a, bb) = pick_subnet();
+        let ((a, bb), subnet_lock) = pick_subnet();
         let mut workloads = BTreeMap::new();
         assert!(b.workloads.len() <= 248, "at most 248 workloads in a mesh");
         for (host, spec) in (2u8..).zip(&b.workloads) {
@@ -305,6 +323,7 @@ impl Mesh {
             sds_socket,
             proxy_args,
             dir,
+            _subnet_lock: subnet_lock,
         };
         let names: Vec<String> = mesh
             .workloads

@@ -9,8 +9,8 @@
 //! for any extra identity a test asks for), and each proxy asks SDS for its own ID by
 //! name.
 //!
-//! Addresses: each mesh takes a random `127.A.B.0/24` (never `127.0.0.0/24`), checked
-//! free, and gives workloads `.2`, `.3`, ... so tests in parallel threads and parallel
+//! Addresses: each mesh takes a random `127.A.B.0/24` (never `127.0.0.0/24`), claimed
+//! with a lock file for its lifetime and checked free, and gives workloads `.2`, `.3`, ... so tests in parallel threads and parallel
 //! test binaries do not collide; every proxy uses the default ports (15001 outbound,
 //! 15006 inbound, 15020 stats, 15021 health) on its own address. An application port
 //! is the service port plus [`APP_PORT_OFFSET`] (the `targetPort` and the
