@@ -105,6 +105,23 @@ fn start_envoy(dir: &Path, bootstrap: &Bootstrap) -> Envoy {
     Envoy::start(dir, bootstrap, 1)
 }
 
+/// Envoy as workload `envoy-client`'s sidecar ([`client_bootstrap`] on its address,
+/// port 15001), calling service `server` (port 8080) on workload `server`'s inbound
+/// port as `envoy-client`'s SPIFFE ID.
+fn start_client_envoy(mesh: &Mesh) -> Envoy {
+    let (me, server) = (mesh.workload("envoy-client"), mesh.workload("server"));
+    let host = &mesh.service("server").host;
+    let bootstrap = client_bootstrap(
+        &mesh.sds_socket,
+        (&me.ip.to_string(), 15001),
+        (&server.ip.to_string(), 15006),
+        &format!("outbound_.8080_._.{host}"),
+        &me.spiffe_id(),
+        &server.spiffe_id(),
+    );
+    start_envoy(&mesh.dir.path().join("envoy"), &bootstrap)
+}
+
 #[test]
 fn envoy_sidecar_calls_a_warden_proxied_app() {
     let envoy_id = spiffe_id("default", "envoy-client");
@@ -114,18 +131,8 @@ fn envoy_sidecar_calls_a_warden_proxied_app() {
         .workload("server", "server")
         .service(ServiceSpec::new("server", "default").http(8080))
         .start();
-    let server = mesh.workload("server").clone();
-    let host = mesh.service("server").host.clone();
     let envoy_ip = mesh.workload("envoy-client").ip.to_string();
-    let bootstrap = client_bootstrap(
-        &mesh.sds_socket,
-        (&envoy_ip, 15001),
-        (&server.ip.to_string(), 15006),
-        &format!("outbound_.8080_._.{host}"),
-        &envoy_id,
-        &server_id,
-    );
-    let envoy = start_envoy(&mesh.dir.path().join("envoy"), &bootstrap);
+    let envoy = start_client_envoy(&mesh);
     let via_envoy = format!("{envoy_ip}:15001").parse().unwrap();
     let call = |path: &str| {
         mesh.send_to(
@@ -206,7 +213,6 @@ fn envoy_over_h2_reaches_an_http1_only_app_behind_warden() {
         return;
     };
     let envoy_id = spiffe_id("default", "envoy-client");
-    let server_id = spiffe_id("default", "server");
     let mesh = Mesh::builder()
         .workload_spec(WorkloadSpec::new("envoy-client", "default", "envoy-client").without_proxy())
         .workload_spec(WorkloadSpec::new("server", "default", "server").without_apps())
@@ -219,15 +225,7 @@ fn envoy_over_h2_reaches_an_http1_only_app_behind_warden() {
     mesh.spawn_app(app);
     let host = mesh.service("server").host.clone();
     let envoy_ip = mesh.workload("envoy-client").ip.to_string();
-    let bootstrap = client_bootstrap(
-        &mesh.sds_socket,
-        (&envoy_ip, 15001),
-        (&server.ip.to_string(), 15006),
-        &format!("outbound_.8080_._.{host}"),
-        &envoy_id,
-        &server_id,
-    );
-    let envoy = start_envoy(&mesh.dir.path().join("envoy"), &bootstrap);
+    let envoy = start_client_envoy(&mesh);
     for (path, cluster) in [
         ("/h2/via-envoy", "to_server_h2"),
         ("/via-envoy", "to_server_h1"),
