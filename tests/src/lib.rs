@@ -361,6 +361,14 @@ impl AgentProcess {
             .unwrap_or_else(|lines| panic!("warden-agent did not start:\n{}", lines.join("\n")))
     }
 
+    /// Starts a node-mode agent for node `node` attested with a fresh join token from
+    /// `ca` (`--node-name node --join-token T`, then `extra`), as [`AgentProcess::start`].
+    pub fn start_node(ca: &CaProcess, data_dir: &Path, node: &str, extra: &[&str]) -> Self {
+        let token = ca.join_token(node);
+        let args = [&["--node-name", node, "--join-token", &token], extra].concat();
+        Self::start(ca, data_dir, &args)
+    }
+
     /// Like [`AgentProcess::start`]; `Err` with the agent's output if it exits or does
     /// not report serving within 30 s.
     pub fn try_start(ca: &CaProcess, data_dir: &Path, extra: &[&str]) -> Result<Self, Vec<String>> {

@@ -27,22 +27,13 @@ const FETCH_FAILED: &str = "SVID fetch failed; keeping the current SVID and retr
 /// CA, agent (node `node-a`, `--svid-ttl ttl`) and an entry for Envoy by its executable.
 fn ca_and_agent(dir: &Path, ttl: &str) -> (CaProcess, AgentProcess) {
     let ca = CaProcess::start(&dir.join("ca"), &[]);
-    let token = ca.join_token("node-a");
     let selector = format!("unix:path:{}", envoy_binary().display());
     ca.entry("node-a", ENVOY_ID, &[&selector]);
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::start_node(
         &ca,
         &dir.join("agent"),
-        &[
-            "--node-name",
-            "node-a",
-            "--join-token",
-            &token,
-            "--svid-ttl",
-            ttl,
-            "--sync-interval",
-            "1s",
-        ],
+        "node-a",
+        &["--svid-ttl", ttl, "--sync-interval", "1s"],
     );
     agent.wait_ready();
     (ca, agent)

@@ -85,22 +85,13 @@ async fn sds_stream_protocol() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let ca = CaProcess::start(&dir.path().join("ca"), &[]);
-    let token = ca.join_token("node-a");
     let uid = format!("unix:uid:{}", my_uid());
     ca.entry("node-a", "spiffe://cluster.local/ns/default/sa/me", &[&uid]);
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::start_node(
         &ca,
         &dir.path().join("agent"),
-        &[
-            "--node-name",
-            "node-a",
-            "--join-token",
-            &token,
-            "--svid-ttl",
-            "6s",
-            "--sync-interval",
-            "500ms",
-        ],
+        "node-a",
+        &["--svid-ttl", "6s", "--sync-interval", "500ms"],
     );
     agent.wait_ready();
 
@@ -263,24 +254,17 @@ async fn sds_refuses_callers_without_an_entry() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let ca = CaProcess::start(&dir.path().join("ca"), &[]);
-    let token = ca.join_token("node-a");
     let other = format!("unix:uid:{}", my_uid() + 4242);
     ca.entry(
         "node-a",
         "spiffe://cluster.local/ns/default/sa/other",
         &[&other],
     );
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::start_node(
         &ca,
         &dir.path().join("agent"),
-        &[
-            "--node-name",
-            "node-a",
-            "--join-token",
-            &token,
-            "--sync-interval",
-            "500ms",
-        ],
+        "node-a",
+        &["--sync-interval", "500ms"],
     );
     agent.wait_ready();
     let mut client = SecretDiscoveryServiceClient::new(channel(agent.socket.clone()).await);
@@ -312,14 +296,9 @@ async fn sds_oversized_requests_are_resource_exhausted() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let ca = CaProcess::start(&dir.path().join("ca"), &[]);
-    let token = ca.join_token("node-a");
     let uid = format!("unix:uid:{}", my_uid());
     ca.entry("node-a", "spiffe://cluster.local/ns/default/sa/me", &[&uid]);
-    let agent = AgentProcess::start(
-        &ca,
-        &dir.path().join("agent"),
-        &["--node-name", "node-a", "--join-token", &token],
-    );
+    let agent = AgentProcess::start_node(&ca, &dir.path().join("agent"), "node-a", &[]);
     agent.wait_ready();
     let mut client = SecretDiscoveryServiceClient::new(channel(agent.socket.clone()).await);
     let huge = "x".repeat(2 << 20);

@@ -37,20 +37,11 @@ fn start(entries: &[(&str, &[&str])]) -> Env {
     for (id, selectors) in entries {
         ca.entry("node-a", id, selectors);
     }
-    let token = ca.join_token("node-a");
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::start_node(
         &ca,
         &tmp.path().join("agent"),
-        &[
-            "--node-name",
-            "node-a",
-            "--join-token",
-            &token,
-            "--svid-ttl",
-            "4s",
-            "--sync-interval",
-            "500ms",
-        ],
+        "node-a",
+        &["--svid-ttl", "4s", "--sync-interval", "500ms"],
     );
     Env { agent, ca, tmp }
 }

@@ -100,10 +100,10 @@ async fn create_entries(ca: &CaProcess, node: &str, n: usize) {
 async fn scale(dir: &Path, n: usize, ttl_secs: u64, streams: usize) {
     println!("## Scale: {n} identities, {streams} SDS streams, node mode, --svid-ttl {ttl_secs}s");
     let ca = CaProcess::start(&dir.join("ca"), &[]);
-    let token = ca.join_token("bench");
     create_entries(&ca, "bench", n).await;
-    let start = Instant::now();
     let ttl = format!("{ttl_secs}s");
+    let token = ca.join_token("bench");
+    let start = Instant::now();
     let agent = AgentProcess::start(
         &ca,
         &dir.join("agent"),
@@ -204,23 +204,11 @@ fn rotation_to_envoy(dir: &Path, rotations: usize, ttl_secs: u64) {
         "## Rotation to Envoy: {rotations} rotations, --svid-ttl {ttl_secs}s, /certs polled every 2 ms"
     );
     let ca = CaProcess::start(&dir.join("ca2"), &[]);
-    let token = ca.join_token("edge");
     let id = "spiffe://cluster.local/ns/default/sa/envoy";
     let selector = format!("unix:path:{}", envoy_binary().display());
     ca.entry("edge", id, &[&selector]);
     let ttl = format!("{ttl_secs}s");
-    let agent = AgentProcess::start(
-        &ca,
-        &dir.join("agent2"),
-        &[
-            "--node-name",
-            "edge",
-            "--join-token",
-            &token,
-            "--svid-ttl",
-            &ttl,
-        ],
-    );
+    let agent = AgentProcess::start_node(&ca, &dir.join("agent2"), "edge", &["--svid-ttl", &ttl]);
     let envoy = EnvoyProcess::start(&dir.join("envoy"), &agent.socket, id);
     let mut received = std::collections::HashMap::new();
     let mut serving = envoy.leaf_serials();

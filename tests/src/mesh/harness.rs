@@ -250,13 +250,8 @@ impl Mesh {
         for id in &ids {
             ca.entry("node-a", id, &[&uid]);
         }
-        let token = ca.join_token("node-a");
         let svid_dir = dir.path().join("svids");
         let mut agent_args: Vec<&str> = vec![
-            "--node-name",
-            "node-a",
-            "--join-token",
-            &token,
             "--svid-ttl",
             &b.svid_ttl,
             "--sync-interval",
@@ -265,7 +260,7 @@ impl Mesh {
             svid_dir.to_str().unwrap(),
         ];
         agent_args.extend(b.agent_args.iter().map(String::as_str));
-        let agent = AgentProcess::start(&ca, &dir.path().join("agent"), &agent_args);
+        let agent = AgentProcess::start_node(&ca, &dir.path().join("agent"), "node-a", &agent_args);
         agent.wait_ready();
         let sds_socket = agent.socket.clone();
 
