@@ -17,7 +17,6 @@
 //! `mtls_upstream` learns `mtls_in`'s port over EDS from a file written once Envoy runs.
 //! [`Envoy`] runs any [`Bootstrap`] (the one builder of the tests' bootstraps).
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::mpsc;
@@ -29,6 +28,7 @@ pub use bootstrap::{Bootstrap, Cluster, DownstreamTls, Listener, UpstreamTls, en
 
 use crate::eventually::POLL_INTERVAL;
 use crate::{eventually, spawn_logged, try_eventually, write_atomic};
+pub use crate::{parse_response, try_http_get as http};
 
 /// Body of `mtls_in`'s direct response.
 pub const HELLO: &str = "hello from envoy";
@@ -286,48 +286,4 @@ impl std::ops::DerefMut for EnvoyProcess {
     fn deref_mut(&mut self) -> &mut Envoy {
         &mut self.envoy
     }
-}
-
-/// GET `path` from `addr` over plain HTTP/1.1 with a 10 s timeout; status and body.
-pub fn http(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    Ok(parse_response(&resp))
-}
-
-/// Status code and body of an HTTP/1.1 response read to the end (plain or chunked).
-pub fn parse_response(resp: &[u8]) -> (u16, String) {
-    let resp = String::from_utf8_lossy(resp);
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let Some((head, body)) = resp.split_once("\r\n\r\n") else {
-        return (status, String::new());
-    };
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    if !chunked {
-        return (status, body.to_string());
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap_or(0);
-        if size == 0 || after.len() < size {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].strip_prefix("\r\n").unwrap_or(&after[size..]);
-    }
-    (status, out)
 }

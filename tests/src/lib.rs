@@ -11,7 +11,7 @@ pub mod mesh;
 
 pub use eventually::{POLL_INTERVAL, eventually, eventually_async, try_eventually};
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -318,28 +318,55 @@ pub fn write_atomic(path: &Path, contents: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// GET `path` from `addr` over plain HTTP/1.1; returns status and body.
+/// GET `path` from `addr` over plain HTTP/1.1 ([`try_http_get`]); panics when it
+/// cannot connect or read.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// GET `path` from `addr` over plain HTTP/1.1 with a 10 s timeout; status and body
+/// (chunked bodies decoded). `Err` instead of a panic when nothing listens.
+pub fn try_http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    Ok(parse_response(&resp))
+}
+
+/// Status code and body of an HTTP/1.1 response read to the end (plain or chunked).
+pub fn parse_response(resp: &[u8]) -> (u16, String) {
+    let resp = String::from_utf8_lossy(resp);
     let status = resp
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let Some((head, body)) = resp.split_once("\r\n\r\n") else {
+        return (status, String::new());
+    };
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    if !chunked {
+        return (status, body.to_string());
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].strip_prefix("\r\n").unwrap_or(&after[size..]);
+    }
+    (status, out)
 }
 
 /// A running `warden-agent` process.

@@ -69,10 +69,7 @@ pub fn read_until_quiet(s: &mut TcpStream) -> Raw {
     }
 }
 
-/// GET over plain HTTP/1.1, `Err` instead of a panic when nothing listens.
-pub fn try_http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    crate::envoy::http(addr, path)
-}
+pub use crate::try_http_get;
 
 /// How a [`Req`] goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
