@@ -42,7 +42,10 @@ pub use clients::http::{Raw, Req, Resp, Wire, raw_http, read_until_quiet, send, 
 pub use clients::ws::{self, WsClient};
 pub use clients::{echo, metric_sum};
 pub use harness::{Mesh, MeshBuilder, ProxyProcess};
-pub use spec::{Port, Protocol, ServiceSpec, Workload, WorkloadSpec};
+pub use spec::{
+    Port, Protocol, ServiceSpec, Workload, WorkloadSpec, allow_only, authorization_policy,
+    peer_authentication,
+};
 
 /// The trust domain of the mesh.
 pub const TRUST_DOMAIN: &str = "cluster.local";

@@ -239,3 +239,32 @@ pub(super) fn mesh_yaml(
     }
     docs.join("---\n")
 }
+
+/// An `AuthorizationPolicy` `default/<name>` for the workloads labelled `app: <app>`,
+/// with `action` and `rules` (a YAML flow sequence).
+pub fn authorization_policy(app: &str, name: &str, action: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  selector:\n    matchLabels: {{app: {app}}}\n  action: {action}\n  rules: {rules}\n"
+    )
+}
+
+/// `allow-<sa>` at `app`: ALLOW only the principal of service account `<sa>` in
+/// `default`.
+pub fn allow_only(app: &str, sa: &str) -> String {
+    authorization_policy(
+        app,
+        &format!("allow-{sa}"),
+        "ALLOW",
+        &format!(
+            r#"[{{from: [{{source: {{principals: ["cluster.local/ns/default/sa/{sa}"]}}}}]}}]"#
+        ),
+    )
+}
+
+/// A `PeerAuthentication` `default/<app>-mtls` with mTLS `mode` for the workloads
+/// labelled `app: <app>`.
+pub fn peer_authentication(app: &str, mode: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: {app}-mtls\n  namespace: default\nspec:\n  selector:\n    matchLabels: {{app: {app}}}\n  mtls:\n    mode: {mode}\n"
+    )
+}
