@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use warden_tests::envoy::{Bootstrap, Cluster, DownstreamTls, Envoy, Listener, UpstreamTls};
-use warden_tests::mesh::{Mesh, Req, ServiceSpec, WorkloadSpec, spiffe_id};
+use warden_tests::mesh::{Mesh, Req, ServiceSpec, WorkloadSpec, authorization_policy, spiffe_id};
 
 /// Istio's node ID for these Envoys.
 const NODE_ID: &str = "sidecar~127.0.0.1~envoy.default~default.svc.cluster.local";
@@ -185,7 +185,12 @@ fn envoy_sidecar_calls_a_warden_proxied_app() {
     // A policy denying Envoy's principal.
     mesh.apply_config(
         "deny-envoy.yaml",
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-envoy, namespace: default}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: DENY\n  rules: [{from: [{source: {principals: [\"cluster.local/ns/default/sa/envoy-client\"]}}]}]\n",
+        &authorization_policy(
+            "server",
+            "deny-envoy",
+            "DENY",
+            r#"[{from: [{source: {principals: ["cluster.local/ns/default/sa/envoy-client"]}}]}]"#,
+        ),
     );
     for path in ["/denied", "/h2/denied"] {
         let r = call(path);
