@@ -15,46 +15,9 @@ import sys
 
 import grpc
 
+from protowire import fields, varint
+
 METHOD = "/warden.admin.v1.Admin/ListEntries"
-
-
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def read_varint(buf, i):
-    shift = n = 0
-    while True:
-        b = buf[i]
-        i += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return n, i
-
-
-def fields(buf):
-    """(field number, bytes) of the length-delimited fields of a message."""
-    i = 0
-    while i < len(buf):
-        key, i = read_varint(buf, i)
-        num, wt = key >> 3, key & 7
-        if wt == 2:
-            length, i = read_varint(buf, i)
-            yield num, buf[i : i + length]
-            i += length
-        elif wt == 0:
-            _, i = read_varint(buf, i)
-        else:
-            raise ValueError(f"unexpected wire type {wt} for field {num}")
 
 
 def main():

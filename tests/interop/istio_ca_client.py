@@ -21,27 +21,9 @@ import sys
 
 import grpc
 
+from protowire import field_bytes, field_varint, fields
+
 METHOD = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
-
-
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def field_bytes(num, data):  # wire type 2
-    return varint(num << 3 | 2) + varint(len(data)) + data
-
-
-def field_varint(num, value):  # wire type 0
-    return varint(num << 3 | 0) + varint(value)
 
 
 def encode_request(csr_pem, ttl, impersonate):
@@ -56,34 +38,9 @@ def encode_request(csr_pem, ttl, impersonate):
     return msg
 
 
-def read_varint(buf, i):
-    shift = n = 0
-    while True:
-        b = buf[i]
-        i += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return n, i
-
-
 def decode_response(buf):
     # IstioCertificateResponse: cert_chain = 1 (repeated string)
-    chain, i = [], 0
-    while i < len(buf):
-        key, i = read_varint(buf, i)
-        num, wt = key >> 3, key & 7
-        if wt == 2:
-            length, i = read_varint(buf, i)
-            data = buf[i : i + length]
-            i += length
-            if num == 1:
-                chain.append(data.decode())
-        elif wt == 0:
-            _, i = read_varint(buf, i)
-        else:
-            raise ValueError(f"unexpected wire type {wt} for field {num}")
-    return chain
+    return [data.decode() for num, data in fields(buf) if num == 1]
 
 
 def main():

@@ -11,14 +11,24 @@
 //! - `plain_out` takes plain HTTP and forwards it over mTLS to `mtls_in` (cluster
 //!   `mtls_upstream`, one request per upstream connection so every request is a fresh
 //!   handshake with the current certificates), checking the server's SPIFFE ID.
+//!
+//! Every port is Envoy's own pick (port 0): the admin address comes back through
+//! `--admin-address-path`, the listeners' from the admin `/listeners`, and
+//! `mtls_upstream` learns `mtls_in`'s port over EDS from a file written once Envoy runs.
+//! [`Envoy`] runs any [`Bootstrap`] (the one builder of the tests' bootstraps).
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::spawn_logged;
+pub mod bootstrap;
+
+pub use bootstrap::{Bootstrap, Cluster, DownstreamTls, Listener, UpstreamTls, endpoints_file};
+
+use crate::eventually::POLL_INTERVAL;
+use crate::{eventually, spawn_logged, try_eventually, write_atomic};
+pub use crate::{parse_response, try_http_get as http};
 
 /// Body of `mtls_in`'s direct response.
 pub const HELLO: &str = "hello from envoy";
@@ -64,188 +74,47 @@ pub fn envoy_binary() -> PathBuf {
         None => missing(&lib.join("python3*/site-packages/envoy/_bin/envoy")),
     }
 }
+/// Istio's node ID for the tests' Envoys.
+const NODE_ID: &str = "warden-e2e~127.0.0.1~envoy.default~default.svc.cluster.local";
 
-/// A loopback port free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The bootstrap of [`EnvoyProcess`]: `mtls_in` and `plain_out` on port 0, `plain_out`
+/// forwarding through `mtls_upstream`, whose endpoint Envoy reads from `endpoints`.
+fn sidecar_bootstrap(sds_socket: &Path, endpoints: &Path, server_id: &str) -> Bootstrap {
+    Bootstrap::new(NODE_ID, sds_socket)
+        .listener(
+            Listener::http("mtls_in", "127.0.0.1", 0)
+                .tls(DownstreamTls::new("default"))
+                .direct_response("/", 200, HELLO),
+        )
+        .listener(Listener::http("plain_out", "127.0.0.1", 0).route("/", "mtls_upstream"))
+        .cluster(
+            Cluster::endpoints_from_file("mtls_upstream", endpoints)
+                .http1()
+                .max_requests_per_connection(1)
+                .tls(UpstreamTls::new("default", server_id)),
+        )
 }
 
-/// An `SdsSecretConfig` for `name` from the `sds-grpc` cluster (Istio's form).
-fn sds(name: &str) -> String {
-    format!(
-        r#"{{"name": "{name}", "sds_config": {{"api_config_source": {{"api_type": "GRPC", "grpc_services": [{{"envoy_grpc": {{"cluster_name": "sds-grpc"}}}}], "set_node_on_first_message_only": true, "transport_api_version": "V3"}}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}}}}"#
-    )
-}
-
-/// The `sds-grpc` cluster of Istio's bootstrap, as a YAML list item under `clusters:`:
-/// HTTP/2 to the agent's socket.
-pub fn sds_cluster(socket: &Path) -> String {
-    format!(
-        r#"  - name: sds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http2_protocol_options: {{}}
-    load_assignment:
-      cluster_name: sds-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              pipe: {{ path: "{}" }}
-"#,
-        socket.display()
-    )
-}
-
-/// The bootstrap (YAML; the SDS configs are JSON flow mappings, valid YAML).
-fn bootstrap(sds_socket: &Path, mtls_port: u16, server_id: &str) -> String {
-    let default = sds("default");
-    let rootca = sds("ROOTCA");
-    let sds_cluster = sds_cluster(sds_socket);
-    format!(
-        r#"node:
-  id: warden-e2e~127.0.0.1~envoy.default~default.svc.cluster.local
-  cluster: envoy.default
-admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-static_resources:
-  listeners:
-  - name: mtls_in
-    address:
-      socket_address: {{ address: 127.0.0.1, port_value: {mtls_port} }}
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            tls_certificate_sds_secret_configs:
-            - {default}
-            validation_context_sds_secret_config: {rootca}
-      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: mtls_in
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                direct_response:
-                  status: 200
-                  body: {{ inline_string: "{HELLO}" }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  - name: plain_out
-    address:
-      socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: plain_out
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: mtls_upstream, timeout: 10s }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-{sds_cluster}  - name: mtls_upstream
-    type: STATIC
-    connect_timeout: 2s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        common_http_protocol_options:
-          max_requests_per_connection: 1
-        explicit_http_config:
-          http_protocol_options: {{}}
-    load_assignment:
-      cluster_name: mtls_upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {mtls_port} }}
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        common_tls_context:
-          tls_certificate_sds_secret_configs:
-          - {default}
-          combined_validation_context:
-            default_validation_context:
-              match_typed_subject_alt_names:
-              - san_type: URI
-                matcher: {{ exact: "{server_id}" }}
-            validation_context_sds_secret_config: {rootca}
-"#
-    )
-}
-
-/// A running Envoy, killed on drop.
+/// A running Envoy with any [`Bootstrap`], killed on drop.
 #[derive(Debug)]
-pub struct EnvoyProcess {
+pub struct Envoy {
     pub child: Child,
     /// Envoy's stderr, line by line.
     pub log: mpsc::Receiver<String>,
     /// Admin interface `127.0.0.1:PORT`.
     pub admin_addr: String,
-    /// `mtls_in`: mTLS, answers 200 [`HELLO`].
-    pub mtls_addr: String,
-    /// `plain_out`: plain HTTP forwarded over mTLS to `mtls_in`.
-    pub plain_addr: String,
 }
 
-impl EnvoyProcess {
-    /// Starts Envoy in `dir` with its secrets from the SDS server on `sds_socket`;
-    /// `plain_out` accepts only `server_id` as `mtls_in`'s identity. Waits until the
-    /// admin `/ready` says LIVE (which needs the SDS secrets: the initial fetch has no
-    /// timeout). Retries with another port if the picked `mtls_in` port was taken. Logs at
-    /// `warn`, or `$WARDEN_TEST_ENVOY_LOG` (e.g. `info`, `debug`).
-    pub fn start(dir: &Path, sds_socket: &Path, server_id: &str) -> Self {
-        let mut last = Vec::new();
-        for attempt in 0..3 {
-            match Self::try_start(&dir.join(format!("envoy-{attempt}")), sds_socket, server_id) {
-                Ok(e) => return e,
-                Err(lines) if lines.iter().any(|l| l.contains("ddress already in use")) => {
-                    last = lines;
-                }
-                Err(lines) => {
-                    panic!("envoy did not become ready:\n{}", lines.join("\n"))
-                }
-            }
-        }
-        panic!("envoy could not bind a port:\n{}", last.join("\n"))
-    }
-
-    fn try_start(dir: &Path, sds_socket: &Path, server_id: &str) -> Result<Self, Vec<String>> {
+impl Envoy {
+    /// Starts Envoy with `bootstrap` in `dir` on `concurrency` worker threads and waits
+    /// until the admin `/ready` says LIVE (which needs the SDS secrets: the initial
+    /// fetch has no timeout). Logs at `warn`, or `$WARDEN_TEST_ENVOY_LOG` (e.g. `info`,
+    /// `debug`). Panics with Envoy's log if it exits or is not ready within 30 s.
+    pub fn start(dir: &Path, bootstrap: &Bootstrap, concurrency: u32) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let mtls_port = free_port();
-        let config = dir.join("envoy.yaml");
-        std::fs::write(&config, bootstrap(sds_socket, mtls_port, server_id)).unwrap();
+        let config = dir.join("envoy.json");
+        std::fs::write(&config, bootstrap.to_json()).unwrap();
+        // Envoy binds its admin interface on port 0 and writes the address here.
         let admin_path = dir.join("admin-address");
         let mut cmd = Command::new(envoy_binary());
         cmd.arg("-c")
@@ -255,56 +124,56 @@ impl EnvoyProcess {
             .arg("--use-dynamic-base-id")
             .arg("--base-id-path")
             .arg(dir.join("base-id"))
-            .args(["--concurrency", "2", "-l"])
+            .args(["--concurrency", &concurrency.to_string(), "-l"])
             .arg(std::env::var("WARDEN_TEST_ENVOY_LOG").unwrap_or_else(|_| "warn".into()));
         let (mut child, log) = spawn_logged(cmd);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let fail = |child: &mut Child, why: String, log: &mpsc::Receiver<String>| {
-            let _ = child.kill();
-            let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(100));
-            let mut lines: Vec<String> = log.try_iter().collect();
-            lines.push(why);
-            Err(lines)
+        let ready = try_eventually(
+            "envoy's admin /ready to say LIVE",
+            Duration::from_secs(30),
+            POLL_INTERVAL,
+            || {
+                if let Some(status) = child.try_wait().unwrap() {
+                    return Ok(Err(status));
+                }
+                let addr = std::fs::read_to_string(&admin_path)
+                    .map_err(|e| format!("{}: {e}", admin_path.display()))?;
+                let addr = addr.trim();
+                match http(addr, "/ready") {
+                    Ok((200, _)) => Ok(Ok(addr.to_string())),
+                    other => Err(format!("{addr}/ready: {other:?}")),
+                }
+            },
+        );
+        let why = match ready {
+            Ok(Ok(admin_addr)) => {
+                return Self {
+                    child,
+                    log,
+                    admin_addr,
+                };
+            }
+            Ok(Err(status)) => format!("envoy exited: {status}"),
+            Err(e) => e,
         };
-        let admin_addr = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return fail(&mut child, format!("(envoy exited: {status})"), &log);
-            }
-            if let Ok(a) = std::fs::read_to_string(&admin_path)
-                && !a.trim().is_empty()
-                && http(a.trim(), "/ready").is_ok_and(|(code, _)| code == 200)
-            {
-                break a.trim().to_string();
-            }
-            if Instant::now() > deadline {
-                let why = "(envoy's /ready did not say LIVE within 30 s)".to_string();
-                return fail(&mut child, why, &log);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let (_, listeners) = http(&admin_addr, "/listeners?format=json").unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        let lines: Vec<String> = log.try_iter().collect();
+        panic!("{why}; envoy logged:\n{}", lines.join("\n"))
+    }
+
+    /// The address listener `name` bound (admin `/listeners`; for port 0).
+    pub fn listener_addr(&self, name: &str) -> String {
+        let (_, listeners) = self.admin("/listeners?format=json");
         let listeners: serde_json::Value = serde_json::from_str(&listeners).unwrap();
-        let addr_of = |name: &str| {
-            let l = listeners["listener_statuses"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|l| l["name"] == name)
-                .unwrap_or_else(|| panic!("no listener {name} in {listeners}"));
-            let a = &l["local_address"]["socket_address"];
-            format!("{}:{}", a["address"].as_str().unwrap(), a["port_value"])
-        };
-        let mtls_addr = addr_of("mtls_in");
-        let plain_addr = addr_of("plain_out");
-        assert_eq!(mtls_addr, format!("127.0.0.1:{mtls_port}"));
-        Ok(Self {
-            child,
-            log,
-            admin_addr,
-            mtls_addr,
-            plain_addr,
-        })
+        let l = listeners["listener_statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("no listener {name} in {listeners}"));
+        let a = &l["local_address"]["socket_address"];
+        format!("{}:{}", a["address"].as_str().unwrap(), a["port_value"])
     }
 
     /// The process ID.
@@ -356,53 +225,65 @@ impl EnvoyProcess {
     }
 }
 
-impl Drop for EnvoyProcess {
+impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// GET `path` from `addr` over plain HTTP/1.1 with a 10 s timeout; status and body.
-pub fn http(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    Ok(parse_response(&resp))
+/// The Envoy of the module docs (`mtls_in`, `plain_out`); derefs to its [`Envoy`].
+#[derive(Debug)]
+pub struct EnvoyProcess {
+    pub envoy: Envoy,
+    /// `mtls_in`: mTLS, answers 200 [`HELLO`].
+    pub mtls_addr: String,
+    /// `plain_out`: plain HTTP forwarded over mTLS to `mtls_in`.
+    pub plain_addr: String,
 }
 
-/// Status code and body of an HTTP/1.1 response read to the end (plain or chunked).
-pub fn parse_response(resp: &[u8]) -> (u16, String) {
-    let resp = String::from_utf8_lossy(resp);
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let Some((head, body)) = resp.split_once("\r\n\r\n") else {
-        return (status, String::new());
-    };
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    if !chunked {
-        return (status, body.to_string());
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap_or(0);
-        if size == 0 || after.len() < size {
-            break;
+impl EnvoyProcess {
+    /// Starts Envoy in `dir` with its secrets from the SDS server on `sds_socket`;
+    /// `plain_out` accepts only `server_id` as `mtls_in`'s identity. Once Envoy is
+    /// ready, `mtls_in`'s port is read from the admin interface and written to
+    /// `mtls_upstream`'s endpoints file; this returns when Envoy has taken it.
+    pub fn start(dir: &Path, sds_socket: &Path, server_id: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let endpoints = dir.join("mtls-upstream-endpoints.json");
+        write_atomic(&endpoints, &endpoints_file("mtls_upstream", None));
+        let bootstrap = sidecar_bootstrap(sds_socket, &endpoints, server_id);
+        let envoy = Envoy::start(dir, &bootstrap, 2);
+        let mtls_addr = envoy.listener_addr("mtls_in");
+        let plain_addr = envoy.listener_addr("plain_out");
+        let (ip, port) = mtls_addr.rsplit_once(':').unwrap();
+        let port: u16 = port.parse().unwrap();
+        write_atomic(
+            &endpoints,
+            &endpoints_file("mtls_upstream", Some((ip, port))),
+        );
+        let host = format!("mtls_upstream::{mtls_addr}::");
+        eventually(
+            format_args!("envoy to take {mtls_addr} (mtls_in) as mtls_upstream's endpoint"),
+            Duration::from_secs(10),
+            || envoy.admin("/clusters").1.contains(&host),
+        );
+        Self {
+            envoy,
+            mtls_addr,
+            plain_addr,
         }
-        out.push_str(&after[..size]);
-        rest = after[size..].strip_prefix("\r\n").unwrap_or(&after[size..]);
     }
-    (status, out)
+}
+
+impl std::ops::Deref for EnvoyProcess {
+    type Target = Envoy;
+    fn deref(&self) -> &Envoy {
+        &self.envoy
+    }
+}
+
+impl std::ops::DerefMut for EnvoyProcess {
+    fn deref_mut(&mut self) -> &mut Envoy {
+        &mut self.envoy
+    }
 }

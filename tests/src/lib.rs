@@ -6,9 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // test support: panics are failures
 
 pub mod envoy;
+pub mod eventually;
 pub mod mesh;
 
-use std::io::{BufRead, BufReader};
+pub use eventually::{POLL_INTERVAL, eventually, eventually_async, try_eventually};
+
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -187,20 +190,8 @@ impl CaProcess {
 
     /// Sends SIGTERM and waits for exit; returns the exit code and the remaining log.
     pub fn terminate(mut self) -> (Option<i32>, Vec<String>) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "warden-ca did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (status.code(), self.log.try_iter().collect())
+        let code = sigterm_and_wait(&mut self.child, "warden-ca");
+        (code, self.log.try_iter().collect())
     }
 }
 
@@ -298,45 +289,84 @@ pub fn wait_log(
 
 /// Sends SIGTERM to `child` and waits up to 20 s for it to exit.
 pub fn sigterm(child: &mut Child) -> Option<i32> {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the process did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sigterm_and_wait(child, "the process")
 }
 
-/// GET `path` from `addr` over plain HTTP/1.1; returns status and body.
+/// [`sigterm`], naming the process `what` if it does not exit.
+fn sigterm_and_wait(child: &mut Child, what: &str) -> Option<i32> {
+    let pid = child.id();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let exited = try_eventually(
+        format!("{what} (pid {pid}) to exit after SIGTERM"),
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || child.try_wait().unwrap(),
+    );
+    exited.unwrap_or_else(|e| panic!("{e}")).code()
+}
+
+/// Writes `contents` to `path` atomically (a hidden temporary file renamed over it).
+pub fn write_atomic(path: &Path, contents: &str) {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// GET `path` from `addr` over plain HTTP/1.1 ([`try_http_get`]); panics when it
+/// cannot connect or read.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// GET `path` from `addr` over plain HTTP/1.1 with a 10 s timeout; status and body
+/// (chunked bodies decoded). `Err` instead of a panic when nothing listens.
+pub fn try_http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    Ok(parse_response(&resp))
+}
+
+/// Status code and body of an HTTP/1.1 response read to the end (plain or chunked).
+pub fn parse_response(resp: &[u8]) -> (u16, String) {
+    let resp = String::from_utf8_lossy(resp);
     let status = resp
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let Some((head, body)) = resp.split_once("\r\n\r\n") else {
+        return (status, String::new());
+    };
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    if !chunked {
+        return (status, body.to_string());
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].strip_prefix("\r\n").unwrap_or(&after[size..]);
+    }
+    (status, out)
 }
 
 /// A running `warden-agent` process.
@@ -356,6 +386,14 @@ impl AgentProcess {
     pub fn start(ca: &CaProcess, data_dir: &Path, extra: &[&str]) -> Self {
         Self::try_start(ca, data_dir, extra)
             .unwrap_or_else(|lines| panic!("warden-agent did not start:\n{}", lines.join("\n")))
+    }
+
+    /// Starts a node-mode agent for node `node` attested with a fresh join token from
+    /// `ca` (`--node-name node --join-token T`, then `extra`), as [`AgentProcess::start`].
+    pub fn start_node(ca: &CaProcess, data_dir: &Path, node: &str, extra: &[&str]) -> Self {
+        let token = ca.join_token(node);
+        let args = [&["--node-name", node, "--join-token", &token], extra].concat();
+        Self::start(ca, data_dir, &args)
     }
 
     /// Like [`AgentProcess::start`]; `Err` with the agent's output if it exits or does
@@ -416,16 +454,29 @@ impl AgentProcess {
             .unwrap_or_else(|| panic!("no metric {name}"))
     }
 
+    /// Waits up to `limit` until metric `name` satisfies `pred`; returns its value.
+    pub fn wait_metric(&self, name: &str, limit: Duration, pred: impl Fn(f64) -> bool) -> f64 {
+        let mut last = None;
+        try_eventually(
+            format_args!("the agent's metric {name}"),
+            limit,
+            Duration::from_millis(100),
+            || {
+                let v = self.metric(name);
+                last = Some(v);
+                pred(v).then_some(v)
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}; {name} stuck at {last:?}"))
+    }
+
     /// Waits until `/ready` answers 200.
     pub fn wait_ready(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while http_get(&self.monitoring_addr, "/ready").0 != 200 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the agent did not become ready"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        eventually(
+            "the agent's /ready to answer 200",
+            Duration::from_secs(30),
+            || http_get(&self.monitoring_addr, "/ready").0 == 200,
+        );
     }
 
     /// Runs `warden-agent api ...` against the shared socket (or `socket`).

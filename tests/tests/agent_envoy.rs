@@ -19,7 +19,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use warden_tests::envoy::{EnvoyProcess, HELLO, envoy_binary, http};
-use warden_tests::{AgentProcess, CaProcess, ok};
+use warden_tests::{AgentProcess, CaProcess, ok, try_eventually};
 
 const ENVOY_ID: &str = "spiffe://cluster.local/ns/default/sa/envoy";
 const FETCH_FAILED: &str = "SVID fetch failed; keeping the current SVID and retrying with backoff";
@@ -27,22 +27,13 @@ const FETCH_FAILED: &str = "SVID fetch failed; keeping the current SVID and retr
 /// CA, agent (node `node-a`, `--svid-ttl ttl`) and an entry for Envoy by its executable.
 fn ca_and_agent(dir: &Path, ttl: &str) -> (CaProcess, AgentProcess) {
     let ca = CaProcess::start(&dir.join("ca"), &[]);
-    let token = ca.join_token("node-a");
     let selector = format!("unix:path:{}", envoy_binary().display());
     ca.entry("node-a", ENVOY_ID, &[&selector]);
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::start_node(
         &ca,
         &dir.join("agent"),
-        &[
-            "--node-name",
-            "node-a",
-            "--join-token",
-            &token,
-            "--svid-ttl",
-            ttl,
-            "--sync-interval",
-            "1s",
-        ],
+        "node-a",
+        &["--svid-ttl", ttl, "--sync-interval", "1s"],
     );
     agent.wait_ready();
     (ca, agent)
@@ -486,15 +477,13 @@ fn envoy_keeps_serving_while_the_ca_is_down_and_the_agent_recovers() {
     let mark = log.lines.len();
 
     // The refresh fails: logged once for Envoy's identity, then retried quietly.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while log.count_from(mark, |v| is(v, FETCH_FAILED, ENVOY_ID)) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no {FETCH_FAILED:?} for {ENVOY_ID} within 30 s of the CA going down:\n{}",
-            log.dump()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    try_eventually(
+        format_args!("{FETCH_FAILED:?} for {ENVOY_ID} after the CA went down"),
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || log.count_from(mark, |v| is(v, FETCH_FAILED, ENVOY_ID)) > 0,
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{}", log.dump()));
     let failures_before = agent.metric("warden_agent_svid_refresh_failures_total");
     std::thread::sleep(Duration::from_secs(3)); // backoff 0.5 s, 1 s, ...: retries
     let failures_after = agent.metric("warden_agent_svid_refresh_failures_total");
@@ -527,22 +516,25 @@ fn envoy_keeps_serving_while_the_ca_is_down_and_the_agent_recovers() {
     );
     let restarted_at = Instant::now();
     let mark = log.lines.len();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let recovered = log.count_from(mark, |v| {
-            is(v, "SVID fetch recovered", ENVOY_ID) || is(v, "SVID received", ENVOY_ID)
-        }) > 0;
-        let now = envoy.leaf_serials();
-        if recovered && now.iter().any(|s| !first.contains(s)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no recovery within 30 s of the CA restart (envoy /certs {now:?}, first {first:?}):\n{}",
-            log.dump()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    try_eventually(
+        "the agent's recovery after the CA restart and a new certificate in Envoy",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let recovered = log.count_from(mark, |v| {
+                is(v, "SVID fetch recovered", ENVOY_ID) || is(v, "SVID received", ENVOY_ID)
+            }) > 0;
+            let now = envoy.leaf_serials();
+            if recovered && now.iter().any(|s| !first.contains(s)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "recovery logged: {recovered}; envoy /certs {now:?}, first {first:?}"
+                ))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{}", log.dump()));
     eprintln!(
         "recovered, new certificate in Envoy {:?} after the CA restart",
         restarted_at.elapsed()

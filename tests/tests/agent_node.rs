@@ -6,12 +6,14 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use spiffe::WorkloadApiClient;
-use warden_tests::{AgentProcess, CaProcess, bin, http_get, my_uid, ok, sigterm};
+use warden_tests::{
+    AgentProcess, CaProcess, bin, eventually, eventually_async, http_get, my_uid, ok, sigterm,
+};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 const X: &str = "spiffe://cluster.local/ns/default/sa/x";
@@ -63,34 +65,15 @@ fn leaf_of(pem_file: &Path) -> (String, i64) {
     (serial, cert.validity().not_after.timestamp())
 }
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 async fn fetch_x509(socket: &Path) -> spiffe::X509Svid {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let last = match WorkloadApiClient::connect_to(format!("unix:{}", socket.display())).await {
-            Ok(c) => {
-                match tokio::time::timeout(Duration::from_secs(3), c.fetch_x509_svid()).await {
-                    Ok(Ok(s)) => return s,
-                    Ok(Err(e)) => format!("{e:?}"),
-                    Err(_) => "no answer within 3s".into(),
-                }
-            }
-            Err(e) => format!("{e:?}"),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "no X.509-SVID from {}: {last}",
-            socket.display()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = format!("an X.509-SVID from {}", socket.display());
+    eventually_async(what, Duration::from_secs(20), || async {
+        let c = WorkloadApiClient::connect_to(format!("unix:{}", socket.display()))
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        c.fetch_x509_svid().await.map_err(|e| format!("{e:?}"))
+    })
+    .await
 }
 
 /// Garbage, spent and expired join tokens end the agent with the CA's reason, and the CA
@@ -272,7 +255,7 @@ fn write_dir_files_follow_rotation() {
     );
     let dir = out.join("ns/default/sa/x");
     let chain = dir.join("cert-chain.pem");
-    wait_until("the SVID files", Duration::from_secs(20), || chain.exists());
+    eventually("the SVID files", Duration::from_secs(20), || chain.exists());
     assert_eq!(mode(&dir.join("key.pem")), 0o600);
     let root = std::fs::read(dir.join("root-cert.pem")).unwrap();
     let ca_root = std::fs::read(ca.data_dir.join("root-cert.pem")).unwrap();
@@ -308,14 +291,14 @@ fn write_dir_files_follow_rotation() {
     };
     verify();
     let (serial, not_after) = leaf_of(&chain);
-    wait_until("a rotated cert-chain.pem", Duration::from_secs(20), || {
+    eventually("a rotated cert-chain.pem", Duration::from_secs(20), || {
         leaf_of(&chain).0 != serial
     });
     let (_, not_after2) = leaf_of(&chain);
     assert!(not_after2 >= not_after);
     verify();
     // Files rewritten atomically: no temp files left behind, key matches the chain.
-    wait_until(
+    eventually(
         "the key to match the chain",
         Duration::from_secs(10),
         check_pair,
@@ -345,7 +328,7 @@ fn ready_and_metrics() {
     assert_eq!(status, 200, "{body}");
     let series = format!("warden_agent_cert_expiry_timestamp_seconds{{spiffe_id=\"{X}\"}}");
     let mut metrics = String::new();
-    wait_until("the SVID expiry metric", Duration::from_secs(20), || {
+    eventually("the SVID expiry metric", Duration::from_secs(20), || {
         metrics = agent.metrics();
         metrics.contains(&series)
     });

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
-use warden_tests::{AgentProcess, CaProcess, my_uid};
+use warden_tests::{AgentProcess, CaProcess, eventually_async, my_uid};
 
 const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
@@ -85,22 +85,13 @@ async fn sds_stream_protocol() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let ca = CaProcess::start(&dir.path().join("ca"), &[]);
-    let token = ca.join_token("node-a");
     let uid = format!("unix:uid:{}", my_uid());
     ca.entry("node-a", "spiffe://cluster.local/ns/default/sa/me", &[&uid]);
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::start_node(
         &ca,
         &dir.path().join("agent"),
-        &[
-            "--node-name",
-            "node-a",
-            "--join-token",
-            &token,
-            "--svid-ttl",
-            "6s",
-            "--sync-interval",
-            "500ms",
-        ],
+        "node-a",
+        &["--svid-ttl", "6s", "--sync-interval", "500ms"],
     );
     agent.wait_ready();
 
@@ -206,8 +197,13 @@ async fn sds_stream_protocol() {
     .await
     .unwrap();
     // The ACK of a pushed rotation is timed.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(agent.metric("warden_agent_sds_push_ack_seconds_count") >= 1.0);
+    // (Polled between async sleeps: the ACK goes out on this runtime.)
+    eventually_async(
+        "warden_agent_sds_push_ack_seconds_count >= 1",
+        Duration::from_secs(5),
+        || async { agent.metric("warden_agent_sds_push_ack_seconds_count") >= 1.0 },
+    )
+    .await;
 
     // Adding a name on the current nonce is answered with that name alone.
     tx.send(req(
@@ -258,24 +254,17 @@ async fn sds_refuses_callers_without_an_entry() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let ca = CaProcess::start(&dir.path().join("ca"), &[]);
-    let token = ca.join_token("node-a");
     let other = format!("unix:uid:{}", my_uid() + 4242);
     ca.entry(
         "node-a",
         "spiffe://cluster.local/ns/default/sa/other",
         &[&other],
     );
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::start_node(
         &ca,
         &dir.path().join("agent"),
-        &[
-            "--node-name",
-            "node-a",
-            "--join-token",
-            &token,
-            "--sync-interval",
-            "500ms",
-        ],
+        "node-a",
+        &["--sync-interval", "500ms"],
     );
     agent.wait_ready();
     let mut client = SecretDiscoveryServiceClient::new(channel(agent.socket.clone()).await);
@@ -307,14 +296,9 @@ async fn sds_oversized_requests_are_resource_exhausted() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let ca = CaProcess::start(&dir.path().join("ca"), &[]);
-    let token = ca.join_token("node-a");
     let uid = format!("unix:uid:{}", my_uid());
     ca.entry("node-a", "spiffe://cluster.local/ns/default/sa/me", &[&uid]);
-    let agent = AgentProcess::start(
-        &ca,
-        &dir.path().join("agent"),
-        &["--node-name", "node-a", "--join-token", &token],
-    );
+    let agent = AgentProcess::start_node(&ca, &dir.path().join("agent"), "node-a", &[]);
     agent.wait_ready();
     let mut client = SecretDiscoveryServiceClient::new(channel(agent.socket.clone()).await);
     let huge = "x".repeat(2 << 20);

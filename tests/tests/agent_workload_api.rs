@@ -4,10 +4,9 @@
 //! agent, entries changed with the `warden` CLI while the agent runs.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests fail by panicking
 
-use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spiffe::{JwtSvid, SpiffeId, TrustDomain, WorkloadApiClient, WorkloadApiError, X509Svid};
 use tokio_stream::StreamExt;
@@ -17,7 +16,7 @@ use warden_proto::workload::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
     X509svidResponse,
 };
-use warden_tests::{AgentProcess, CaProcess, my_uid, ok, run_json};
+use warden_tests::{AgentProcess, CaProcess, eventually_async, my_uid, ok, run_json};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 const X: &str = "spiffe://cluster.local/ns/default/sa/x";
@@ -38,20 +37,11 @@ fn start(entries: &[(&str, &[&str])]) -> Env {
     for (id, selectors) in entries {
         ca.entry("node-a", id, selectors);
     }
-    let token = ca.join_token("node-a");
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::start_node(
         &ca,
         &tmp.path().join("agent"),
-        &[
-            "--node-name",
-            "node-a",
-            "--join-token",
-            &token,
-            "--svid-ttl",
-            "4s",
-            "--sync-interval",
-            "500ms",
-        ],
+        "node-a",
+        &["--svid-ttl", "4s", "--sync-interval", "500ms"],
     );
     Env { agent, ca, tmp }
 }
@@ -66,42 +56,6 @@ async fn client(socket: &Path) -> WorkloadApiClient {
 async fn raw_client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
     let channel = warden_common::uds::channel(socket).await.unwrap();
     SpiffeWorkloadApiClient::new(channel)
-}
-
-/// Calls `f` (each call cut off after 3 s) until it returns `Ok`, for up to `limit`;
-/// panics with the last error.
-async fn eventually<T, E, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-    E: std::fmt::Debug,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        let last = match tokio::time::timeout(Duration::from_secs(3), f()).await {
-            Ok(Ok(v)) => return v,
-            Ok(Err(e)) => format!("{e:?}"),
-            Err(_) => "no answer within 3s".to_string(),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {limit:?}; last: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until the agent's metric `name` satisfies `pred`.
-fn wait_metric(agent: &AgentProcess, name: &str, pred: impl Fn(f64) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v = agent.metric(name);
-        if pred(v) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{name} stuck at {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn leaf(svid: &X509Svid) -> (String, i64) {
@@ -157,7 +111,7 @@ async fn spiffe_client_fetches_svids_and_bundles() {
     let env = start(&[(X, &[&uid])]);
     let c = client(&env.agent.socket).await;
 
-    let svid = eventually("X.509-SVID", Duration::from_secs(20), || {
+    let svid = eventually_async("X.509-SVID", Duration::from_secs(20), || {
         c.fetch_x509_svid()
     })
     .await;
@@ -230,7 +184,7 @@ async fn py_spiffe_client_fetches_svids_and_bundles() {
     let env = start(&[(X, &[&uid])]);
     // Wait for the SVID with the Rust client, so one py-spiffe run decides.
     let c = client(&env.agent.socket).await;
-    eventually("X.509-SVID", Duration::from_secs(20), || {
+    eventually_async("X.509-SVID", Duration::from_secs(20), || {
         c.fetch_x509_svid()
     })
     .await;
@@ -317,7 +271,7 @@ async fn x509_stream_pushes_the_rotated_svid() {
     let uid = format!("unix:uid:{}", my_uid());
     let env = start(&[(X, &[&uid])]);
     let c = client(&env.agent.socket).await;
-    eventually("X.509-SVID", Duration::from_secs(20), || {
+    eventually_async("X.509-SVID", Duration::from_secs(20), || {
         c.fetch_x509_svid()
     })
     .await;
@@ -414,7 +368,7 @@ async fn requests_without_the_security_header_are_invalid_argument() {
             .insert("workload.spiffe.io", "true".parse().unwrap());
         req
     };
-    let resp = eventually(
+    let resp = eventually_async(
         "FetchX509SVID with the header",
         Duration::from_secs(20),
         || {
@@ -473,7 +427,7 @@ async fn oversized_requests_are_resource_exhausted() {
     assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
 
     // The same connection serves a request under the limit.
-    let ok = eventually("FetchJWTSVID", Duration::from_secs(20), || {
+    let ok = eventually_async("FetchJWTSVID", Duration::from_secs(20), || {
         let mut raw = raw.clone();
         async move {
             raw.fetch_jwtsvid(with_header(JwtsvidRequest {
@@ -495,7 +449,10 @@ async fn unknown_caller_is_denied_until_registered_and_again_after_delete() {
     let me = my_uid();
     let other = format!("unix:uid:{}", me.wrapping_add(12345));
     let env = start(&[(WEB, &[&other])]);
-    wait_metric(&env.agent, "warden_agent_entries", |v| v == 1.0);
+    env.agent
+        .wait_metric("warden_agent_entries", Duration::from_secs(20), |v| {
+            v == 1.0
+        });
     let c = client(&env.agent.socket).await;
 
     let err = c.fetch_x509_svid().await.unwrap_err();
@@ -518,7 +475,7 @@ async fn unknown_caller_is_denied_until_registered_and_again_after_delete() {
 
     // Register this uid: served within seconds, no restart.
     let id = env.ca.entry("node-a", X, &[&format!("unix:uid:{me}")]);
-    let svid = eventually(
+    let svid = eventually_async(
         "the new entry to take effect",
         Duration::from_secs(20),
         || c.fetch_x509_svid(),
@@ -552,8 +509,14 @@ async fn unknown_caller_is_denied_until_registered_and_again_after_delete() {
     let err = c.fetch_x509_svid().await.unwrap_err();
     assert!(matches!(err, WorkloadApiError::NoIdentityIssued), "{err:?}");
     // Only the other uid's identity is kept.
-    wait_metric(&env.agent, "warden_agent_identities", |v| v == 1.0);
-    wait_metric(&env.agent, "warden_agent_entries", |v| v == 1.0);
+    env.agent
+        .wait_metric("warden_agent_identities", Duration::from_secs(20), |v| {
+            v == 1.0
+        });
+    env.agent
+        .wait_metric("warden_agent_entries", Duration::from_secs(20), |v| {
+            v == 1.0
+        });
 }
 
 /// A `socket:web` entry is served on `<socket-dir>/web.sock` only; the shared socket
@@ -563,11 +526,11 @@ async fn named_socket_serves_only_its_own_identity() {
     let uid = format!("unix:uid:{}", my_uid());
     let env = start(&[(WEB, &["socket:web"])]);
     let web_sock = env.agent.socket_dir().join("web.sock");
-    let c = eventually("web.sock to open", Duration::from_secs(20), || {
+    let c = eventually_async("web.sock to open", Duration::from_secs(20), || {
         WorkloadApiClient::connect_to(format!("unix:{}", web_sock.display()))
     })
     .await;
-    let svid = eventually("the SVID on web.sock", Duration::from_secs(20), || {
+    let svid = eventually_async("the SVID on web.sock", Duration::from_secs(20), || {
         c.fetch_x509_svid()
     })
     .await;
@@ -583,7 +546,7 @@ async fn named_socket_serves_only_its_own_identity() {
 
     // A uid entry appears on the shared socket and not on web.sock.
     env.ca.entry("node-a", X, &[&uid]);
-    let svid = eventually(
+    let svid = eventually_async(
         "the uid entry on the shared socket",
         Duration::from_secs(20),
         || shared.fetch_x509_svid(),
@@ -601,7 +564,7 @@ async fn api_cli_writes_files_and_prints_a_jwt() {
     let uid = format!("unix:uid:{}", my_uid());
     let env = start(&[(X, &[&uid])]);
     let c = client(&env.agent.socket).await;
-    eventually("X.509-SVID", Duration::from_secs(20), || {
+    eventually_async("X.509-SVID", Duration::from_secs(20), || {
         c.fetch_x509_svid()
     })
     .await;

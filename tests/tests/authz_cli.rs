@@ -34,7 +34,9 @@ fn request(principal: &str, method: &str, path: &str) -> String {
     )
 }
 
-fn check(dir: &std::path::Path, req: &str, extra: &[&str]) -> serde_json::Value {
+/// `warden authz check` with the policies in `dir/policies` and `req` written to
+/// `dir/req.json`, plus `extra` flags.
+fn run_check(dir: &std::path::Path, req: &str, extra: &[&str]) -> std::process::Output {
     let file = dir.join("req.json");
     std::fs::write(&file, req).unwrap();
     let policies = dir.join("policies");
@@ -47,7 +49,19 @@ fn check(dir: &std::path::Path, req: &str, extra: &[&str]) -> serde_json::Value 
         file.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    serde_json::from_str(&ok(warden(&args))).unwrap()
+    warden(&args)
+}
+
+/// [`run_check`]'s JSON answer (it must succeed).
+fn check(dir: &std::path::Path, req: &str, extra: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(run_check(dir, req, extra))).unwrap()
+}
+
+/// [`run_check`]'s stderr when it must exit 2 (bad input).
+fn check_exits_2(dir: &std::path::Path, req: &str, extra: &[&str]) -> String {
+    let out = run_check(dir, req, extra);
+    assert_eq!(out.status.code(), Some(2));
+    fails(out)
 }
 
 #[test]
@@ -121,19 +135,7 @@ fn bad_input_exits_2_naming_the_problem() {
         POLICIES.replace("methods:", "method:"),
     )
     .unwrap();
-    let req = dir.path().join("req.json");
-    std::fs::write(&req, request("null", "GET", "/")).unwrap();
-    let policies = dir.path().join("policies");
-    let out = warden(&[
-        "authz",
-        "check",
-        "--config",
-        policies.to_str().unwrap(),
-        "--request",
-        req.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = fails(out);
+    let err = check_exits_2(dir.path(), &request("null", "GET", "/"), &[]);
     assert!(
         err.contains("p.yaml")
             && err.contains("foo/allow-sleep-get")
@@ -141,17 +143,7 @@ fn bad_input_exits_2_naming_the_problem() {
         "{err}"
     );
     std::fs::write(dir.path().join("policies/p.yaml"), POLICIES).unwrap();
-    std::fs::write(&req, "{\"workload\": {}}").unwrap();
-    let out = warden(&[
-        "authz",
-        "check",
-        "--config",
-        policies.to_str().unwrap(),
-        "--request",
-        req.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = fails(out);
+    let err = check_exits_2(dir.path(), "{\"workload\": {}}", &[]);
     assert!(
         err.contains("workload.namespace") || err.contains("missing field"),
         "{err}"
@@ -327,19 +319,7 @@ fn unusable_request_authentication_exits_2() {
         ),
     )
     .unwrap();
-    let req = dir.path().join("req.json");
-    std::fs::write(&req, jwt_request(None, Some(1), "null")).unwrap();
-    let policies = dir.path().join("policies");
-    let out = warden(&[
-        "authz",
-        "check",
-        "--config",
-        policies.to_str().unwrap(),
-        "--request",
-        req.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = fails(out);
+    let err = check_exits_2(dir.path(), &jwt_request(None, Some(1), "null"), &[]);
     assert!(
         err.contains("p.yaml")
             && err.contains("RequestAuthentication foo/jwt: spec.jwtRules[0].jwksUri: cannot read the JWKS file")
@@ -394,17 +374,11 @@ fn the_path_is_normalized_as_the_proxy_does_in_each_mode() {
     );
     assert!(v["reason"].as_str().unwrap().contains("NUL"), "{v}");
     // A mode Istio does not have is a usage error.
-    let file = dir.path().join("req.json");
-    let out = warden(&[
-        "authz",
-        "check",
-        "--config",
-        dir.path().join("policies").to_str().unwrap(),
-        "--request",
-        file.to_str().unwrap(),
-        "--path-normalization",
-        "base",
-    ]);
+    let out = run_check(
+        dir.path(),
+        &request(sleep, "GET", "/info%00"),
+        &["--path-normalization", "base"],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("expected NONE, BASE"),

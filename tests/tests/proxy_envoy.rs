@@ -11,86 +11,33 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests fail by panicking
 
 use std::path::Path;
-use std::process::{Child, Command};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use warden_tests::envoy::{envoy_binary, http, sds_cluster};
-use warden_tests::mesh::{Mesh, Req, ServiceSpec, WorkloadSpec, spiffe_id};
-use warden_tests::spawn_logged;
+use serde_json::json;
+use warden_tests::envoy::{Bootstrap, Cluster, DownstreamTls, Envoy, Listener, UpstreamTls};
+use warden_tests::mesh::{Mesh, Req, ServiceSpec, WorkloadSpec, authorization_policy, spiffe_id};
 
-/// An `SdsSecretConfig` for `name` from the `sds-grpc` cluster (Istio's form).
-fn sds(name: &str) -> String {
-    format!(
-        r#"{{"name": "{name}", "sds_config": {{"api_config_source": {{"api_type": "GRPC", "grpc_services": [{{"envoy_grpc": {{"cluster_name": "sds-grpc"}}}}], "set_node_on_first_message_only": true, "transport_api_version": "V3"}}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}}}}"#
-    )
-}
+/// Istio's node ID for these Envoys.
+const NODE_ID: &str = "sidecar~127.0.0.1~envoy.default~default.svc.cluster.local";
 
-const HEAD: &str = r#"node:
-  id: sidecar~127.0.0.1~envoy.default~default.svc.cluster.local
-  cluster: envoy.default
-admin:
-  address:
-    socket_address: { address: 127.0.0.1, port_value: 0 }
-"#;
-
-const ROUTER: &str = r#"          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#;
-
-/// An upstream mTLS cluster to `addr` with SNI `sni`, ALPN `alpn`, accepting only
-/// `server_id`, speaking HTTP/2 when `h2`.
+/// An upstream mTLS cluster to `server` with SNI `sni`, ALPN `h2` or `http/1.1`,
+/// accepting only `server_id`, speaking HTTP/2 when `h2`.
 fn mtls_cluster(
     name: &str,
-    addr: &str,
-    port: u16,
+    server: (&str, u16),
     sni: &str,
     h2: bool,
     my_id: &str,
     server_id: &str,
-) -> String {
-    let (alpn, proto) = if h2 {
-        ("h2", "http2_protocol_options: {}")
+) -> Cluster {
+    let tls = UpstreamTls::new(my_id, server_id).sni(sni);
+    let c = Cluster::to(name, server.0, server.1);
+    if h2 {
+        c.http2().tls(tls.alpn("h2"))
     } else {
-        ("http/1.1", "http_protocol_options: {}")
-    };
-    format!(
-        r#"  - name: {name}
-    type: STATIC
-    connect_timeout: 2s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          {proto}
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: {addr}, port_value: {port} }}
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        sni: "{sni}"
-        common_tls_context:
-          alpn_protocols: ["{alpn}"]
-          tls_certificate_sds_secret_configs:
-          - {cert}
-          combined_validation_context:
-            default_validation_context:
-              match_typed_subject_alt_names:
-              - san_type: URI
-                matcher: {{ exact: "{server_id}" }}
-            validation_context_sds_secret_config: {rootca}
-"#,
-        cert = sds(my_id),
-        rootca = sds("ROOTCA"),
-    )
+        c.http1().tls(tls.alpn("http/1.1"))
+    }
 }
 
 /// The client sidecar: a plain HTTP listener on `listen` routing `/h2/...` to the
@@ -103,198 +50,76 @@ fn client_bootstrap(
     sni: &str,
     my_id: &str,
     server_id: &str,
-) -> String {
-    format!(
-        r#"{HEAD}static_resources:
-  listeners:
-  - name: plain_out
-    address:
-      socket_address: {{ address: {}, port_value: {} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: plain_out
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/h2/" }}
-                route: {{ cluster: to_server_h2, timeout: 10s }}
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: to_server_h1, timeout: 10s }}
-{ROUTER}  clusters:
-{}{}{}"#,
-        listen.0,
-        listen.1,
-        sds_cluster(socket),
-        mtls_cluster(
+) -> Bootstrap {
+    Bootstrap::new(NODE_ID, socket)
+        .listener(
+            Listener::http("plain_out", listen.0, listen.1)
+                .route("/h2/", "to_server_h2")
+                .route("/", "to_server_h1"),
+        )
+        .cluster(mtls_cluster(
             "to_server_h1",
-            server.0,
-            server.1,
+            server,
             sni,
             false,
             my_id,
-            server_id
-        ),
-        mtls_cluster(
+            server_id,
+        ))
+        .cluster(mtls_cluster(
             "to_server_h2",
-            server.0,
-            server.1,
+            server,
             sni,
             true,
             my_id,
-            server_id
-        ),
-    )
+            server_id,
+        ))
 }
 
 /// The server sidecar: mTLS on `listen` requiring a client certificate from the trust
 /// domain, XFCC sanitized and set from the client's URI SAN, forwarding to the app on
 /// `app`.
-fn server_bootstrap(socket: &Path, listen: (&str, u16), app: (&str, u16), my_id: &str) -> String {
-    format!(
-        r#"{HEAD}static_resources:
-  listeners:
-  - name: mtls_in
-    address:
-      socket_address: {{ address: {}, port_value: {} }}
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            alpn_protocols: ["h2", "http/1.1"]
-            tls_certificate_sds_secret_configs:
-            - {}
-            combined_validation_context:
-              default_validation_context:
-                match_typed_subject_alt_names:
-                - san_type: URI
-                  matcher: {{ prefix: "spiffe://cluster.local/" }}
-              validation_context_sds_secret_config: {}
-      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: mtls_in
-          codec_type: AUTO
-          forward_client_cert_details: SANITIZE_SET
-          set_current_client_cert_details: {{ uri: true }}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: app, timeout: 10s }}
-{ROUTER}  clusters:
-{}  - name: app
-    type: STATIC
-    connect_timeout: 2s
-    load_assignment:
-      cluster_name: app
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: {}, port_value: {} }}
-"#,
-        listen.0,
-        listen.1,
-        sds(my_id),
-        sds("ROOTCA"),
-        sds_cluster(socket),
-        app.0,
-        app.1,
-    )
+fn server_bootstrap(
+    socket: &Path,
+    listen: (&str, u16),
+    app: (&str, u16),
+    my_id: &str,
+) -> Bootstrap {
+    Bootstrap::new(NODE_ID, socket)
+        .listener(
+            Listener::http("mtls_in", listen.0, listen.1)
+                .tls(
+                    DownstreamTls::new(my_id)
+                        .alpn(&["h2", "http/1.1"])
+                        .san_prefix("spiffe://cluster.local/"),
+                )
+                .hcm("codec_type", json!("AUTO"))
+                .hcm("forward_client_cert_details", json!("SANITIZE_SET"))
+                .hcm("set_current_client_cert_details", json!({"uri": true}))
+                .route("/", "app"),
+        )
+        .cluster(Cluster::to("app", app.0, app.1))
 }
 
-/// A running Envoy, killed on drop.
-#[derive(Debug)]
-struct Envoy {
-    child: Child,
-    log: mpsc::Receiver<String>,
-    admin: String,
+/// Starts Envoy (one worker thread) with `bootstrap` in `dir`; ready once it says LIVE.
+fn start_envoy(dir: &Path, bootstrap: &Bootstrap) -> Envoy {
+    Envoy::start(dir, bootstrap, 1)
 }
 
-impl Envoy {
-    /// Starts Envoy with `bootstrap` in `dir` and waits until its admin `/ready` says
-    /// LIVE (which needs its SDS secrets).
-    fn start(dir: &Path, bootstrap: &str) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let config = dir.join("envoy.yaml");
-        std::fs::write(&config, bootstrap).unwrap();
-        let admin_path = dir.join("admin-address");
-        let mut cmd = Command::new(envoy_binary());
-        cmd.arg("-c")
-            .arg(&config)
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .arg("--use-dynamic-base-id")
-            .arg("--base-id-path")
-            .arg(dir.join("base-id"))
-            .args(["--concurrency", "1", "-l"])
-            .arg(std::env::var("WARDEN_TEST_ENVOY_LOG").unwrap_or_else(|_| "warn".into()));
-        let (mut child, log) = spawn_logged(cmd);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                let lines: Vec<String> = log.try_iter().collect();
-                panic!("envoy exited ({status}):\n{}", lines.join("\n"));
-            }
-            if let Ok(a) = std::fs::read_to_string(&admin_path)
-                && !a.trim().is_empty()
-                && http(a.trim(), "/ready").is_ok_and(|(code, _)| code == 200)
-            {
-                return Self {
-                    child,
-                    log,
-                    admin: a.trim().to_string(),
-                };
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                let lines: Vec<String> = log.try_iter().collect();
-                panic!(
-                    "envoy's /ready did not say LIVE within 30 s:\n{}",
-                    lines.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// A stat's value from the admin `/stats` (0 when absent).
-    fn stat(&self, name: &str) -> u64 {
-        let (_, body) = http(&self.admin, &format!("/stats?filter=^{name}$")).unwrap();
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(": ")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0)
-    }
-
-    fn drain_log(&self) -> String {
-        self.log.try_iter().collect::<Vec<_>>().join("\n")
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Envoy as workload `envoy-client`'s sidecar ([`client_bootstrap`] on its address,
+/// port 15001), calling service `server` (port 8080) on workload `server`'s inbound
+/// port as `envoy-client`'s SPIFFE ID.
+fn start_client_envoy(mesh: &Mesh) -> Envoy {
+    let (me, server) = (mesh.workload("envoy-client"), mesh.workload("server"));
+    let host = &mesh.service("server").host;
+    let bootstrap = client_bootstrap(
+        &mesh.sds_socket,
+        (&me.ip.to_string(), 15001),
+        (&server.ip.to_string(), 15006),
+        &format!("outbound_.8080_._.{host}"),
+        &me.spiffe_id(),
+        &server.spiffe_id(),
+    );
+    start_envoy(&mesh.dir.path().join("envoy"), &bootstrap)
 }
 
 #[test]
@@ -306,18 +131,8 @@ fn envoy_sidecar_calls_a_warden_proxied_app() {
         .workload("server", "server")
         .service(ServiceSpec::new("server", "default").http(8080))
         .start();
-    let server = mesh.workload("server").clone();
-    let host = mesh.service("server").host.clone();
     let envoy_ip = mesh.workload("envoy-client").ip.to_string();
-    let bootstrap = client_bootstrap(
-        &mesh.sds_socket,
-        (&envoy_ip, 15001),
-        (&server.ip.to_string(), 15006),
-        &format!("outbound_.8080_._.{host}"),
-        &envoy_id,
-        &server_id,
-    );
-    let envoy = Envoy::start(&mesh.dir.path().join("envoy"), &bootstrap);
+    let envoy = start_client_envoy(&mesh);
     let via_envoy = format!("{envoy_ip}:15001").parse().unwrap();
     let call = |path: &str| {
         mesh.send_to(
@@ -329,7 +144,13 @@ fn envoy_sidecar_calls_a_warden_proxied_app() {
 
     // HTTP/1.1 upstream: the app answers and sees Envoy's SPIFFE ID in XFCC.
     let r = call("/from-envoy");
-    assert_eq!(r.status, 200, "{}\nenvoy: {}", r.text(), envoy.drain_log());
+    assert_eq!(
+        r.status,
+        200,
+        "{}\nenvoy: {}",
+        r.text(),
+        envoy.drain_log().join("\n")
+    );
     let v = r.json();
     assert_eq!(v["name"], "server");
     assert_eq!(v["path"], "/from-envoy");
@@ -347,7 +168,13 @@ fn envoy_sidecar_calls_a_warden_proxied_app() {
     );
     // HTTP/2 upstream (ALPN h2).
     let r = call("/h2/from-envoy");
-    assert_eq!(r.status, 200, "{}\nenvoy: {}", r.text(), envoy.drain_log());
+    assert_eq!(
+        r.status,
+        200,
+        "{}\nenvoy: {}",
+        r.text(),
+        envoy.drain_log().join("\n")
+    );
     assert_eq!(r.json()["path"], "/h2/from-envoy");
     assert!(
         envoy.stat("cluster.to_server_h2.upstream_cx_http2_total") >= 1,
@@ -358,7 +185,12 @@ fn envoy_sidecar_calls_a_warden_proxied_app() {
     // A policy denying Envoy's principal.
     mesh.apply_config(
         "deny-envoy.yaml",
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-envoy, namespace: default}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: DENY\n  rules: [{from: [{source: {principals: [\"cluster.local/ns/default/sa/envoy-client\"]}}]}]\n",
+        &authorization_policy(
+            "server",
+            "deny-envoy",
+            "DENY",
+            r#"[{from: [{source: {principals: ["cluster.local/ns/default/sa/envoy-client"]}}]}]"#,
+        ),
     );
     for path in ["/denied", "/h2/denied"] {
         let r = call(path);
@@ -386,7 +218,6 @@ fn envoy_over_h2_reaches_an_http1_only_app_behind_warden() {
         return;
     };
     let envoy_id = spiffe_id("default", "envoy-client");
-    let server_id = spiffe_id("default", "server");
     let mesh = Mesh::builder()
         .workload_spec(WorkloadSpec::new("envoy-client", "default", "envoy-client").without_proxy())
         .workload_spec(WorkloadSpec::new("server", "default", "server").without_apps())
@@ -399,22 +230,19 @@ fn envoy_over_h2_reaches_an_http1_only_app_behind_warden() {
     mesh.spawn_app(app);
     let host = mesh.service("server").host.clone();
     let envoy_ip = mesh.workload("envoy-client").ip.to_string();
-    let bootstrap = client_bootstrap(
-        &mesh.sds_socket,
-        (&envoy_ip, 15001),
-        (&server.ip.to_string(), 15006),
-        &format!("outbound_.8080_._.{host}"),
-        &envoy_id,
-        &server_id,
-    );
-    let envoy = Envoy::start(&mesh.dir.path().join("envoy"), &bootstrap);
+    let envoy = start_client_envoy(&mesh);
     for (path, cluster) in [
         ("/h2/via-envoy", "to_server_h2"),
         ("/via-envoy", "to_server_h1"),
     ] {
         let url = format!("http://{envoy_ip}:15001{path}");
         let r = warden_tests::curl(&["-H", &format!("host: {host}:8080"), &url]);
-        assert_eq!(r.status, 200, "{path}: {r:?}\nenvoy: {}", envoy.drain_log());
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {r:?}\nenvoy: {}",
+            envoy.drain_log().join("\n")
+        );
         let seen = r.json();
         assert_eq!(seen["path"], path);
         assert_eq!(seen["version"], "HTTP/1.1", "{seen}");
@@ -450,12 +278,18 @@ fn warden_proxy_calls_an_envoy_fronted_app_and_checks_its_identity() {
         (&es.ip.to_string(), es.ports["http"]),
         &envoy_id,
     );
-    let envoy = Envoy::start(&mesh.dir.path().join("envoy"), &bootstrap);
+    let envoy = start_envoy(&mesh.dir.path().join("envoy"), &bootstrap);
     mesh.relay(mesh.workload("impostor").inbound(), es.inbound());
 
     // The app behind Envoy answers and sees the Warden client's SPIFFE ID, from Envoy.
     let r = mesh.get("client", &mesh.url("envoy-server", "http", "/behind-envoy"));
-    assert_eq!(r.status, 200, "{}\nenvoy: {}", r.text(), envoy.drain_log());
+    assert_eq!(
+        r.status,
+        200,
+        "{}\nenvoy: {}",
+        r.text(),
+        envoy.drain_log().join("\n")
+    );
     let v = r.json();
     assert_eq!(v["path"], "/behind-envoy");
     let xfcc = v["headers"]["x-forwarded-client-cert"]

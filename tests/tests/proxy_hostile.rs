@@ -14,7 +14,9 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use warden_tests::mesh::{Mesh, ServiceSpec, WorkloadSpec, raw_http, read_until_quiet};
+use warden_tests::mesh::{
+    Mesh, ServiceSpec, WorkloadSpec, authorization_policy, raw_http, read_until_quiet,
+};
 use warden_tests::{curl, grpcio_python, interop_script};
 
 const QUIET: Duration = Duration::from_millis(1500);
@@ -23,7 +25,12 @@ const QUIET: Duration = Duration::from_millis(1500);
 /// `/admin*`), its proxy started with `proxy_args`.
 fn server_mesh(proxy_args: &[&str]) -> Option<Mesh> {
     let py = grpcio_python("http.server behind the proxy")?;
-    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: default}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]\n";
+    let deny = &authorization_policy(
+        "server",
+        "deny-admin",
+        "DENY",
+        r#"[{to: [{operation: {paths: ["/admin*"]}}]}]"#,
+    );
     let mesh = Mesh::builder()
         .workload_spec(WorkloadSpec::new("server", "default", "server").without_apps())
         .service(ServiceSpec::new("server", "default").http(8080))

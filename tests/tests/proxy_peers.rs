@@ -12,12 +12,12 @@
 use std::path::Path;
 use std::process::Command;
 
-use warden_tests::mesh::{Mesh, ServiceSpec, WorkloadSpec};
+use warden_tests::mesh::{Mesh, ServiceSpec, WorkloadSpec, authorization_policy};
 use warden_tests::{Curl, curl, grpcio_python, interop_script, run_json, websockets_python};
 
 /// client (proxy, no apps) and server (proxy; the test starts its apps): server
 /// offers HTTP 8080, gRPC 9090 and HTTP 8081 (for WebSocket).
-fn mesh_with(policies: &[(&str, &str)], mesh_config: Option<&str>) -> Mesh {
+fn mesh_with(policies: &[(&str, String)], mesh_config: Option<&str>) -> Mesh {
     let mut b = Mesh::builder()
         .workload_spec(WorkloadSpec::new("client", "default", "client").without_apps())
         .workload_spec(WorkloadSpec::new("server", "default", "server").without_apps())
@@ -72,10 +72,15 @@ fn header<'a>(seen: &'a serde_json::Value, name: &str) -> Option<&'a str> {
         .and_then(|h| h[1].as_str())
 }
 
-fn deny_admin() -> (&'static str, &'static str) {
+fn deny_admin() -> (&'static str, String) {
     (
         "deny-admin.yaml",
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: default}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]\n",
+        authorization_policy(
+            "server",
+            "deny-admin",
+            "DENY",
+            r#"[{to: [{operation: {paths: ["/admin*"]}}]}]"#,
+        ),
     )
 }
 
@@ -171,7 +176,12 @@ fn grpcio_client_and_server_through_two_proxies() {
     };
     let deny_named = (
         "deny-named.yaml",
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-named, namespace: default}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: DENY\n  rules: [{when: [{key: 'request.headers[x-deny]', values: ['yes']}]}]\n",
+        authorization_policy(
+            "server",
+            "deny-named",
+            "DENY",
+            "[{when: [{key: 'request.headers[x-deny]', values: ['yes']}]}]",
+        ),
     );
     let mesh = mesh_with(&[deny_named], None);
     let w = mesh.workload("server").clone();
@@ -234,7 +244,12 @@ fn websockets_client_and_server_through_two_proxies() {
     };
     let deny = (
         "deny-ws.yaml",
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-ws, namespace: default}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: DENY\n  rules: [{to: [{operation: {paths: [\"/forbidden\"]}}]}]\n",
+        authorization_policy(
+            "server",
+            "deny-ws",
+            "DENY",
+            r#"[{to: [{operation: {paths: ["/forbidden"]}}]}]"#,
+        ),
     );
     let mesh = mesh_with(&[deny], None);
     let w = mesh.workload("server").clone();

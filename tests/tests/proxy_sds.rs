@@ -50,20 +50,11 @@ fn start(svid_ttl: &str) -> Env {
     let uid = format!("unix:uid:{}", my_uid());
     ca.entry("node-a", SERVER, &[&uid]);
     ca.entry("node-a", CLIENT, &[&uid]);
-    let token = ca.join_token("node-a");
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::start_node(
         &ca,
         &tmp.path().join("agent"),
-        &[
-            "--node-name",
-            "node-a",
-            "--join-token",
-            &token,
-            "--svid-ttl",
-            svid_ttl,
-            "--sync-interval",
-            "500ms",
-        ],
+        "node-a",
+        &["--svid-ttl", svid_ttl, "--sync-interval", "500ms"],
     );
     agent.wait_ready();
     Env {

@@ -97,21 +97,13 @@ async fn create_entries(ca: &CaProcess, node: &str, n: usize) {
     }
 }
 
-fn wait_metric(agent: &AgentProcess, name: &str, at_least: f64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while agent.metric(name) < at_least {
-        assert!(Instant::now() < deadline, "{name} did not reach {at_least}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 async fn scale(dir: &Path, n: usize, ttl_secs: u64, streams: usize) {
     println!("## Scale: {n} identities, {streams} SDS streams, node mode, --svid-ttl {ttl_secs}s");
     let ca = CaProcess::start(&dir.join("ca"), &[]);
-    let token = ca.join_token("bench");
     create_entries(&ca, "bench", n).await;
-    let start = Instant::now();
     let ttl = format!("{ttl_secs}s");
+    let token = ca.join_token("bench");
+    let start = Instant::now();
     let agent = AgentProcess::start(
         &ca,
         &dir.join("agent"),
@@ -127,12 +119,9 @@ async fn scale(dir: &Path, n: usize, ttl_secs: u64, streams: usize) {
         ],
     );
     let pid = agent.child.id();
-    wait_metric(
-        &agent,
-        "warden_agent_identities",
-        n as f64,
-        Duration::from_secs(120),
-    );
+    agent.wait_metric("warden_agent_identities", Duration::from_secs(120), |v| {
+        v >= n as f64
+    });
     let warm = start.elapsed();
     let (cpu0, rss0, _) = usage(pid);
     println!(
@@ -215,23 +204,11 @@ fn rotation_to_envoy(dir: &Path, rotations: usize, ttl_secs: u64) {
         "## Rotation to Envoy: {rotations} rotations, --svid-ttl {ttl_secs}s, /certs polled every 2 ms"
     );
     let ca = CaProcess::start(&dir.join("ca2"), &[]);
-    let token = ca.join_token("edge");
     let id = "spiffe://cluster.local/ns/default/sa/envoy";
     let selector = format!("unix:path:{}", envoy_binary().display());
     ca.entry("edge", id, &[&selector]);
     let ttl = format!("{ttl_secs}s");
-    let agent = AgentProcess::start(
-        &ca,
-        &dir.join("agent2"),
-        &[
-            "--node-name",
-            "edge",
-            "--join-token",
-            &token,
-            "--svid-ttl",
-            &ttl,
-        ],
-    );
+    let agent = AgentProcess::start_node(&ca, &dir.join("agent2"), "edge", &["--svid-ttl", &ttl]);
     let envoy = EnvoyProcess::start(&dir.join("envoy"), &agent.socket, id);
     let mut received = std::collections::HashMap::new();
     let mut serving = envoy.leaf_serials();
