@@ -263,21 +263,59 @@ async fn fetches_default_and_rootca_and_acks_them() {
     assert_eq!(sds.stats().nacks.load(Ordering::Relaxed), 0);
 }
 
-#[tokio::test]
-async fn nacks_unusable_material_and_keeps_the_last_good() {
+/// A client started against a fake agent that has sent it `ID`'s SVID and `ROOTCA`
+/// (version `v1`, nonce `n1`) on its first stream; the client's ACK is still unread.
+struct Started {
+    _dir: tempfile::TempDir,
+    streams: UnboundedReceiver<FakeStream>,
+    sds: Sds,
+    identity: IdentityWatch,
+    stream: FakeStream,
+    ca: TestCa,
+    chain: String,
+    key: String,
+    first: Arc<Identity>,
+}
+
+async fn started_with_identity() -> Started {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("sds.sock");
     let mut streams = serve(&socket);
     let sds = Sds::start(config(&socket));
     let mut identity = sds.identity();
-    let mut s = next_stream(&mut streams).await;
-    s.request().await;
-
+    let mut stream = next_stream(&mut streams).await;
+    stream.request().await;
     let ca = TestCa::new();
     let (chain, key) = ca.leaf_pem(ID);
-    s.respond(identity_response("v1", "n1", &chain, &key, &ca))
+    stream
+        .respond(identity_response("v1", "n1", &chain, &key, &ca))
         .await;
-    let good = changed(&mut identity).await;
+    let first = changed(&mut identity).await;
+    Started {
+        _dir: dir,
+        streams,
+        sds,
+        identity,
+        stream,
+        ca,
+        chain,
+        key,
+        first,
+    }
+}
+
+#[tokio::test]
+async fn nacks_unusable_material_and_keeps_the_last_good() {
+    let Started {
+        _dir,
+        sds,
+        mut identity,
+        stream: mut s,
+        ca,
+        key,
+        first: good,
+        ..
+    } = started_with_identity().await;
     assert_ack(&s.request().await, "v1", "n1");
 
     // A key that is not the certificate's.
@@ -352,18 +390,18 @@ async fn nacks_unusable_material_and_keeps_the_last_good() {
 
 #[tokio::test]
 async fn reconnects_when_the_stream_ends_and_keeps_the_identity() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("sds.sock");
-    let mut streams = serve(&socket);
-    let sds = Sds::start(config(&socket));
-    let mut identity = sds.identity();
-    let mut s = next_stream(&mut streams).await;
-    s.request().await;
-    let ca = TestCa::new();
-    let (chain, key) = ca.leaf_pem(ID);
-    s.respond(identity_response("v1", "n1", &chain, &key, &ca))
-        .await;
-    let got = changed(&mut identity).await;
+    let Started {
+        _dir,
+        mut streams,
+        sds,
+        identity,
+        stream: mut s,
+        ca,
+        chain,
+        key,
+        first: got,
+        ..
+    } = started_with_identity().await;
     s.request().await;
 
     // The agent ends the stream (restart, error): the client opens a new one,
