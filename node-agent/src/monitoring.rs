@@ -166,13 +166,14 @@ pub fn render(metrics: &Metrics, manager: &Manager) -> String {
 mod tests {
     use std::time::Duration;
 
+    use warden_common::testing::TestCa;
+
     use super::*;
     use crate::ca_client::CaClient;
     use crate::config::{Mode, NodeCredential};
     use crate::manager::Settings;
     use crate::node::Node;
     use crate::rotation::RotationPolicy;
-    use crate::svid::test_support::TestCa;
 
     /// The series names and the histogram's text, as the e2e tests and dashboards
     /// scrape them.
@@ -180,7 +181,7 @@ mod tests {
     async fn the_text_format_stays_as_scraped() {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
-        let client = CaClient::new("https://127.0.0.1:9", "localhost", ca.pem.clone()).unwrap();
+        let client = CaClient::new("https://127.0.0.1:9", "localhost", ca.pem()).unwrap();
         let client = Arc::new(client);
         let ttl = Duration::from_secs(60);
         let node = Node::new(

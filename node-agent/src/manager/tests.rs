@@ -2,11 +2,13 @@
 //! in-process fake CA under tokio's paused clock (refresh at the rotation ratio,
 //! backoff, the old SVID kept while the CA is down, file output).
 
+use warden_common::testing::TestCa;
+
 use super::*;
 use crate::ca_client::CaClient;
 use crate::ca_client::fake::{FakeCa, at};
 use crate::config::NodeCredential;
-use crate::svid::test_support::TestCa;
+use crate::svid::test_support::AgentCa;
 
 fn manager(mode: Mode, root_pem: &str, dir: &std::path::Path) -> Arc<Manager> {
     let ca = Arc::new(CaClient::new("https://127.0.0.1:9", "localhost", root_pem.into()).unwrap());
@@ -43,7 +45,7 @@ const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
 async fn a_new_root_in_an_answer_replaces_the_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let (ca1, ca2) = (TestCa::new(), TestCa::new());
-    let m = manager(Mode::Node, &ca1.pem, dir.path());
+    let m = manager(Mode::Node, &ca1.pem(), dir.path());
     let mut rx = m.subscribe();
     m.publish(ca1.svid(WEB));
     let b1 = m.state().bundle.clone().unwrap();
@@ -56,7 +58,7 @@ async fn a_new_root_in_an_answer_replaces_the_bundle() {
     let s2 = m.publish(ca2.svid(WEB));
     let b2 = m.state().bundle.clone().unwrap();
     assert_ne!(b1.pem, b2.pem);
-    assert_eq!(b2.pem, ca2.pem);
+    assert_eq!(b2.pem, ca2.pem());
     let id = SpiffeId::parse(WEB).unwrap();
     assert!(Arc::ptr_eq(&m.state().svids[&id], &s2));
 }
@@ -65,7 +67,7 @@ async fn a_new_root_in_an_answer_replaces_the_bundle() {
 async fn removed_entries_drop_their_identities() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
-    let m = manager(Mode::Node, &ca.pem, dir.path());
+    let m = manager(Mode::Node, &ca.pem(), dir.path());
     let web = SpiffeId::parse(WEB).unwrap();
     let entry = Entry {
         id: "e1".into(),
@@ -99,7 +101,7 @@ async fn removed_entries_drop_their_identities() {
 async fn workload_mode_serves_its_own_identity_to_everyone() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
-    let m = manager(Mode::Workload, &ca.pem, dir.path());
+    let m = manager(Mode::Workload, &ca.pem(), dir.path());
     let anyone = Caller {
         socket: None,
         uid: 4242,
