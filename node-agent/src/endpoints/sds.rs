@@ -255,7 +255,7 @@ impl Stream {
                     let d = SystemTime::now()
                         .duration_since(*received)
                         .unwrap_or_default();
-                    self.manager.metrics().observe_push_ack(d);
+                    self.manager.metrics().push_ack.observe(d);
                     tracing::debug!(caller = %self.caller, ms = d.as_secs_f64() * 1e3, "SDS: rotated certificate ACKed");
                     self.awaiting_ack = None;
                 }
