@@ -2,7 +2,7 @@
 //! it knows nothing of the manager; [`crate::monitoring`] renders them with the
 //! manager's state in the Prometheus text format.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use warden_common::prometheus::Histogram;
 
@@ -34,8 +34,6 @@ pub struct Metrics {
     pub jwt_svids_minted: AtomicU64,
     /// From receiving an SVID from the CA to the SDS client ACKing its push.
     pub push_ack: Histogram,
-    /// Ready: node attested and first entry sync done (workload mode: first SVID).
-    pub ready: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -51,7 +49,6 @@ impl Default for Metrics {
             entry_sync_failures: AtomicU64::default(),
             jwt_svids_minted: AtomicU64::default(),
             push_ack: Histogram::new(&BUCKETS),
-            ready: AtomicBool::default(),
         }
     }
 }

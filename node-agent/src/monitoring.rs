@@ -2,7 +2,9 @@
 //! `/stats/prometheus`) in the Prometheus text format (written with
 //! `warden_common::prometheus`), `/ready` and `/healthz`. It reads the counters of
 //! [`crate::metrics`] and the manager's state (entries, identities, expiry), so the
-//! metrics module stays a leaf.
+//! metrics module stays a leaf. `/ready` answers with the manager's readiness guards
+//! (`warden_common::readiness`): 503 `not ready: waiting for: entry-sync` (node mode)
+//! or `first-svid` (workload mode) until the first entry sync or SVID.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,14 +26,7 @@ pub async fn serve(listener: TcpListener, manager: Arc<Manager>, shutdown: watch
             PROMETHEUS,
             render(manager.metrics(), &manager),
         ),
-        "/ready" if manager.metrics().ready.load(Ordering::SeqCst) => {
-            (StatusCode::OK, "text/plain", "ready\n".into())
-        }
-        "/ready" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            PROMETHEUS,
-            "not ready\n".into(),
-        ),
+        "/ready" => manager.ready().answer(),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
