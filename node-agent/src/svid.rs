@@ -255,9 +255,15 @@ pub(crate) mod test_support {
 
     /// What the agent asks of a test CA: CreateCertificate answers and SVIDs.
     pub trait AgentCa {
+        /// The test CA itself.
+        fn test_ca(&self) -> &TestCa;
+
         /// The CA's answer (PEM: the chain, leaf first, then the root) for a CSR-less
         /// issuance of `id` to `key`.
-        fn answer(&self, id: &str, key: &NodeKey) -> Vec<String>;
+        fn answer(&self, id: &str, key: &NodeKey) -> Vec<String> {
+            let ca = self.test_ca();
+            answer(ca, &ca.certify(id, &key.pair, |_| {}))
+        }
 
         /// The CA's answer to `csr_pem`: a leaf for `id` whatever the CSR names, valid
         /// from `not_before` to `not_after`, and the root.
@@ -267,35 +273,26 @@ pub(crate) mod test_support {
             id: &SpiffeId,
             not_before: SystemTime,
             not_after: SystemTime,
-        ) -> Vec<String>;
-
-        /// An SVID for `id`, received now.
-        fn svid(&self, id: &str) -> Svid;
-    }
-
-    impl AgentCa for TestCa {
-        fn answer(&self, id: &str, key: &NodeKey) -> Vec<String> {
-            answer(self, &self.certify(id, &key.pair, |_| {}))
-        }
-
-        fn sign_csr(
-            &self,
-            csr_pem: &str,
-            id: &SpiffeId,
-            not_before: SystemTime,
-            not_after: SystemTime,
         ) -> Vec<String> {
-            let chain = self.certify_csr(csr_pem, id.as_str(), |p| {
+            let ca = self.test_ca();
+            let chain = ca.certify_csr(csr_pem, id.as_str(), |p| {
                 p.not_before = not_before.into();
                 p.not_after = not_after.into();
             });
-            answer(self, &chain)
+            answer(ca, &chain)
         }
 
+        /// An SVID for `id`, received now.
         fn svid(&self, id: &str) -> Svid {
             let key = NodeKey::generate().unwrap();
             let answer = self.answer(id, &key);
             Svid::from_ca_answer(key, &answer, None, SystemTime::now()).unwrap()
+        }
+    }
+
+    impl AgentCa for TestCa {
+        fn test_ca(&self) -> &TestCa {
+            self
         }
     }
 
