@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -157,6 +158,20 @@ impl TestCa {
         chain
     }
 
+    /// Certifies the key of `csr_pem` (a PEM certificate signing request, its
+    /// signature checked) as a leaf for `id`, changed by `f`, as Warden's CA does:
+    /// whatever names or extensions the request asks for, the leaf is [`leaf_params`].
+    /// The chain, leaf first, intermediates after (not the root).
+    pub fn certify_csr(
+        &self,
+        csr_pem: &str,
+        id: &str,
+        f: impl FnOnce(&mut CertificateParams),
+    ) -> Vec<CertificateDer<'static>> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
+        self.certify(id, &csr.public_key, f)
+    }
+
     /// A leaf for `id` with a new key, changed by `f`: chain leaf first, and the key.
     pub fn leaf_der_with(
         &self,
@@ -229,5 +244,24 @@ mod tests {
         assert_eq!(leaf.validity().not_before.timestamp(), 1_800_000_000);
         assert_eq!(leaf.validity().not_after.timestamp(), 1_800_000_600);
         assert!(root.pem().starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+
+    #[test]
+    fn a_csr_gets_the_leaf_the_ca_decides() {
+        let ca = TestCa::new().intermediate();
+        let requester = key();
+        let mut asked = CertificateParams::default();
+        asked.subject_alt_names = vec![SanType::URI("spiffe://elsewhere/x".try_into().unwrap())];
+        let csr = asked.serialize_request(&requester).unwrap().pem().unwrap();
+        let from = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let chain = ca.certify_csr(&csr, ID, |p| p.not_before = from.into());
+        assert_eq!(chain.len(), 2);
+        let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+        assert_eq!(crate::x509::spiffe_id_of(&leaf).unwrap().as_str(), ID);
+        assert_eq!(leaf.validity().not_before.timestamp(), 1_800_000_000);
+        assert_eq!(
+            leaf.public_key().raw,
+            requester.subject_public_key_info().as_slice()
+        );
     }
 }

@@ -240,13 +240,14 @@ pub(crate) mod fake {
     use std::sync::{Arc, Mutex};
     use std::time::SystemTime;
 
+    use warden_common::testing::TestCa;
     use warden_proto::warden_ca::NodeEntry;
 
     use super::*;
     use crate::clock::test_support::TokioClock;
     use crate::clock::{Clock, Timing};
     use crate::rotation::Backoff;
-    use crate::svid::test_support::TestCa;
+    use crate::svid::test_support::AgentCa;
 
     /// How far the real CA backdates `notBefore` for clock skew.
     const BACKDATE: Duration = Duration::from_secs(120);

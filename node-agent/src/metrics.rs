@@ -2,8 +2,9 @@
 //! it knows nothing of the manager; [`crate::monitoring`] renders them with the
 //! manager's state in the Prometheus text format.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use warden_common::prometheus::Histogram;
 
 /// Bounds of the push-to-ACK histogram, seconds.
 pub const BUCKETS: [f64; 12] = [
@@ -11,7 +12,7 @@ pub const BUCKETS: [f64; 12] = [
 ];
 
 /// Counters and gauges.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// SVIDs received from the CA (first issue and refreshes).
     pub svid_refreshes: AtomicU64,
@@ -31,46 +32,23 @@ pub struct Metrics {
     pub entry_sync_failures: AtomicU64,
     /// JWT-SVIDs minted at the CA for callers.
     pub jwt_svids_minted: AtomicU64,
-    ack_buckets: [AtomicU64; BUCKETS.len()],
-    ack_count: AtomicU64,
-    ack_sum_micros: AtomicU64,
-    /// Ready: node attested and first entry sync done (workload mode: first SVID).
-    pub ready: AtomicBool,
+    /// From receiving an SVID from the CA to the SDS client ACKing its push.
+    pub push_ack: Histogram,
 }
 
-impl Metrics {
-    /// Records the time from receiving an SVID from the CA to Envoy ACKing the push.
-    pub fn observe_push_ack(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.ack_buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.ack_count.fetch_add(1, Ordering::Relaxed);
-        self.ack_sum_micros.fetch_add(
-            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-    }
-
-    /// The push-to-ACK histogram as it is now: per-bucket counts (not cumulative) in
-    /// the order of [`BUCKETS`], the count, and the sum in microseconds.
-    pub fn push_ack(&self) -> PushAck {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        PushAck {
-            buckets: std::array::from_fn(|i| l(&self.ack_buckets[i])),
-            count: l(&self.ack_count),
-            sum_micros: l(&self.ack_sum_micros),
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            svid_refreshes: AtomicU64::default(),
+            svid_refresh_failures: AtomicU64::default(),
+            sds_pushes: AtomicU64::default(),
+            sds_nacks: AtomicU64::default(),
+            sds_streams: AtomicI64::default(),
+            workload_api_streams: AtomicI64::default(),
+            attestation_denied: AtomicU64::default(),
+            entry_sync_failures: AtomicU64::default(),
+            jwt_svids_minted: AtomicU64::default(),
+            push_ack: Histogram::new(&BUCKETS),
         }
     }
-}
-
-/// A reading of the push-to-ACK histogram ([`Metrics::push_ack`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PushAck {
-    /// Observations per bucket of [`BUCKETS`] (not cumulative).
-    pub buckets: [u64; BUCKETS.len()],
-    /// All observations.
-    pub count: u64,
-    /// Their sum, microseconds.
-    pub sum_micros: u64,
 }

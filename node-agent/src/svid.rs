@@ -243,77 +243,72 @@ impl Svid {
     }
 }
 
-/// Test support: a throwaway CA that issues SVIDs for unit tests.
+/// Test support: the agent's view of Warden's one test CA
+/// ([`warden_common::testing::TestCa`]), answering as the CA's CreateCertificate does.
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod test_support {
+    use warden_common::files::pem_encode;
+    use warden_common::testing::TestCa;
+
     use super::*;
 
-    /// A self-signed CA.
-    pub struct TestCa {
-        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-        /// Its certificate, PEM.
-        pub pem: String,
-    }
+    /// What the agent asks of a test CA: CreateCertificate answers and SVIDs.
+    pub trait AgentCa {
+        /// The test CA itself.
+        fn test_ca(&self) -> &TestCa;
 
-    impl fmt::Debug for TestCa {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("TestCa")
-        }
-    }
-
-    impl TestCa {
-        pub fn new() -> Self {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let mut params = rcgen::CertificateParams::default();
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            let pem = params.self_signed(&key).unwrap().pem();
-            Self {
-                issuer: rcgen::Issuer::new(params, key),
-                pem,
-            }
-        }
-
-        /// The CA's answer for a CSR-less issuance of `id` to `key`.
-        pub fn answer(&self, id: &str, key: &NodeKey) -> Vec<String> {
-            let mut p = rcgen::CertificateParams::default();
-            p.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
-            let pk = rcgen::KeyPair::from_pem(&key.pem()).unwrap();
-            vec![
-                p.signed_by(&pk, &self.issuer).unwrap().pem(),
-                self.pem.clone(),
-            ]
+        /// The CA's answer (PEM: the chain, leaf first, then the root) for a CSR-less
+        /// issuance of `id` to `key`.
+        fn answer(&self, id: &str, key: &NodeKey) -> Vec<String> {
+            let ca = self.test_ca();
+            answer(ca, &ca.certify(id, &key.pair, |_| {}))
         }
 
         /// The CA's answer to `csr_pem`: a leaf for `id` whatever the CSR names, valid
         /// from `not_before` to `not_after`, and the root.
-        pub fn sign_csr(
+        fn sign_csr(
             &self,
             csr_pem: &str,
             id: &SpiffeId,
             not_before: SystemTime,
             not_after: SystemTime,
         ) -> Vec<String> {
-            let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
-            csr.params.subject_alt_names =
-                vec![rcgen::SanType::URI(id.as_str().try_into().unwrap())];
-            csr.params.not_before = not_before.into();
-            csr.params.not_after = not_after.into();
-            vec![csr.signed_by(&self.issuer).unwrap().pem(), self.pem.clone()]
+            let ca = self.test_ca();
+            let chain = ca.certify_csr(csr_pem, id.as_str(), |p| {
+                p.not_before = not_before.into();
+                p.not_after = not_after.into();
+            });
+            answer(ca, &chain)
         }
 
-        /// An SVID for `id`.
-        pub fn svid(&self, id: &str) -> Svid {
+        /// An SVID for `id`, received now.
+        fn svid(&self, id: &str) -> Svid {
             let key = NodeKey::generate().unwrap();
             let answer = self.answer(id, &key);
             Svid::from_ca_answer(key, &answer, None, SystemTime::now()).unwrap()
         }
     }
+
+    impl AgentCa for TestCa {
+        fn test_ca(&self) -> &TestCa {
+            self
+        }
+    }
+
+    /// The chain's certificates, PEM each, and the root last.
+    fn answer(ca: &TestCa, chain: &[CertificateDer<'_>]) -> Vec<String> {
+        let mut pems: Vec<String> = chain.iter().map(|c| pem_encode("CERTIFICATE", c)).collect();
+        pems.push(ca.pem());
+        pems
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::TestCa;
+    use warden_common::testing::TestCa;
+
+    use super::test_support::AgentCa;
     use super::*;
 
     fn issue(id: &str, key: &NodeKey) -> Vec<String> {

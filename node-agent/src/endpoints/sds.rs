@@ -255,7 +255,7 @@ impl Stream {
                     let d = SystemTime::now()
                         .duration_since(*received)
                         .unwrap_or_default();
-                    self.manager.metrics().observe_push_ack(d);
+                    self.manager.metrics().push_ack.observe(d);
                     tracing::debug!(caller = %self.caller, ms = d.as_secs_f64() * 1e3, "SDS: rotated certificate ACKed");
                     self.awaiting_ack = None;
                 }
@@ -404,8 +404,10 @@ impl SecretDiscoveryService for Sds {
 
 #[cfg(test)]
 mod tests {
+    use warden_common::testing::TestCa;
+
     use super::*;
-    use crate::svid::test_support::TestCa;
+    use crate::svid::test_support::AgentCa;
 
     const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
     const DB: &str = "spiffe://cluster.local/ns/default/sa/db";
@@ -439,7 +441,7 @@ mod tests {
         let Some(secret::Type::ValidationContext(v)) = root.r#type.clone() else {
             panic!("ROOTCA is not a validation_context")
         };
-        assert_eq!(inline_of(v.trusted_ca), ca.pem);
+        assert_eq!(inline_of(v.trusted_ca), ca.pem());
         // A SPIFFE ID the caller has names that SVID; others are not served.
         assert_eq!(resource(&s, &ids, DB).unwrap().0.name, DB);
         assert!(resource(&s, &ids[..1], DB).is_none());

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use warden_common::readiness::{BlockReady, Ready};
 use warden_proto::{Selector, SpiffeId};
 
 use crate::attestation::{self, Caller};
@@ -36,6 +37,13 @@ const MAX_CACHED_JWTS: usize = 10_000;
 
 /// Most CA requests in flight at once (ztunnel uses 8).
 const MAX_CONCURRENT_FETCHES: usize = 8;
+
+/// The readiness guard of node mode, held until the first entry sync is done
+/// (`/ready` says `not ready: waiting for: entry-sync`).
+const ENTRY_SYNC: &str = "entry-sync";
+
+/// The readiness guard of workload mode, held until the first SVID is received.
+const FIRST_SVID: &str = "first-svid";
 
 /// A registration entry for this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +124,9 @@ pub struct Manager {
     sync_interval: Duration,
     write_dir: Option<PathBuf>,
     metrics: Arc<Metrics>,
+    ready: Ready,
+    /// Held until the first entry sync (node mode) or the first SVID (workload mode).
+    starting: Mutex<Option<BlockReady>>,
     state: watch::Sender<Arc<State>>,
     /// Per-identity "new SVID" notifications: a rotation wakes only the streams of
     /// that identity, not every stream on the node. Kept for every identity ever
@@ -149,6 +160,11 @@ impl Manager {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let ready = Ready::new();
+        let starting = ready.block(match settings.mode {
+            Mode::Node => ENTRY_SYNC,
+            Mode::Workload => FIRST_SVID,
+        });
         Self {
             ca,
             timing: Timing::default(),
@@ -159,6 +175,8 @@ impl Manager {
             sync_interval: settings.sync_interval,
             write_dir: settings.write_dir,
             metrics,
+            ready,
+            starting: Mutex::new(Some(starting)),
             state: watch::channel(Arc::new(State::default())).0,
             svid_events: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
@@ -182,6 +200,18 @@ impl Manager {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Readiness: held until the first entry sync (node mode) or the first SVID
+    /// (workload mode).
+    pub fn ready(&self) -> &Ready {
+        &self.ready
+    }
+
+    /// Releases the start-up readiness guard; true the first time.
+    fn started(&self) -> bool {
+        let guard = self.starting.lock().ok().and_then(|mut g| g.take());
+        guard.is_some()
     }
 
     /// The current state.
@@ -335,7 +365,7 @@ impl Manager {
                     );
                     let published = self.publish(svid);
                     if self.mode == Mode::Workload {
-                        self.metrics.ready.store(true, Ordering::SeqCst);
+                        self.started();
                     }
                     drop(published);
                     if let Ok(wait) = refresh.duration_since(self.timing.now()) {
@@ -486,7 +516,7 @@ impl Manager {
             let mut result = Ok(());
             if self.mode == Mode::Node {
                 result = self.sync_entries().await;
-                if result.is_ok() && !self.metrics.ready.swap(true, Ordering::SeqCst) {
+                if result.is_ok() && self.started() {
                     tracing::info!("first entry sync done; ready");
                 }
             }

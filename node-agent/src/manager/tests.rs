@@ -2,11 +2,13 @@
 //! in-process fake CA under tokio's paused clock (refresh at the rotation ratio,
 //! backoff, the old SVID kept while the CA is down, file output).
 
+use warden_common::testing::TestCa;
+
 use super::*;
 use crate::ca_client::CaClient;
 use crate::ca_client::fake::{FakeCa, at};
 use crate::config::NodeCredential;
-use crate::svid::test_support::TestCa;
+use crate::svid::test_support::AgentCa;
 
 fn manager(mode: Mode, root_pem: &str, dir: &std::path::Path) -> Arc<Manager> {
     let ca = Arc::new(CaClient::new("https://127.0.0.1:9", "localhost", root_pem.into()).unwrap());
@@ -43,7 +45,7 @@ const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
 async fn a_new_root_in_an_answer_replaces_the_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let (ca1, ca2) = (TestCa::new(), TestCa::new());
-    let m = manager(Mode::Node, &ca1.pem, dir.path());
+    let m = manager(Mode::Node, &ca1.pem(), dir.path());
     let mut rx = m.subscribe();
     m.publish(ca1.svid(WEB));
     let b1 = m.state().bundle.clone().unwrap();
@@ -56,7 +58,7 @@ async fn a_new_root_in_an_answer_replaces_the_bundle() {
     let s2 = m.publish(ca2.svid(WEB));
     let b2 = m.state().bundle.clone().unwrap();
     assert_ne!(b1.pem, b2.pem);
-    assert_eq!(b2.pem, ca2.pem);
+    assert_eq!(b2.pem, ca2.pem());
     let id = SpiffeId::parse(WEB).unwrap();
     assert!(Arc::ptr_eq(&m.state().svids[&id], &s2));
 }
@@ -65,7 +67,7 @@ async fn a_new_root_in_an_answer_replaces_the_bundle() {
 async fn removed_entries_drop_their_identities() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
-    let m = manager(Mode::Node, &ca.pem, dir.path());
+    let m = manager(Mode::Node, &ca.pem(), dir.path());
     let web = SpiffeId::parse(WEB).unwrap();
     let entry = Entry {
         id: "e1".into(),
@@ -99,7 +101,7 @@ async fn removed_entries_drop_their_identities() {
 async fn workload_mode_serves_its_own_identity_to_everyone() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
-    let m = manager(Mode::Workload, &ca.pem, dir.path());
+    let m = manager(Mode::Workload, &ca.pem(), dir.path());
     let anyone = Caller {
         socket: None,
         uid: 4242,
@@ -107,6 +109,7 @@ async fn workload_mode_serves_its_own_identity_to_everyone() {
         exe: None,
     };
     assert!(m.state().identities_for(Mode::Workload, &anyone).is_empty());
+    assert_eq!(m.ready().pending(), ["first-svid"]);
     m.publish(ca.svid(WEB));
     assert_eq!(
         m.state().identities_for(Mode::Workload, &anyone),
@@ -138,9 +141,25 @@ async fn running() -> Running {
 
 /// [`running`], with file output to `write_dir`.
 async fn running_writing_to(write_dir: Option<PathBuf>) -> Running {
-    let dir = tempfile::tempdir().unwrap();
     let ca = Arc::new(FakeCa::new());
     ca.add_entry("e1", WEB, &["unix:uid:1000"]);
+    let (m, dir) = on_fake_ca(&ca, write_dir);
+    let tasks = m.start();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let first = web_svid(&m);
+    Running {
+        m,
+        ca,
+        first,
+        tasks,
+        _dir: dir,
+    }
+}
+
+/// A node-mode manager on `ca`, not started: 100 s SVIDs refreshed at half life,
+/// entries synced every 5 s, backoff without jitter; and its node's data dir.
+fn on_fake_ca(ca: &Arc<FakeCa>, write_dir: Option<PathBuf>) -> (Arc<Manager>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
     let ttl = Duration::from_secs(100);
     let rotation = RotationPolicy::new(0.5, 0.0).unwrap();
     let node = Node::new(
@@ -163,21 +182,29 @@ async fn running_writing_to(write_dir: Option<PathBuf>) -> Running {
     };
     let m =
         Manager::new(ca.clone(), Arc::new(node), settings, Arc::default()).with_timing(ca.timing());
-    let m = Arc::new(m);
-    let tasks = m.start();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let first = web_svid(&m);
-    Running {
-        m,
-        ca,
-        first,
-        tasks,
-        _dir: dir,
-    }
+    (Arc::new(m), dir)
 }
 
 fn web_svid(m: &Manager) -> Arc<Svid> {
     m.state().svids[&SpiffeId::parse(WEB).unwrap()].clone()
+}
+
+/// Node mode: `/ready` waits for the first entry sync, and says so.
+#[tokio::test(start_paused = true)]
+async fn ready_once_the_first_entry_sync_is_done() {
+    let ca = Arc::new(FakeCa::new());
+    ca.set_down(true);
+    let (m, _dir) = on_fake_ca(&ca, None);
+    let tasks = m.start();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, _, body) = m.ready().answer();
+    assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "not ready: waiting for: entry-sync\n");
+    ca.set_down(false);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(m.ready().is_ready(), "{:?}", m.ready().pending());
+    m.stop();
+    tasks.iter().for_each(JoinHandle::abort);
 }
 
 #[tokio::test(start_paused = true)]
