@@ -21,9 +21,10 @@ use warden_proto::istio_ca::istio_certificate_service_server::IstioCertificateSe
 use warden_proto::warden_ca::jwt_svid_service_server::JwtSvidServiceServer;
 
 use crate::admin::AdminService;
-use crate::auth::{Authenticator, JwtValidator};
+use crate::auth::{Authenticator, JwtValidator, KubeAuth};
 use crate::certificate::CertificateService;
 use crate::config::Config;
+use crate::kube::token_review::TokenReviewer;
 use crate::monitoring::{self, Metrics};
 use crate::pki::Authority;
 use crate::store::Store;
@@ -94,11 +95,44 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         ),
         None => None,
     };
+    let ready = Ready::new();
+    let mut tasks = Vec::new();
+    // Kubernetes mode: one client; tokens reviewed by the API server; pods indexed for
+    // node authorization (`/ready` waits for the first pod list).
+    let kube = match &config.kubernetes {
+        Some(settings) => {
+            let client = crate::kube::client(settings).await?;
+            let (pods, pod_task) = crate::kube::pods::PodIndex::start(client.clone());
+            tasks.push(pod_task);
+            let synced = ready.block("pod-index");
+            let waiting = pods.clone();
+            tasks.push(tokio::spawn(async move {
+                waiting.wait_synced().await;
+                drop(synced);
+            }));
+            tracing::info!(cluster_id = %settings.cluster_id, namespace = %settings.namespace, "Kubernetes mode");
+            Some((
+                client.clone(),
+                KubeAuth {
+                    reviewer: TokenReviewer::new(client, config.token_audiences.clone()),
+                    pods,
+                    cluster_id: settings.cluster_id.clone(),
+                    agent_accounts: settings.agent_service_accounts.clone(),
+                },
+            ))
+        }
+        None => None,
+    };
+    let (_kube_client, kube_auth) = match kube {
+        Some((client, auth)) => (Some(client), Some(auth)),
+        None => (None, None),
+    };
     let auth = Arc::new(Authenticator::new(
         config.trust_domain.clone(),
         jwt,
         config.trusted_node_accounts.clone(),
         store.clone(),
+        kube_auth,
     ));
     let metrics = Arc::new(Metrics::default());
     metrics.root_cert_expiry_timestamp.store(
@@ -109,11 +143,9 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         authority.chain_not_after().unix_timestamp(),
         Ordering::Relaxed,
     );
-    let ready = Ready::new();
     // Released once every listener is bound and served.
     let listeners = ready.block("listeners");
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
 
     // Certificate API over TLS.
     let (chain, key) = authority

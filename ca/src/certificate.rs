@@ -124,11 +124,10 @@ impl CertificateService {
                 .authorize_impersonation(caller, s)
                 .await
                 .map_err(|e| {
-                    let status = match e {
-                        crate::auth::ImpersonationError::Store(_) => {
-                            Status::unavailable(e.to_string())
-                        }
-                        _ => Status::permission_denied(e.to_string()),
+                    let status = if e.is_unavailable() {
+                        Status::unavailable(e.to_string())
+                    } else {
+                        Status::permission_denied(e.to_string())
                     };
                     Denial::new(status, "impersonation", s)
                 })?,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::pki::KeyType;
 
-pub use warden_common::config::{ConfigError, LogFormat};
+pub use warden_common::config::{ConfigError, KubernetesMode, LogFormat};
 use warden_common::config::{de, invalid, load_layers};
 
 warden_common::run_args! {
@@ -86,6 +86,41 @@ pub struct RunArgs {
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<LogFormat>,
+    /// Kubernetes mode: auto (on in a pod or with --kubeconfig), on, off [default: auto].
+    /// Service-account tokens are then reviewed by the API server (TokenReview), the root
+    /// lives in Secrets, and the root ConfigMap is published in every namespace.
+    #[arg(long)]
+    pub kubernetes: Option<KubernetesMode>,
+    /// kubeconfig of the cluster, to run outside it [default: the pod's in-cluster config].
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// This cluster's ID; a request's `clusterid` metadata must name it or be absent
+    /// [default: Kubernetes, Istio's].
+    #[arg(long)]
+    pub cluster_id: Option<String>,
+    /// Namespace of the CA's Secrets (`cacerts`, `istio-ca-secret`) and leader Lease
+    /// [env POD_NAMESPACE; default: istio-system].
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub ca_namespace: Option<String>,
+    /// This replica's name, its identity in the leader Lease [env POD_NAME; default: the
+    /// host name].
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Service accounts whose projected tokens attest nodes (`ns/sa`, comma-separated or
+    /// repeated) [default: istio-system/warden-agent].
+    #[arg(long, value_delimiter = ',')]
+    pub agent_service_accounts: Vec<String>,
+    /// Address of the validating admission webhook (HTTPS) [default: 0.0.0.0:15017].
+    #[arg(long)]
+    pub webhook_addr: Option<SocketAddr>,
+    /// Name of the ValidatingWebhookConfiguration whose caBundle the leader keeps
+    /// [default: warden-validator].
+    #[arg(long)]
+    pub webhook_config_name: Option<String>,
+    /// Name of the Service in front of the webhook, for its serving certificate
+    /// [default: warden-ca].
+    #[arg(long)]
+    pub webhook_service_name: Option<String>,
 }
 }
 
@@ -139,6 +174,29 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Kubernetes mode's settings; `None` when it is off.
+    pub kubernetes: Option<KubeSettings>,
+}
+
+/// The CA's settings in Kubernetes mode.
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    /// kubeconfig file; `None` for the in-cluster config.
+    pub kubeconfig: Option<PathBuf>,
+    /// This cluster's ID.
+    pub cluster_id: String,
+    /// Namespace of the CA's Secrets and Lease.
+    pub namespace: String,
+    /// This replica's Lease identity.
+    pub pod_name: String,
+    /// Accounts whose tokens attest nodes.
+    pub agent_service_accounts: Vec<ServiceAccount>,
+    /// Webhook listen address.
+    pub webhook_addr: SocketAddr,
+    /// ValidatingWebhookConfiguration name.
+    pub webhook_config_name: String,
+    /// Service name of the webhook.
+    pub webhook_service_name: String,
 }
 
 impl Config {
@@ -181,8 +239,68 @@ impl Config {
         let trusted_node_accounts = args
             .trusted_node_accounts
             .iter()
-            .map(|s| parse_service_account(s))
+            .map(|s| parse_service_account("--trusted-node-accounts", s))
             .collect::<Result<Vec<_>, _>>()?;
+        let kube_on = args
+            .kubernetes
+            .unwrap_or_default()
+            .enabled(args.kubeconfig.as_deref());
+        if !kube_on && args.kubeconfig.is_some() {
+            return Err(invalid("--kubeconfig", "is set but --kubernetes is off"));
+        }
+        if kube_on && args.jwks.is_some() {
+            return Err(invalid(
+                "--jwks",
+                "Kubernetes mode reviews tokens with the API server (TokenReview); remove --jwks, or set --kubernetes off",
+            ));
+        }
+        let kubernetes = if kube_on {
+            let mut agent_service_accounts = args
+                .agent_service_accounts
+                .iter()
+                .map(|s| parse_service_account("--agent-service-accounts", s))
+                .collect::<Result<Vec<_>, _>>()?;
+            if agent_service_accounts.is_empty() {
+                agent_service_accounts.push(ServiceAccount {
+                    namespace: "istio-system".into(),
+                    name: "warden-agent".into(),
+                });
+            }
+            let name = |flag: &'static str, v: Option<String>, default: String| {
+                let v = v.unwrap_or(default);
+                if is_dns_label(&v) {
+                    Ok(v)
+                } else {
+                    Err(invalid(
+                        flag,
+                        format!(
+                            "{v:?} is not a Kubernetes name (lowercase letters, digits and '-', at most 63)"
+                        ),
+                    ))
+                }
+            };
+            Some(KubeSettings {
+                kubeconfig: args.kubeconfig,
+                cluster_id: args.cluster_id.unwrap_or_else(|| "Kubernetes".into()),
+                namespace: name("--ca-namespace", args.ca_namespace, "istio-system".into())?,
+                pod_name: args.pod_name.unwrap_or_else(host_name),
+                agent_service_accounts,
+                webhook_addr: args
+                    .webhook_addr
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 15017))),
+                webhook_config_name: args
+                    .webhook_config_name
+                    .unwrap_or_else(|| "warden-validator".into()),
+                webhook_service_name: name(
+                    "--webhook-service-name",
+                    args.webhook_service_name,
+                    "warden-ca".into(),
+                )?,
+            })
+        } else {
+            None
+        };
+
         let mut serving_dns_names = args.serving_dns_names;
         if serving_dns_names.is_empty() {
             serving_dns_names = [
@@ -233,6 +351,7 @@ impl Config {
             drain_timeout: args.drain_timeout.unwrap_or(Duration::from_secs(10)),
             log_format: args.log_format.unwrap_or_default(),
             data_dir,
+            kubernetes,
         })
     }
 
@@ -265,7 +384,26 @@ impl warden_common::process::ServerConfig for Config {
     }
 }
 
-fn parse_service_account(s: &str) -> Result<ServiceAccount, ConfigError> {
+/// A DNS-1123 label, as Kubernetes names namespaces and Services.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// The host name (a pod's name in Kubernetes), or `warden-ca` when it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "warden-ca".into())
+}
+
+fn parse_service_account(flag: &'static str, s: &str) -> Result<ServiceAccount, ConfigError> {
     match s.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
             Ok(ServiceAccount {
@@ -274,7 +412,7 @@ fn parse_service_account(s: &str) -> Result<ServiceAccount, ConfigError> {
             })
         }
         _ => Err(invalid(
-            "--trusted-node-accounts",
+            flag,
             format!("{s:?} is not a service account: expected namespace/name"),
         )),
     }

@@ -14,7 +14,7 @@ use warden_proto::warden_ca::{
 };
 
 use crate::auth::request::{audit_denial, authenticate};
-use crate::auth::{AuthMethod, Authenticator, ImpersonationError};
+use crate::auth::{AuthMethod, Authenticator};
 use crate::monitoring::Metrics;
 use crate::pki::JwtSigner;
 use crate::pki::requested_ttl;
@@ -131,7 +131,7 @@ impl JwtSvidService for JwtService {
                 .await
             {
                 Ok(id) => id,
-                Err(e @ ImpersonationError::Store(_)) => {
+                Err(e) if e.is_unavailable() => {
                     return Err(Status::unavailable(e.to_string()));
                 }
                 Err(e) => {

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod certificate;
 pub mod config;
 pub mod jwt_svid;
+pub mod kube;
 pub mod monitoring;
 pub mod node_api;
 pub mod pki;

@@ -20,6 +20,39 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether a server runs in Kubernetes mode (`--kubernetes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KubernetesMode {
+    /// On with `--kubeconfig`, or when running in a pod (the API server's address in the
+    /// environment and a service-account token mounted), off otherwise.
+    #[default]
+    Auto,
+    /// Always; start fails when no cluster can be reached from the configuration.
+    On,
+    /// Never.
+    Off,
+}
+
+/// Where Kubernetes mounts a pod's service-account token.
+pub const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+impl KubernetesMode {
+    /// Whether Kubernetes mode is on, given `--kubeconfig`.
+    pub fn enabled(self, kubeconfig: Option<&Path>) -> bool {
+        match self {
+            Self::On => true,
+            Self::Off => false,
+            Self::Auto => kubeconfig.is_some() || in_pod(),
+        }
+    }
+}
+
+/// Whether this process runs in a Kubernetes pod with API access.
+pub fn in_pod() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() && Path::new(IN_CLUSTER_TOKEN).exists()
+}
+
 /// A configuration that cannot be used, naming the flag or file key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

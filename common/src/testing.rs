@@ -23,6 +23,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::files::pem_encode;
 
+pub mod kube_api;
+
 /// Numbers the test CAs' names, so two test CAs are two issuers to webpki.
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 

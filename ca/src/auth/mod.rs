@@ -4,13 +4,17 @@
 //! Authenticators run in istiod's order and the first that applies decides:
 //! 1. a TLS client certificate that chains to our roots (rustls verified the chain during
 //!    the handshake): its SPIFFE ID;
-//! 2. `authorization: Bearer <JWT>`: a Kubernetes service-account token ([`jwt`]);
+//! 2. `authorization: Bearer <JWT>`: a Kubernetes service-account token, reviewed by the
+//!    API server in Kubernetes mode ([`crate::kube::token_review`]) or checked against
+//!    `--jwks` otherwise ([`jwt`]); in Kubernetes mode a `clusterid` metadata value must
+//!    name this cluster;
 //! 3. `authorization: Bearer <join token>`: a one-time node token, giving
 //!    `spiffe://<td>/warden/node/<name>`.
 //!
 //! [`request`] applies them to a gRPC request on the certificate port and audits refusals.
 
 pub mod jwt;
+pub mod kubernetes;
 pub mod request;
 
 use rustls_pki_types::CertificateDer;
@@ -22,6 +26,9 @@ use crate::config::ServiceAccount;
 use crate::store::{Store, StoreError};
 
 pub use jwt::{JwtError, JwtValidator};
+pub use kubernetes::KubeAuth;
+
+use crate::kube::token_review::{BoundPod, ReviewError};
 
 /// Prefix of Warden join tokens, so they are never mistaken for JWTs.
 pub const JOIN_TOKEN_PREFIX: &str = "wjt_";
@@ -35,6 +42,8 @@ pub enum AuthMethod {
     Jwt,
     /// One-time join token.
     JoinToken,
+    /// A service-account token the Kubernetes API server reviewed.
+    KubernetesToken,
 }
 
 impl AuthMethod {
@@ -44,6 +53,7 @@ impl AuthMethod {
             Self::ClientCert => "x509",
             Self::Jwt => "jwt",
             Self::JoinToken => "join_token",
+            Self::KubernetesToken => "k8s_token_review",
         }
     }
 }
@@ -57,6 +67,8 @@ pub struct Caller {
     pub method: AuthMethod,
     /// For join tokens: the token's hash, spent when the certificate is recorded.
     pub join_token_hash: Option<String>,
+    /// For reviewed Kubernetes tokens: the pod the token is bound to.
+    pub pod: Option<BoundPod>,
 }
 
 /// Why a caller is not authenticated. Never contains a token.
@@ -82,6 +94,30 @@ pub enum AuthError {
     /// The store could not be asked.
     #[error("cannot check the join token: {0}")]
     Store(#[from] StoreError),
+    /// The Kubernetes API server refused the token, or could not be asked.
+    #[error(transparent)]
+    Kubernetes(#[from] ReviewError),
+    /// The request names another cluster.
+    #[error(
+        "metadata clusterid {got:?} is not this cluster ({expected:?}); send this cluster's ID or none"
+    )]
+    ClusterId {
+        /// What the request said.
+        got: String,
+        /// `--cluster-id`.
+        expected: String,
+    },
+}
+
+impl AuthError {
+    /// Whether the refusal is the CA's inability to decide (answered `Unavailable`, so
+    /// clients retry) rather than a verdict on the caller (`Unauthenticated`).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Store(_) | Self::Kubernetes(ReviewError::Unavailable(_))
+        )
+    }
 }
 
 /// Why an impersonation request is refused.
@@ -117,9 +153,22 @@ pub enum ImpersonationError {
         /// What was asked for.
         requested: String,
     },
+    /// Node authorization in Kubernetes refused it; the text names the failed condition.
+    #[error("{0}")]
+    Kubernetes(String),
     /// The store could not be asked.
     #[error("cannot check registration entries: {0}")]
     Store(#[from] StoreError),
+    /// The CA's view of the cluster is not ready (pod index not synced).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ImpersonationError {
+    /// Whether the refusal is the CA's inability to decide (`Unavailable`).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Store(_) | Self::Unavailable(_))
+    }
 }
 
 /// Authenticates callers and authorizes impersonation.
@@ -129,6 +178,7 @@ pub struct Authenticator {
     jwt: Option<JwtValidator>,
     trusted_node_accounts: Vec<ServiceAccount>,
     store: Store,
+    kube: Option<KubeAuth>,
 }
 
 /// SHA-256 of a join token, hex: the only form the CA stores.
@@ -143,20 +193,24 @@ impl Authenticator {
         jwt: Option<JwtValidator>,
         trusted_node_accounts: Vec<ServiceAccount>,
         store: Store,
+        kube: Option<KubeAuth>,
     ) -> Self {
         Self {
             trust_domain,
             jwt,
             trusted_node_accounts,
             store,
+            kube,
         }
     }
 
-    /// Authenticates a caller from its verified TLS chain and `authorization` header.
+    /// Authenticates a caller from its verified TLS chain, `authorization` header and
+    /// `clusterid` metadata.
     pub async fn authenticate(
         &self,
         peer_certs: Option<&[CertificateDer<'static>]>,
         authorization: Option<&str>,
+        cluster_id: Option<&str>,
         now: i64,
     ) -> Result<Caller, AuthError> {
         if let Some(leaf) = peer_certs.and_then(|c| c.first()) {
@@ -171,6 +225,7 @@ impl Authenticator {
                 id,
                 method: AuthMethod::ClientCert,
                 join_token_hash: None,
+                pod: None,
             });
         }
         let Some(header) = authorization else {
@@ -195,6 +250,30 @@ impl Authenticator {
                 id,
                 method: AuthMethod::JoinToken,
                 join_token_hash: Some(hash),
+                pod: None,
+            });
+        }
+        if let Some(kube) = &self.kube {
+            if let Some(got) = cluster_id.filter(|c| !c.is_empty() && *c != kube.cluster_id) {
+                return Err(AuthError::ClusterId {
+                    got: got.to_string(),
+                    expected: kube.cluster_id.clone(),
+                });
+            }
+            let reviewed = kube.reviewer.review(token, now).await?;
+            let id = SpiffeId::for_service_account(
+                &self.trust_domain,
+                &reviewed.namespace,
+                &reviewed.service_account,
+            )
+            .map_err(|e| {
+                ReviewError::Denied(format!("the reviewed account is not a SPIFFE path: {e}"))
+            })?;
+            return Ok(Caller {
+                id,
+                method: AuthMethod::KubernetesToken,
+                join_token_hash: None,
+                pod: reviewed.pod,
             });
         }
         let validator = self.jwt.as_ref().ok_or(JwtError::NotConfigured)?;
@@ -203,6 +282,7 @@ impl Authenticator {
             id,
             method: AuthMethod::Jwt,
             join_token_hash: None,
+            pod: None,
         })
     }
 
@@ -237,22 +317,45 @@ impl Authenticator {
         if target.trust_domain() != self.trust_domain {
             return Err(bad("foreign trust domain".into()));
         }
+        // Kubernetes node attestation: an agent's reviewed token buys its node SVID.
+        if let (Some(kube), Some(node)) = (&self.kube, target.node_name()) {
+            kube.attest_node(caller, node)?;
+            return Ok(target);
+        }
         if !self.is_node(&caller.id) {
             return Err(ImpersonationError::NotANode {
                 caller: caller.id.to_string(),
             });
         }
-        if !self
+        // Kubernetes node authorization first; registration entries may still allow
+        // what it does not.
+        let on_node = match &self.kube {
+            Some(kube) => match kube.authorize_on_node(caller, &target) {
+                Ok(()) => return Ok(target),
+                Err(e) => Some(e),
+            },
+            None => None,
+        };
+        if self
             .store
             .entry_exists(caller.id.as_str(), target.as_str())
             .await?
         {
-            return Err(ImpersonationError::NoEntry {
+            return Ok(target);
+        }
+        Err(match on_node {
+            Some(ImpersonationError::Kubernetes(reason)) => {
+                ImpersonationError::Kubernetes(format!(
+                    "{} may not obtain {target}: {reason}, and no registration entry has parent {} and SPIFFE ID {target}",
+                    caller.id, caller.id
+                ))
+            }
+            Some(other) => other,
+            None => ImpersonationError::NoEntry {
                 caller: caller.id.to_string(),
                 requested: target.to_string(),
-            });
-        }
-        Ok(target)
+            },
+        })
     }
 }
 

@@ -58,10 +58,17 @@ pub(crate) async fn authenticate<T>(
         .metadata()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
+    // istiod reads the cluster from `clusterid` metadata; a value that is not text names
+    // no cluster this CA serves.
+    let cluster_id = request
+        .metadata()
+        .get("clusterid")
+        .map(|v| v.to_str().unwrap_or("<not text>"));
     match auth
         .authenticate(
             peer_certs.as_deref().map(Vec::as_slice),
             authorization,
+            cluster_id,
             now_unix(),
         )
         .await
@@ -83,9 +90,10 @@ pub(crate) async fn authenticate<T>(
                 &reason,
             )
             .await;
-            Err(match e {
-                crate::auth::AuthError::Store(_) => Status::unavailable(reason),
-                _ => Status::unauthenticated(reason),
+            Err(if e.is_unavailable() {
+                Status::unavailable(reason)
+            } else {
+                Status::unauthenticated(reason)
             })
         }
     }
