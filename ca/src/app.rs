@@ -99,7 +99,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     let mut tasks = Vec::new();
     // Kubernetes mode: one client; tokens reviewed by the API server; pods indexed for
     // node authorization (`/ready` waits for the first pod list).
-    let kube = match &config.kubernetes {
+    let kube_auth = match &config.kubernetes {
         Some(settings) => {
             let client = crate::kube::client(settings).await?;
             let (pods, pod_task) = crate::kube::pods::PodIndex::start(client.clone());
@@ -111,21 +111,14 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
                 drop(synced);
             }));
             tracing::info!(cluster_id = %settings.cluster_id, namespace = %settings.namespace, "Kubernetes mode");
-            Some((
-                client.clone(),
-                KubeAuth {
-                    reviewer: TokenReviewer::new(client, config.token_audiences.clone()),
-                    pods,
-                    cluster_id: settings.cluster_id.clone(),
-                    agent_accounts: settings.agent_service_accounts.clone(),
-                },
-            ))
+            Some(KubeAuth {
+                reviewer: TokenReviewer::new(client, config.token_audiences.clone()),
+                pods,
+                cluster_id: settings.cluster_id.clone(),
+                agent_accounts: settings.agent_service_accounts.clone(),
+            })
         }
         None => None,
-    };
-    let (_kube_client, kube_auth) = match kube {
-        Some((client, auth)) => (Some(client), Some(auth)),
-        None => (None, None),
     };
     let auth = Arc::new(Authenticator::new(
         config.trust_domain.clone(),

@@ -12,7 +12,7 @@
 //!
 //! Accepted reviews are cached by the token's SHA-256 until the token's own `exp` (read
 //! without verifying: it only shortens the cache), and never longer than
-//! [`MAX_CACHE_TTL`]: a bound token dies with its pod, and the API server must get the
+//! [`MAX_CACHE_TTL_SECS`]: a bound token dies with its pod, and the API server must get the
 //! chance to say so. The cache holds at most [`CACHE_CAPACITY`] entries. Refusals are
 //! not cached. The token never appears in a log or an error.
 
@@ -24,11 +24,8 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenRe
 use kube::Api;
 use kube::api::PostParams;
 
-/// Longest time an accepted review is reused.
+/// Longest time an accepted review is reused, in seconds.
 pub const MAX_CACHE_TTL_SECS: i64 = 300;
-/// [`MAX_CACHE_TTL_SECS`] as a name for docs.
-pub const MAX_CACHE_TTL: std::time::Duration =
-    std::time::Duration::from_secs(MAX_CACHE_TTL_SECS as u64);
 /// Most reviews kept.
 pub const CACHE_CAPACITY: usize = 10_000;
 

@@ -34,7 +34,6 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 /// The response body type: whole JSON documents, or a watch's endless stream.
@@ -70,6 +69,15 @@ pub const KINDS: &[(&str, &str, &str, bool)] = &[
 
 /// Where an object lives: apiVersion, plural, namespace ("" when cluster-scoped), name.
 type Key = (String, String, String, String);
+
+fn key(api_version: &str, plural: &str, namespace: Option<&str>, name: &str) -> Key {
+    (
+        api_version.to_string(),
+        plural.to_string(),
+        namespace.unwrap_or_default().to_string(),
+        name.to_string(),
+    )
+}
 
 #[derive(Debug, Clone)]
 struct Event {
@@ -416,13 +424,10 @@ impl FakeApiServer {
         namespace: Option<&str>,
         name: &str,
     ) -> Option<Value> {
-        let key = (
-            api_version.to_string(),
-            plural.to_string(),
-            namespace.unwrap_or_default().to_string(),
-            name.to_string(),
-        );
-        self.lock().objects.get(&key).cloned()
+        self.lock()
+            .objects
+            .get(&key(api_version, plural, namespace, name))
+            .cloned()
     }
 
     /// Every object of a kind, in every namespace, ordered by namespace and name.
@@ -443,13 +448,7 @@ impl FakeApiServer {
         namespace: Option<&str>,
         name: &str,
     ) -> Option<Value> {
-        let key = (
-            api_version.to_string(),
-            plural.to_string(),
-            namespace.unwrap_or_default().to_string(),
-            name.to_string(),
-        );
-        self.delete_key(&key)
+        self.delete_key(&key(api_version, plural, namespace, name))
     }
 
     fn delete_key(&self, key: &Key) -> Option<Value> {
@@ -565,12 +564,12 @@ impl FakeApiServer {
         } else {
             None
         };
-        let key = |name: &str| -> Key {
-            (
-                target.api_version.clone(),
-                target.plural.clone(),
-                namespace.clone().unwrap_or_default(),
-                name.to_string(),
+        let key = |name: &str| {
+            key(
+                &target.api_version,
+                &target.plural,
+                namespace.as_deref(),
+                name,
             )
         };
         let content_type = request
@@ -784,7 +783,7 @@ impl FakeApiServer {
                 }
             }
         });
-        let body = StreamBody::new(ReceiverStream::new(rx).map(|f| f)).boxed_unsync();
+        let body = StreamBody::new(ReceiverStream::new(rx)).boxed_unsync();
         let mut response = Response::new(body);
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
