@@ -40,6 +40,8 @@ pub struct Bound {
     pub grpc_addr: SocketAddr,
     /// Address of the monitoring endpoints.
     pub monitoring_addr: SocketAddr,
+    /// Address of the admission webhook (Kubernetes mode only).
+    pub webhook_addr: Option<SocketAddr>,
     /// Path of the admin socket.
     pub admin_socket: PathBuf,
     /// Path of the trust bundle clients should use.
@@ -99,9 +101,13 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     let mut tasks = Vec::new();
     // Kubernetes mode: one client; tokens reviewed by the API server; pods indexed for
     // node authorization (`/ready` waits for the first pod list).
-    let kube_auth = match &config.kubernetes {
-        Some(settings) => {
-            let client = crate::kube::client(settings).await?;
+    let kube_client = match &config.kubernetes {
+        Some(settings) => Some(crate::kube::client(settings).await?),
+        None => None,
+    };
+    let kube_auth = match (&config.kubernetes, &kube_client) {
+        (Some(settings), Some(client)) => {
+            let client = client.clone();
             let (pods, pod_task) = crate::kube::pods::PodIndex::start(client.clone());
             tasks.push(pod_task);
             let synced = ready.block("pod-index");
@@ -118,7 +124,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
                 agent_accounts: settings.agent_service_accounts.clone(),
             })
         }
-        None => None,
+        _ => None,
     };
     let auth = Arc::new(Authenticator::new(
         config.trust_domain.clone(),
@@ -224,6 +230,39 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         }
     }));
 
+    // Kubernetes mode: the validating admission webhook on its own TLS port, with a
+    // serving certificate this CA issues for the webhook Service, and the caBundle of
+    // its configuration kept equal to the trust bundle.
+    let mut webhook_addr = None;
+    if let (Some(settings), Some(client)) = (&config.kubernetes, &kube_client) {
+        use crate::kube::webhook;
+        let names = webhook::dns_names(&settings.webhook_service_name, &settings.namespace);
+        let (chain, key) = authority
+            .serving_cert(&names, &[])
+            .context("making the webhook's serving certificate")?;
+        let cert = webhook::ServingCert::new(chain, key).map_err(anyhow::Error::msg)?;
+        let listener = TcpListener::bind(settings.webhook_addr)
+            .await
+            .with_context(|| format!("binding --webhook-addr {}", settings.webhook_addr))?;
+        webhook_addr = Some(listener.local_addr()?);
+        tasks.push(tokio::spawn(webhook::serve(
+            listener,
+            Arc::new(cert.server_config()),
+            // Istio's rootNamespace defaults to istiod's own namespace.
+            Arc::new(webhook::Validator::new(&settings.namespace)),
+            shutdown_rx.clone(),
+        )));
+        let (_, bundle) = watch::channel(authority.roots_pem().to_string());
+        let (_, leader) = watch::channel(true);
+        tasks.push(tokio::spawn(webhook::keep_ca_bundle(
+            ::kube::Api::all(client.clone()),
+            settings.webhook_config_name.clone(),
+            bundle,
+            leader,
+            shutdown_rx.clone(),
+        )));
+    }
+
     // Monitoring.
     let monitoring_listener = TcpListener::bind(config.monitoring_addr)
         .await
@@ -242,6 +281,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     tracing::info!(
         grpc_addr = %grpc_addr,
         monitoring_addr = %monitoring_addr,
+        webhook_addr = webhook_addr.map(tracing::field::display),
         admin_socket = %admin_socket.display(),
         root_cert = %root_cert_path.display(),
         trust_domain = %config.trust_domain,
@@ -250,6 +290,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     Ok(Bound {
         grpc_addr,
         monitoring_addr,
+        webhook_addr,
         admin_socket,
         root_cert_path,
         metrics,

@@ -587,6 +587,9 @@ mod shipped_configs {
         std::fs::write(&file, cm["ca.yaml"].as_str().unwrap()).unwrap();
         let c = load_file(&file);
         assert_eq!(c.trusted_node_accounts[0].name, "ztunnel");
-        assert!(c.jwks.is_some() && c.token_issuer.is_some());
+        assert!(c.jwks.is_none() && c.token_issuer.is_none());
+        let k = c.kubernetes.as_ref().expect("kubernetes: on");
+        assert_eq!(k.agent_service_accounts[0].name, "warden-agent");
+        assert_eq!(k.webhook_config_name, "warden-validator");
     }
 }

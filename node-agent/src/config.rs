@@ -442,6 +442,6 @@ mod tests {
         .unwrap();
         assert!(matches!(c.credential, NodeCredential::TokenFile(_)));
         assert_eq!(c.tls_server_name, "warden-ca.istio-system.svc");
-        assert_eq!(c.socket_dir, PathBuf::from("/run/warden/agent"));
+        assert_eq!(c.socket_dir, PathBuf::from("/run/warden/sockets"));
     }
 }

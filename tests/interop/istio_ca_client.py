@@ -7,7 +7,7 @@ Istio's security/v1alpha1/ca.proto and google/protobuf/struct.proto, so a wrong 
 number or type on Warden's side fails here.
 
   istio_ca_client.py --addr localhost:PORT --root ROOT.pem --token-file F --out DIR
-      [--impersonate SPIFFE_ID] [--ttl SECONDS] [--csr-bytes N] [--expect-code UNAUTHENTICATED]
+      [--impersonate SPIFFE_ID] [--cluster-id ID] [--ttl SECONDS] [--csr-bytes N] [--expect-code UNAUTHENTICATED]
 
 --csr-bytes N sends N bytes of "A" instead of a CSR (an oversized request).
 
@@ -53,6 +53,7 @@ def main():
     ap.add_argument("--ttl", type=int, default=3600)
     ap.add_argument("--csr-bytes", type=int)
     ap.add_argument("--expect-code")
+    ap.add_argument("--cluster-id", help="sent as the clusterid metadata, as istio-agent does")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     key = os.path.join(a.out, "key.pem")
@@ -68,6 +69,8 @@ def main():
     metadata = []
     if a.token_file:
         metadata.append(("authorization", "Bearer " + open(a.token_file).read().strip()))
+    if a.cluster_id:
+        metadata.append(("clusterid", a.cluster_id))
     with grpc.secure_channel(a.addr, creds) as ch:
         call = ch.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
         try:

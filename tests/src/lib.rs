@@ -98,6 +98,8 @@ pub struct CaProcess {
     pub data_dir: PathBuf,
     pub grpc_addr: String,
     pub monitoring_addr: String,
+    /// The admission webhook's address (Kubernetes mode only).
+    pub webhook_addr: Option<String>,
     pub log: mpsc::Receiver<String>,
 }
 
@@ -130,6 +132,7 @@ impl CaProcess {
             data_dir: data_dir.to_path_buf(),
             grpc_addr: v["grpc_addr"].as_str().unwrap().to_string(),
             monitoring_addr: v["monitoring_addr"].as_str().unwrap().to_string(),
+            webhook_addr: v["webhook_addr"].as_str().map(String::from),
             log,
         }
     }

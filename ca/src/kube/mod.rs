@@ -5,13 +5,16 @@
 //!   cached by token hash;
 //! - [`pods`]: a reflector of every pod, indexed by node and service account, for node
 //!   authorization (a ztunnel or a Warden node agent may obtain only identities of pods on
-//!   its own node) and node attestation (`k8s_psat`).
+//!   its own node) and node attestation (`k8s_psat`);
+//! - [`webhook`]: the validating admission webhook for `security.istio.io` resources,
+//!   and the leader's upkeep of its configuration's `caBundle`.
 //!
 //! Everything here fails closed: an API-server error refuses the request (`Unavailable`)
 //! and is audited by the caller; nothing is allowed on a stale or unsynced view.
 
 pub mod pods;
 pub mod token_review;
+pub mod webhook;
 
 use anyhow::Context;
 

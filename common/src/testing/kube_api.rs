@@ -794,7 +794,8 @@ impl FakeApiServer {
 
     /// Serves this fake over TLS on a loopback port (any port), for processes under
     /// test. Returns the address and a kubeconfig (YAML) that points at it, trusts its
-    /// certificate and sends `token` as the bearer token.
+    /// certificate and sends `token` as the bearer token. A request without that bearer
+    /// token is answered `401 Unauthorized`, as the API server answers it.
     pub async fn serve_tls(&self, token: &str) -> std::io::Result<(SocketAddr, String)> {
         use base64::Engine as _;
         let ca = super::TestCa::new();
@@ -814,6 +815,7 @@ impl FakeApiServer {
         .map_err(std::io::Error::other)?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let bearer = Arc::<str>::from(format!("Bearer {token}"));
         let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let this = self.clone();
@@ -821,6 +823,7 @@ impl FakeApiServer {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 let this = this.clone();
+                let bearer = bearer.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -828,7 +831,16 @@ impl FakeApiServer {
                     let service =
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let this = this.clone();
+                            let bearer = bearer.clone();
                             async move {
+                                // As the API server: no valid bearer token, 401.
+                                let authorized = req
+                                    .headers()
+                                    .get(http::header::AUTHORIZATION)
+                                    .is_some_and(|v| v.as_bytes() == bearer.as_bytes());
+                                if !authorized {
+                                    return Ok(status(401, "Unauthorized", "Unauthorized"));
+                                }
                                 let (parts, body) = req.into_parts();
                                 let body = body
                                     .collect()

@@ -565,6 +565,30 @@ pub fn load_str(name: &Path, text: &str) -> Result<ConfigSet, LoadErrors> {
     }
 }
 
+/// Loads one resource already parsed from JSON (the `object` of a Kubernetes
+/// AdmissionReview), named `name` in messages. Unlike [`load_str`], no JWKS file named by
+/// `jwksUri` is read: the object comes from the network, and its paths mean nothing on
+/// this host.
+pub fn load_object(name: &Path, object: serde_json::Value) -> Result<ConfigSet, LoadErrors> {
+    let mut l = Loader {
+        set: ConfigSet::default(),
+        errors: Vec::new(),
+        seen: BTreeMap::new(),
+    };
+    let origin = Origin {
+        file: name.to_path_buf(),
+        doc: 1,
+        line: 1,
+        item: None,
+    };
+    l.document(origin, object);
+    if l.errors.is_empty() {
+        Ok(l.set)
+    } else {
+        Err(LoadErrors(l.errors))
+    }
+}
+
 /// Loads files and directories (recursively), all or nothing.
 pub fn load(paths: &[PathBuf]) -> Result<ConfigSet, LoadErrors> {
     let mut l = Loader {
