@@ -22,6 +22,7 @@ pub mod config;
 pub mod endpoints;
 pub mod files;
 pub mod jwt;
+pub mod kube;
 pub mod manager;
 pub mod metrics;
 pub mod monitoring;
