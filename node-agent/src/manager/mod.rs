@@ -26,6 +26,7 @@ use crate::attestation::{self, Caller};
 use crate::ca_client::{CaError, CertificateAuthority};
 use crate::clock::Timing;
 use crate::config::Mode;
+use crate::kube::PodAttestor;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::rotation::RotationPolicy;
@@ -135,6 +136,8 @@ pub struct Manager {
     tasks: Mutex<HashMap<SpiffeId, JoinHandle<()>>>,
     jwt_cache: Mutex<HashMap<(SpiffeId, Vec<String>), CachedJwt>>,
     limiter: Semaphore,
+    /// Kubernetes mode: ties callers to pods.
+    pod_attestor: Option<PodAttestor>,
 }
 
 /// Settings of the manager.
@@ -182,7 +185,19 @@ impl Manager {
             tasks: Mutex::new(HashMap::new()),
             jwt_cache: Mutex::new(HashMap::new()),
             limiter: Semaphore::new(MAX_CONCURRENT_FETCHES),
+            pod_attestor: None,
         }
+    }
+
+    /// Kubernetes mode: callers are tied to the pods of this node.
+    pub fn with_pod_attestor(mut self, attestor: PodAttestor) -> Self {
+        self.pod_attestor = Some(attestor);
+        self
+    }
+
+    /// Kubernetes mode's pod attestor.
+    pub fn pod_attestor(&self) -> Option<&PodAttestor> {
+        self.pod_attestor.as_ref()
     }
 
     /// Keeps time with `timing` (tests: a clock that follows tokio's paused one,

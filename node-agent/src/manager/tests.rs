@@ -81,6 +81,7 @@ async fn removed_entries_drop_their_identities() {
         uid: 1000,
         gid: 1,
         exe: None,
+        kubernetes: None,
     };
     assert_eq!(
         m.state().identities_for(Mode::Node, &caller),
@@ -107,6 +108,7 @@ async fn workload_mode_serves_its_own_identity_to_everyone() {
         uid: 4242,
         gid: 4242,
         exe: None,
+        kubernetes: None,
     };
     assert!(m.state().identities_for(Mode::Workload, &anyone).is_empty());
     assert_eq!(m.ready().pending(), ["first-svid"]);
