@@ -65,6 +65,12 @@ pub fn identities_or_denied(
             .metrics()
             .attestation_denied
             .fetch_add(1, Ordering::Relaxed);
+        if let Some(Err(reason)) = &caller.kubernetes {
+            tracing::warn!(caller = %caller, reason = %reason, "workload attestation: the caller cannot be tied to a pod of this node; refused");
+            return Err(Status::permission_denied(format!(
+                "no identity issued: the caller ({caller}) cannot be tied to a Kubernetes pod of this node: {reason}"
+            )));
+        }
         tracing::warn!(caller = %caller, "workload attestation: no registration entry matches this caller; refused");
         return Err(Status::permission_denied(format!(
             "no identity issued: no registration entry on this node matches the caller ({caller})"
