@@ -418,3 +418,77 @@ async fn kubernetes_mode_gives_a_pod_its_service_account_identity_without_an_ent
     m.stop();
     tasks.iter().for_each(JoinHandle::abort);
 }
+
+/// Kubernetes mode end to end on a real unix socket: the Workload API server reads
+/// this test process's pid by SO_PEERCRED, its cgroup file (written in a temp dir
+/// standing for /proc) names a pod that the fake API server holds, and the answer is
+/// the pod's default identity; without a readable cgroup the refusal says why.
+#[tokio::test]
+async fn the_workload_api_serves_a_pod_its_identity_over_the_socket() {
+    use crate::endpoints::Sockets;
+    use crate::kube::pods::{NodePods, tests::pod};
+    use crate::kube::{PodAttestor, tests::proc_of};
+    use warden_common::testing::kube_api::FakeApiServer;
+    use warden_proto::workload::X509svidRequest;
+    use warden_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+
+    let api = FakeApiServer::new();
+    let cid = "0a".repeat(32);
+    let stored = api.insert(pod("shop", "web-0", "n1", "web", Some(&cid)));
+    let uid = stored["metadata"]["uid"].as_str().unwrap().to_string();
+    let (pods, _watch) = NodePods::start(api.client(), "n1");
+    pods.wait_synced().await;
+    let proc = tempfile::tempdir().unwrap();
+    let pid = i32::try_from(std::process::id()).unwrap();
+    proc_of(proc.path(), pid, &uid, &cid);
+
+    let ca = Arc::new(FakeCa::new());
+    let (m, dir) = on_fake_ca(&ca, None);
+    let m = Arc::new(Arc::try_unwrap(m).unwrap().with_pod_attestor(PodAttestor {
+        pods,
+        proc_root: proc.path().to_path_buf(),
+        wait: Duration::from_millis(200),
+        trust_domain: "cluster.local".into(),
+    }));
+    let tasks = m.start();
+    let sockets = dir.path().join("sockets");
+    let shared = sockets.join("socket");
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (_sockets, serving) = Sockets::start(&sockets, &shared, m.clone(), stop_rx).unwrap();
+
+    let request = || {
+        let mut r = tonic::Request::new(X509svidRequest {});
+        r.metadata_mut().insert(
+            warden_proto::WORKLOAD_API_HEADER,
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        r
+    };
+    let channel = warden_common::uds::channel(&shared).await.unwrap();
+    let mut client = SpiffeWorkloadApiClient::new(channel);
+    let mut stream = client.fetch_x509svid(request()).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let ids: Vec<&str> = first.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+    assert_eq!(ids, ["spiffe://cluster.local/ns/shop/sa/web"]);
+
+    // The same process, no longer tied to a pod: refused with the reason.
+    std::fs::remove_file(proc.path().join(pid.to_string()).join("cgroup")).unwrap();
+    let denied = client.fetch_x509svid(request()).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(
+        denied
+            .message()
+            .contains("cannot be tied to a Kubernetes pod")
+            && denied.message().contains("cgroup"),
+        "{}",
+        denied.message()
+    );
+    let _ = stop.send(true);
+    serving.abort();
+    m.stop();
+    tasks.iter().for_each(JoinHandle::abort);
+}
