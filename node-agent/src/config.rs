@@ -180,13 +180,16 @@ pub struct KubeSettings {
 }
 
 /// Whether Kubernetes mode is on: only in node mode (a workload-mode agent serves its
-/// own token's identity, in a pod or not). `in_pod` is
-/// [`warden_common::config::in_pod`], a parameter for tests.
+/// own token's identity, in a pod or not). `auto` is on with `--kubeconfig`, or in a pod
+/// unless a node credential (`--join-token`, `--token-file`) is given: an agent started
+/// with one in a pod (say, tests on a CI runner that is a pod) keeps its old behaviour.
+/// `in_pod` is [`warden_common::config::in_pod`], a parameter for tests.
 fn kubernetes_enabled(
     requested: KubernetesMode,
     mode: Mode,
     kubeconfig: Option<&std::path::Path>,
     in_pod: bool,
+    has_credential: bool,
 ) -> Result<bool, ConfigError> {
     match (mode, requested) {
         (Mode::Workload, KubernetesMode::On) => Err(invalid(
@@ -195,7 +198,9 @@ fn kubernetes_enabled(
         )),
         (Mode::Workload, _) | (_, KubernetesMode::Off) => Ok(false),
         (Mode::Node, KubernetesMode::On) => Ok(true),
-        (Mode::Node, KubernetesMode::Auto) => Ok(kubeconfig.is_some() || in_pod),
+        (Mode::Node, KubernetesMode::Auto) => {
+            Ok(kubeconfig.is_some() || (in_pod && !has_credential))
+        }
     }
 }
 
@@ -272,6 +277,7 @@ impl Config {
             mode,
             args.kubeconfig.as_deref(),
             warden_common::config::in_pod(),
+            join_token.is_some() || token_file.is_some(),
         )?
         .then(|| KubeSettings {
             kubeconfig: args.kubeconfig.clone(),
@@ -569,8 +575,16 @@ mod tests {
             assert_eq!(c.kubernetes, None);
             assert_eq!(c.credential, NodeCredential::None);
         }
-        assert!(kubernetes_enabled(KubernetesMode::Auto, Mode::Node, None, true).unwrap());
-        assert!(!kubernetes_enabled(KubernetesMode::Auto, Mode::Workload, None, true).unwrap());
+        let auto = |mode, kubeconfig: Option<&Path>, in_pod, credential| {
+            kubernetes_enabled(KubernetesMode::Auto, mode, kubeconfig, in_pod, credential).unwrap()
+        };
+        assert!(auto(Mode::Node, None, true, false));
+        assert!(!auto(Mode::Node, None, false, false));
+        assert!(!auto(Mode::Workload, None, true, false));
+        // In a pod, an explicit join token or token file keeps Kubernetes mode off...
+        assert!(!auto(Mode::Node, None, true, true));
+        // ...but not with --kubeconfig, where the credential is then refused.
+        assert!(auto(Mode::Node, Some(Path::new("/k")), true, true));
     }
 
     #[test]
@@ -593,6 +607,15 @@ mod tests {
                     ..on()
                 },
                 "--token-file: is not used in Kubernetes node mode",
+            ),
+            (
+                RunArgs {
+                    kubernetes: None,
+                    kubeconfig: Some("/k".into()),
+                    join_token: Some("wjt_x".into()),
+                    ..args()
+                },
+                "--join-token: is not used in Kubernetes mode",
             ),
             (
                 RunArgs {
