@@ -103,7 +103,22 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         attest(&node).await?;
     }
     let metrics = Arc::new(Metrics::default());
-    let manager = Arc::new(Manager::new(
+    let mut kube_tasks = Vec::new();
+    let attestor = match &config.kubernetes {
+        Some(kube) => {
+            let client = crate::kube::client(kube.kubeconfig.as_deref()).await?;
+            let (pods, task) = crate::kube::pods::NodePods::start(client, &config.node_name);
+            kube_tasks.push(task);
+            Some(crate::kube::PodAttestor {
+                pods,
+                proc_root: PathBuf::from("/proc"),
+                wait: crate::kube::POD_WAIT,
+                trust_domain: config.trust_domain.clone(),
+            })
+        }
+        None => None,
+    };
+    let manager = Manager::new(
         ca,
         node.clone(),
         Settings {
@@ -114,9 +129,24 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
             write_dir: config.write_dir.clone(),
         },
         metrics,
-    ));
+    );
+    let manager = Arc::new(match attestor {
+        Some(a) => manager.with_pod_attestor(a),
+        None => manager,
+    });
+    if let Some(attestor) = manager.pod_attestor() {
+        // Not ready until the pods of this node are known.
+        let guard = manager.ready().block("pod-watch");
+        let pods = attestor.pods.clone();
+        kube_tasks.push(tokio::spawn(async move {
+            pods.wait_synced().await;
+            tracing::info!("the pods of this node are known");
+            drop(guard);
+        }));
+    }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = manager.start();
+    tasks.extend(kube_tasks);
     if node.svid().is_some() {
         tasks.push(tokio::spawn(node.clone().renew_loop()));
     }
@@ -143,6 +173,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         socket = %shared_socket.display(),
         monitoring_addr = %monitoring_addr,
         mode = ?config.mode,
+        kubernetes = config.kubernetes.is_some(),
         node = %node.expected_id(),
         "warden-agent serving"
     );

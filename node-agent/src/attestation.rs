@@ -7,8 +7,16 @@
 //! `<socket-dir>/NAME.sock` only entries with `socket:NAME`; on the shared socket only
 //! entries without a `socket:` selector. So a named socket never hands out an identity
 //! meant for the shared one, or the other way round.
+//!
+//! In Kubernetes mode the caller is also tied to its pod ([`PodCaller`]): `k8s:`
+//! selectors match its namespace, service account, labels, UID, name and container,
+//! and it has its pod's identity `spiffe://TD/ns/NS/sa/SA` without any entry, as Istio
+//! gives it. A caller that cannot be tied to a pod gets nothing, with the reason.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+use warden_proto::SpiffeId;
 
 pub use warden_proto::Selector;
 
@@ -23,6 +31,28 @@ pub struct Caller {
     pub gid: u32,
     /// The caller's executable (`/proc/PID/exe`), when it could be read.
     pub exe: Option<PathBuf>,
+    /// Kubernetes mode: the caller's pod, or why it cannot be tied to one. `None`
+    /// outside Kubernetes mode.
+    pub kubernetes: Option<Result<PodCaller, String>>,
+}
+
+/// The pod a caller runs in, as the API server describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodCaller {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
+    /// Service account.
+    pub service_account: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The container the caller runs in, when known.
+    pub container_name: Option<String>,
+    /// Its default identity, `spiffe://TD/ns/NS/sa/SA`.
+    pub identity: SpiffeId,
 }
 
 impl std::fmt::Display for Caller {
@@ -36,12 +66,36 @@ impl std::fmt::Display for Caller {
                 .as_deref()
                 .map_or_else(|| "unknown".into(), |p| p.display().to_string()),
             self.socket.as_deref().unwrap_or("shared")
-        )
+        )?;
+        match &self.kubernetes {
+            Some(Ok(p)) => write!(
+                f,
+                " pod={}/{} container={}",
+                p.namespace,
+                p.name,
+                p.container_name.as_deref().unwrap_or("unknown")
+            ),
+            Some(Err(_)) => f.write_str(" pod=unknown"),
+            None => Ok(()),
+        }
     }
 }
 
 fn holds_for(selector: &Selector, c: &Caller) -> bool {
+    let pod = match &c.kubernetes {
+        Some(Ok(p)) => Some(p),
+        _ => None,
+    };
+    let on_pod = |f: &dyn Fn(&PodCaller) -> bool| pod.is_some_and(f);
     match selector {
+        Selector::K8sNs(ns) => on_pod(&|p| p.namespace == *ns),
+        Selector::K8sSa(sa) => on_pod(&|p| p.service_account == *sa),
+        Selector::K8sPodLabel(k, v) => on_pod(&|p| p.labels.get(k) == Some(v)),
+        Selector::K8sPodUid(uid) => on_pod(&|p| p.uid == *uid),
+        Selector::K8sPodName(n) => on_pod(&|p| p.name == *n),
+        Selector::K8sContainerName(n) => {
+            on_pod(&|p| p.container_name.as_deref() == Some(n.as_str()))
+        }
         Selector::UnixUid(u) => c.uid == *u,
         Selector::UnixGid(g) => c.gid == *g,
         Selector::UnixPath(p) => c.exe.as_deref() == Some(p.as_path()),
@@ -87,7 +141,60 @@ mod tests {
             uid,
             gid,
             exe: exe.map(PathBuf::from),
+            kubernetes: None,
         }
+    }
+
+    fn pod_caller(container: Option<&str>) -> Caller {
+        Caller {
+            kubernetes: Some(Ok(PodCaller {
+                namespace: "shop".into(),
+                name: "web-0".into(),
+                uid: "u-1".into(),
+                service_account: "web".into(),
+                labels: [("app".to_string(), "web".to_string())].into(),
+                container_name: container.map(String::from),
+                identity: SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/web").unwrap(),
+            })),
+            ..caller(None, 1000, 1000, Some("/usr/bin/web"))
+        }
+    }
+
+    #[test]
+    fn kubernetes_selectors_match_the_callers_pod() {
+        let c = pod_caller(Some("app"));
+        for yes in [
+            &["k8s:ns:shop"][..],
+            &["k8s:sa:web", "k8s:ns:shop"],
+            &["k8s:pod-label:app:web"],
+            &["k8s:pod-uid:u-1"],
+            &["k8s:pod-name:web-0", "unix:uid:1000"],
+            &["k8s:container-name:app"],
+        ] {
+            assert!(matches(&sel(yes), &c), "{yes:?}");
+        }
+        for no in [
+            &["k8s:ns:other"][..],
+            &["k8s:sa:web", "k8s:ns:other"],
+            &["k8s:pod-label:app:db"],
+            &["k8s:pod-label:tier:web"],
+            &["k8s:pod-uid:u-2"],
+            &["k8s:container-name:istio-proxy"],
+            &["k8s:ns:shop", "unix:uid:0"],
+        ] {
+            assert!(!matches(&sel(no), &c), "{no:?}");
+        }
+        // Unknown container: container selectors never match; the others still do.
+        let unknown = pod_caller(None);
+        assert!(!matches(&sel(&["k8s:container-name:app"]), &unknown));
+        assert!(matches(&sel(&["k8s:ns:shop"]), &unknown));
+        // Outside Kubernetes mode, or without a pod, k8s selectors match nothing.
+        assert!(!matches(&sel(&["k8s:ns:shop"]), &caller(None, 1, 1, None)));
+        let refused = Caller {
+            kubernetes: Some(Err("no pod".into())),
+            ..caller(None, 1, 1, None)
+        };
+        assert!(!matches(&sel(&["k8s:ns:shop"]), &refused));
     }
 
     #[test]

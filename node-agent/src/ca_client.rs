@@ -1,6 +1,9 @@
 //! The agent's client of the CA: Istio's CreateCertificate, and Warden's JWT-SVID and
 //! node-entry services, over TLS verified against `--ca-root`. The node SVID, when the
 //! node has one, is the TLS client certificate; the channel is rebuilt when it rotates.
+//! A call that carries a bearer token goes on a second channel without a client
+//! certificate: the CA authenticates a client certificate before a token, so a token
+//! (Kubernetes node attestation with a node SVID already held) must travel alone.
 //!
 //! The node and the manager see the CA as [`CertificateAuthority`] (ztunnel's
 //! `CaClientTrait`), so their rotation and retry logic runs in unit tests against an
@@ -99,6 +102,8 @@ pub struct CaClient {
     server_name: String,
     roots_pem: String,
     channel: RwLock<Channel>,
+    /// Without a client certificate, for calls that carry a bearer token.
+    anonymous: Channel,
 }
 
 impl CaClient {
@@ -110,6 +115,7 @@ impl CaClient {
             addr: addr.to_string(),
             server_name: server_name.to_string(),
             roots_pem,
+            anonymous: channel.clone(),
             channel: RwLock::new(channel),
         })
     }
@@ -134,6 +140,15 @@ impl CaClient {
             .tls_config(tls)
             .map_err(|e| format!("TLS settings for the CA: {e}"))?
             .connect_lazy())
+    }
+
+    /// The channel for a call: with the node's client certificate, or without one when
+    /// the call carries a bearer token.
+    fn current_for(&self, bearer: Option<&str>) -> Channel {
+        if bearer.is_some() {
+            return self.anonymous.clone();
+        }
+        self.current()
     }
 
     fn current(&self) -> Channel {
@@ -182,7 +197,7 @@ impl CertificateAuthority for CaClient {
             },
             bearer,
         )?;
-        let resp = IstioCertificateServiceClient::new(self.current())
+        let resp = IstioCertificateServiceClient::new(self.current_for(bearer))
             .create_certificate(req)
             .await?;
         Ok(resp.into_inner().cert_chain)
@@ -190,7 +205,7 @@ impl CertificateAuthority for CaClient {
 
     async fn list_entries(&self, bearer: Option<&str>) -> Result<ListNodeEntriesResponse, CaError> {
         let req = Self::request(ListNodeEntriesRequest {}, bearer)?;
-        Ok(NodeServiceClient::new(self.current())
+        Ok(NodeServiceClient::new(self.current_for(bearer))
             .list_node_entries(req)
             .await?
             .into_inner())
@@ -210,7 +225,7 @@ impl CertificateAuthority for CaClient {
             },
             bearer,
         )?;
-        Ok(JwtSvidServiceClient::new(self.current())
+        Ok(JwtSvidServiceClient::new(self.current_for(bearer))
             .mint_jwt_svid(req)
             .await?
             .into_inner())
@@ -218,7 +233,7 @@ impl CertificateAuthority for CaClient {
 
     async fn jwt_bundle(&self, bearer: Option<&str>) -> Result<GetJwtBundleResponse, CaError> {
         let req = Self::request(GetJwtBundleRequest {}, bearer)?;
-        Ok(JwtSvidServiceClient::new(self.current())
+        Ok(JwtSvidServiceClient::new(self.current_for(bearer))
             .get_jwt_bundle(req)
             .await?
             .into_inner())
@@ -269,6 +284,10 @@ pub(crate) mod fake {
         pub at: SystemTime,
         /// The identity issued; `None` when the call failed.
         pub issued: Option<SpiffeId>,
+        /// The ImpersonatedIdentity asked for.
+        pub impersonate: Option<SpiffeId>,
+        /// The bearer token sent.
+        pub bearer: Option<String>,
     }
 
     #[derive(Debug, Default)]
@@ -371,7 +390,7 @@ pub(crate) mod fake {
             csr: String,
             ttl: Duration,
             impersonate: Option<&SpiffeId>,
-            _bearer: Option<&str>,
+            bearer: Option<&str>,
         ) -> Result<Vec<String>, CaError> {
             let now = self.clock.now();
             let mut inner = self.inner.lock().unwrap();
@@ -388,7 +407,15 @@ pub(crate) mod fake {
                 .cloned()
                 .or(csr_id)
                 .or_else(|| inner.client.as_ref().map(|(id, _)| id.clone()));
-            let answer = self.reachable(&inner).and_then(|()| {
+            // A call with a token goes without the client certificate (CaClient).
+            let reachable = match bearer {
+                Some(_) if inner.down => {
+                    Err(Status::unavailable("connection refused (fake CA down)").into())
+                }
+                Some(_) => Ok(()),
+                None => self.reachable(&inner),
+            };
+            let answer = reachable.and_then(|()| {
                 let id = id.ok_or_else(|| {
                     CaError::from(Status::invalid_argument("no identity to issue"))
                 })?;
@@ -398,6 +425,8 @@ pub(crate) mod fake {
             inner.calls.push(Call {
                 at: now,
                 issued: answer.as_ref().ok().map(|(id, _)| id.clone()),
+                impersonate: impersonate.cloned(),
+                bearer: bearer.map(String::from),
             });
             answer.map(|(_, pem)| pem)
         }

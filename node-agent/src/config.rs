@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::rotation::RotationPolicy;
 
-pub use warden_common::config::{ConfigError, LogFormat};
+pub use warden_common::config::{ConfigError, KubernetesMode, LogFormat};
 use warden_common::config::{de, invalid, load_layers};
 
 warden_common::run_args! {
@@ -38,8 +38,9 @@ pub struct RunArgs {
     /// `socket:NAME` entries [default: <data-dir>/sockets].
     #[arg(long)]
     pub socket_dir: Option<PathBuf>,
-    /// This node's name; a join token must be for it [default: the hostname].
-    #[arg(long)]
+    /// This node's name; a join token must be for it, and in Kubernetes mode it is
+    /// the pod's `spec.nodeName` (downward API) [default: the hostname].
+    #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
     /// `node` (serve registration entries to attested callers) or `workload` (serve the
     /// identity of --token-file to whoever reaches the sockets) [default: node].
@@ -52,6 +53,21 @@ pub struct RunArgs {
     /// Service-account JWT file, re-read on every use (projected tokens rotate).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Kubernetes mode (node mode only): the node attests with its projected
+    /// service-account token (`k8s_psat`), callers are tied to the pods of this node, and
+    /// a pod gets `spiffe://TD/ns/NS/sa/SA` without a registration entry. `auto` is on
+    /// when running in a pod or with --kubeconfig [default: auto].
+    #[arg(long)]
+    pub kubernetes: Option<KubernetesMode>,
+    /// Kubeconfig for the pod watch when running outside a cluster [default: the pod's
+    /// in-cluster service account].
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: the projected service-account token with audience istio-ca,
+    /// re-read on every node attestation (kubelet rotates it)
+    /// [default: /var/run/secrets/tokens/istio-ca].
+    #[arg(long)]
+    pub kube_token_file: Option<PathBuf>,
     /// Fraction of a certificate's lifetime after which it is refreshed [default: 0.5].
     #[arg(long)]
     pub rotation_ratio: Option<f64>,
@@ -96,6 +112,9 @@ pub enum NodeCredential {
     JoinToken(String),
     /// A service-account JWT file, read on every use.
     TokenFile(PathBuf),
+    /// Kubernetes mode (`k8s_psat`): the projected service-account token, re-read on
+    /// every node attestation, buys the node SVID (impersonating the node's ID).
+    KubeToken(PathBuf),
     /// Neither: a node SVID must already be in the data dir.
     None,
 }
@@ -105,6 +124,7 @@ impl std::fmt::Debug for NodeCredential {
         match self {
             Self::JoinToken(_) => f.write_str("JoinToken(redacted)"),
             Self::TokenFile(p) => write!(f, "TokenFile({})", p.display()),
+            Self::KubeToken(p) => write!(f, "KubeToken({})", p.display()),
             Self::None => f.write_str("None"),
         }
     }
@@ -131,6 +151,8 @@ pub struct Config {
     pub mode: Mode,
     /// Node credential.
     pub credential: NodeCredential,
+    /// Kubernetes mode, when on.
+    pub kubernetes: Option<KubeSettings>,
     /// Refresh schedule.
     pub rotation: RotationPolicy,
     /// Requested SVID lifetime.
@@ -143,6 +165,43 @@ pub struct Config {
     pub monitoring_addr: SocketAddr,
     /// Log format.
     pub log_format: LogFormat,
+}
+
+/// Where the DaemonSet mounts the projected token with audience istio-ca.
+pub const DEFAULT_KUBE_TOKEN_FILE: &str = "/var/run/secrets/tokens/istio-ca";
+
+/// Kubernetes mode's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeSettings {
+    /// `--kubeconfig`; `None`: the in-cluster config.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--kube-token-file`.
+    pub token_file: PathBuf,
+}
+
+/// Whether Kubernetes mode is on: only in node mode (a workload-mode agent serves its
+/// own token's identity, in a pod or not). `auto` is on with `--kubeconfig`, or in a pod
+/// unless a node credential (`--join-token`, `--token-file`) is given: an agent started
+/// with one in a pod (say, tests on a CI runner that is a pod) keeps its old behaviour.
+/// `in_pod` is [`warden_common::config::in_pod`], a parameter for tests.
+fn kubernetes_enabled(
+    requested: KubernetesMode,
+    mode: Mode,
+    kubeconfig: Option<&std::path::Path>,
+    in_pod: bool,
+    has_credential: bool,
+) -> Result<bool, ConfigError> {
+    match (mode, requested) {
+        (Mode::Workload, KubernetesMode::On) => Err(invalid(
+            "--kubernetes",
+            "on is for node mode (the DaemonSet); workload mode serves the identity of --token-file",
+        )),
+        (Mode::Workload, _) | (_, KubernetesMode::Off) => Ok(false),
+        (Mode::Node, KubernetesMode::On) => Ok(true),
+        (Mode::Node, KubernetesMode::Auto) => {
+            Ok(kubeconfig.is_some() || (in_pod && !has_credential))
+        }
+    }
 }
 
 fn hostname() -> Option<String> {
@@ -213,6 +272,40 @@ impl Config {
         let mode = args.mode.unwrap_or_default();
         let join_token = args.join_token;
         let token_file = args.token_file;
+        let kubernetes = kubernetes_enabled(
+            args.kubernetes.unwrap_or_default(),
+            mode,
+            args.kubeconfig.as_deref(),
+            warden_common::config::in_pod(),
+            join_token.is_some() || token_file.is_some(),
+        )?
+        .then(|| KubeSettings {
+            kubeconfig: args.kubeconfig.clone(),
+            token_file: args
+                .kube_token_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBE_TOKEN_FILE)),
+        });
+        if let Some(kube) = &kubernetes {
+            if join_token.is_some() {
+                return Err(invalid(
+                    "--join-token",
+                    format!(
+                        "is not used in Kubernetes mode: the node attests with its service-account token (--kube-token-file {}); drop --join-token, or pass --kubernetes off",
+                        kube.token_file.display()
+                    ),
+                ));
+            }
+            if token_file.is_some() {
+                return Err(invalid(
+                    "--token-file",
+                    format!(
+                        "is not used in Kubernetes node mode: the node attests with --kube-token-file ({}); drop --token-file, or pass --kubernetes off",
+                        kube.token_file.display()
+                    ),
+                ));
+            }
+        }
         let credential = match (join_token, token_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -222,7 +315,10 @@ impl Config {
             }
             (Some(t), None) => NodeCredential::JoinToken(t.trim().to_string()),
             (None, Some(f)) => NodeCredential::TokenFile(f),
-            (None, None) => NodeCredential::None,
+            (None, None) => match &kubernetes {
+                Some(kube) => NodeCredential::KubeToken(kube.token_file.clone()),
+                None => NodeCredential::None,
+            },
         };
         if mode == Mode::Workload && !matches!(credential, NodeCredential::TokenFile(_)) {
             return Err(invalid(
@@ -251,6 +347,7 @@ impl Config {
             node_name,
             mode,
             credential,
+            kubernetes,
             rotation,
             svid_ttl,
             sync_interval,
@@ -443,5 +540,96 @@ mod tests {
         assert!(matches!(c.credential, NodeCredential::TokenFile(_)));
         assert_eq!(c.tls_server_name, "warden-ca.istio-system.svc");
         assert_eq!(c.socket_dir, PathBuf::from("/run/warden/sockets"));
+    }
+
+    #[test]
+    fn kubernetes_mode_is_node_mode_with_the_projected_token() {
+        let c = Config::load(RunArgs {
+            kubernetes: Some(KubernetesMode::On),
+            ..args()
+        })
+        .unwrap();
+        let token = PathBuf::from(DEFAULT_KUBE_TOKEN_FILE);
+        assert_eq!(c.credential, NodeCredential::KubeToken(token.clone()));
+        assert_eq!(
+            c.kubernetes,
+            Some(KubeSettings {
+                kubeconfig: None,
+                token_file: token
+            })
+        );
+        let c = Config::load(RunArgs {
+            kubeconfig: Some("/k".into()),
+            kube_token_file: Some("/t".into()),
+            ..args()
+        })
+        .unwrap();
+        assert_eq!(c.credential, NodeCredential::KubeToken("/t".into()));
+        // Off, and auto outside a pod without --kubeconfig: as before.
+        for k in [Some(KubernetesMode::Off), None] {
+            let c = Config::load(RunArgs {
+                kubernetes: k,
+                ..args()
+            })
+            .unwrap();
+            assert_eq!(c.kubernetes, None);
+            assert_eq!(c.credential, NodeCredential::None);
+        }
+        let auto = |mode, kubeconfig: Option<&Path>, in_pod, credential| {
+            kubernetes_enabled(KubernetesMode::Auto, mode, kubeconfig, in_pod, credential).unwrap()
+        };
+        assert!(auto(Mode::Node, None, true, false));
+        assert!(!auto(Mode::Node, None, false, false));
+        assert!(!auto(Mode::Workload, None, true, false));
+        // In a pod, an explicit join token or token file keeps Kubernetes mode off...
+        assert!(!auto(Mode::Node, None, true, true));
+        // ...but not with --kubeconfig, where the credential is then refused.
+        assert!(auto(Mode::Node, Some(Path::new("/k")), true, true));
+    }
+
+    #[test]
+    fn kubernetes_mode_refuses_other_node_credentials() {
+        let on = || RunArgs {
+            kubernetes: Some(KubernetesMode::On),
+            ..args()
+        };
+        let cases: Vec<(RunArgs, &str)> = vec![
+            (
+                RunArgs {
+                    join_token: Some("wjt_x".into()),
+                    ..on()
+                },
+                "--join-token: is not used in Kubernetes mode",
+            ),
+            (
+                RunArgs {
+                    token_file: Some("/t".into()),
+                    ..on()
+                },
+                "--token-file: is not used in Kubernetes node mode",
+            ),
+            (
+                RunArgs {
+                    kubernetes: None,
+                    kubeconfig: Some("/k".into()),
+                    join_token: Some("wjt_x".into()),
+                    ..args()
+                },
+                "--join-token: is not used in Kubernetes mode",
+            ),
+            (
+                RunArgs {
+                    mode: Some(Mode::Workload),
+                    token_file: Some("/t".into()),
+                    ..on()
+                },
+                "--kubernetes: on is for node mode",
+            ),
+        ];
+        for (a, want) in cases {
+            let err = Config::load(a).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+            assert!(!err.contains("wjt_x"), "{err}");
+        }
     }
 }

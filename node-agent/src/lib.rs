@@ -7,6 +7,7 @@
 //! [`ca_client::CertificateAuthority`] trait), [`clock`] (wall-clock time, swapped in
 //! tests), [`manager`] (entries, one SVID per identity, bundles, rotation tasks),
 //! [`endpoints`] (the sockets, caller attestation, SDS and the Workload API),
+//! [`kube`] (Kubernetes mode: a caller's pod from its cgroup and this node's pods),
 //! [`metrics`] (counters and gauges), [`monitoring`] (`/metrics`, `/ready`,
 //! `/healthz`), [`files`] (atomic file output), [`app`] (wiring) and [`client`]
 //! (`warden-agent api fetch`). The pure decision parts are unit-tested on their own:
@@ -22,6 +23,7 @@ pub mod config;
 pub mod endpoints;
 pub mod files;
 pub mod jwt;
+pub mod kube;
 pub mod manager;
 pub mod metrics;
 pub mod monitoring;

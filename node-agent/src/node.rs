@@ -5,6 +5,11 @@
 //! - Otherwise a `--join-token` buys the first node SVID (the CA spends the token).
 //! - With `--token-file`, every call carries the service-account JWT, re-read each
 //!   time because projected tokens rotate; the CA must trust that account as a node.
+//! - In Kubernetes mode (SPIRE's `k8s_psat`), the projected service-account token
+//!   (`--kube-token-file`, re-read on every request because kubelet rotates it) buys the
+//!   node SVID: CreateCertificate with ImpersonatedIdentity `spiffe://TD/warden/node/N`.
+//!   The CA gives it only to an `--agent-service-accounts` token whose pod runs on N.
+//!   Renewal asks the same way, so an expired node SVID never strands the agent.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,8 +45,10 @@ pub enum NodeError {
     #[error(transparent)]
     Ca(#[from] CaError),
     /// The token file cannot be read.
-    #[error("cannot read --token-file {path}: {reason}")]
+    #[error("cannot read {flag} {path}: {reason}")]
     TokenFile {
+        /// The flag that names it.
+        flag: &'static str,
         /// The file.
         path: PathBuf,
         /// Why.
@@ -90,11 +97,59 @@ impl Node {
             NodeCredential::TokenFile(path) => std::fs::read_to_string(path)
                 .map(|t| Some(t.trim().to_string()))
                 .map_err(|e| NodeError::TokenFile {
+                    flag: "--token-file",
                     path: path.clone(),
                     reason: e.to_string(),
                 }),
             _ => Ok(None),
         }
+    }
+
+    /// Kubernetes mode: the projected token, read now (kubelet rotates it).
+    fn kube_token(path: &std::path::Path) -> Result<String, NodeError> {
+        let token = std::fs::read_to_string(path).map_err(|e| NodeError::TokenFile {
+            flag: "--kube-token-file",
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(NodeError::TokenFile {
+                flag: "--kube-token-file",
+                path: path.to_path_buf(),
+                reason: "the file is empty".into(),
+            });
+        }
+        Ok(token.to_string())
+    }
+
+    /// Kubernetes mode: a node SVID for the projected token, impersonating the node's
+    /// own ID (`k8s_psat`), saved and presented from now on.
+    async fn attest_with_kube_token(&self, path: &std::path::Path) -> Result<(), NodeError> {
+        let token = Self::kube_token(path)?;
+        let key = NodeKey::generate().map_err(|e| NodeError::Other(e.to_string()))?;
+        let csr = key
+            .csr_pem(Some(&self.expected))
+            .map_err(|e| NodeError::Other(e.to_string()))?;
+        let answer = self
+            .ca
+            .create_certificate(csr, self.ttl, Some(&self.expected), Some(&token))
+            .await
+            .map_err(|e| match e.code {
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                    NodeError::Other(format!(
+                        "{e} (Kubernetes node attestation: the token in --kube-token-file {} must be the agent's projected service-account token with audience istio-ca, of an account in the CA's --agent-service-accounts, from a pod on node {})",
+                        path.display(),
+                        self.expected.node_name().unwrap_or_default()
+                    ))
+                }
+                _ => NodeError::Ca(e),
+            })?;
+        let svid = Svid::from_ca_answer(key, &answer, Some(&self.expected), self.timing.now())
+            .map_err(|e| NodeError::Other(e.to_string()))?;
+        self.save(&svid)?;
+        tracing::info!(id = %svid.id, serial = %svid.serial, "node attested with its Kubernetes service-account token");
+        self.install(svid)
     }
 
     /// Whether the node authenticates with a service-account token (no node SVID).
@@ -162,6 +217,9 @@ impl Node {
         if self.uses_token_file() {
             return Ok(());
         }
+        if let NodeCredential::KubeToken(path) = &self.credential {
+            return self.attest_with_kube_token(path).await;
+        }
         if let Some(saved) = self.load_saved()? {
             if saved.valid_at(self.timing.now()) {
                 tracing::info!(id = %saved.id, serial = %saved.serial, "using the node SVID kept in the data dir");
@@ -207,6 +265,9 @@ impl Node {
     }
 
     async fn renew_once(&self) -> Result<(), NodeError> {
+        if let NodeCredential::KubeToken(path) = &self.credential {
+            return self.attest_with_kube_token(path).await;
+        }
         let key = NodeKey::generate().map_err(|e| NodeError::Other(e.to_string()))?;
         let csr = key
             .csr_pem(None)
@@ -260,7 +321,8 @@ impl Node {
                             .not_after
                             .duration_since(self.timing.now())
                             .unwrap_or_default();
-                        if left.is_zero() && !expired_logged {
+                        let kube = matches!(self.credential, NodeCredential::KubeToken(_));
+                        if left.is_zero() && !expired_logged && !kube {
                             expired_logged = true;
                             tracing::error!(
                                 id = %current.id,
@@ -410,5 +472,76 @@ mod tests {
         assert_eq!(reused.received, at(30), "its life counts from the restart");
         assert_eq!(ca.calls().len(), 1, "no CA call on the restart");
         assert_eq!(ca.client(), Some((first.id.clone(), at(100))));
+    }
+
+    /// Kubernetes mode: node `n1` whose projected token is `dir/token`.
+    fn kube_node(ca: &Arc<FakeCa>, dir: &std::path::Path, token: &str) -> Arc<Node> {
+        let path = dir.join("token");
+        std::fs::write(&path, format!("{token}\n")).unwrap();
+        node_n1(ca, dir, NodeCredential::KubeToken(path))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kubernetes_mode_attests_with_the_projected_token_re_read_on_every_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(FakeCa::new());
+        let node = kube_node(&ca, dir.path(), "jwt-1");
+        node.attest().await.unwrap();
+        let first = node.svid().unwrap();
+        assert_eq!(&first.id, node.expected_id());
+        let calls = ca.calls();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].bearer.as_deref(), Some("jwt-1"));
+        assert_eq!(calls[0].impersonate.as_ref(), Some(node.expected_id()));
+        // The workloads' calls go over mTLS with the node SVID; no token for them.
+        assert_eq!(ca.client(), Some((first.id.clone(), at(100))));
+        assert_eq!(node.bearer().unwrap(), None);
+        // kubelet rotates the token: the renewal at half life sends the new one.
+        std::fs::write(dir.path().join("token"), "jwt-2").unwrap();
+        let task = tokio::spawn(node.clone().renew_loop());
+        tokio::time::sleep(Duration::from_millis(50_100)).await;
+        let second = node.svid().unwrap();
+        assert_ne!(second.serial, first.serial);
+        let calls = ca.calls();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[1].bearer.as_deref(), Some("jwt-2"));
+        assert_eq!(calls[1].impersonate.as_ref(), Some(node.expected_id()));
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kubernetes_mode_recovers_after_the_node_svid_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(FakeCa::new());
+        let node = kube_node(&ca, dir.path(), "jwt");
+        node.attest().await.unwrap();
+        let first = node.svid().unwrap();
+        let task = tokio::spawn(node.clone().renew_loop());
+        ca.set_down(true);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        ca.set_down(false);
+        // No join token needed: the token buys a new node SVID once the CA is back.
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        let renewed = node.svid().unwrap();
+        assert_ne!(renewed.serial, first.serial);
+        assert!(renewed.valid_at(ca.timing().now()));
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kubernetes_mode_names_a_missing_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(FakeCa::new());
+        let node = node_n1(
+            &ca,
+            dir.path(),
+            NodeCredential::KubeToken(dir.path().join("absent")),
+        );
+        let err = node.attest().await.unwrap_err().to_string();
+        assert!(
+            err.contains("--kube-token-file") && err.contains("absent"),
+            "{err}"
+        );
+        assert!(ca.calls().is_empty());
     }
 }

@@ -19,20 +19,37 @@ use crate::manager::{Entry, Manager, State};
 
 /// Who is calling: the socket and the `SO_PEERCRED` credentials of the connection,
 /// with the executable read from `/proc/PID/exe`. A connection without credentials
-/// gets uid/gid `u32::MAX`, which no entry names.
-pub fn attest<T>(request: &Request<T>, socket: Option<&str>) -> Caller {
+/// gets uid/gid `u32::MAX`, which no entry names. In Kubernetes mode the caller is also
+/// tied to its pod (which may wait briefly for the pod watch). The future holds nothing
+/// of the request.
+pub fn attest<T>(
+    request: &Request<T>,
+    socket: Option<&str>,
+    manager: &Manager,
+) -> impl Future<Output = Caller> + Send + use<T> {
     let cred = request
         .extensions()
         .get::<UdsConnectInfo>()
         .and_then(|i| i.peer_cred);
-    let exe = cred
-        .and_then(|c| c.pid())
-        .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok());
-    Caller {
+    let pid = cred.and_then(|c| c.pid());
+    let exe = pid.and_then(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok());
+    let mut caller = Caller {
         socket: socket.map(String::from),
         uid: cred.map_or(u32::MAX, |c| c.uid()),
         gid: cred.map_or(u32::MAX, |c| c.gid()),
         exe,
+        kubernetes: None,
+    };
+    let attestor = manager.pod_attestor().cloned();
+    async move {
+        if let Some(attestor) = attestor {
+            let pod = attestor.attest(pid).await;
+            if let Err(reason) = &pod {
+                tracing::debug!(caller = %caller, reason = %reason, "caller not tied to a pod");
+            }
+            caller.kubernetes = Some(pod);
+        }
+        caller
     }
 }
 
@@ -48,6 +65,12 @@ pub fn identities_or_denied(
             .metrics()
             .attestation_denied
             .fetch_add(1, Ordering::Relaxed);
+        if let Some(Err(reason)) = &caller.kubernetes {
+            tracing::warn!(caller = %caller, reason = %reason, "workload attestation: the caller cannot be tied to a pod of this node; refused");
+            return Err(Status::permission_denied(format!(
+                "no identity issued: the caller ({caller}) cannot be tied to a Kubernetes pod of this node: {reason}"
+            )));
+        }
         tracing::warn!(caller = %caller, "workload attestation: no registration entry matches this caller; refused");
         return Err(Status::permission_denied(format!(
             "no identity issued: no registration entry on this node matches the caller ({caller})"

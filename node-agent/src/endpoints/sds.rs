@@ -356,7 +356,7 @@ impl SecretDiscoveryService for Sds {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let caller = attest(&request, self.socket.as_deref());
+        let caller = attest(&request, self.socket.as_deref(), &self.manager).await;
         // Refuse at once a caller no entry matches, rather than after its first request.
         let state = self.manager.state();
         identities_or_denied(&self.manager, &state, &caller)?;
@@ -379,7 +379,7 @@ impl SecretDiscoveryService for Sds {
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
-        let caller = attest(&request, self.socket.as_deref());
+        let caller = attest(&request, self.socket.as_deref(), &self.manager).await;
         let state = self.manager.state();
         let ids = identities_or_denied(&self.manager, &state, &caller)?;
         let req = request.into_inner();

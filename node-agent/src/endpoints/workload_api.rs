@@ -52,9 +52,9 @@ impl WorkloadApi {
     }
 
     /// Checks the header and attests the caller.
-    fn admit<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+    async fn admit<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         check_header(request)?;
-        Ok(attest(request, self.socket.as_deref()))
+        Ok(attest(request, self.socket.as_deref(), &self.manager).await)
     }
 
     /// Runs a stream that sends `build(state, ids)` now and again whenever it changes,
@@ -158,7 +158,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let caller = self.admit(&request)?;
+        let caller = self.admit(&request).await?;
         Ok(Response::new(self.stream(caller, x509_response)?))
     }
 
@@ -166,7 +166,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let caller = self.admit(&request)?;
+        let caller = self.admit(&request).await?;
         Ok(Response::new(self.stream(caller, x509_bundles)?))
     }
 
@@ -174,7 +174,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let caller = self.admit(&request)?;
+        let caller = self.admit(&request).await?;
         Ok(Response::new(self.stream(caller, jwt_bundles)?))
     }
 
@@ -182,7 +182,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        let caller = self.admit(&request)?;
+        let caller = self.admit(&request).await?;
         let req = request.into_inner();
         if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -225,7 +225,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        let _caller = self.admit(&request)?;
+        let _caller = self.admit(&request).await?;
         let req = request.into_inner();
         if req.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));

@@ -9,8 +9,12 @@
 //! serving the old SVID while it is valid, logging the first failure and the recovery,
 //! not every retry. A sync task polls the CA for this node's entries and the JWT bundle,
 //! starting and stopping identity tasks as entries come and go.
+//!
+//! In Kubernetes mode the identities also include `spiffe://TD/ns/NS/sa/SA` of every
+//! service account with a pod on this node (from the pod watch), so a pod's default
+//! identity is ready before it asks, as Istio serves it without any entry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -26,6 +30,7 @@ use crate::attestation::{self, Caller};
 use crate::ca_client::{CaError, CertificateAuthority};
 use crate::clock::Timing;
 use crate::config::Mode;
+use crate::kube::PodAttestor;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::rotation::RotationPolicy;
@@ -72,16 +77,27 @@ pub struct State {
 }
 
 impl State {
-    /// The identities `caller` is entitled to, in entry order, without repeats.
+    /// The identities `caller` is entitled to, in entry order, without repeats. In
+    /// Kubernetes mode a caller tied to a pod also has its pod's identity (after the
+    /// entries', so an entry made for it, e.g. by container name, is its default SVID),
+    /// and a caller that is not tied to a pod has none.
     pub fn identities_for(&self, mode: Mode, caller: &Caller) -> Vec<SpiffeId> {
         match mode {
             Mode::Workload => self.own_id.iter().cloned().collect(),
             Mode::Node => {
+                if let Some(Err(_)) = &caller.kubernetes {
+                    return Vec::new();
+                }
                 let mut out: Vec<SpiffeId> = Vec::new();
                 for e in attestation::select(&self.entries, |e| &e.selectors, caller) {
                     if !out.contains(&e.spiffe_id) {
                         out.push(e.spiffe_id.clone());
                     }
+                }
+                if let Some(Ok(pod)) = &caller.kubernetes
+                    && !out.contains(&pod.identity)
+                {
+                    out.push(pod.identity.clone());
                 }
                 out
             }
@@ -135,6 +151,10 @@ pub struct Manager {
     tasks: Mutex<HashMap<SpiffeId, JoinHandle<()>>>,
     jwt_cache: Mutex<HashMap<(SpiffeId, Vec<String>), CachedJwt>>,
     limiter: Semaphore,
+    /// Kubernetes mode: ties callers to pods.
+    pod_attestor: Option<PodAttestor>,
+    /// Kubernetes mode: the identities of the service accounts with pods on this node.
+    pod_ids: Mutex<BTreeSet<SpiffeId>>,
 }
 
 /// Settings of the manager.
@@ -182,7 +202,21 @@ impl Manager {
             tasks: Mutex::new(HashMap::new()),
             jwt_cache: Mutex::new(HashMap::new()),
             limiter: Semaphore::new(MAX_CONCURRENT_FETCHES),
+            pod_attestor: None,
+            pod_ids: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Kubernetes mode: callers are tied to the pods of this node, and every service
+    /// account with a pod here has its identity.
+    pub fn with_pod_attestor(mut self, attestor: PodAttestor) -> Self {
+        self.pod_attestor = Some(attestor);
+        self
+    }
+
+    /// Kubernetes mode's pod attestor.
+    pub fn pod_attestor(&self) -> Option<&PodAttestor> {
+        self.pod_attestor.as_ref()
     }
 
     /// Keeps time with `timing` (tests: a clock that follows tokio's paused one,
@@ -257,7 +291,52 @@ impl Manager {
         if self.mode == Mode::Workload {
             handles.push(tokio::spawn(self.clone().identity_loop(None)));
         }
+        if self.mode == Mode::Node && self.pod_attestor.is_some() {
+            handles.push(tokio::spawn(self.clone().pod_identities_loop()));
+        }
         handles
+    }
+
+    /// Kubernetes mode: keeps an identity task for every service account with a pod on
+    /// this node.
+    async fn pod_identities_loop(self: Arc<Self>) {
+        let Some(attestor) = self.pod_attestor.clone() else {
+            return;
+        };
+        let mut changes = attestor.pods.subscribe();
+        loop {
+            let mut ids = BTreeSet::new();
+            for (ns, sa) in attestor.pods.service_accounts() {
+                match attestor.identity(&ns, &sa) {
+                    Ok(id) => {
+                        ids.insert(id);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "skipping a pod's service account"),
+                }
+            }
+            self.apply_pod_identities(ids);
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Kubernetes mode: the identities of the service accounts with pods here.
+    fn apply_pod_identities(self: &Arc<Self>, ids: BTreeSet<SpiffeId>) {
+        let changed = match self.pod_ids.lock() {
+            Ok(mut current) if *current != ids => {
+                tracing::info!(
+                    identities = ids.len(),
+                    "service accounts with pods on this node changed"
+                );
+                *current = ids;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.reconcile();
+        }
     }
 
     /// Stops every identity task.
@@ -413,45 +492,63 @@ impl Manager {
     }
 
     /// Applies a new set of entries: starts tasks for new identities, stops tasks and
-    /// drops SVIDs of identities no entry grants any more.
+    /// drops SVIDs of identities no entry (and, in Kubernetes mode, no pod) grants.
     fn apply_entries(self: &Arc<Self>, entries: Vec<Entry>) {
-        let wanted: BTreeMap<SpiffeId, ()> =
-            entries.iter().map(|e| (e.spiffe_id.clone(), ())).collect();
         let changed = *self.state.borrow().entries != entries;
         if changed {
+            let ids: BTreeSet<&SpiffeId> = entries.iter().map(|e| &e.spiffe_id).collect();
             tracing::info!(
                 entries = entries.len(),
-                identities = wanted.len(),
+                identities = ids.len(),
                 "registration entries changed"
             );
             let entries = Arc::new(entries);
-            self.update(|s| {
-                s.entries = entries;
-                s.svids.retain(|id, _| wanted.contains_key(id));
-            });
+            self.update(|s| s.entries = entries);
         }
+        self.reconcile();
+    }
+
+    /// Starts and stops identity tasks for the identities of the entries and pods.
+    fn reconcile(self: &Arc<Self>) {
+        let mut wanted: BTreeSet<SpiffeId> = self
+            .state
+            .borrow()
+            .entries
+            .iter()
+            .map(|e| e.spiffe_id.clone())
+            .collect();
+        if let Ok(pod_ids) = self.pod_ids.lock() {
+            wanted.extend(pod_ids.iter().cloned());
+        }
+        // Dropping an SVID nobody may have is no news for the streams.
+        self.state.send_if_modified(|s| {
+            if s.svids.keys().all(|id| wanted.contains(id)) {
+                return false;
+            }
+            Arc::make_mut(s).svids.retain(|id, _| wanted.contains(id));
+            false
+        });
         let Ok(mut tasks) = self.tasks.lock() else {
             return;
         };
         tasks.retain(|id, handle| {
-            let keep = wanted.contains_key(id);
+            let keep = wanted.contains(id);
             if !keep {
                 tracing::info!(id = %id, "identity no longer registered for this node; dropped");
                 handle.abort();
             }
             keep
         });
-        for id in wanted.into_keys() {
-            if !tasks.contains_key(&id) {
+        for id in &wanted {
+            if !tasks.contains_key(id) {
                 tasks.insert(
                     id.clone(),
-                    tokio::spawn(self.clone().identity_loop(Some(id))),
+                    tokio::spawn(self.clone().identity_loop(Some(id.clone()))),
                 );
             }
         }
         if let Ok(mut cache) = self.jwt_cache.lock() {
-            let state = self.state.borrow();
-            cache.retain(|(id, _), _| state.entries.iter().any(|e| &e.spiffe_id == id));
+            cache.retain(|(id, _), _| wanted.contains(id));
         }
     }
 

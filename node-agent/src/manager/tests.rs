@@ -81,6 +81,7 @@ async fn removed_entries_drop_their_identities() {
         uid: 1000,
         gid: 1,
         exe: None,
+        kubernetes: None,
     };
     assert_eq!(
         m.state().identities_for(Mode::Node, &caller),
@@ -107,6 +108,7 @@ async fn workload_mode_serves_its_own_identity_to_everyone() {
         uid: 4242,
         gid: 4242,
         exe: None,
+        kubernetes: None,
     };
     assert!(m.state().identities_for(Mode::Workload, &anyone).is_empty());
     assert_eq!(m.ready().pending(), ["first-svid"]);
@@ -307,4 +309,186 @@ async fn write_dir_files_follow_rotation() {
         std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
         0o600
     );
+}
+
+/// Polls `f` every 10 ms for up to 5 s.
+async fn eventually(mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached in 5 s");
+}
+
+/// Kubernetes mode against the fake API server (pod bodies follow the Kubernetes API
+/// reference) and cgroup files in a temp dir standing for /proc.
+#[tokio::test]
+async fn kubernetes_mode_gives_a_pod_its_service_account_identity_without_an_entry() {
+    use crate::endpoints::caller::identities_or_denied;
+    use crate::kube::pods::{NodePods, tests::pod};
+    use crate::kube::{PodAttestor, tests::proc_of};
+    use warden_common::testing::kube_api::FakeApiServer;
+
+    let api = FakeApiServer::new();
+    let cid = "ef".repeat(32);
+    let stored = api.insert(pod("shop", "web-0", "n1", "web", Some(&cid)));
+    let uid = stored["metadata"]["uid"].as_str().unwrap().to_string();
+    let (pods, _watch) = NodePods::start(api.client(), "n1");
+    pods.wait_synced().await;
+    let proc = tempfile::tempdir().unwrap();
+    proc_of(proc.path(), 100, &uid, &cid);
+    std::fs::create_dir_all(proc.path().join("200")).unwrap();
+    std::fs::write(
+        proc.path().join("200/cgroup"),
+        "0::/system.slice/cron.service\n",
+    )
+    .unwrap();
+
+    let ca = Arc::new(FakeCa::new());
+    // An entry narrows the app container to its own identity; another would give a
+    // host process (uid 0) an identity outside Kubernetes mode.
+    let app = "spiffe://cluster.local/ns/shop/sa/web-app";
+    ca.add_entry("e1", app, &["k8s:ns:shop", "k8s:container-name:app"]);
+    ca.add_entry("e2", WEB, &["unix:uid:0"]);
+    let (m, _dir) = on_fake_ca(&ca, None);
+    let m = Arc::new(Arc::try_unwrap(m).unwrap().with_pod_attestor(PodAttestor {
+        pods,
+        proc_root: proc.path().to_path_buf(),
+        wait: Duration::from_millis(200),
+        trust_domain: "cluster.local".into(),
+    }));
+    let tasks = m.start();
+    let default = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/web").unwrap();
+    // The pod's identity is fetched before it asks: impersonated under the node.
+    eventually(|| m.state().svids.contains_key(&default)).await;
+    assert!(
+        ca.calls()
+            .iter()
+            .any(|c| c.impersonate.as_ref() == Some(&default))
+    );
+
+    let attestor = m.pod_attestor().unwrap();
+    let in_pod = Caller {
+        socket: None,
+        uid: 1000,
+        gid: 1000,
+        exe: None,
+        kubernetes: Some(attestor.attest(Some(100)).await),
+    };
+    let state = m.state();
+    assert_eq!(
+        state.identities_for(Mode::Node, &in_pod),
+        vec![SpiffeId::parse(app).unwrap(), default.clone()]
+    );
+    // Another container of the pod: only the default identity.
+    let mut sidecar = in_pod.clone();
+    if let Some(Ok(p)) = &mut sidecar.kubernetes {
+        p.container_name = Some("istio-proxy".into());
+    }
+    assert_eq!(
+        state.identities_for(Mode::Node, &sidecar),
+        vec![default.clone()]
+    );
+    // A host process: nothing in Kubernetes mode, even with a matching unix entry, and
+    // the refusal says why.
+    let host = Caller {
+        socket: None,
+        uid: 0,
+        gid: 0,
+        exe: None,
+        kubernetes: Some(attestor.attest(Some(200)).await),
+    };
+    assert!(state.identities_for(Mode::Node, &host).is_empty());
+    let denied = identities_or_denied(&m, &state, &host).unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(
+        denied
+            .message()
+            .contains("cannot be tied to a Kubernetes pod")
+            && denied.message().contains("no Kubernetes pod"),
+        "{}",
+        denied.message()
+    );
+    // The pod goes: its identity's task stops and its SVID is dropped.
+    api.remove("v1", "pods", Some("shop"), "web-0");
+    eventually(|| !m.state().svids.contains_key(&default)).await;
+    assert!(!m.tasks.lock().unwrap().contains_key(&default));
+    m.stop();
+    tasks.iter().for_each(JoinHandle::abort);
+}
+
+/// Kubernetes mode end to end on a real unix socket: the Workload API server reads
+/// this test process's pid by SO_PEERCRED, its cgroup file (written in a temp dir
+/// standing for /proc) names a pod that the fake API server holds, and the answer is
+/// the pod's default identity; without a readable cgroup the refusal says why.
+#[tokio::test]
+async fn the_workload_api_serves_a_pod_its_identity_over_the_socket() {
+    use crate::endpoints::Sockets;
+    use crate::kube::pods::{NodePods, tests::pod};
+    use crate::kube::{PodAttestor, tests::proc_of};
+    use warden_common::testing::kube_api::FakeApiServer;
+    use warden_proto::workload::X509svidRequest;
+    use warden_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+
+    let api = FakeApiServer::new();
+    let cid = "0a".repeat(32);
+    let stored = api.insert(pod("shop", "web-0", "n1", "web", Some(&cid)));
+    let uid = stored["metadata"]["uid"].as_str().unwrap().to_string();
+    let (pods, _watch) = NodePods::start(api.client(), "n1");
+    pods.wait_synced().await;
+    let proc = tempfile::tempdir().unwrap();
+    let pid = i32::try_from(std::process::id()).unwrap();
+    proc_of(proc.path(), pid, &uid, &cid);
+
+    let ca = Arc::new(FakeCa::new());
+    let (m, dir) = on_fake_ca(&ca, None);
+    let m = Arc::new(Arc::try_unwrap(m).unwrap().with_pod_attestor(PodAttestor {
+        pods,
+        proc_root: proc.path().to_path_buf(),
+        wait: Duration::from_millis(200),
+        trust_domain: "cluster.local".into(),
+    }));
+    let tasks = m.start();
+    let sockets = dir.path().join("sockets");
+    let shared = sockets.join("socket");
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (_sockets, serving) = Sockets::start(&sockets, &shared, m.clone(), stop_rx).unwrap();
+
+    let request = || {
+        let mut r = tonic::Request::new(X509svidRequest {});
+        r.metadata_mut().insert(
+            warden_proto::WORKLOAD_API_HEADER,
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        r
+    };
+    let channel = warden_common::uds::channel(&shared).await.unwrap();
+    let mut client = SpiffeWorkloadApiClient::new(channel);
+    let mut stream = client.fetch_x509svid(request()).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let ids: Vec<&str> = first.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+    assert_eq!(ids, ["spiffe://cluster.local/ns/shop/sa/web"]);
+
+    // The same process, no longer tied to a pod: refused with the reason.
+    std::fs::remove_file(proc.path().join(pid.to_string()).join("cgroup")).unwrap();
+    let denied = client.fetch_x509svid(request()).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(
+        denied
+            .message()
+            .contains("cannot be tied to a Kubernetes pod")
+            && denied.message().contains("cgroup"),
+        "{}",
+        denied.message()
+    );
+    let _ = stop.send(true);
+    serving.abort();
+    m.stop();
+    tasks.iter().for_each(JoinHandle::abort);
 }
