@@ -48,7 +48,7 @@ VARIANTS: dict[str, dict] = {
         "ca": {"pluginCerts": {"enabled": True}, "podAntiAffinity": "hard"}
     },
     "webhook off, istiod alias": {"webhook": {"enabled": False}, "istiodAlias": {"enabled": True}},
-    "agent Kubernetes mode (issue 13)": {"agent": {"kubernetesMode": True}},
+    "agent in token-file node mode": {"agent": {"kubernetesMode": False}},
 }
 # Value sets the chart must refuse, with a word of the expected message.
 MUST_FAIL: dict[str, tuple[dict, str]] = {

@@ -76,9 +76,9 @@ fn new_uuid() -> Result<String, Status> {
 
 /// Checks one selector and returns its canonical `type:value` form.
 pub fn validate_selector(s: &Selector) -> Result<String, String> {
-    if !matches!(s.r#type.as_str(), "unix" | "socket") {
+    if !matches!(s.r#type.as_str(), "unix" | "socket" | "k8s") {
         return Err(format!(
-            "selector type {:?} is not known: expected unix or socket",
+            "selector type {:?} is not known: expected unix, socket or k8s",
             s.r#type
         ));
     }
@@ -394,6 +394,11 @@ mod tests {
         assert!(validate_selector(&sel("unix", "gid:0")).is_ok());
         assert!(validate_selector(&sel("unix", "path:/usr/bin/app")).is_ok());
         assert!(validate_selector(&sel("socket", "web")).is_ok());
+        assert_eq!(
+            validate_selector(&sel("k8s", "ns:default")).unwrap(),
+            "k8s:ns:default"
+        );
+        assert!(validate_selector(&sel("k8s", "pod-label:app:web")).is_ok());
         for (t, v) in [
             ("unix", "uid:-1"),
             ("unix", "uid:abc"),
@@ -401,7 +406,9 @@ mod tests {
             ("unix", "pid:1"),
             ("socket", "a/b"),
             ("socket", ""),
-            ("k8s", "ns:default"),
+            ("k8s", "ns:"),
+            ("k8s", "node:n1"),
+            ("spiffe", "x"),
         ] {
             assert!(validate_selector(&sel(t, v)).is_err(), "{t}:{v}");
         }

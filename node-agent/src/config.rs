@@ -537,7 +537,11 @@ mod tests {
             ..RunArgs::default()
         })
         .unwrap();
-        assert!(matches!(c.credential, NodeCredential::TokenFile(_)));
+        // The chart's default: Kubernetes mode, the projected token buys the node SVID.
+        assert_eq!(
+            c.credential,
+            NodeCredential::KubeToken("/var/run/secrets/tokens/warden-token".into())
+        );
         assert_eq!(c.tls_server_name, "warden-ca.istio-system.svc");
         assert_eq!(c.socket_dir, PathBuf::from("/run/warden/sockets"));
     }
