@@ -14,11 +14,18 @@ use warden_proto::admin::admin_server::Admin;
 use warden_proto::admin::{
     AuditRecord, CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse,
     DeleteEntryRequest, DeleteEntryResponse, Entry, ListAuditRequest, ListEntriesRequest,
-    ListEntriesResponse, Selector, VerifyAuditRequest, VerifyAuditResponse,
+    ListEntriesResponse, Selector, SignIntermediateRequest, SignIntermediateResponse,
+    VerifyAuditRequest, VerifyAuditResponse,
 };
 
 use crate::auth::{JOIN_TOKEN_PREFIX, join_token_hash};
+use crate::pki::{AuthorityHandle, csr};
 use crate::store::{AuditEvent, AuditFilter, EntryRecord, Op, Outcome, Store, TokenRecord};
+
+/// Default lifetime of an intermediate CA certificate.
+const DEFAULT_INTERMEDIATE_TTL: Duration = Duration::from_secs(365 * 86_400);
+/// Longest intermediate lifetime accepted (istiod's self-signed root lives 10 years).
+const MAX_INTERMEDIATE_TTL: Duration = Duration::from_secs(3650 * 86_400);
 
 /// Longest join-token lifetime accepted.
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86_400);
@@ -29,17 +36,32 @@ pub struct AdminService {
     store: Store,
     trust_domain: String,
     default_token_ttl: Duration,
+    authority: AuthorityHandle,
 }
 
 impl AdminService {
     /// Builds the service.
-    pub fn new(store: Store, trust_domain: String, default_token_ttl: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        trust_domain: String,
+        default_token_ttl: Duration,
+        authority: AuthorityHandle,
+    ) -> Self {
         Self {
             store,
             trust_domain,
             default_token_ttl,
+            authority,
         }
     }
+}
+
+/// A cluster name as Istio's cluster IDs are written: 1 to 63 of `[A-Za-z0-9._-]`.
+fn valid_cluster(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn requester<T>(req: &Request<T>) -> String {
@@ -370,6 +392,64 @@ impl Admin for AdminService {
             first_bad_seq,
             reason,
             head_hash: report.head_hash,
+        }))
+    }
+
+    async fn sign_intermediate(
+        &self,
+        req: Request<SignIntermediateRequest>,
+    ) -> Result<Response<SignIntermediateResponse>, Status> {
+        let who = requester(&req);
+        let req = req.into_inner();
+        if !valid_cluster(&req.cluster) {
+            return Err(Status::invalid_argument(format!(
+                "cluster {:?}: expected 1 to 63 letters, digits, '.', '_' or '-'",
+                req.cluster
+            )));
+        }
+        let ttl = crate::pki::requested_ttl(
+            req.ttl_seconds,
+            DEFAULT_INTERMEDIATE_TTL,
+            MAX_INTERMEDIATE_TTL,
+            "intermediate ",
+        )
+        .map_err(Status::invalid_argument)?;
+        let checked = csr::decode_pem(&req.csr)
+            .and_then(|der| csr::check_key_and_signature(&der))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // One authority snapshot: the certificate and the chain it is sent with agree.
+        let authority = self.authority.current();
+        let cert = authority
+            .sign_intermediate(&checked.spki_der, &req.cluster, &self.trust_domain, ttl)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let event = AuditEvent {
+            event: "ca.intermediate",
+            outcome: "issued",
+            identity: format!("spiffe://{}", self.trust_domain),
+            requester: who,
+            peer_addr: "admin.sock".into(),
+            detail: serde_json::json!({
+                "cluster": req.cluster,
+                "serial": cert.serial_hex,
+                "not_before": cert.not_before.unix_timestamp(),
+                "not_after": cert.not_after.unix_timestamp(),
+                "fingerprint_sha256": cert.fingerprint_hex,
+                "issuer": authority.source(),
+            }),
+        };
+        // Recorded before the certificate leaves the CA.
+        self.store.audit(event).await.map_err(store_status)?;
+        tracing::info!(cluster = %req.cluster, serial = %cert.serial_hex, not_after = cert.not_after.unix_timestamp(), "intermediate CA issued");
+        let mut cert_chain = cert.pem.clone();
+        for c in authority.chain_pem() {
+            cert_chain.push_str(c);
+        }
+        Ok(Response::new(SignIntermediateResponse {
+            certificate: cert.pem,
+            cert_chain,
+            root_cert: authority.roots_pem().to_string(),
+            serial: cert.serial_hex,
+            not_after: cert.not_after.unix_timestamp(),
         }))
     }
 }

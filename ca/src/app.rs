@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -26,7 +25,7 @@ use crate::certificate::CertificateService;
 use crate::config::Config;
 use crate::kube::token_review::TokenReviewer;
 use crate::monitoring::{self, Metrics};
-use crate::pki::Authority;
+use crate::pki::{Authority, AuthorityHandle};
 use crate::store::Store;
 
 /// Largest gRPC message accepted (a CSR request is a few KiB); a larger one is answered
@@ -50,10 +49,16 @@ pub struct Bound {
     pub metrics: Arc<Metrics>,
     /// The storage handle.
     pub store: Store,
+    /// The signing authority in use.
+    pub authority: AuthorityHandle,
+    /// Whether this replica leads (always, outside Kubernetes).
+    pub leader: watch::Receiver<bool>,
     /// `/ready`'s guards; shutdown takes one (`draining`).
     ready: Ready,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Watchers with nothing to drain: aborted at shutdown.
+    background: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
 }
 
@@ -66,23 +71,72 @@ impl warden_common::process::Serving for Bound {
 /// Builds and starts the CA.
 pub async fn build(config: Config) -> anyhow::Result<Bound> {
     create_data_dir(&config.data_dir)?;
-    let authority = Arc::new(
-        Authority::load(
+    let store = Store::open(&config.database_url)
+        .await
+        .with_context(|| format!("opening the database {}", config.database_url_redacted()))?;
+    let metrics = Arc::new(Metrics::default());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    // Watchers that only end when aborted (at shutdown).
+    let mut background = Vec::new();
+
+    // Kubernetes mode: one client; the replicas elect a leader over a Lease (it creates
+    // the root Secret, keeps the root ConfigMaps and the webhook's caBundle). Outside
+    // Kubernetes the single CA always leads.
+    let kube_client = match &config.kubernetes {
+        Some(settings) => Some(crate::kube::client(settings).await?),
+        None => None,
+    };
+    let leader = match (&config.kubernetes, &kube_client) {
+        (Some(settings), Some(client)) => {
+            let (leader, task) = crate::kube::lease::start(
+                ::kube::Api::namespaced(client.clone(), &settings.namespace),
+                settings.pod_name.clone(),
+                crate::kube::lease::LeaseTimings::default(),
+                shutdown_rx.clone(),
+            );
+            tasks.push(task);
+            leader
+        }
+        _ => watch::channel(true).1,
+    };
+
+    // The signing authority: --plugin-certs files win; in Kubernetes mode the root lives
+    // in the cluster (cacerts, else istio-ca-secret); otherwise in the data directory.
+    let root_secrets = match (&config.kubernetes, &kube_client, &config.plugin_certs) {
+        (Some(settings), Some(client), None) => Some(crate::kube::root::RootSecrets::new(
+            client.clone(),
+            &settings.namespace,
+            &config.trust_domain,
+            config.key_type,
+        )),
+        _ => None,
+    };
+    let loaded = match &root_secrets {
+        Some(secrets) => secrets.initial(&store, &mut leader.clone()).await?,
+        None => Authority::load(
             &config.data_dir,
             config.plugin_certs.as_deref(),
             &config.trust_domain,
             config.key_type,
         )
         .context("loading the CA's keys and certificates")?,
-    );
-    tracing::info!(source = authority.source(), root_not_after = %authority.root_not_after(), "authority loaded");
+    };
+    tracing::info!(source = loaded.source(), root_not_after = %loaded.root_not_after(), "authority loaded");
+    let root_cert_path = config.data_dir.join("root-cert.pem");
+    let authority = AuthorityHandle::new(loaded, root_cert_path.clone(), metrics.clone())
+        .context("publishing the trust bundle")?;
+    if let Some(secrets) = root_secrets {
+        background.push(tokio::spawn(secrets.watch(
+            authority.clone(),
+            store.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     let jwt_signer = Arc::new(
         crate::pki::JwtSigner::load_or_create(&config.data_dir)
             .context("loading the JWT-SVID signing key")?,
     );
-    let store = Store::open(&config.database_url)
-        .await
-        .with_context(|| format!("opening the database {}", config.database_url_redacted()))?;
 
     let jwt = match &config.jwks {
         Some(path) => Some(
@@ -98,18 +152,19 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         None => None,
     };
     let ready = Ready::new();
-    let mut tasks = Vec::new();
-    // Kubernetes mode: one client; tokens reviewed by the API server; pods indexed for
-    // node authorization (`/ready` waits for the first pod list).
-    let kube_client = match &config.kubernetes {
-        Some(settings) => Some(crate::kube::client(settings).await?),
-        None => None,
-    };
+    // Kubernetes mode: tokens reviewed by the API server; pods indexed for node
+    // authorization (`/ready` waits for the first pod list); the root ConfigMaps.
     let kube_auth = match (&config.kubernetes, &kube_client) {
         (Some(settings), Some(client)) => {
             let client = client.clone();
             let (pods, pod_task) = crate::kube::pods::PodIndex::start(client.clone());
-            tasks.push(pod_task);
+            background.push(pod_task);
+            background.push(tokio::spawn(crate::kube::root_configmap::run(
+                client.clone(),
+                authority.bundle(),
+                leader.clone(),
+                shutdown_rx.clone(),
+            )));
             let synced = ready.block("pod-index");
             let waiting = pods.clone();
             tasks.push(tokio::spawn(async move {
@@ -133,25 +188,18 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         store.clone(),
         kube_auth,
     ));
-    let metrics = Arc::new(Metrics::default());
-    metrics.root_cert_expiry_timestamp.store(
-        authority.root_not_after().unix_timestamp(),
-        Ordering::Relaxed,
-    );
-    metrics.cert_chain_expiry_timestamp.store(
-        authority.chain_not_after().unix_timestamp(),
-        Ordering::Relaxed,
-    );
     // Released once every listener is bound and served.
     let listeners = ready.block("listeners");
-    let (shutdown, shutdown_rx) = watch::channel(false);
 
-    // Certificate API over TLS.
-    let (chain, key) = authority
-        .serving_cert(&config.serving_dns_names, &config.serving_ip_addrs)
-        .context("making the serving certificate")?;
-    let tls =
-        crate::tls::server_config(chain, key, authority.roots_der()).map_err(anyhow::Error::msg)?;
+    // Certificate API over TLS, its serving certificate re-issued when the authority
+    // changes.
+    let (tls, tls_task) = crate::tls::follow_authority(
+        authority.clone(),
+        config.serving_dns_names.clone(),
+        config.serving_ip_addrs.clone(),
+        shutdown_rx.clone(),
+    )?;
+    tasks.push(tls_task);
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding --grpc-addr {}", config.grpc_addr))?;
@@ -159,7 +207,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     let (conn_tx, conn_rx) = mpsc::channel(256);
     tasks.push(tokio::spawn(crate::tls::accept_loop(
         grpc_listener,
-        tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+        tls,
         conn_tx,
         shutdown_rx.clone(),
     )));
@@ -214,6 +262,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         store.clone(),
         config.trust_domain.clone(),
         config.join_token_ttl,
+        authority.clone(),
     );
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -237,10 +286,33 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     if let (Some(settings), Some(client)) = (&config.kubernetes, &kube_client) {
         use crate::kube::webhook;
         let names = webhook::dns_names(&settings.webhook_service_name, &settings.namespace);
-        let (chain, key) = authority
+        let mut changes = authority.subscribe();
+        let (chain, key) = changes
+            .borrow_and_update()
             .serving_cert(&names, &[])
             .context("making the webhook's serving certificate")?;
         let cert = webhook::ServingCert::new(chain, key).map_err(anyhow::Error::msg)?;
+        // A new authority: a new serving certificate from it.
+        {
+            let cert = cert.clone();
+            let mut shutdown = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = changes.changed() => if r.is_err() { return },
+                        _ = shutdown.changed() => return,
+                    }
+                    let current = changes.borrow_and_update().clone();
+                    let made = current
+                        .serving_cert(&names, &[])
+                        .map_err(|e| e.to_string())
+                        .and_then(|(chain, key)| cert.set(chain, key));
+                    if let Err(e) = made {
+                        tracing::error!(error = %e, "keeping the webhook's previous serving certificate");
+                    }
+                }
+            }));
+        }
         let listener = TcpListener::bind(settings.webhook_addr)
             .await
             .with_context(|| format!("binding --webhook-addr {}", settings.webhook_addr))?;
@@ -252,13 +324,11 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
             Arc::new(webhook::Validator::new(&settings.namespace)),
             shutdown_rx.clone(),
         )));
-        let (_, bundle) = watch::channel(authority.roots_pem().to_string());
-        let (_, leader) = watch::channel(true);
         tasks.push(tokio::spawn(webhook::keep_ca_bundle(
             ::kube::Api::all(client.clone()),
             settings.webhook_config_name.clone(),
-            bundle,
-            leader,
+            authority.bundle(),
+            leader.clone(),
             shutdown_rx.clone(),
         )));
     }
@@ -277,7 +347,6 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     )));
 
     drop(listeners);
-    let root_cert_path = config.data_dir.join("root-cert.pem");
     tracing::info!(
         grpc_addr = %grpc_addr,
         monitoring_addr = %monitoring_addr,
@@ -295,9 +364,12 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         root_cert_path,
         metrics,
         store,
+        authority,
+        leader,
         ready,
         shutdown,
         tasks,
+        background,
         drain_timeout: config.drain_timeout,
     })
 }
@@ -308,6 +380,9 @@ impl Bound {
     pub async fn shutdown(self) {
         let _draining = self.ready.block("draining");
         let _ = self.shutdown.send(true);
+        for task in &self.background {
+            task.abort();
+        }
         let drain = futures::future::join_all(self.tasks);
         if tokio::time::timeout(self.drain_timeout, drain)
             .await

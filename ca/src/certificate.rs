@@ -17,13 +17,13 @@ use crate::auth::request::{audit_denial, authenticate};
 use crate::auth::{AuthMethod, Authenticator, Caller};
 use crate::monitoring::Metrics;
 use crate::pki::requested_ttl;
-use crate::pki::{Authority, csr};
+use crate::pki::{AuthorityHandle, csr};
 use crate::store::{AuditEvent, CertRecord, Op, Outcome, Store};
 
 /// The certificate service's shared state.
 #[derive(Debug)]
 pub struct CertificateService {
-    authority: Arc<Authority>,
+    authority: AuthorityHandle,
     auth: Arc<Authenticator>,
     store: Store,
     metrics: Arc<Metrics>,
@@ -64,7 +64,7 @@ impl Denial {
 impl CertificateService {
     /// Builds the service.
     pub fn new(
-        authority: Arc<Authority>,
+        authority: AuthorityHandle,
         auth: Arc<Authenticator>,
         store: Store,
         metrics: Arc<Metrics>,
@@ -171,8 +171,10 @@ impl CertificateService {
                 identity.as_str(),
             )
         })?;
-        let cert = self
-            .authority
+        // One authority for the whole request: the leaf and its chain agree even when
+        // the authority is replaced meanwhile.
+        let authority = self.authority.current();
+        let cert = authority
             .sign_svid(&checked.spki_der, checked.key, &identity, ttl)
             .map_err(|e| {
                 tracing::error!(error = %e, %identity, "signing failed");
@@ -245,7 +247,7 @@ impl CertificateService {
             peer,
             "certificate issued"
         );
-        Ok(self.authority.response_chain(cert.pem))
+        Ok(authority.response_chain(cert.pem))
     }
 }
 

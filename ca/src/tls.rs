@@ -2,7 +2,7 @@
 //! requested (not required) and verified against the CA's own roots, and an accept loop
 //! that hands finished handshakes to tonic.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +11,11 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use crate::pki::{Authority, AuthorityHandle};
 
 /// A handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,11 +46,55 @@ pub fn server_config(
     Ok(config)
 }
 
-/// Accepts TCP connections, completes TLS handshakes concurrently, and sends the
-/// finished streams to `tx` until `shutdown` flips.
+/// The certificate API's TLS config, following the authority: a new authority means a
+/// new serving certificate and new client-certificate roots from the next handshake on
+/// (handshakes in progress finish with the config they started with). A config that
+/// cannot be built for a new authority keeps the previous one and is logged.
+pub fn follow_authority(
+    authority: AuthorityHandle,
+    dns_names: Vec<String>,
+    ips: Vec<IpAddr>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(watch::Receiver<Arc<rustls::ServerConfig>>, JoinHandle<()>)> {
+    let build = move |a: &Authority| -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let (chain, key) = a
+            .serving_cert(&dns_names, &ips)
+            .map_err(|e| anyhow::anyhow!("making the serving certificate: {e}"))?;
+        Ok(Arc::new(
+            server_config(chain, key, a.roots_der()).map_err(anyhow::Error::msg)?,
+        ))
+    };
+    let mut changes = authority.subscribe();
+    let first = build(&changes.borrow_and_update())?;
+    let (tx, rx) = watch::channel(first);
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+            let current = changes.borrow_and_update().clone();
+            match build(&current) {
+                Ok(config) => {
+                    tx.send_replace(config);
+                    tracing::info!(
+                        source = current.source(),
+                        "serving certificate re-issued by the new authority"
+                    );
+                }
+                Err(e) => tracing::error!(error = %e, "keeping the previous serving certificate"),
+            }
+        }
+    });
+    Ok((rx, task))
+}
+
+/// Accepts TCP connections, completes TLS handshakes concurrently (each with the
+/// config current when it arrived), and sends the finished streams to `tx` until
+/// `shutdown` flips.
 pub async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    config: watch::Receiver<Arc<rustls::ServerConfig>>,
     tx: mpsc::Sender<TlsStream<TcpStream>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -69,7 +116,7 @@ pub async fn accept_loop(
             _ = shutdown.changed() => return,
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(config.borrow().clone());
         let tx = tx.clone();
         tokio::spawn(async move {
             let _permit = permit;

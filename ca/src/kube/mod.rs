@@ -6,13 +6,20 @@
 //! - [`pods`]: a reflector of every pod, indexed by node and service account, for node
 //!   authorization (a ztunnel or a Warden node agent may obtain only identities of pods on
 //!   its own node) and node attestation (`k8s_psat`);
+//! - [`lease`]: leader election among the CA's replicas (a `coordination.k8s.io` Lease);
+//! - [`root`]: the signing authority from the `cacerts` or `istio-ca-secret` Secret (the
+//!   leader creates the latter once), reloaded when they change;
+//! - [`root_configmap`]: the leader keeps `istio-ca-root-cert` in every namespace;
 //! - [`webhook`]: the validating admission webhook for `security.istio.io` resources,
 //!   and the leader's upkeep of its configuration's `caBundle`.
 //!
 //! Everything here fails closed: an API-server error refuses the request (`Unavailable`)
 //! and is audited by the caller; nothing is allowed on a stale or unsynced view.
 
+pub mod lease;
 pub mod pods;
+pub mod root;
+pub mod root_configmap;
 pub mod token_review;
 pub mod webhook;
 

@@ -331,9 +331,11 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let (tx, mut rx) = mpsc::channel::<TlsStream<TcpStream>>(64);
+    // The config is fixed; its certificate resolver ([`ServingCert`]) is what changes.
+    let (_, config) = watch::channel(tls);
     let accept = tokio::spawn(crate::tls::accept_loop(
         listener,
-        tokio_rustls::TlsAcceptor::from(tls),
+        config,
         tx,
         shutdown.clone(),
     ));

@@ -61,6 +61,26 @@ impl std::fmt::Debug for Authority {
     }
 }
 
+/// The four parts of Istio's plug-in CA layout (`cacerts`), PEM.
+#[derive(Clone, Default)]
+pub struct PluggedPem {
+    /// `ca-cert.pem`: the certificate Warden signs with.
+    pub ca_cert: String,
+    /// `ca-key.pem`: its key.
+    pub ca_key: String,
+    /// `cert-chain.pem`: the signing certificate and the intermediates above it.
+    pub cert_chain: Option<String>,
+    /// `root-cert.pem`: the roots.
+    pub root_cert: String,
+}
+
+impl std::fmt::Debug for PluggedPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("PluggedPem").finish_non_exhaustive()
+    }
+}
+
 /// A certificate Warden has signed.
 #[derive(Debug, Clone)]
 pub struct IssuedCert {
@@ -203,32 +223,11 @@ impl Authority {
         let key_path = data_dir.join("ca-key.pem");
         if !cert_path.exists() && !key_path.exists() {
             tracing::info!(%key_type, path = %cert_path.display(), "creating a self-signed root CA");
-            let key = key_type.generate()?;
-            let mut params = CertificateParams::default();
-            let mut dn = DistinguishedName::new();
-            dn.push(DnType::OrganizationName, trust_domain);
-            dn.push(DnType::CommonName, "Warden Root CA");
-            params.distinguished_name = dn;
-            let td = SpiffeId::parse(&format!("spiffe://{trust_domain}"))
-                .map_err(|e| invalid(&cert_path, e.to_string()))?;
-            params.subject_alt_names =
-                vec![SanType::URI(td.as_str().try_into().map_err(sign_err)?)];
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            let now = OffsetDateTime::now_utc();
-            params.not_before = now - Duration::from_secs(3600);
-            params.not_after = now + ROOT_LIFETIME;
-            params.serial_number = Some(random_serial()?);
-            let cert = params.self_signed(&key).map_err(sign_err)?;
+            let (cert_pem, key_pem) = Self::new_root_pem(trust_domain, key_type)?;
             // Key first: a crash between the two leaves a key without a cert, which the
             // check below reports rather than silently replacing.
-            super::write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)
-                .map_err(io_err(&key_path))?;
-            super::write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)
+            super::write_atomic(&key_path, key_pem.as_bytes(), 0o600).map_err(io_err(&key_path))?;
+            super::write_atomic(&cert_path, cert_pem.as_bytes(), 0o644)
                 .map_err(io_err(&cert_path))?;
         } else if !cert_path.exists() || !key_path.exists() {
             let missing = if cert_path.exists() {
@@ -242,15 +241,61 @@ impl Authority {
             ));
         }
         tighten_key_mode(&key_path)?;
-        let cert_pem = read(&cert_path)?;
-        let key =
-            keys::load_pem_key(&read(&key_path)?).map_err(|e| invalid(&key_path, e.to_string()))?;
-        let certs = parse_pem_certs(&cert_path, &cert_pem)?;
+        Self::from_root_pem(
+            &read(&cert_path)?,
+            &read(&key_path)?,
+            &cert_path,
+            &key_path,
+            format!("self-signed root {}", cert_path.display()),
+        )
+    }
+
+    /// Makes a new self-signed root for `trust_domain` (istiod's lifetime, 10 years):
+    /// the certificate and the PKCS#8 key, PEM. The key is only in memory; the caller
+    /// decides where it is kept.
+    pub fn new_root_pem(
+        trust_domain: &str,
+        key_type: KeyType,
+    ) -> Result<(String, String), PkiError> {
+        let key = key_type.generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, trust_domain);
+        dn.push(DnType::CommonName, "Warden Root CA");
+        params.distinguished_name = dn;
+        let td = SpiffeId::parse(&format!("spiffe://{trust_domain}"))
+            .map_err(|e| PkiError::Sign(format!("trust domain {trust_domain:?}: {e}")))?;
+        params.subject_alt_names = vec![SanType::URI(td.as_str().try_into().map_err(sign_err)?)];
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(3600);
+        params.not_after = now + ROOT_LIFETIME;
+        params.serial_number = Some(random_serial()?);
+        let cert = params.self_signed(&key).map_err(sign_err)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A self-signed root from its certificate and key, PEM. `cert_label` and
+    /// `key_label` name where each came from in errors (a file, or a Secret's key).
+    pub fn from_root_pem(
+        cert_pem: &str,
+        key_pem: &str,
+        cert_label: &Path,
+        key_label: &Path,
+        source: String,
+    ) -> Result<Self, PkiError> {
+        let key = keys::load_pem_key(key_pem).map_err(|e| invalid(key_label, e.to_string()))?;
+        let certs = parse_pem_certs(cert_label, cert_pem)?;
         let root = certs[0].clone();
-        check_key_matches(&cert_path, &root, &key)?;
-        check_is_ca(&cert_path, &root)?;
+        check_key_matches(cert_label, &root, &key)?;
+        check_is_ca(cert_label, &root)?;
         let issuer =
-            Issuer::from_ca_cert_der(&root, key).map_err(|e| invalid(&cert_path, e.to_string()))?;
+            Issuer::from_ca_cert_der(&root, key).map_err(|e| invalid(cert_label, e.to_string()))?;
         let not_after = not_after_of(&root);
         Ok(Self {
             issuer,
@@ -261,27 +306,50 @@ impl Authority {
             roots_der: vec![root],
             chain_not_after: not_after,
             root_not_after: not_after,
-            source: format!("self-signed root {}", cert_path.display()),
+            source,
         })
     }
 
     fn load_plugged(dir: &Path) -> Result<Self, PkiError> {
-        let cert_path = dir.join("ca-cert.pem");
-        let key_path = dir.join("ca-key.pem");
         let chain_path = dir.join("cert-chain.pem");
-        let root_path = dir.join("root-cert.pem");
-        let signing = parse_pem_certs(&cert_path, &read(&cert_path)?)?.remove(0);
-        let key =
-            keys::load_pem_key(&read(&key_path)?).map_err(|e| invalid(&key_path, e.to_string()))?;
+        let chain = if chain_path.exists() {
+            Some(read(&chain_path)?)
+        } else {
+            None
+        };
+        Self::from_plugged_pem(
+            &PluggedPem {
+                ca_cert: read(&dir.join("ca-cert.pem"))?,
+                ca_key: read(&dir.join("ca-key.pem"))?,
+                cert_chain: chain,
+                root_cert: read(&dir.join("root-cert.pem"))?,
+            },
+            &|name| dir.join(name),
+            format!("plugged-in CA {}", dir.display()),
+        )
+    }
+
+    /// A plugged-in intermediate in Istio's `cacerts` layout. `label` names where each
+    /// part came from in errors (`label("ca-cert.pem")`: a file path or a Secret key).
+    pub fn from_plugged_pem(
+        pem: &PluggedPem,
+        label: &dyn Fn(&str) -> PathBuf,
+        source: String,
+    ) -> Result<Self, PkiError> {
+        let cert_path = label("ca-cert.pem");
+        let key_path = label("ca-key.pem");
+        let chain_path = label("cert-chain.pem");
+        let root_path = label("root-cert.pem");
+        let signing = parse_pem_certs(&cert_path, &pem.ca_cert)?.remove(0);
+        let key = keys::load_pem_key(&pem.ca_key).map_err(|e| invalid(&key_path, e.to_string()))?;
         check_key_matches(&cert_path, &signing, &key)?;
         check_is_ca(&cert_path, &signing)?;
-        let roots = parse_pem_certs(&root_path, &read(&root_path)?)?;
+        let roots = parse_pem_certs(&root_path, &pem.root_cert)?;
         // cert-chain.pem is ca-cert.pem followed by intermediates; some tools append the
         // root too. Keep the certificates between the signing cert and the roots.
-        let chain = if chain_path.exists() {
-            parse_pem_certs(&chain_path, &read(&chain_path)?)?
-        } else {
-            vec![signing.clone()]
+        let chain = match pem.cert_chain.as_deref() {
+            Some(text) if !text.trim().is_empty() => parse_pem_certs(&chain_path, text)?,
+            _ => vec![signing.clone()],
         };
         let mut intermediates: Vec<CertificateDer<'static>> = chain
             .into_iter()
@@ -312,7 +380,7 @@ impl Authority {
             roots_der: roots,
             chain_not_after,
             root_not_after,
-            source: format!("plugged-in CA {}", dir.display()),
+            source,
         })
     }
 
@@ -405,6 +473,68 @@ impl Authority {
             not_before: params.not_before,
             not_after: params.not_after,
         })
+    }
+
+    /// Signs an intermediate CA certificate for cluster `cluster` over the given public
+    /// key (Istio's plug-in CA: istiod or another Warden signs leaves with it): CA with
+    /// path length 0 (it signs leaves only), `keyCertSign`/`cRLSign`, the trust domain as
+    /// its URI SAN, valid for `ttl` clamped to this authority's own chain. The subject and
+    /// extensions are the CA's choice; nothing the CSR asked for is copied.
+    pub fn sign_intermediate(
+        &self,
+        spki_der: &[u8],
+        cluster: &str,
+        trust_domain: &str,
+        ttl: Duration,
+    ) -> Result<IssuedCert, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        if self.chain_not_after <= now {
+            return Err(PkiError::Expired(self.chain_not_after));
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, trust_domain);
+        dn.push(DnType::LocalityName, cluster);
+        dn.push(
+            DnType::CommonName,
+            format!("Warden intermediate CA {cluster}"),
+        );
+        params.distinguished_name = dn;
+        let td = SpiffeId::parse(&format!("spiffe://{trust_domain}"))
+            .map_err(|e| PkiError::Sign(format!("trust domain {trust_domain:?}: {e}")))?;
+        params.subject_alt_names = vec![SanType::URI(td.as_str().try_into().map_err(sign_err)?)];
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let serial = random_serial()?;
+        let serial_hex = hex::encode(serial.to_bytes());
+        params.serial_number = Some(serial);
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = (now + ttl).min(self.chain_not_after);
+        let public_key = SubjectPublicKeyInfo::from_der(spki_der).map_err(sign_err)?;
+        let cert = params
+            .signed_by(&public_key, &self.issuer)
+            .map_err(sign_err)?;
+        let der = cert.der().to_vec();
+        Ok(IssuedCert {
+            fingerprint_hex: super::sha256_hex(&der),
+            pem: cert.pem(),
+            der,
+            serial_hex,
+            not_before: params.not_before,
+            not_after: params.not_after,
+        })
+    }
+
+    /// PEM of the certificates a certificate this authority signs is sent with, below
+    /// the roots: the signing certificate and the intermediates above it (empty when
+    /// signing as the root).
+    pub fn chain_pem(&self) -> &[String] {
+        &self.intermediates_pem
     }
 
     /// Makes the CA's TLS serving certificate (fresh P-256 key, kept in memory only) with

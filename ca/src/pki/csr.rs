@@ -139,6 +139,19 @@ pub fn decode_pem(pem: &str) -> Result<Vec<u8>, CsrError> {
 
 /// Parses and checks a DER CSR for a caller authorized for `authorized`.
 pub fn check(der: &[u8], authorized: &SpiffeId) -> Result<CheckedCsr, CsrError> {
+    let (checked, csr) = parse_checked(der)?;
+    check_extensions(&csr, authorized)?;
+    Ok(checked)
+}
+
+/// Parses a DER CSR and checks only its key and self-signature: for requests whose
+/// subject and extensions the CA decides itself (an intermediate CA certificate), so
+/// what the CSR asks for beyond its key is ignored.
+pub fn check_key_and_signature(der: &[u8]) -> Result<CheckedCsr, CsrError> {
+    parse_checked(der).map(|(checked, _)| checked)
+}
+
+fn parse_checked(der: &[u8]) -> Result<(CheckedCsr, X509CertificationRequest<'_>), CsrError> {
     let (rest, csr) =
         X509CertificationRequest::from_der(der).map_err(|e| CsrError::Der(e.to_string()))?;
     if !rest.is_empty() {
@@ -162,11 +175,11 @@ pub fn check(der: &[u8], authorized: &SpiffeId) -> Result<CheckedCsr, CsrError> 
     }
     let key = key_kind(&csr)?;
     csr.verify_signature().map_err(|_| CsrError::Signature)?;
-    check_extensions(&csr, authorized)?;
-    Ok(CheckedCsr {
+    let checked = CheckedCsr {
         spki_der: csr.certification_request_info.subject_pki.raw.to_vec(),
         key,
-    })
+    };
+    Ok((checked, csr))
 }
 
 fn key_kind(csr: &X509CertificationRequest<'_>) -> Result<CsrKey, CsrError> {

@@ -4,12 +4,14 @@
 
 pub mod authority;
 pub mod csr;
+pub mod handle;
 pub mod jwt_svid;
 pub mod keys;
 
 use std::time::Duration;
 
-pub use authority::{Authority, IssuedCert, PkiError};
+pub use authority::{Authority, IssuedCert, PkiError, PluggedPem};
+pub use handle::AuthorityHandle;
 pub use jwt_svid::JwtSigner;
 pub use keys::KeyType;
 pub use warden_common::files::{pem_encode, write_atomic};

@@ -486,6 +486,11 @@ impl FakeApiServer {
         });
     }
 
+    /// Drops every injected failure not yet used.
+    pub fn clear_failures(&self) {
+        self.lock().failures.clear();
+    }
+
     /// Every request so far, as `"METHOD /path?query"`.
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
