@@ -22,7 +22,7 @@ pub enum AuditCmd {
         #[arg(long)]
         identity: Option<String>,
         /// Only rows with this outcome.
-        #[arg(long, value_parser = ["issued", "denied", "created", "deleted", "used"])]
+        #[arg(long, value_parser = ["issued", "denied", "created", "deleted", "used", "loaded", "refused"])]
         outcome: Option<String>,
         /// Only rows at or after this RFC 3339 time, e.g. 2026-11-21T10:00:00Z.
         #[arg(long)]
@@ -89,7 +89,7 @@ pub enum TokenCmd {
     },
 }
 
-async fn connect(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
+pub(crate) async fn connect(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
     if !socket.exists() {
         bail!(
             "admin socket {} does not exist: is warden-ca running with that --data-dir? (set --admin-socket)",

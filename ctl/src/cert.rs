@@ -165,7 +165,7 @@ async fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
     inspect(&args.out.join("cert-chain.pem"), false)
 }
 
-fn write_file(path: &std::path::Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+pub(crate) fn write_file(path: &std::path::Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");

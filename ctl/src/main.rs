@@ -5,6 +5,7 @@
 
 mod admin;
 mod authz;
+mod ca;
 mod cert;
 mod validate;
 
@@ -38,6 +39,9 @@ enum Command {
     /// Manage one-time node join tokens.
     #[command(subcommand)]
     Token(admin::TokenCmd),
+    /// The CA itself: intermediates for other clusters' CAs.
+    #[command(subcommand)]
+    Ca(ca::CaCmd),
     /// Inspect certificates.
     #[command(subcommand)]
     Cert(cert::CertCmd),
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
             Command::Entry(cmd) => admin::entry(&cli.admin_socket, cmd).await,
             Command::Token(cmd) => admin::token(&cli.admin_socket, cmd).await,
             Command::Cert(cmd) => cert::run(cmd).await,
+            Command::Ca(cmd) => ca::run(&cli.admin_socket, cmd).await,
             // Handled above, before the runtime starts.
             Command::Authz(_) | Command::Validate(_) => Ok(ExitCode::SUCCESS),
         }

@@ -68,6 +68,28 @@ impl FakeApi {
     }
 }
 
+impl FakeApi {
+    /// POST of an object with curl; panics unless created.
+    fn post(&self, path: &str, object: &Value) {
+        let out = Command::new("curl")
+            .args(["-sS", "-k", "--max-time", "10", "-H"])
+            .arg(format!("Authorization: Bearer {API_TOKEN}"))
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "-w",
+                "\n%{http_code}",
+                "-d",
+            ])
+            .arg(object.to_string())
+            .arg(format!("https://{}{path}", self.addr))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(stdout.ends_with("201"), "POST {path}: {stdout}");
+    }
+}
+
 fn pod(ns: &str, name: &str, sa: &str, node: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
@@ -156,14 +178,14 @@ fn kubernetes_mode_reviews_tokens_authorizes_nodes_and_validates_policies() {
     let root = data.join("root-cert.pem");
     let script = warden_tests::interop_script("istio_ca_client.py");
     let addr = format!("localhost:{}", ca.grpc_addr.rsplit(':').next().unwrap());
-    let client = |name: &str, token: &str, extra: &[&str]| {
+    let client_at = |addr: &str, name: &str, token: &str, extra: &[&str]| {
         let token_file = tmp.path().join(format!("{name}.token"));
         std::fs::write(&token_file, token).unwrap();
         let out = tmp.path().join(name);
         let (ok, r) = run_json(
             Command::new(&py)
                 .arg(&script)
-                .args(["--addr", &addr, "--root", root.to_str().unwrap()])
+                .args(["--addr", addr, "--root", root.to_str().unwrap()])
                 .arg("--token-file")
                 .arg(&token_file)
                 .arg("--out")
@@ -173,6 +195,7 @@ fn kubernetes_mode_reviews_tokens_authorizes_nodes_and_validates_policies() {
         assert!(ok, "{name}: {r}");
         (r, out)
     };
+    let client = |name: &str, token: &str, extra: &[&str]| client_at(&addr, name, token, extra);
     let san = |dir: &Path| {
         let pem = std::fs::read_to_string(dir.join("cert-chain.pem")).unwrap();
         let out = Command::new("openssl")
@@ -245,6 +268,26 @@ fn kubernetes_mode_reviews_tokens_authorizes_nodes_and_validates_policies() {
             == Some(bundle.as_bytes().to_vec())
     });
 
+    // The root lives in the cluster: the leader made istio-ca-secret, and publishes the
+    // bundle as istio-ca-root-cert in every namespace.
+    let secret = api
+        .get("/api/v1/namespaces/istio-system/secrets/istio-ca-secret")
+        .expect("istio-ca-secret was created");
+    assert_eq!(secret["type"], "istio.io/ca-root");
+    assert_eq!(b64(&secret["data"]["ca-cert.pem"]), bundle);
+    for ns in ["istio-system", "foo", "bar"] {
+        eventually("istio-ca-root-cert", Duration::from_secs(20), || {
+            api.get(&format!(
+                "/api/v1/namespaces/{ns}/configmaps/istio-ca-root-cert"
+            ))
+            .is_some_and(|cm| cm["data"]["root-cert.pem"] == bundle.as_str())
+        });
+    }
+    let lease = api
+        .get("/apis/coordination.k8s.io/v1/namespaces/istio-system/leases/warden-ca-leader")
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "warden-ca-0");
+
     // The webhook refuses a bad policy over TLS, verified against the CA's root.
     let webhook = ca
         .webhook_addr
@@ -292,8 +335,111 @@ fn kubernetes_mode_reviews_tokens_authorizes_nodes_and_validates_policies() {
         "PeerAuthentication foo/default: spec.portLevelMtls: mesh/namespace peer authentication cannot have port level mTLS"
     );
 
+    // A second replica loads the same root; when the first stops, it takes the lead.
+    let data2 = tmp.path().join("data-2");
+    let ca2 = CaProcess::start(
+        &data2,
+        &[
+            "--kubernetes",
+            "on",
+            "--kubeconfig",
+            api.kubeconfig.to_str().unwrap(),
+            "--ca-namespace",
+            "istio-system",
+            "--pod-name",
+            "warden-ca-1",
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--trusted-node-accounts",
+            "istio-system/ztunnel",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(data2.join("root-cert.pem")).unwrap(),
+        bundle
+    );
+
+    // Warden as the shared root: an intermediate for this cluster, plugged in as
+    // cacerts while the CA runs. The bundle stays the same root; leaves now come with
+    // the intermediate.
+    let inter = tmp.path().join("cacerts");
+    ok(ca.warden(&[
+        "ca",
+        "intermediate",
+        "--cluster",
+        "Kubernetes",
+        "--out",
+        inter.to_str().unwrap(),
+    ]));
     let (code, _) = ca.terminate();
     assert_eq!(code, Some(0));
+    eventually("the second replica leads", Duration::from_secs(30), || {
+        api.get("/apis/coordination.k8s.io/v1/namespaces/istio-system/leases/warden-ca-leader")
+            .is_some_and(|l| l["spec"]["holderIdentity"] == "warden-ca-1")
+    });
+    let file = |n: &str| {
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            std::fs::read(inter.join(n)).unwrap(),
+        )
+    };
+    api.post(
+        "/api/v1/namespaces/istio-system/secrets",
+        &json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "cacerts", "namespace": "istio-system"},
+                "data": {"ca-cert.pem": file("ca-cert.pem"), "ca-key.pem": file("ca-key.pem"),
+                         "cert-chain.pem": file("cert-chain.pem"), "root-cert.pem": file("root-cert.pem")}}),
+    );
+    let addr2 = format!("localhost:{}", ca2.grpc_addr.rsplit(':').next().unwrap());
+    let intermediate_pem = std::fs::read_to_string(inter.join("ca-cert.pem")).unwrap();
+    eventually(
+        "leaves signed by the plugged-in intermediate",
+        Duration::from_secs(30),
+        || {
+            let (r, out) = client_at(&addr2, "after-cacerts", "t-sleep", &[]);
+            r["ok"] == true
+                && std::fs::read_to_string(out.join("cert-chain.pem"))
+                    .unwrap()
+                    .contains(intermediate_pem.trim())
+        },
+    );
+    let out = tmp.path().join("after-cacerts");
+    let chain = out.join("cert-chain.pem");
+    let verify = Command::new("openssl")
+        .args(["verify", "-x509_strict", "-CAfile"])
+        .arg(&root)
+        .arg("-untrusted")
+        .arg(&chain)
+        .arg(&chain)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(data2.join("root-cert.pem")).unwrap(),
+        bundle
+    );
+    let audit = ok(ca2.warden(&["audit", "list", "--json"]));
+    assert!(
+        audit.contains("ca.authority") && audit.contains("cacerts"),
+        "{audit}"
+    );
+
+    let (code, _) = ca2.terminate();
+    assert_eq!(code, Some(0));
+}
+
+/// A base64 JSON string, decoded to text.
+fn b64(v: &Value) -> String {
+    let bytes = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        v.as_str().unwrap(),
+    )
+    .unwrap();
+    String::from_utf8(bytes).unwrap()
 }
 
 trait PemStdin {
