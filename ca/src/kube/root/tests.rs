@@ -11,6 +11,8 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use serde_json::{Value, json};
 use warden_common::testing::kube_api::FakeApiServer;
 
+use rustls_pki_types::pem::PemObject;
+
 use super::*;
 use crate::monitoring::Metrics;
 use crate::store::AuditFilter;
@@ -113,6 +115,42 @@ async fn replicas_starting_together_create_one_root_and_all_load_it() {
 }
 
 #[tokio::test]
+async fn two_replicas_under_one_lease_make_exactly_one_root() {
+    use crate::kube::lease::{self, LeaseTimings};
+    let fake = FakeApiServer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let timings = LeaseTimings {
+        duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1500),
+        retry: Duration::from_millis(100),
+    };
+    let (_stop, shutdown) = watch::channel(false);
+    let replica = |name: &'static str| {
+        let fake = fake.clone();
+        let store = store.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let (mut leader, _task) = lease::start(
+                Api::namespaced(fake.client(), NS),
+                name.into(),
+                timings,
+                shutdown,
+            );
+            secrets(&fake).initial(&store, &mut leader).await.unwrap()
+        }
+    };
+    let (a, b) = tokio::join!(replica("ca-a"), replica("ca-b"));
+    assert_eq!(a.roots_pem(), b.roots_pem());
+    let creates: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("POST") && r.contains("/secrets"))
+        .collect();
+    assert_eq!(creates.len(), 1, "{creates:?}");
+}
+
+#[tokio::test]
 async fn a_follower_waits_for_the_leaders_root() {
     let fake = FakeApiServer::new();
     let dir = tempfile::tempdir().unwrap();
@@ -155,6 +193,10 @@ async fn cacerts_wins_and_is_reloaded_without_restart_and_a_broken_one_is_refuse
     tokio::spawn(secrets(&fake).watch(handle.clone(), store.clone(), shutdown));
     let mut bundle = handle.bundle();
     bundle.borrow_and_update();
+    // Issuance goes on throughout, as CertificateService does it (one snapshot per
+    // request): every leaf verifies against the chain it is sent with.
+    let counts: Arc<Counts> = Arc::default();
+    let issuing = tokio::spawn(issue_continuously(handle.clone(), counts.clone()));
 
     // An operator plugs in an intermediate: the CA signs with it from then on.
     let (ca_cert, ca_key, root) = intermediate();
@@ -209,6 +251,55 @@ async fn cacerts_wins_and_is_reloaded_without_restart_and_a_broken_one_is_refuse
         .unwrap()
         .unwrap();
     assert_eq!(handle.current().roots_pem(), self_signed_pem);
+    issuing.abort();
+    let _ = issuing.await;
+    let issued = counts.0.load(std::sync::atomic::Ordering::Relaxed);
+    let inconsistent = counts.1.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(issued > 10, "{issued} issued");
+    assert_eq!(inconsistent, 0);
+}
+
+/// (issued, inconsistent) by [`issue_continuously`].
+type Counts = (
+    std::sync::atomic::AtomicUsize,
+    std::sync::atomic::AtomicUsize,
+);
+
+async fn issue_continuously(handle: AuthorityHandle, counts: Arc<Counts>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let key = KeyPair::generate().unwrap();
+    let id = warden_proto::SpiffeId::parse("spiffe://cluster.local/ns/foo/sa/sleep").unwrap();
+    loop {
+        let authority = handle.current();
+        let cert = authority
+            .sign_svid(
+                &rcgen::PublicKeyData::subject_public_key_info(&key),
+                crate::pki::csr::CsrKey::EcP256,
+                &id,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let chain = authority.response_chain(cert.pem);
+        // The leaf's issuer: the first intermediate, else the root.
+        let issuer_pem = if chain.len() > 2 {
+            &chain[1]
+        } else {
+            &chain[chain.len() - 1]
+        };
+        let issuer_der = rustls_pki_types::CertificateDer::pem_slice_iter(issuer_pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let (_, issuer) = X509Certificate::from_der(&issuer_der).unwrap();
+        let (_, leaf) = X509Certificate::from_der(&cert.der).unwrap();
+        let ok = leaf.verify_signature(Some(issuer.public_key())).is_ok();
+        counts.0.fetch_add(1, Relaxed);
+        if !ok {
+            counts.1.fetch_add(1, Relaxed);
+        }
+        tokio::task::yield_now().await;
+    }
 }
 
 #[tokio::test]
