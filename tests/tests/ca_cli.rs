@@ -263,12 +263,16 @@ async fn cli_and_server_errors_name_the_problem() {
     let web = format!("spiffe://{TD}/ns/default/sa/web");
     // (parent-id, spiffe-id, selector) -> what the refusal must say.
     let other_td = "spiffe://other.td/ns/a/sa/b";
-    let refused_entries: [([&str; 3], &[&str]); 4] = [
+    let refused_entries: [([&str; 3], &[&str]); 5] = [
         (["node-1", &web, "unix:uid:1"], &["parent-id", "spiffe://"]),
         ([&web, other_td, "unix:uid:1"], &["not in trust domain"]),
         (
-            [&web, &web, "k8s:ns:default"],
-            &["selector type \"k8s\" is not known"],
+            [&web, &web, "docker:label:a"],
+            &["selector type \"docker\" is not known"],
+        ),
+        (
+            [&web, &web, "k8s:zone:a"],
+            &["\"k8s:zone:a\" is not understood"],
         ),
         ([&web, &web, "unix:uid:-5"], &["unix:uid:N"]),
     ];
