@@ -12,6 +12,9 @@ use tonic::{Request, Response, Status};
 use warden_proto::SpiffeId;
 use warden_proto::admin::admin_server::Admin;
 use warden_proto::admin::{
+    AuditCheckpoint, CreateCheckpointRequest, PruneAuditRequest, PruneAuditResponse,
+};
+use warden_proto::admin::{
     AuditRecord, CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse,
     DeleteEntryRequest, DeleteEntryResponse, Entry, ListAuditRequest, ListEntriesRequest,
     ListEntriesResponse, Selector, SignIntermediateRequest, SignIntermediateResponse,
@@ -19,6 +22,7 @@ use warden_proto::admin::{
 };
 
 use crate::auth::{JOIN_TOKEN_PREFIX, join_token_hash};
+use crate::checkpoint::{AuditSigner, CheckpointFailure};
 use crate::pki::{AuthorityHandle, csr};
 use crate::store::{AuditEvent, AuditFilter, EntryRecord, Op, Outcome, Store, TokenRecord};
 
@@ -37,6 +41,7 @@ pub struct AdminService {
     trust_domain: String,
     default_token_ttl: Duration,
     authority: AuthorityHandle,
+    signer: std::sync::Arc<AuditSigner>,
 }
 
 impl AdminService {
@@ -46,12 +51,14 @@ impl AdminService {
         trust_domain: String,
         default_token_ttl: Duration,
         authority: AuthorityHandle,
+        signer: std::sync::Arc<AuditSigner>,
     ) -> Self {
         Self {
             store,
             trust_domain,
             default_token_ttl,
             authority,
+            signer,
         }
     }
 }
@@ -382,9 +389,23 @@ impl Admin for AdminService {
 
     async fn verify_audit(
         &self,
-        _req: Request<VerifyAuditRequest>,
+        req: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
-        let report = self.store.verify_audit().await.map_err(store_status)?;
+        let req = req.into_inner();
+        let expect = match (req.checkpoint_seq, req.checkpoint_hash.as_str()) {
+            (0, "") => None,
+            (seq, hash) if seq > 0 && hash.len() == 64 => Some((seq, hash)),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "checkpoint: expected a row number above 0 and a 64-digit hex hash",
+                ));
+            }
+        };
+        let report = self
+            .store
+            .verify_audit(expect)
+            .await
+            .map_err(store_status)?;
         let (first_bad_seq, reason) = report.first_bad.unwrap_or((0, String::new()));
         Ok(Response::new(VerifyAuditResponse {
             ok: reason.is_empty(),
@@ -392,6 +413,81 @@ impl Admin for AdminService {
             first_bad_seq,
             reason,
             head_hash: report.head_hash,
+            anchor_seq: report.anchor_seq,
+        }))
+    }
+
+    async fn create_checkpoint(
+        &self,
+        _req: Request<CreateCheckpointRequest>,
+    ) -> Result<Response<AuditCheckpoint>, Status> {
+        let c = self
+            .signer
+            .checkpoint(&self.store)
+            .await
+            .map_err(|e| match e {
+                CheckpointFailure::Empty => Status::failed_precondition(e.to_string()),
+                CheckpointFailure::Store(e) => store_status(e),
+            })?;
+        Ok(Response::new(AuditCheckpoint {
+            version: c.version,
+            trust_domain: c.trust_domain,
+            seq: c.seq,
+            hash: c.hash,
+            time_nanos: c.time_nanos,
+            key_id: c.key_id,
+            public_key: c.public_key,
+            signature: c.signature,
+        }))
+    }
+
+    async fn prune_audit(
+        &self,
+        req: Request<PruneAuditRequest>,
+    ) -> Result<Response<PruneAuditResponse>, Status> {
+        let who = requester(&req);
+        let req = req.into_inner();
+        match self
+            .store
+            .checkpoint_at(req.through_seq)
+            .await
+            .map_err(store_status)?
+        {
+            Some(c) if c.hash == req.hash => {}
+            Some(_) => {
+                return Err(Status::failed_precondition(format!(
+                    "the checkpoint recorded at row {} has a different hash than the one given; nothing was pruned",
+                    req.through_seq
+                )));
+            }
+            None => {
+                return Err(Status::failed_precondition(format!(
+                    "no checkpoint is recorded at row {}; nothing was pruned",
+                    req.through_seq
+                )));
+            }
+        }
+        let removed = self
+            .store
+            .prune_audit(req.through_seq)
+            .await
+            .map_err(store_status)?
+            .map_err(Status::failed_precondition)?;
+        let event = AuditEvent {
+            event: "audit.pruned",
+            outcome: "deleted",
+            identity: format!("spiffe://{}", self.trust_domain),
+            requester: who,
+            peer_addr: "admin.sock".into(),
+            detail: serde_json::json!({
+                "through_seq": req.through_seq,
+                "rows_removed": removed,
+                "anchor_hash": req.hash,
+            }),
+        };
+        self.store.audit(event).await.map_err(store_status)?;
+        Ok(Response::new(PruneAuditResponse {
+            rows_removed: i64::try_from(removed).unwrap_or(i64::MAX),
         }))
     }
 

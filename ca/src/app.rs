@@ -133,6 +133,17 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
             shutdown_rx.clone(),
         )));
     }
+    let audit_signer = Arc::new(
+        crate::checkpoint::AuditSigner::load_or_create(&config.data_dir, &config.trust_domain)
+            .context("loading the audit checkpoint key")?,
+    );
+    if let Some(interval) = config.audit_checkpoint_interval {
+        tasks.push(tokio::spawn(audit_signer.clone().run_periodic(
+            store.clone(),
+            interval,
+            shutdown_rx.clone(),
+        )));
+    }
     let jwt_signer = Arc::new(
         crate::pki::JwtSigner::load_or_create(&config.data_dir)
             .context("loading the JWT-SVID signing key")?,
@@ -263,6 +274,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         config.trust_domain.clone(),
         config.join_token_ttl,
         authority.clone(),
+        audit_signer,
     );
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {

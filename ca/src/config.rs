@@ -83,6 +83,11 @@ pub struct RunArgs {
     #[arg(long, value_parser = warden_proto::duration::parse_flag)]
     #[serde(deserialize_with = "de::duration")]
     pub drain_timeout: Option<Duration>,
+    /// How often the audit chain head is signed into a checkpoint while the log grows;
+    /// 0s turns it off (`warden audit checkpoint` still works) [default: 1h].
+    #[arg(long, value_parser = warden_proto::duration::parse_flag)]
+    #[serde(deserialize_with = "de::duration")]
+    pub audit_checkpoint_interval: Option<Duration>,
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<LogFormat>,
@@ -172,6 +177,8 @@ pub struct Config {
     pub join_token_ttl: Duration,
     /// Grace period for in-flight requests on SIGTERM.
     pub drain_timeout: Duration,
+    /// Interval of automatic audit checkpoints; `None` when off.
+    pub audit_checkpoint_interval: Option<Duration>,
     /// Log format.
     pub log_format: LogFormat,
     /// Kubernetes mode's settings; `None` when it is off.
@@ -349,6 +356,11 @@ impl Config {
             jwt_svid_ttl: args.jwt_svid_ttl.unwrap_or(Duration::from_secs(300)),
             join_token_ttl: args.join_token_ttl.unwrap_or(Duration::from_secs(3600)),
             drain_timeout: args.drain_timeout.unwrap_or(Duration::from_secs(10)),
+            audit_checkpoint_interval: Some(
+                args.audit_checkpoint_interval
+                    .unwrap_or(Duration::from_secs(3600)),
+            )
+            .filter(|d| !d.is_zero()),
             log_format: args.log_format.unwrap_or_default(),
             data_dir,
             kubernetes,

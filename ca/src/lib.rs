@@ -4,7 +4,7 @@
 //! so istio-agent and ztunnel can use it in place of istiod's CA. The parts, by folder:
 //! [`config`] (flags and YAML), [`pki`] (roots, CSR checks, signing), [`auth`] (who is
 //! asking, node impersonation), [`store`] (SQLite/PostgreSQL, hash-chained audit log with
-//! group commit), [`certificate`] (CreateCertificate), [`jwt_svid`] (JWT-SVIDs), [`node_api`] (a node's entries for its agent), [`admin`] (the CLI's unix-socket API),
+//! group commit), [`certificate`] (CreateCertificate), [`jwt_svid`] (JWT-SVIDs), [`node_api`] (a node's entries for its agent), [`admin`] (the CLI's unix-socket API), [`checkpoint`] (signed audit checkpoints), [`kube`] (Kubernetes mode),
 //! [`monitoring`] (istiod-named metrics, health) and [`app`] (wiring; `build` returns the
 //! bound addresses).
 
@@ -12,6 +12,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod certificate;
+pub mod checkpoint;
 pub mod config;
 pub mod jwt_svid;
 pub mod kube;

@@ -323,7 +323,7 @@ async fn audit_verify_catches_an_edited_row(db: Db) {
     }
     let mut admin = ca.admin().await;
     let v = admin
-        .verify_audit(warden_proto::admin::VerifyAuditRequest {})
+        .verify_audit(warden_proto::admin::VerifyAuditRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -334,7 +334,7 @@ async fn audit_verify_catches_an_edited_row(db: Db) {
     )
     .await;
     let v = admin
-        .verify_audit(warden_proto::admin::VerifyAuditRequest {})
+        .verify_audit(warden_proto::admin::VerifyAuditRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -378,7 +378,7 @@ async fn no_certificate_without_a_durable_record(db: Db) {
     let v = ca
         .admin()
         .await
-        .verify_audit(warden_proto::admin::VerifyAuditRequest {})
+        .verify_audit(warden_proto::admin::VerifyAuditRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -494,7 +494,7 @@ async fn two_replicas_share_one_postgres_database() {
         let v = ca
             .admin()
             .await
-            .verify_audit(VerifyAuditRequest {})
+            .verify_audit(VerifyAuditRequest::default())
             .await
             .unwrap()
             .into_inner();

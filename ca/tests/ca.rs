@@ -678,7 +678,7 @@ async fn restart_keeps_root_and_chain(db: Db) {
     let v = ca
         .admin()
         .await
-        .verify_audit(warden_proto::admin::VerifyAuditRequest {})
+        .verify_audit(warden_proto::admin::VerifyAuditRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -738,7 +738,7 @@ async fn audit_load_is_durable_and_chained(db: Db) {
     let v = ca
         .admin()
         .await
-        .verify_audit(warden_proto::admin::VerifyAuditRequest {})
+        .verify_audit(warden_proto::admin::VerifyAuditRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -875,7 +875,225 @@ async fn node_entry_listing(db: Db) {
     ca.stop().await;
 }
 
+/// The database URL a test CA uses.
+fn db_url(ca: &TestCa) -> String {
+    match &ca.pg {
+        Some(pg) => pg.url.clone(),
+        None => format!("sqlite://{}/warden.db", ca.data_dir().display()),
+    }
+}
+
+/// What someone with write access to the database can do: change row `seq` and
+/// recompute every hash after it, the chain head included, so the chain is
+/// consistent again.
+async fn rewrite_audit_from(url: &str, seq: i64) {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let mut c = sqlx::AnyConnection::connect(url).await.unwrap();
+    let mut prev: String = sqlx::query("SELECT hash FROM audit_log WHERE seq = $1")
+        .bind(seq - 1)
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get("hash");
+    let rows = sqlx::query(
+        "SELECT seq, ts_nanos, event, outcome, identity, requester, peer_addr, detail \
+         FROM audit_log WHERE seq >= $1 ORDER BY seq",
+    )
+    .bind(seq)
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    for r in rows {
+        let row_seq: i64 = r.get("seq");
+        let identity: String = if row_seq == seq {
+            "spiffe://cluster.local/ns/innocent/sa/nobody".into()
+        } else {
+            r.get("identity")
+        };
+        let hash = warden_ca::store::audit::chain_hash(
+            &prev,
+            row_seq,
+            r.get("ts_nanos"),
+            r.get::<String, _>("event").as_str(),
+            r.get::<String, _>("outcome").as_str(),
+            &identity,
+            r.get::<String, _>("requester").as_str(),
+            r.get::<String, _>("peer_addr").as_str(),
+            r.get::<String, _>("detail").as_str(),
+        );
+        sqlx::query("UPDATE audit_log SET identity = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
+            .bind(&identity)
+            .bind(&prev)
+            .bind(&hash)
+            .bind(row_seq)
+            .execute(&mut c)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(&prev)
+        .execute(&mut c)
+        .await
+        .unwrap();
+}
+
+/// Signed checkpoints: a checkpoint catches a database rewritten consistently (which
+/// the chain alone cannot), pruning keeps the rest verifiable from its anchor, and
+/// pruning refuses what it cannot stand on.
+async fn audit_checkpoints_and_pruning(db: Db) {
+    use warden_proto::admin::{CreateCheckpointRequest, PruneAuditRequest, VerifyAuditRequest};
+    let Some(ca) = TestCa::start(db, Opts::default()).await else {
+        return;
+    };
+    let issue = |n: usize| {
+        let ca = &ca;
+        async move {
+            let mut client = ca.client(None).await;
+            for i in 0..n {
+                let (c, _k) = csr(None);
+                create(
+                    &mut client,
+                    request(&c, 0, Some(&sa_token("ck", &format!("sa{i}"))), None),
+                )
+                .await
+                .unwrap();
+            }
+        }
+    };
+    let mut admin = ca.admin().await;
+    // Nothing to sign yet.
+    let err = admin
+        .create_checkpoint(CreateCheckpointRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    issue(5).await;
+    let cp1 = admin
+        .create_checkpoint(CreateCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cp1.seq, 5);
+    // The same head gives the same checkpoint.
+    let again = admin
+        .create_checkpoint(CreateCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, cp1);
+    let verify = |seq: i64, hash: &str| VerifyAuditRequest {
+        checkpoint_seq: seq,
+        checkpoint_hash: hash.to_string(),
+    };
+    let mut admin2 = ca.admin().await;
+    let v = admin2
+        .verify_audit(verify(cp1.seq, &cp1.hash))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.ok && v.rows_checked == 5, "{v:?}");
+    let v = admin2
+        .verify_audit(verify(cp1.seq, &"0".repeat(64)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!v.ok && v.first_bad_seq == 5, "{v:?}");
+
+    issue(3).await;
+    // Pruning needs a recorded checkpoint with the same hash.
+    let err = admin2
+        .prune_audit(PruneAuditRequest {
+            through_seq: 4,
+            hash: cp1.hash.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("no checkpoint is recorded at row 4"),
+        "{err:?}"
+    );
+    let err = admin2
+        .prune_audit(PruneAuditRequest {
+            through_seq: 5,
+            hash: "0".repeat(64),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("different hash"), "{err:?}");
+    let pruned = admin2
+        .prune_audit(PruneAuditRequest {
+            through_seq: 5,
+            hash: cp1.hash.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pruned.rows_removed, 5);
+    // 3 issuances and the audit.pruned row remain, verified from the anchor; the old
+    // checkpoint still checks (it is the anchor).
+    let v = admin2
+        .verify_audit(verify(0, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.ok && v.rows_checked == 4 && v.anchor_seq == 5, "{v:?}");
+    let v = admin2
+        .verify_audit(verify(cp1.seq, &cp1.hash))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.ok, "{v:?}");
+    let cp2 = admin2
+        .create_checkpoint(CreateCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cp2.seq, 9);
+    let v = admin2
+        .verify_audit(verify(3, &cp1.hash))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!v.ok && v.reason.contains("pruned"), "{v:?}");
+
+    // Someone with the database rewrites row 7 and every hash after it: the chain alone
+    // verifies again, the checkpoint does not.
+    rewrite_audit_from(&db_url(&ca), 7).await;
+    let v = admin2
+        .verify_audit(verify(0, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        v.ok,
+        "a consistent rewrite passes the chain check alone: {v:?}"
+    );
+    let v = admin2
+        .verify_audit(verify(cp2.seq, &cp2.hash))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !v.ok && v.first_bad_seq == 9 && v.reason.contains("rewritten"),
+        "{v:?}"
+    );
+    // And nothing can be pruned on a chain that does not match its checkpoint.
+    let err = admin2
+        .prune_audit(PruneAuditRequest {
+            through_seq: 9,
+            hash: cp2.hash.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("nothing was pruned"), "{err:?}");
+    ca.stop().await;
+}
+
 on_both_backends!(
+    audit_checkpoints_and_pruning,
     node_entry_listing,
     istio_style_jwt_request,
     jwt_refusals,

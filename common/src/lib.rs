@@ -9,6 +9,7 @@
 //! `testing` feature, `testing` holds the test CA other crates' tests issue SVIDs with.
 
 pub mod backoff;
+pub mod checkpoint;
 pub mod config;
 pub mod files;
 pub mod grpc_status;

@@ -1,7 +1,7 @@
 //! Commands that talk to the CA's admin API over its unix socket.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
@@ -35,7 +35,43 @@ pub enum AuditCmd {
         json: bool,
     },
     /// Walk the hash chain; exit non-zero naming the first bad row.
-    Verify,
+    Verify {
+        /// A checkpoint file (from `warden audit checkpoint`): its signature is checked
+        /// here, and the CA's log must still hash to it at its row.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The key the checkpoint must be signed with (its key_id).
+        #[arg(long, requires = "checkpoint")]
+        key_id: Option<String>,
+    },
+    /// Sign the chain head with the CA's audit key; print (or write) the checkpoint.
+    /// Keep it somewhere the CA's database is not: it proves the log up to its row.
+    Checkpoint {
+        /// Write the checkpoint JSON here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Remove the rows up to a checkpoint recorded by the CA; the rest still verifies
+    /// from it. The chain is verified first; the pruning is audited.
+    Prune {
+        /// The checkpoint to prune up to (JSON from `warden audit checkpoint`).
+        #[arg(long)]
+        checkpoint: PathBuf,
+    },
+}
+
+/// Reads and checks a checkpoint file: its signature, and its key if pinned.
+fn read_checkpoint(
+    path: &Path,
+    key_id: Option<&str>,
+) -> anyhow::Result<warden_common::checkpoint::Checkpoint> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--checkpoint {}", path.display()))?;
+    let c: warden_common::checkpoint::Checkpoint = serde_json::from_str(&text)
+        .with_context(|| format!("--checkpoint {}: not a checkpoint", path.display()))?;
+    c.verify(key_id)
+        .map_err(|e| anyhow!("--checkpoint {}: {e}", path.display()))?;
+    Ok(c)
 }
 
 /// `warden entry ...`
@@ -172,17 +208,38 @@ pub async fn audit(socket: &Path, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCmd::Verify => {
+        AuditCmd::Verify { checkpoint, key_id } => {
+            let c = match &checkpoint {
+                Some(path) => Some(read_checkpoint(path, key_id.as_deref())?),
+                None => None,
+            };
             let r = client
-                .verify_audit(VerifyAuditRequest {})
+                .verify_audit(VerifyAuditRequest {
+                    checkpoint_seq: c.as_ref().map_or(0, |c| c.seq),
+                    checkpoint_hash: c.as_ref().map(|c| c.hash.clone()).unwrap_or_default(),
+                })
                 .await
                 .map_err(status_err("audit verify"))?
                 .into_inner();
             if r.ok {
+                let from = if r.anchor_seq > 0 {
+                    format!(
+                        " after the checkpoint at row {} (older rows pruned)",
+                        r.anchor_seq
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "audit log intact: {} rows, head {}",
+                    "audit log intact: {} rows{from}, head {}",
                     r.rows_checked, r.head_hash
                 );
+                if let Some(c) = &c {
+                    println!(
+                        "matches the checkpoint at row {} signed by key {}",
+                        c.seq, c.key_id
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!(
@@ -191,6 +248,56 @@ pub async fn audit(socket: &Path, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::FAILURE)
             }
+        }
+        AuditCmd::Checkpoint { out } => {
+            let c = client
+                .create_checkpoint(warden_proto::admin::CreateCheckpointRequest {})
+                .await
+                .map_err(status_err("audit checkpoint"))?
+                .into_inner();
+            let c = warden_common::checkpoint::Checkpoint {
+                version: c.version,
+                trust_domain: c.trust_domain,
+                seq: c.seq,
+                hash: c.hash,
+                time_nanos: c.time_nanos,
+                key_id: c.key_id,
+                public_key: c.public_key,
+                signature: c.signature,
+            };
+            // Checked here too: what is written is what verifies.
+            c.verify(None)
+                .map_err(|e| anyhow!("the CA's checkpoint does not verify: {e}"))?;
+            let json = serde_json::to_string_pretty(&c)? + "\n";
+            match out {
+                Some(path) => {
+                    crate::cert::write_file(&path, json.as_bytes(), 0o644)?;
+                    eprintln!(
+                        "checkpoint at row {} (key {}) written to {}",
+                        c.seq,
+                        c.key_id,
+                        path.display()
+                    );
+                }
+                None => print!("{json}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Prune { checkpoint } => {
+            let c = read_checkpoint(&checkpoint, None)?;
+            let r = client
+                .prune_audit(warden_proto::admin::PruneAuditRequest {
+                    through_seq: c.seq,
+                    hash: c.hash,
+                })
+                .await
+                .map_err(status_err("audit prune"))?
+                .into_inner();
+            println!(
+                "removed {} audit rows up to row {}; the log verifies from that checkpoint",
+                r.rows_removed, c.seq
+            );
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

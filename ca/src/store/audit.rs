@@ -105,6 +105,21 @@ pub struct VerifyReport {
     pub first_bad: Option<(i64, String)>,
     /// Hash of the last good row.
     pub head_hash: String,
+    /// The row the walk started after: 0 (genesis), or the checkpoint that anchors the
+    /// rows left after pruning.
+    pub anchor_seq: i64,
+}
+
+impl VerifyReport {
+    /// A report of a failure found before any row was read.
+    pub fn failed(seq: i64, why: String) -> Self {
+        Self {
+            rows: 0,
+            first_bad: Some((seq, why)),
+            head_hash: String::new(),
+            anchor_seq: 0,
+        }
+    }
 }
 
 /// Incremental chain verifier: feed rows in `seq` order, then [`ChainVerifier::finish`].
@@ -114,6 +129,9 @@ pub struct ChainVerifier {
     prev_hash: String,
     rows: i64,
     first_bad: Option<(i64, String)>,
+    anchor_seq: i64,
+    /// A row whose hash must be this (from a checkpoint).
+    expect: Option<(i64, String)>,
 }
 
 impl Default for ChainVerifier {
@@ -123,11 +141,33 @@ impl Default for ChainVerifier {
             prev_hash: GENESIS_HASH.to_string(),
             rows: 0,
             first_bad: None,
+            anchor_seq: 0,
+            expect: None,
         }
     }
 }
 
 impl ChainVerifier {
+    /// A verifier whose first row is `seq + 1`, chained to `hash` (a checkpoint's).
+    pub fn from_anchor(seq: i64, hash: &str) -> Self {
+        Self {
+            expected_seq: seq + 1,
+            prev_hash: hash.to_string(),
+            anchor_seq: seq,
+            ..Self::default()
+        }
+    }
+
+    /// The hash the next row must chain to.
+    pub fn prev_hash(&self) -> &str {
+        &self.prev_hash
+    }
+
+    /// Requires row `seq` to have hash `hash` (a checkpoint); checked as rows pass.
+    pub fn expect(&mut self, seq: i64, hash: &str) {
+        self.expect = Some((seq, hash.to_string()));
+    }
+
     /// Checks the next row; after the first failure, later rows are only counted.
     pub fn push(&mut self, row: &AuditRow) {
         self.rows += 1;
@@ -143,6 +183,15 @@ impl ChainVerifier {
             Some("prev_hash does not match the hash of the row before".to_string())
         } else if row.hash != row.expected_hash() {
             Some("contents do not match the row's hash (the row was edited)".to_string())
+        } else if self
+            .expect
+            .as_ref()
+            .is_some_and(|(seq, hash)| *seq == row.seq && *hash != row.hash)
+        {
+            Some(
+                "the row's hash differs from the checkpoint's: the log up to here was rewritten"
+                    .to_string(),
+            )
         } else {
             None
         };
@@ -157,6 +206,19 @@ impl ChainVerifier {
 
     /// Finishes against the recorded head (`seq`, `hash`).
     pub fn finish(mut self, head_seq: i64, head_hash: &str) -> VerifyReport {
+        if self.first_bad.is_none()
+            && let Some((seq, _)) = &self.expect
+        {
+            let last = self.expected_seq - 1;
+            if *seq > last {
+                self.first_bad = Some((
+                    *seq,
+                    format!(
+                        "the checkpoint is for row {seq}, but the log ends at row {last} (rows were removed)"
+                    ),
+                ));
+            }
+        }
         if self.first_bad.is_none() {
             let last = self.expected_seq - 1;
             if head_seq != last {
@@ -177,6 +239,7 @@ impl ChainVerifier {
             rows: self.rows,
             first_bad: self.first_bad,
             head_hash: self.prev_hash,
+            anchor_seq: self.anchor_seq,
         }
     }
 }

@@ -19,6 +19,7 @@ use sqlx::{AnyPool, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
 pub use audit::{AuditEvent, AuditRow, VerifyReport};
+pub use warden_common::checkpoint::Checkpoint;
 
 /// Largest number of operations committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -194,13 +195,24 @@ pub struct Store {
 
 fn migrator() -> Migrator {
     Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("init"),
-            MigrationType::Simple,
-            sqlx::SqlSafeStr::into_sql_str(include_str!("../../migrations/0001_init.sql")),
-            false,
-        )]),
+        migrations: Cow::Owned(vec![
+            Migration::new(
+                1,
+                Cow::Borrowed("init"),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(include_str!("../../migrations/0001_init.sql")),
+                false,
+            ),
+            Migration::new(
+                2,
+                Cow::Borrowed("audit checkpoints"),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(include_str!(
+                    "../../migrations/0002_audit_checkpoints.sql"
+                )),
+                false,
+            ),
+        ]),
         ..Migrator::DEFAULT
     }
 }
@@ -361,17 +373,122 @@ impl Store {
         rows.iter().map(audit_row).collect()
     }
 
-    /// Walks the whole audit chain and checks it against the recorded head.
-    pub async fn verify_audit(&self) -> Result<VerifyReport, StoreError> {
-        const PAGE: i64 = 5000;
-        let mut verifier = audit::ChainVerifier::default();
-        // Read the head first: rows appended while we walk are beyond it and ignored.
+    /// The chain head: the last row's sequence number and hash.
+    pub async fn audit_head(&self) -> Result<(i64, String), StoreError> {
         let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_one(&self.pool)
             .await?;
-        let head_seq: i64 = head.try_get("seq")?;
-        let head_hash: String = head.try_get("hash")?;
-        let mut after = 0i64;
+        Ok((head.try_get("seq")?, head.try_get("hash")?))
+    }
+
+    /// Records a checkpoint; one already at that row is kept (and returned).
+    pub async fn put_checkpoint(&self, c: &Checkpoint) -> Result<Checkpoint, StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, hash, time_nanos, trust_domain, key_id, \
+             public_key, signature) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(c.seq)
+        .bind(&c.hash)
+        .bind(c.time_nanos)
+        .bind(&c.trust_domain)
+        .bind(&c.key_id)
+        .bind(&c.public_key)
+        .bind(&c.signature)
+        .execute(&self.pool)
+        .await?;
+        self.checkpoint_at(c.seq)
+            .await?
+            .ok_or_else(|| StoreError::Db(format!("checkpoint at row {} vanished", c.seq)))
+    }
+
+    /// The checkpoint recorded at row `seq`, if any.
+    pub async fn checkpoint_at(&self, seq: i64) -> Result<Option<Checkpoint>, StoreError> {
+        let row = sqlx::query(
+            "SELECT seq, hash, time_nanos, trust_domain, key_id, public_key, signature \
+             FROM audit_checkpoints WHERE seq = $1",
+        )
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| -> Result<Checkpoint, StoreError> {
+            Ok(Checkpoint {
+                version: warden_common::checkpoint::VERSION.to_string(),
+                seq: r.try_get("seq")?,
+                hash: r.try_get("hash")?,
+                time_nanos: r.try_get("time_nanos")?,
+                trust_domain: r.try_get("trust_domain")?,
+                key_id: r.try_get("key_id")?,
+                public_key: r.try_get("public_key")?,
+                signature: r.try_get("signature")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Walks the audit chain and checks it against the recorded head. Rows pruned
+    /// behind a checkpoint are skipped: the chain then starts from that checkpoint
+    /// (its signature checked). With `expect` (a checkpoint's row and hash, e.g. from
+    /// a file an auditor kept), the row it names must still have that hash: that is
+    /// what catches a database rewritten consistently, head included.
+    pub async fn verify_audit(
+        &self,
+        expect: Option<(i64, &str)>,
+    ) -> Result<VerifyReport, StoreError> {
+        const PAGE: i64 = 5000;
+        // Read the head first: rows appended while we walk are beyond it and ignored.
+        let (head_seq, head_hash) = self.audit_head().await?;
+        let first: Option<i64> = sqlx::query("SELECT MIN(seq) AS m FROM audit_log")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("m")?;
+        // Where the remaining rows start: genesis, or the checkpoint before them.
+        let anchor_seq = first.map_or(head_seq, |f| f - 1);
+        let mut verifier = audit::ChainVerifier::default();
+        if anchor_seq > 0 {
+            let anchor = self.checkpoint_at(anchor_seq).await?;
+            match anchor {
+                Some(c) => match c.verify(None) {
+                    Ok(()) => verifier = audit::ChainVerifier::from_anchor(c.seq, &c.hash),
+                    Err(e) => {
+                        return Ok(VerifyReport::failed(
+                            anchor_seq,
+                            format!(
+                                "rows up to {anchor_seq} were pruned, but the checkpoint there does not verify: {e}"
+                            ),
+                        ));
+                    }
+                },
+                None => {
+                    return Ok(VerifyReport::failed(
+                        1,
+                        format!(
+                            "rows 1 to {anchor_seq} are missing and no checkpoint covers them (rows were removed)"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some((seq, _)) = expect
+            && seq < anchor_seq
+        {
+            return Ok(VerifyReport::failed(
+                seq,
+                format!(
+                    "the checkpoint is for row {seq}, but rows up to {anchor_seq} have been pruned; it can no longer be checked"
+                ),
+            ));
+        }
+        if let Some((seq, hash)) = expect {
+            if seq == anchor_seq && anchor_seq > 0 && verifier.prev_hash() != hash {
+                return Ok(VerifyReport::failed(
+                    seq,
+                    "the checkpoint's hash differs from the recorded anchor's: the log up to here was rewritten".into(),
+                ));
+            }
+            verifier.expect(seq, hash);
+        }
+        let mut after = anchor_seq;
         loop {
             let rows = sqlx::query(
                 "SELECT seq, ts_nanos, event, outcome, identity, requester, peer_addr, detail, \
@@ -392,6 +509,33 @@ impl Store {
             }
         }
         Ok(verifier.finish(head_seq, &head_hash))
+    }
+
+    /// Removes the audit rows up to `seq`, which must have a recorded checkpoint (the
+    /// new anchor). The chain up to there is verified against it first; nothing is
+    /// removed if it does not verify. Returns the number of rows removed.
+    pub async fn prune_audit(&self, seq: i64) -> Result<Result<u64, String>, StoreError> {
+        let Some(anchor) = self.checkpoint_at(seq).await? else {
+            return Ok(Err(format!(
+                "no checkpoint is recorded at row {seq}; make one (warden audit checkpoint) and prune up to it"
+            )));
+        };
+        if let Err(e) = anchor.verify(None) {
+            return Ok(Err(format!(
+                "the checkpoint recorded at row {seq} does not verify: {e}; nothing was pruned"
+            )));
+        }
+        let report = self.verify_audit(Some((anchor.seq, &anchor.hash))).await?;
+        if let Some((bad, why)) = report.first_bad {
+            return Ok(Err(format!(
+                "the audit chain does not verify (row {bad}: {why}); nothing was pruned"
+            )));
+        }
+        let done = sqlx::query("DELETE FROM audit_log WHERE seq <= $1")
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(Ok(done.rows_affected()))
     }
 
     /// Number of issued certificates recorded (for tests and the benchmark).
