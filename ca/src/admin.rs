@@ -414,6 +414,7 @@ impl Admin for AdminService {
             reason,
             head_hash: report.head_hash,
             anchor_seq: report.anchor_seq,
+            anchor_key_id: report.anchor_key_id,
         }))
     }
 

@@ -221,11 +221,23 @@ pub async fn audit(socket: &Path, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(status_err("audit verify"))?
                 .into_inner();
+            // The checkpoint the remaining rows start from must be signed by the pinned
+            // key too: a database writer could plant one signed by a key of their own.
+            if let Some(pinned) = &key_id
+                && r.anchor_seq > 0
+                && !r.anchor_key_id.eq_ignore_ascii_case(pinned)
+            {
+                eprintln!(
+                    "warden: the log starts after a checkpoint at row {} signed by key {}, not the expected key {pinned}",
+                    r.anchor_seq, r.anchor_key_id
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             if r.ok {
                 let from = if r.anchor_seq > 0 {
                     format!(
-                        " after the checkpoint at row {} (older rows pruned)",
-                        r.anchor_seq
+                        " after the checkpoint at row {} (older rows pruned; signed by key {})",
+                        r.anchor_seq, r.anchor_key_id
                     )
                 } else {
                     String::new()

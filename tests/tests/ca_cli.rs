@@ -554,6 +554,16 @@ fn audit_checkpoints_from_the_cli() {
     assert!(out.contains("removed 3 audit rows up to row 3"), "{out}");
     let out = ok(ca.warden(&["audit", "verify"]));
     assert!(out.contains("after the checkpoint at row 3"), "{out}");
+    assert!(out.contains(&key_id), "{out}");
+    // Pinned: the anchor is signed by the same key, so this passes too.
+    ok(ca.warden(&[
+        "audit",
+        "verify",
+        "--checkpoint",
+        cp.to_str().unwrap(),
+        "--key-id",
+        &key_id,
+    ]));
     let rows = json_lines(&ok(ca.warden(&["audit", "list", "--json"])));
     assert_eq!(rows.first().unwrap()["seq"], 4);
     assert!(

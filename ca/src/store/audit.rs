@@ -108,6 +108,8 @@ pub struct VerifyReport {
     /// The row the walk started after: 0 (genesis), or the checkpoint that anchors the
     /// rows left after pruning.
     pub anchor_seq: i64,
+    /// The key that signed the anchoring checkpoint (empty without one).
+    pub anchor_key_id: String,
 }
 
 impl VerifyReport {
@@ -118,6 +120,7 @@ impl VerifyReport {
             first_bad: Some((seq, why)),
             head_hash: String::new(),
             anchor_seq: 0,
+            anchor_key_id: String::new(),
         }
     }
 }
@@ -240,6 +243,7 @@ impl ChainVerifier {
             first_bad: self.first_bad,
             head_hash: self.prev_hash,
             anchor_seq: self.anchor_seq,
+            anchor_key_id: String::new(),
         }
     }
 }

@@ -445,11 +445,15 @@ impl Store {
         // Where the remaining rows start: genesis, or the checkpoint before them.
         let anchor_seq = first.map_or(head_seq, |f| f - 1);
         let mut verifier = audit::ChainVerifier::default();
+        let mut anchor_key_id = String::new();
         if anchor_seq > 0 {
             let anchor = self.checkpoint_at(anchor_seq).await?;
             match anchor {
                 Some(c) => match c.verify(None) {
-                    Ok(()) => verifier = audit::ChainVerifier::from_anchor(c.seq, &c.hash),
+                    Ok(()) => {
+                        verifier = audit::ChainVerifier::from_anchor(c.seq, &c.hash);
+                        anchor_key_id = c.key_id;
+                    }
                     Err(e) => {
                         return Ok(VerifyReport::failed(
                             anchor_seq,
@@ -508,7 +512,9 @@ impl Store {
                 verifier.push(&row);
             }
         }
-        Ok(verifier.finish(head_seq, &head_hash))
+        let mut report = verifier.finish(head_seq, &head_hash);
+        report.anchor_key_id = anchor_key_id;
+        Ok(report)
     }
 
     /// Removes the audit rows up to `seq`, which must have a recorded checkpoint (the
