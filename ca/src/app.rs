@@ -229,6 +229,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         metrics.clone(),
         config.workload_cert_ttl,
         config.max_workload_cert_ttl,
+        Arc::new(crate::limits::Limits::new(config.limits)),
     );
     let jwt_service = crate::jwt_svid::JwtService::new(
         jwt_signer,

@@ -29,6 +29,7 @@ pub struct CertificateService {
     metrics: Arc<Metrics>,
     default_ttl: Duration,
     max_ttl: Duration,
+    limits: Arc<crate::limits::Limits>,
 }
 
 /// A refusal: the status for the caller and the audit details.
@@ -70,6 +71,7 @@ impl CertificateService {
         metrics: Arc<Metrics>,
         default_ttl: Duration,
         max_ttl: Duration,
+        limits: Arc<crate::limits::Limits>,
     ) -> Self {
         Self {
             authority,
@@ -78,6 +80,7 @@ impl CertificateService {
             metrics,
             default_ttl,
             max_ttl,
+            limits,
         }
     }
 
@@ -117,6 +120,20 @@ impl CertificateService {
                 caller.id.as_str(),
             ));
         }
+        // The node's and the identity's rate, before any costlier check. The node is the
+        // one the caller proves; a caller without one is its own key.
+        let node = caller
+            .id
+            .node_name()
+            .map(str::to_string)
+            .or_else(|| caller.pod.as_ref().and_then(|p| p.node.clone()))
+            .unwrap_or_else(|| caller.id.to_string());
+        let wanted = impersonated.unwrap_or(caller.id.as_str());
+        self.limits.charge(&node, wanted).map_err(|r| {
+            self.metrics.rate_limited(r.limit);
+            // Counted, not audited: a flood must not grow the audit log.
+            Denial::new(r.status(), "rate_limited", wanted).unaudited()
+        })?;
         let identity: SpiffeId = match impersonated {
             None => caller.id.clone(),
             Some(s) => self
@@ -260,6 +277,12 @@ impl IstioCertificateService for CertificateService {
         use std::sync::atomic::Ordering::Relaxed;
         let start = Instant::now();
         self.metrics.csr_count.fetch_add(1, Relaxed);
+        // A slot among the requests worked on at once, or RESOURCE_EXHAUSTED with a
+        // retry hint: a burst waits in a bounded queue, never without bound.
+        let _slot = self.limits.slot().await.map_err(|r| {
+            self.metrics.rate_limited(r.limit);
+            r.status()
+        })?;
         let (caller, peer) = authenticate(
             &self.auth,
             &self.store,

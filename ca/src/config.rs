@@ -83,6 +83,27 @@ pub struct RunArgs {
     #[arg(long, value_parser = warden_proto::duration::parse_flag)]
     #[serde(deserialize_with = "de::duration")]
     pub drain_timeout: Option<Duration>,
+    /// Certificate requests per second a node may make (a caller without a node counts
+    /// as its own); 0 turns the limit off [default: 200].
+    #[arg(long)]
+    pub csr_node_rate: Option<f64>,
+    /// Burst a node may make above its rate [default: 1000].
+    #[arg(long)]
+    pub csr_node_burst: Option<u32>,
+    /// Certificate requests per second for one identity; 0 turns the limit off
+    /// [default: 100].
+    #[arg(long)]
+    pub csr_identity_rate: Option<f64>,
+    /// Burst for one identity above its rate [default: 1000].
+    #[arg(long)]
+    pub csr_identity_burst: Option<u32>,
+    /// Certificate requests worked on at once [default: 256].
+    #[arg(long)]
+    pub max_concurrent_csrs: Option<usize>,
+    /// Certificate requests waiting for a slot (5 s at most); more are refused at once
+    /// with RESOURCE_EXHAUSTED and a retry hint [default: 4096].
+    #[arg(long)]
+    pub max_queued_csrs: Option<usize>,
     /// How often the audit chain head is signed into a checkpoint while the log grows;
     /// 0s turns it off (`warden audit checkpoint` still works) [default: 1h].
     #[arg(long, value_parser = warden_proto::duration::parse_flag)]
@@ -179,6 +200,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Interval of automatic audit checkpoints; `None` when off.
     pub audit_checkpoint_interval: Option<Duration>,
+    /// Rate limits and the concurrency bound of certificate requests.
+    pub limits: crate::limits::LimitSettings,
     /// Log format.
     pub log_format: LogFormat,
     /// Kubernetes mode's settings; `None` when it is off.
@@ -206,10 +229,63 @@ pub struct KubeSettings {
     pub webhook_service_name: String,
 }
 
+/// The limits from flags over the defaults; rates must be finite and not negative,
+/// bursts and bounds at least 1.
+fn limit_settings(args: &RunArgs) -> Result<crate::limits::LimitSettings, ConfigError> {
+    use crate::limits::{LimitSettings, Rate};
+    let d = LimitSettings::default();
+    let rate = |flag: &'static str,
+                v: Option<f64>,
+                burst_flag: &'static str,
+                burst: Option<u32>,
+                d: Rate| {
+        let per_second = v.unwrap_or(d.per_second);
+        if !per_second.is_finite() || per_second < 0.0 {
+            return Err(invalid(
+                flag,
+                format!("{per_second} is not a rate: expected 0 (off) or more requests per second"),
+            ));
+        }
+        let burst = burst.map_or(d.burst, f64::from);
+        if burst < 1.0 {
+            return Err(invalid(burst_flag, "must be at least 1"));
+        }
+        Ok(Rate { per_second, burst })
+    };
+    let at_least_one = |flag: &'static str, v: Option<usize>, d: usize| match v {
+        Some(0) => Err(invalid(flag, "must be at least 1")),
+        v => Ok(v.unwrap_or(d)),
+    };
+    Ok(LimitSettings {
+        per_node: rate(
+            "--csr-node-rate",
+            args.csr_node_rate,
+            "--csr-node-burst",
+            args.csr_node_burst,
+            d.per_node,
+        )?,
+        per_identity: rate(
+            "--csr-identity-rate",
+            args.csr_identity_rate,
+            "--csr-identity-burst",
+            args.csr_identity_burst,
+            d.per_identity,
+        )?,
+        max_concurrent: at_least_one(
+            "--max-concurrent-csrs",
+            args.max_concurrent_csrs,
+            d.max_concurrent,
+        )?,
+        max_queued: args.max_queued_csrs.unwrap_or(d.max_queued),
+        queue_timeout: d.queue_timeout,
+    })
+}
+
 impl Config {
     /// Merges flags over the optional config file and applies defaults and checks.
     pub fn load(flags: RunArgs) -> Result<Self, ConfigError> {
         let args = load_layers(flags.clone(), flags.config.as_deref())?;
+        let limits = limit_settings(&args)?;
         let data_dir = args
             .data_dir
             .ok_or_else(|| invalid("--data-dir", "is required"))?;
@@ -356,6 +432,7 @@ impl Config {
             jwt_svid_ttl: args.jwt_svid_ttl.unwrap_or(Duration::from_secs(300)),
             join_token_ttl: args.join_token_ttl.unwrap_or(Duration::from_secs(3600)),
             drain_timeout: args.drain_timeout.unwrap_or(Duration::from_secs(10)),
+            limits,
             audit_checkpoint_interval: Some(
                 args.audit_checkpoint_interval
                     .unwrap_or(Duration::from_secs(3600)),

@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod jwt_svid;
 pub mod kube;
+pub mod limits;
 pub mod monitoring;
 pub mod node_api;
 pub mod pki;

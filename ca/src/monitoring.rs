@@ -45,6 +45,8 @@ pub struct Metrics {
     pub store_failure_count: AtomicU64,
     /// JWT-SVIDs issued.
     pub jwt_svid_issuance_count: AtomicU64,
+    /// Requests refused by the node, identity and global limits.
+    pub rate_limited: [AtomicU64; 3],
 }
 
 impl Default for Metrics {
@@ -61,11 +63,22 @@ impl Default for Metrics {
             request_duration: Histogram::new(&BUCKETS),
             store_failure_count: AtomicU64::default(),
             jwt_svid_issuance_count: AtomicU64::default(),
+            rate_limited: Default::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Counts a request refused by a limit.
+    pub fn rate_limited(&self, limit: crate::limits::Limit) {
+        let i = match limit {
+            crate::limits::Limit::Node => 0,
+            crate::limits::Limit::Identity => 1,
+            crate::limits::Limit::Global => 2,
+        };
+        self.rate_limited[i].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a refusal or failure with an `error` label.
     pub fn sign_error(&self, label: &'static str) {
         if let Ok(mut m) = self.sign_errors.lock() {
@@ -147,6 +160,19 @@ impl Metrics {
                 ),
             ],
         );
+        let name = "warden_ca_rate_limited_count";
+        out.header(
+            name,
+            "Certificate requests refused with RESOURCE_EXHAUSTED, by limit.",
+            Kind::Counter,
+        );
+        for (i, limit) in ["node", "identity", "global"].into_iter().enumerate() {
+            out.sample(
+                name,
+                &[("limit", limit)],
+                self.rate_limited[i].load(Ordering::Relaxed),
+            );
+        }
         if let Some(c) = commits {
             counters(
                 &mut out,

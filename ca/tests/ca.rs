@@ -1092,7 +1092,122 @@ async fn audit_checkpoints_and_pruning(db: Db) {
     ca.stop().await;
 }
 
+/// Limits: a caller over its rate is refused with RESOURCE_EXHAUSTED and gRPC's retry
+/// pushback, others are not affected, nothing is audited for it; the concurrency bound
+/// with no queue refuses what it cannot take at once and serves the rest.
+async fn limits_refuse_with_a_retry_hint(db: Db) {
+    let Some(ca) = TestCa::start(
+        db,
+        Opts {
+            csr_node_rate: Some(0.01),
+            csr_node_burst: Some(2),
+            ..Opts::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let mut client = ca.client(None).await;
+    let token = sa_token("busy", "app");
+    for _ in 0..2 {
+        let (c, _k) = csr(None);
+        create(&mut client, request(&c, 0, Some(&token), None))
+            .await
+            .unwrap();
+    }
+    let (c, _k) = csr(None);
+    let err = client
+        .create_certificate(request(&c, 0, Some(&token), None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("over its certificate request rate"),
+        "{err:?}"
+    );
+    let hint: u64 = err
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(hint > 1000, "{hint}");
+    // Another caller has its own bucket.
+    let (c, _k) = csr(None);
+    create(
+        &mut client,
+        request(&c, 0, Some(&sa_token("busy", "other")), None),
+    )
+    .await
+    .unwrap();
+    let metrics = ca.metrics().await;
+    assert!(
+        metrics.contains("warden_ca_rate_limited_count{limit=\"node\"} 1"),
+        "{metrics}"
+    );
+    let v = ca
+        .admin()
+        .await
+        .verify_audit(warden_proto::admin::VerifyAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.rows_checked, 3, "the refusal is counted, not audited");
+    ca.stop().await;
+
+    // One request at a time and no queue: a burst is partly refused, at once and with
+    // a hint, and the rest is served.
+    let Some(ca) = TestCa::start(
+        db,
+        Opts {
+            max_concurrent_csrs: Some(1),
+            max_queued_csrs: Some(0),
+            ..Opts::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let mut client = ca.client(None).await;
+        tasks.push(tokio::spawn(async move {
+            let (c, _k) = csr(None);
+            client
+                .create_certificate(request(
+                    &c,
+                    0,
+                    Some(&sa_token("burst", &format!("sa{i}"))),
+                    None,
+                ))
+                .await
+        }));
+    }
+    let (mut served, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => served += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(e.message().contains("concurrent request limit"), "{e:?}");
+                assert!(e.metadata().get("grpc-retry-pushback-ms").is_some());
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        served >= 1 && refused >= 1,
+        "served {served}, refused {refused}"
+    );
+    ca.stop().await;
+}
+
 on_both_backends!(
+    limits_refuse_with_a_retry_hint,
     audit_checkpoints_and_pruning,
     node_entry_listing,
     istio_style_jwt_request,

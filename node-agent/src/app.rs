@@ -47,7 +47,8 @@ impl Bound {
 }
 
 /// Attests the node, retrying while the CA is unreachable (a restarted node comes back
-/// by itself); a refusal (bad, used or expired token) ends the agent with the CA's reason.
+/// by itself) or at its limits (`RESOURCE_EXHAUSTED`: waiting at least as long as it
+/// asks); a refusal (bad, used or expired token) ends the agent with the CA's reason.
 async fn attest(node: &Node) -> anyhow::Result<()> {
     let backoff = Backoff::CA_REQUEST;
     let mut attempt = 0;
@@ -57,14 +58,21 @@ async fn attest(node: &Node) -> anyhow::Result<()> {
             Err(NodeError::Ca(e))
                 if matches!(
                     e.code,
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Unknown
+                        | tonic::Code::ResourceExhausted
                 ) =>
             {
                 attempt += 1;
                 if attempt == 1 {
-                    tracing::warn!(error = %e, "node attestation: the CA is unreachable; retrying with backoff");
+                    tracing::warn!(error = %e, "node attestation: the CA is unreachable or busy; retrying with backoff");
                 }
-                tokio::time::sleep(backoff.delay(attempt - 1, crate::random_unit())).await;
+                let mut wait = backoff.delay(attempt - 1, crate::random_unit());
+                if let Some(hint) = e.retry_after {
+                    wait = wait.max(hint + hint.mul_f64(crate::random_unit() / 2.0));
+                }
+                tokio::time::sleep(wait).await;
             }
             Err(e) => return Err(anyhow::Error::new(e).context("node attestation failed")),
         }

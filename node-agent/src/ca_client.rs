@@ -39,7 +39,15 @@ pub struct CaError {
     pub code: Code,
     /// What happened, for logs.
     pub message: String,
+    /// How long the CA asked us to wait (gRPC's `grpc-retry-pushback-ms`, sent with
+    /// `RESOURCE_EXHAUSTED` when the CA is at its limits).
+    pub retry_after: Option<Duration>,
 }
+
+/// gRPC's retry pushback header.
+const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+/// Longest pushback honoured (a larger value is taken as this).
+const MAX_PUSHBACK: Duration = Duration::from_secs(300);
 
 impl From<Status> for CaError {
     fn from(s: Status) -> Self {
@@ -48,9 +56,16 @@ impl From<Status> for CaError {
         } else {
             format!("the CA refused ({:?}): {}", s.code(), s.message())
         };
+        let retry_after = s
+            .metadata()
+            .get(RETRY_PUSHBACK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|ms| Duration::from_millis(ms).min(MAX_PUSHBACK));
         Self {
             code: s.code(),
             message,
+            retry_after,
         }
     }
 }
@@ -60,6 +75,7 @@ impl CaError {
         Self {
             code: Code::Internal,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -293,6 +309,8 @@ pub(crate) mod fake {
     #[derive(Debug, Default)]
     struct Inner {
         down: bool,
+        /// Answer RESOURCE_EXHAUSTED with this retry pushback.
+        busy: Option<Duration>,
         entries: Vec<NodeEntry>,
         /// The client certificate presented ([`CertificateAuthority::set_identity`]):
         /// its identity and `notAfter`.
@@ -337,6 +355,12 @@ pub(crate) mod fake {
             self.inner.lock().unwrap().down = down;
         }
 
+        /// Makes every call fail RESOURCE_EXHAUSTED with `grpc-retry-pushback-ms` (as
+        /// the CA at its limits), or stops that.
+        pub fn set_busy(&self, pushback: Option<Duration>) {
+            self.inner.lock().unwrap().busy = pushback;
+        }
+
         /// Registers an entry for the node.
         pub fn add_entry(&self, id: &str, spiffe_id: &str, selectors: &[&str]) {
             self.inner.lock().unwrap().entries.push(NodeEntry {
@@ -373,6 +397,14 @@ pub(crate) mod fake {
         fn reachable(&self, inner: &Inner) -> Result<(), CaError> {
             if inner.down {
                 return Err(Status::unavailable("connection refused (fake CA down)").into());
+            }
+            if let Some(pushback) = inner.busy {
+                let mut s = Status::resource_exhausted("the CA is at its concurrent request limit");
+                s.metadata_mut().insert(
+                    RETRY_PUSHBACK,
+                    pushback.as_millis().to_string().parse().unwrap(),
+                );
+                return Err(s.into());
             }
             if let Some((_, not_after)) = &inner.client
                 && self.clock.now() >= *not_after

@@ -63,6 +63,22 @@ impl Timing {
         self.backoff
             .delay_before(attempt.saturating_sub(1), (self.jitter)(), left)
     }
+
+    /// [`Timing::retry_delay`], but never sooner than the CA's pushback when it sent
+    /// one: the hint plus up to half of it again at random, so clients refused together
+    /// do not come back together.
+    pub fn retry_delay_after(
+        &self,
+        attempt: u32,
+        left: std::time::Duration,
+        pushback: Option<std::time::Duration>,
+    ) -> std::time::Duration {
+        let backoff = self.retry_delay(attempt, left);
+        match pushback {
+            Some(hint) => backoff.max(hint + hint.mul_f64((self.jitter)().clamp(0.0, 1.0) / 2.0)),
+            None => backoff,
+        }
+    }
 }
 
 /// Test support: wall-clock time that moves with tokio's (paused) clock.

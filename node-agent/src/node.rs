@@ -330,7 +330,12 @@ impl Node {
                                 self.expected.node_name().unwrap_or_default()
                             );
                         }
-                        tokio::time::sleep(self.timing.retry_delay(attempt, left)).await;
+                        let pushback = match &e {
+                            NodeError::Ca(ca) => ca.retry_after,
+                            _ => None,
+                        };
+                        tokio::time::sleep(self.timing.retry_delay_after(attempt, left, pushback))
+                            .await;
                     }
                 }
             }

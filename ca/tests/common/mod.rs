@@ -188,6 +188,10 @@ pub struct Opts {
     pub trusted_node_accounts: Vec<String>,
     pub max_ttl: Option<Duration>,
     pub database_url: Option<String>,
+    pub csr_node_rate: Option<f64>,
+    pub csr_node_burst: Option<u32>,
+    pub max_concurrent_csrs: Option<usize>,
+    pub max_queued_csrs: Option<usize>,
 }
 
 pub fn init() {
@@ -221,6 +225,10 @@ impl TestCa {
             plugin_certs: opts.plugin_certs.clone(),
             max_workload_cert_ttl: opts.max_ttl,
             workload_cert_ttl: opts.max_ttl.map(|m| m.min(Duration::from_secs(3600))),
+            csr_node_rate: opts.csr_node_rate,
+            csr_node_burst: opts.csr_node_burst,
+            max_concurrent_csrs: opts.max_concurrent_csrs,
+            max_queued_csrs: opts.max_queued_csrs,
             database_url: opts
                 .database_url
                 .clone()

@@ -351,6 +351,7 @@ impl Manager {
     async fn fetch(&self, id: Option<&SpiffeId>) -> Result<Svid, CaError> {
         let _permit = self.limiter.acquire().await;
         let local = |e: String| CaError {
+            retry_after: None,
             code: tonic::Code::Internal,
             message: e,
         };
@@ -474,7 +475,8 @@ impl Manager {
                     if e.code == tonic::Code::PermissionDenied && attempt == 1 {
                         tracing::warn!(id = %label, "the CA denies this identity to this node; check the registration entry");
                     }
-                    tokio::time::sleep(self.timing.retry_delay(attempt, left)).await;
+                    tokio::time::sleep(self.timing.retry_delay_after(attempt, left, e.retry_after))
+                        .await;
                 }
             }
         }
@@ -655,6 +657,7 @@ impl Manager {
             return Ok(c.token.clone());
         }
         let bearer = self.node.bearer().map_err(|e| CaError {
+            retry_after: None,
             code: tonic::Code::Internal,
             message: e.to_string(),
         })?;

@@ -258,6 +258,21 @@ async fn a_failed_refresh_backs_off_keeps_the_old_svid_and_recovers() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_busy_ca_is_retried_no_sooner_than_its_pushback() {
+    let Running { m, ca, first, .. } = &running().await;
+    // At its limits from the refresh at 50 s on, asking for 8 s: the retries come at
+    // the hint plus half of it again (the test's jitter is its maximum), not after the
+    // 0.5 s backoff.
+    ca.set_busy(Some(Duration::from_secs(8)));
+    tokio::time::sleep(Duration::from_secs(69)).await; // t = 70 s
+    assert_eq!(ca.call_times(false), [50_000, 62_000]);
+    assert!(Arc::ptr_eq(&web_svid(m), first), "the old SVID is served");
+    ca.set_busy(None);
+    tokio::time::sleep(Duration::from_secs(10)).await; // t = 80 s
+    assert_eq!(ca.call_times(true), [0, 74_000]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn while_the_ca_stays_down_the_old_svid_is_served_until_it_expires() {
     let Running { m, ca, first, .. } = &running().await;
     ca.set_down(true);
