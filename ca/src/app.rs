@@ -199,6 +199,10 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         store.clone(),
         kube_auth,
     ));
+    // Aggregated authentication-failure rows, each minute and at shutdown.
+    tasks.push(tokio::spawn(
+        auth.flood_guard().run(store.clone(), shutdown_rx.clone()),
+    ));
     // Released once every listener is bound and served.
     let listeners = ready.block("listeners");
 

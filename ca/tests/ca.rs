@@ -1206,7 +1206,47 @@ async fn limits_refuse_with_a_retry_hint(db: Db) {
     ca.stop().await;
 }
 
+/// A flood of unauthenticated requests: every one refused and counted, but only the
+/// first 100 a minute get rows of their own; the rest are one aggregate row, written at
+/// the end of the minute or at shutdown.
+async fn an_unauthenticated_flood_is_aggregated(db: Db) {
+    let Some(mut ca) = TestCa::start(db, Opts::default()).await else {
+        return;
+    };
+    let mut client = ca.client(None).await;
+    for _ in 0..150 {
+        let (c, _k) = csr(None);
+        let err = client
+            .create_certificate(request(&c, 0, Some("not-a-jwt"), None))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    let metrics = ca.metrics().await;
+    assert!(
+        metrics.contains("citadel_server_authentication_failure_count 150"),
+        "{metrics}"
+    );
+    ca.restart().await;
+    let denied: Vec<_> = audit_rows(&ca)
+        .await
+        .into_iter()
+        .filter(|r| r.event == "cert.denied")
+        .collect();
+    assert_eq!(denied.len(), 101, "100 rows of their own and one aggregate");
+    let agg: serde_json::Value = serde_json::from_str(&denied[100].detail_json).unwrap();
+    assert_eq!(agg["aggregated"], true, "{agg}");
+    assert_eq!(agg["count"], 50, "{agg}");
+    assert_eq!(
+        agg["sample_peers"],
+        serde_json::json!(["127.0.0.1"]),
+        "{agg}"
+    );
+    ca.stop().await;
+}
+
 on_both_backends!(
+    an_unauthenticated_flood_is_aggregated,
     limits_refuse_with_a_retry_hint,
     audit_checkpoints_and_pruning,
     node_entry_listing,

@@ -13,6 +13,7 @@
 //!
 //! [`request`] applies them to a gRPC request on the certificate port and audits refusals.
 
+pub mod flood;
 pub mod jwt;
 pub mod kubernetes;
 pub mod request;
@@ -179,6 +180,8 @@ pub struct Authenticator {
     trusted_node_accounts: Vec<ServiceAccount>,
     store: Store,
     kube: Option<KubeAuth>,
+    /// The bound on authentication-failure audit rows.
+    flood: std::sync::Arc<flood::FloodGuard>,
 }
 
 /// SHA-256 of a join token, hex: the only form the CA stores.
@@ -201,7 +204,14 @@ impl Authenticator {
             trusted_node_accounts,
             store,
             kube,
+            flood: Default::default(),
         }
+    }
+
+    /// The bound on authentication-failure audit rows ([`flood`]); its task writes the
+    /// aggregates.
+    pub fn flood_guard(&self) -> std::sync::Arc<flood::FloodGuard> {
+        self.flood.clone()
     }
 
     /// Authenticates a caller from its verified TLS chain, `authorization` header and

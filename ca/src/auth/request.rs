@@ -79,17 +79,27 @@ pub(crate) async fn authenticate<T>(
                 .authentication_failure_count
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let reason = e.to_string();
-            tracing::warn!(peer, reason, "request denied: authentication failed");
-            audit_denial(
-                store,
-                metrics,
-                denied_event,
-                String::new(),
-                "unauthenticated".into(),
-                &peer,
-                &reason,
-            )
-            .await;
+            // Within the minute's budget a row of its own; beyond it, counted into the
+            // minute's aggregate row (a flood cannot grow the log without bound).
+            if auth.flood_guard().admit(denied_event, &reason, &peer) {
+                tracing::warn!(peer, reason, "request denied: authentication failed");
+                audit_denial(
+                    store,
+                    metrics,
+                    denied_event,
+                    String::new(),
+                    "unauthenticated".into(),
+                    &peer,
+                    &reason,
+                )
+                .await;
+            } else {
+                tracing::debug!(
+                    peer,
+                    reason,
+                    "request denied: authentication failed (aggregated)"
+                );
+            }
             Err(if e.is_unavailable() {
                 Status::unavailable(reason)
             } else {
