@@ -44,6 +44,21 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Burst mode: send this many CSRs at once instead of measuring for --duration,
+    /// from --nodes callers, with the CA's limits on; clients honour the CA's retry
+    /// pushback as the node agent does. Reports per-node completion and the CA's
+    /// memory.
+    #[arg(long, default_value_t = 0)]
+    burst: usize,
+    /// Burst mode: simulated nodes (distinct callers), each on --node-conns connections.
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// Burst mode: connections per node.
+    #[arg(long, default_value_t = 4)]
+    node_conns: usize,
+    /// Extra warden-ca flags (repeatable), e.g. --ca-arg=--csr-node-rate=20.
+    #[arg(long = "ca-arg", allow_hyphen_values = true)]
+    ca_args: Vec<String>,
 }
 
 /// Operations per second of `f` on one core for about `budget`.
@@ -184,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
 
     // Start the CA.
-    let ca_binary = match args.ca_binary {
+    let ca_binary = match args.ca_binary.clone() {
         Some(p) => p,
         None => std::env::current_exe()?.with_file_name("warden-ca"),
     };
@@ -210,6 +225,12 @@ async fn main() -> anyhow::Result<()> {
     if let Some(url) = &args.database_url {
         cmd.args(["--database-url", url]);
     }
+    if args.burst == 0 {
+        // Throughput: every client is one identity at hundreds of requests a second,
+        // far above the per-identity default; measure the CA, not its limits.
+        cmd.args(["--csr-node-rate", "0", "--csr-identity-rate", "0"]);
+    }
+    cmd.args(&args.ca_args);
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", ca_binary.display()))?;
@@ -235,6 +256,25 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let roots = std::fs::read_to_string(dir.path().join("data/root-cert.pem"))?;
     let port = grpc_addr.rsplit(':').next().context("port")?;
+    if args.burst > 0 {
+        let token = |i: usize| -> anyhow::Result<String> {
+            let claims = serde_json::json!({
+                "iss": ISSUER, "aud": ["istio-ca"], "sub": format!("system:serviceaccount:bench:node{i}"),
+                "exp": now + 3600, "iat": now,
+                "kubernetes.io": {"namespace": "bench", "serviceaccount": {"name": format!("node{i}")}},
+            });
+            let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+            h.kid = Some("k1".into());
+            Ok(jsonwebtoken::encode(&h, &claims, &encoding)?)
+        };
+        let result = burst(&args, port, &roots, &csrs, pid, token).await;
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+        return result;
+    }
 
     // Connect the clients; one request each to warm up (token cache, connections).
     let mut clients = Vec::new();
@@ -388,6 +428,176 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "  certs/s per server core / ceiling        {:.2}",
             (1e6 / cpu_us.max(1e-9)) / (1e6 / sign_verify_us)
+        );
+    }
+    Ok(())
+}
+
+/// Resident memory of a process in KiB, from /proc/PID/status.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A number in [0, 1) from a per-task xorshift state.
+fn unit(state: &mut u64) -> f64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Burst mode: `--burst` CSRs at once from `--nodes` callers.
+async fn burst(
+    args: &Args,
+    port: &str,
+    roots: &str,
+    csrs: &[String],
+    pid: u32,
+    token: impl Fn(usize) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    let nodes = args.nodes.max(1);
+    let per_node = args.burst.div_ceil(nodes);
+    let mut conns = Vec::new();
+    for i in 0..nodes {
+        let header: tonic::metadata::MetadataValue<_> = format!("Bearer {}", token(i)?).parse()?;
+        for _ in 0..args.node_conns.max(1) {
+            let channel = Endpoint::from_shared(format!("https://localhost:{port}"))?
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(roots))
+                        .domain_name("localhost"),
+                )?
+                .connect()
+                .await?;
+            conns.push((
+                i,
+                IstioCertificateServiceClient::new(channel),
+                header.clone(),
+            ));
+        }
+    }
+    let remaining: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..nodes).map(|_| AtomicUsize::new(per_node)).collect());
+    let done_at: Arc<Vec<AtomicU64>> = Arc::new((0..nodes).map(|_| AtomicU64::new(0)).collect());
+    let refusals = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let rss_start = rss_kib(pid);
+    let peak = Arc::new(AtomicU64::new(rss_start));
+    let sampling = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (k, (node, mut client, header)) in conns.into_iter().enumerate() {
+        let (remaining, done_at, refusals, errors) = (
+            remaining.clone(),
+            done_at.clone(),
+            refusals.clone(),
+            errors.clone(),
+        );
+        let csrs = csrs.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (k as u64 + 1);
+            let mut n = k;
+            // Take one job at a time from this node's share.
+            while remaining[node]
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
+                .is_ok()
+            {
+                loop {
+                    let mut req = tonic::Request::new(IstioCertificateRequest {
+                        csr: csrs[n % csrs.len()].clone(),
+                        validity_duration: 3600,
+                        metadata: None,
+                    });
+                    n += 1;
+                    req.metadata_mut().insert("authorization", header.clone());
+                    match client.create_certificate(req).await {
+                        Ok(_) => {
+                            done_at[node].fetch_max(
+                                u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+                                Ordering::Relaxed,
+                            );
+                            break;
+                        }
+                        Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                            refusals.fetch_add(1, Ordering::Relaxed);
+                            // As the agent: the pushback, plus up to half again.
+                            let hint = s
+                                .metadata()
+                                .get("grpc-retry-pushback-ms")
+                                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                                .unwrap_or(100);
+                            let wait =
+                                Duration::from_millis(hint).mul_f64(1.0 + unit(&mut rng) / 2.0);
+                            tokio::time::sleep(wait).await;
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    sampling.abort();
+    let peak_kib = peak.load(Ordering::Relaxed);
+    let mut done: Vec<f64> = done_at
+        .iter()
+        .map(|d| d.load(Ordering::Relaxed) as f64 / 1e6)
+        .collect();
+    done.sort_by(f64::total_cmp);
+    let issued = args.burst.div_ceil(nodes) * nodes - errors.load(Ordering::Relaxed) as usize;
+    let (first, median, last) = (done[0], done[done.len() / 2], done[done.len() - 1]);
+    let out = serde_json::json!({
+        "mode": "burst", "csrs": per_node * nodes, "nodes": nodes, "connections": nodes * args.node_conns.max(1),
+        "issued": issued, "errors": errors.load(Ordering::Relaxed),
+        "refusals_resource_exhausted": refusals.load(Ordering::Relaxed),
+        "seconds": elapsed, "certs_per_sec": issued as f64 / elapsed,
+        "node_done_first_s": first, "node_done_median_s": median, "node_done_last_s": last,
+        "ca_rss_start_mib": rss_start as f64 / 1024.0, "ca_rss_peak_mib": peak_kib as f64 / 1024.0,
+        "ca_args": args.ca_args,
+    });
+    if args.json {
+        println!("{out}");
+    } else {
+        println!(
+            "warden-ca burst: {} CSRs from {nodes} nodes at once, limits on",
+            per_node * nodes
+        );
+        println!(
+            "  issued               {issued} in {elapsed:.1}s ({} errors)",
+            errors.load(Ordering::Relaxed)
+        );
+        println!(
+            "  RESOURCE_EXHAUSTED   {} (retried after the CA's pushback)",
+            refusals.load(Ordering::Relaxed)
+        );
+        println!("  nodes done           first {first:.2}s, median {median:.2}s, last {last:.2}s");
+        println!(
+            "  CA memory            {:.1} MiB at start, {:.1} MiB peak",
+            rss_start as f64 / 1024.0,
+            peak_kib as f64 / 1024.0
         );
     }
     Ok(())
