@@ -112,6 +112,15 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         )),
         _ => None,
     };
+    let root_secrets_keys = match (&config.kubernetes, &kube_client) {
+        (Some(settings), Some(client)) => Some(crate::kube::root::RootSecrets::new(
+            client.clone(),
+            &settings.namespace,
+            &config.trust_domain,
+            config.key_type,
+        )),
+        _ => None,
+    };
     let loaded = match &root_secrets {
         Some(secrets) => secrets.initial(&store, &mut leader.clone()).await?,
         None => Authority::load(
@@ -133,10 +142,30 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
             shutdown_rx.clone(),
         )));
     }
-    let audit_signer = Arc::new(
-        crate::checkpoint::AuditSigner::load_or_create(&config.data_dir, &config.trust_domain)
-            .context("loading the audit checkpoint key")?,
-    );
+    // The JWT-SVID and audit keys: in Kubernetes mode shared by every replica through
+    // a Secret (one JWT bundle whichever replica answers), else in the data directory.
+    let (jwt_signer, audit_signer) = match &root_secrets_keys {
+        Some(secrets) => {
+            let keys = secrets.shared_keys(&mut leader.clone()).await?;
+            (
+                crate::pki::JwtSigner::from_pem(&keys.jwt_key, &secrets.key_label("jwt-key.pem"))
+                    .context("the JWT-SVID signing key")?,
+                crate::checkpoint::AuditSigner::from_pem(
+                    &keys.audit_key,
+                    &secrets.key_label("audit-key.pem"),
+                    &config.trust_domain,
+                )
+                .context("the audit checkpoint key")?,
+            )
+        }
+        None => (
+            crate::pki::JwtSigner::load_or_create(&config.data_dir)
+                .context("loading the JWT-SVID signing key")?,
+            crate::checkpoint::AuditSigner::load_or_create(&config.data_dir, &config.trust_domain)
+                .context("loading the audit checkpoint key")?,
+        ),
+    };
+    let (jwt_signer, audit_signer) = (Arc::new(jwt_signer), Arc::new(audit_signer));
     if let Some(interval) = config.audit_checkpoint_interval {
         tasks.push(tokio::spawn(audit_signer.clone().run_periodic(
             store.clone(),
@@ -144,11 +173,6 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
             shutdown_rx.clone(),
         )));
     }
-    let jwt_signer = Arc::new(
-        crate::pki::JwtSigner::load_or_create(&config.data_dir)
-            .context("loading the JWT-SVID signing key")?,
-    );
-
     let jwt = match &config.jwks {
         Some(path) => Some(
             JwtValidator::from_file(

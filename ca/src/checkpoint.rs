@@ -50,19 +50,29 @@ impl AuditSigner {
             source,
         };
         if !path.exists() {
-            let rng = ring::rand::SystemRandom::new();
-            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
-                .map_err(|_| PkiError::Sign("cannot generate the audit signing key".into()))?;
-            let pem = crate::pki::pem_encode("PRIVATE KEY", pkcs8.as_ref());
+            let pem = Self::generate_pem()?;
             crate::pki::write_atomic(&path, pem.as_bytes(), 0o600).map_err(io)?;
             tracing::info!(path = %path.display(), "created the audit checkpoint key");
         }
+        let pem = std::fs::read_to_string(&path).map_err(io)?;
+        Self::from_pem(&pem, &path, trust_domain)
+    }
+
+    /// A new Ed25519 key, PKCS#8 PEM (kept in memory; the caller stores it).
+    pub fn generate_pem() -> Result<String, PkiError> {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| PkiError::Sign("cannot generate the audit signing key".into()))?;
+        Ok(crate::pki::pem_encode("PRIVATE KEY", pkcs8.as_ref()))
+    }
+
+    /// The signer of a PKCS#8 PEM key; `label` names where it came from in errors.
+    pub fn from_pem(pem: &str, label: &Path, trust_domain: &str) -> Result<Self, PkiError> {
         let invalid = |message: String| PkiError::Invalid {
-            path: path.clone(),
+            path: label.to_path_buf(),
             message,
         };
-        let pem = std::fs::read(&path).map_err(io)?;
-        let der = match PrivateKeyDer::from_pem_slice(&pem) {
+        let der = match PrivateKeyDer::from_pem_slice(pem.as_bytes()) {
             Ok(PrivateKeyDer::Pkcs8(k)) => k,
             _ => {
                 return Err(invalid(

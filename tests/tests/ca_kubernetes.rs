@@ -283,6 +283,12 @@ fn kubernetes_mode_reviews_tokens_authorizes_nodes_and_validates_policies() {
             .is_some_and(|cm| cm["data"]["root-cert.pem"] == bundle.as_str())
         });
     }
+    // The JWT-SVID and audit keys are shared through a Secret, not kept per replica.
+    let keys = api
+        .get("/api/v1/namespaces/istio-system/secrets/warden-ca-keys")
+        .expect("warden-ca-keys was created");
+    assert!(keys["data"]["jwt-key.pem"].is_string() && keys["data"]["audit-key.pem"].is_string());
+    assert!(!data.join("jwt-key.pem").exists() && !data.join("audit-key.pem").exists());
     let lease = api
         .get("/apis/coordination.k8s.io/v1/namespaces/istio-system/leases/warden-ca-leader")
         .unwrap();

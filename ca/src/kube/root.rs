@@ -36,6 +36,24 @@ use crate::store::{AuditEvent, Store};
 pub const CACERTS: &str = "cacerts";
 /// Istio's self-signed root Secret.
 pub const SELF_SIGNED: &str = "istio-ca-secret";
+/// The keys every replica must share besides the root: the JWT-SVID signing key (one
+/// JWT bundle whichever replica answers) and the audit checkpoint key.
+pub const SHARED_KEYS: &str = "warden-ca-keys";
+
+/// The shared keys, PKCS#8 PEM.
+pub struct SharedKeys {
+    /// `jwt-key.pem`.
+    pub jwt_key: String,
+    /// `audit-key.pem`.
+    pub audit_key: String,
+}
+
+impl std::fmt::Debug for SharedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the keys.
+        f.debug_struct("SharedKeys").finish_non_exhaustive()
+    }
+}
 /// How often both Secrets are read again even without a watch event.
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -282,6 +300,86 @@ impl RootSecrets {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                         _ = leader.changed() => {}
                     }
+                }
+            }
+        }
+    }
+
+    /// Where a shared key came from, for errors.
+    pub fn key_label(&self, key: &str) -> PathBuf {
+        label(&self.namespace, SHARED_KEYS, key)
+    }
+
+    /// The keys all replicas share, from the `warden-ca-keys` Secret; the leader makes
+    /// it once (a racing create loses with `409` and loads the winner's), followers wait
+    /// for it. A Secret missing a key is an error naming it.
+    pub async fn shared_keys(
+        &self,
+        leader: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<SharedKeys> {
+        let backoff = Backoff::ENVOY;
+        let mut failures = 0u32;
+        loop {
+            match self.api.get_opt(SHARED_KEYS).await {
+                Ok(Some(secret)) => {
+                    let get = |key: &str| {
+                        data_text(&secret, key).ok_or_else(|| self.missing(SHARED_KEYS, key))
+                    };
+                    return Ok(SharedKeys {
+                        jwt_key: get("jwt-key.pem")?,
+                        audit_key: get("audit-key.pem")?,
+                    });
+                }
+                Ok(None) if *leader.borrow_and_update() => {
+                    let data = BTreeMap::from([
+                        (
+                            "jwt-key.pem".to_string(),
+                            ByteString(crate::pki::JwtSigner::generate_pem()?.into_bytes()),
+                        ),
+                        (
+                            "audit-key.pem".to_string(),
+                            ByteString(
+                                crate::checkpoint::AuditSigner::generate_pem()?.into_bytes(),
+                            ),
+                        ),
+                    ]);
+                    let secret = Secret {
+                        metadata: ObjectMeta {
+                            name: Some(SHARED_KEYS.into()),
+                            labels: Some(BTreeMap::from([(
+                                "app.kubernetes.io/managed-by".to_string(),
+                                "warden-ca".to_string(),
+                            )])),
+                            ..Default::default()
+                        },
+                        type_: Some("Opaque".into()),
+                        data: Some(data),
+                        ..Default::default()
+                    };
+                    match self.api.create(&PostParams::default(), &secret).await {
+                        Ok(_) => {
+                            tracing::info!(namespace = %self.namespace, secret = SHARED_KEYS, "created the shared JWT-SVID and audit keys");
+                        }
+                        Err(kube::Error::Api(s)) if s.code == 409 => {}
+                        Err(e) => {
+                            let wait = backoff.delay(failures, random_unit());
+                            failures = failures.saturating_add(1);
+                            tracing::warn!(error = %e, retry_in = ?wait, "creating {SHARED_KEYS}");
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = leader.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    let wait = backoff.delay(failures, random_unit());
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, retry_in = ?wait, "reading {SHARED_KEYS}");
+                    tokio::time::sleep(wait).await;
                 }
             }
         }

@@ -51,20 +51,31 @@ impl JwtSigner {
             path: path.clone(),
             source,
         };
-        let rng = SystemRandom::new();
         if !path.exists() {
-            let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .map_err(|_| PkiError::Sign("cannot generate the JWT-SVID signing key".into()))?;
-            let pem = super::pem_encode("PRIVATE KEY", pkcs8.as_ref());
+            let pem = Self::generate_pem()?;
             super::write_atomic(&path, pem.as_bytes(), 0o600).map_err(io)?;
             tracing::info!(path = %path.display(), "created the JWT-SVID signing key");
         }
+        let pem = std::fs::read_to_string(&path).map_err(io)?;
+        Self::from_pem(&pem, &path)
+    }
+
+    /// A new signing key, PKCS#8 PEM (kept in memory; the caller stores it).
+    pub fn generate_pem() -> Result<String, PkiError> {
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|_| PkiError::Sign("cannot generate the JWT-SVID signing key".into()))?;
+        Ok(super::pem_encode("PRIVATE KEY", pkcs8.as_ref()))
+    }
+
+    /// The signer of a PKCS#8 PEM key; `label` names where it came from in errors.
+    pub fn from_pem(pem: &str, label: &Path) -> Result<Self, PkiError> {
+        let rng = SystemRandom::new();
         let invalid = |message: String| PkiError::Invalid {
-            path: path.clone(),
+            path: label.to_path_buf(),
             message,
         };
-        let pem = std::fs::read(&path).map_err(io)?;
-        let der = match PrivateKeyDer::from_pem_slice(&pem) {
+        let der = match PrivateKeyDer::from_pem_slice(pem.as_bytes()) {
             Ok(PrivateKeyDer::Pkcs8(k)) => k,
             _ => {
                 return Err(invalid(

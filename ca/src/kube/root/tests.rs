@@ -151,6 +151,56 @@ async fn two_replicas_under_one_lease_make_exactly_one_root() {
 }
 
 #[tokio::test]
+async fn replicas_share_one_jwt_and_audit_key() {
+    let fake = FakeApiServer::new();
+    let (_l, leader) = watch::channel(true);
+    let (_f, follower) = watch::channel(false);
+    let (a, b, c) = tokio::join!(
+        async {
+            secrets(&fake)
+                .shared_keys(&mut leader.clone())
+                .await
+                .unwrap()
+        },
+        async {
+            secrets(&fake)
+                .shared_keys(&mut leader.clone())
+                .await
+                .unwrap()
+        },
+        async {
+            secrets(&fake)
+                .shared_keys(&mut follower.clone())
+                .await
+                .unwrap()
+        },
+    );
+    assert_eq!(a.jwt_key, b.jwt_key);
+    assert_eq!(a.jwt_key, c.jwt_key);
+    assert_eq!(a.audit_key, c.audit_key);
+    let s = secrets(&fake);
+    let jwt = crate::pki::JwtSigner::from_pem(&a.jwt_key, &s.key_label("jwt-key.pem")).unwrap();
+    let again = crate::pki::JwtSigner::from_pem(&c.jwt_key, &s.key_label("jwt-key.pem")).unwrap();
+    assert_eq!(jwt.jwks_json(), again.jwks_json());
+    // A Secret without a key is an error naming it.
+    let mut broken = fake.get("v1", "secrets", Some(NS), SHARED_KEYS).unwrap();
+    broken["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("audit-key.pem");
+    fake.insert(broken);
+    let err = secrets(&fake)
+        .shared_keys(&mut follower.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}")
+            .contains("Secret istio-system/warden-ca-keys key audit-key.pem: is missing"),
+        "{err:#}"
+    );
+}
+
+#[tokio::test]
 async fn a_follower_waits_for_the_leaders_root() {
     let fake = FakeApiServer::new();
     let dir = tempfile::tempdir().unwrap();
