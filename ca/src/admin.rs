@@ -430,16 +430,7 @@ impl Admin for AdminService {
                 CheckpointFailure::Empty => Status::failed_precondition(e.to_string()),
                 CheckpointFailure::Store(e) => store_status(e),
             })?;
-        Ok(Response::new(AuditCheckpoint {
-            version: c.version,
-            trust_domain: c.trust_domain,
-            seq: c.seq,
-            hash: c.hash,
-            time_nanos: c.time_nanos,
-            key_id: c.key_id,
-            public_key: c.public_key,
-            signature: c.signature,
-        }))
+        Ok(Response::new(AuditCheckpoint::from(c)))
     }
 
     async fn prune_audit(

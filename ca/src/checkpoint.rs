@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ring::signature::Ed25519KeyPair;
-use rustls_pki_types::PrivateKeyDer;
-use rustls_pki_types::pem::PemObject;
 use tokio::sync::watch;
 
 use crate::pki::PkiError;
@@ -72,14 +70,7 @@ impl AuditSigner {
             path: label.to_path_buf(),
             message,
         };
-        let der = match PrivateKeyDer::from_pem_slice(pem.as_bytes()) {
-            Ok(PrivateKeyDer::Pkcs8(k)) => k,
-            _ => {
-                return Err(invalid(
-                    "expected a PKCS#8 \"PRIVATE KEY\" PEM block".into(),
-                ));
-            }
-        };
+        let der = crate::pki::keys::pkcs8_der(pem, label)?;
         let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
             .map_err(|e| invalid(format!("not an Ed25519 key: {e}")))?;
         Ok(Self {

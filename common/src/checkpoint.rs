@@ -158,6 +158,36 @@ impl Checkpoint {
     }
 }
 
+impl From<warden_proto::admin::AuditCheckpoint> for Checkpoint {
+    fn from(c: warden_proto::admin::AuditCheckpoint) -> Self {
+        Self {
+            version: c.version,
+            trust_domain: c.trust_domain,
+            seq: c.seq,
+            hash: c.hash,
+            time_nanos: c.time_nanos,
+            key_id: c.key_id,
+            public_key: c.public_key,
+            signature: c.signature,
+        }
+    }
+}
+
+impl From<Checkpoint> for warden_proto::admin::AuditCheckpoint {
+    fn from(c: Checkpoint) -> Self {
+        Self {
+            version: c.version,
+            trust_domain: c.trust_domain,
+            seq: c.seq,
+            hash: c.hash,
+            time_nanos: c.time_nanos,
+            key_id: c.key_id,
+            public_key: c.public_key,
+            signature: c.signature,
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

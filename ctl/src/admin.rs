@@ -267,16 +267,7 @@ pub async fn audit(socket: &Path, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(status_err("audit checkpoint"))?
                 .into_inner();
-            let c = warden_common::checkpoint::Checkpoint {
-                version: c.version,
-                trust_domain: c.trust_domain,
-                seq: c.seq,
-                hash: c.hash,
-                time_nanos: c.time_nanos,
-                key_id: c.key_id,
-                public_key: c.public_key,
-                signature: c.signature,
-            };
+            let c = warden_common::checkpoint::Checkpoint::from(c);
             // Checked here too: what is written is what verifies.
             c.verify(None)
                 .map_err(|e| anyhow!("the CA's checkpoint does not verify: {e}"))?;

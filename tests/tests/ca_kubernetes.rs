@@ -153,23 +153,27 @@ fn kubernetes_mode_reviews_tokens_authorizes_nodes_and_validates_policies() {
     });
     let api = FakeApi::start(tmp.path(), &state);
     let data = tmp.path().join("data");
-    let ca = CaProcess::start(
-        &data,
-        &[
-            "--kubernetes",
-            "on",
-            "--kubeconfig",
-            api.kubeconfig.to_str().unwrap(),
-            "--ca-namespace",
-            "istio-system",
-            "--pod-name",
-            "warden-ca-0",
-            "--webhook-addr",
-            "127.0.0.1:0",
-            "--trusted-node-accounts",
-            "istio-system/ztunnel",
-        ],
-    );
+    // A CA replica in Kubernetes mode against the fake API server.
+    let replica = |data: &Path, pod: &str| {
+        CaProcess::start(
+            data,
+            &[
+                "--kubernetes",
+                "on",
+                "--kubeconfig",
+                api.kubeconfig.to_str().unwrap(),
+                "--ca-namespace",
+                "istio-system",
+                "--pod-name",
+                pod,
+                "--webhook-addr",
+                "127.0.0.1:0",
+                "--trusted-node-accounts",
+                "istio-system/ztunnel",
+            ],
+        )
+    };
+    let ca = replica(&data, "warden-ca-0");
     // Ready once the pod index has its first list.
     eventually("the CA is ready", Duration::from_secs(30), || {
         warden_tests::try_http_get(&ca.monitoring_addr, "/ready").is_ok_and(|(code, _)| code == 200)
@@ -343,23 +347,7 @@ fn kubernetes_mode_reviews_tokens_authorizes_nodes_and_validates_policies() {
 
     // A second replica loads the same root; when the first stops, it takes the lead.
     let data2 = tmp.path().join("data-2");
-    let ca2 = CaProcess::start(
-        &data2,
-        &[
-            "--kubernetes",
-            "on",
-            "--kubeconfig",
-            api.kubeconfig.to_str().unwrap(),
-            "--ca-namespace",
-            "istio-system",
-            "--pod-name",
-            "warden-ca-1",
-            "--webhook-addr",
-            "127.0.0.1:0",
-            "--trusted-node-accounts",
-            "istio-system/ztunnel",
-        ],
-    );
+    let ca2 = replica(&data2, "warden-ca-1");
     assert_eq!(
         std::fs::read_to_string(data2.join("root-cert.pem")).unwrap(),
         bundle

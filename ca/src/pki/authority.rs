@@ -454,25 +454,7 @@ impl Authority {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        params.use_authority_key_identifier_extension = true;
-        let serial = random_serial()?;
-        let serial_hex = hex::encode(serial.to_bytes());
-        params.serial_number = Some(serial);
-        params.not_before = now - CLOCK_SKEW;
-        params.not_after = (now + ttl).min(self.chain_not_after);
-        let public_key = SubjectPublicKeyInfo::from_der(spki_der).map_err(sign_err)?;
-        let cert = params
-            .signed_by(&public_key, &self.issuer)
-            .map_err(sign_err)?;
-        let der = cert.der().to_vec();
-        Ok(IssuedCert {
-            fingerprint_hex: super::sha256_hex(&der),
-            pem: cert.pem(),
-            der,
-            serial_hex,
-            not_before: params.not_before,
-            not_after: params.not_after,
-        })
+        self.sign_over(params, spki_der, now, ttl)
     }
 
     /// Signs an intermediate CA certificate for cluster `cluster` over the given public
@@ -509,6 +491,19 @@ impl Authority {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
+        self.sign_over(params, spki_der, now, ttl)
+    }
+
+    /// Signs `params` over the public key `spki_der`: a fresh serial, valid from `now`
+    /// less the clock-skew allowance for `ttl`, clamped to the signing chain's expiry,
+    /// with the authority key identifier.
+    fn sign_over(
+        &self,
+        mut params: CertificateParams,
+        spki_der: &[u8],
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<IssuedCert, PkiError> {
         params.use_authority_key_identifier_extension = true;
         let serial = random_serial()?;
         let serial_hex = hex::encode(serial.to_bytes());

@@ -12,8 +12,6 @@ use std::time::Duration;
 use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
-use rustls_pki_types::PrivateKeyDer;
-use rustls_pki_types::pem::PemObject;
 
 use warden_proto::SpiffeId;
 
@@ -75,14 +73,7 @@ impl JwtSigner {
             path: label.to_path_buf(),
             message,
         };
-        let der = match PrivateKeyDer::from_pem_slice(pem.as_bytes()) {
-            Ok(PrivateKeyDer::Pkcs8(k)) => k,
-            _ => {
-                return Err(invalid(
-                    "expected a PKCS#8 \"PRIVATE KEY\" PEM block".into(),
-                ));
-            }
-        };
+        let der = crate::pki::keys::pkcs8_der(pem, label)?;
         let key = EcdsaKeyPair::from_pkcs8(
             &ECDSA_P256_SHA256_FIXED_SIGNING,
             der.secret_pkcs8_der(),

@@ -182,6 +182,21 @@ fn der_tlv(tag: u8, value: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(value);
 }
 
+/// The PKCS#8 DER inside a `PRIVATE KEY` PEM block; `label` names where it came from.
+pub fn pkcs8_der(
+    pem: &str,
+    label: &std::path::Path,
+) -> Result<rustls_pki_types::PrivatePkcs8KeyDer<'static>, super::PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    match rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()) {
+        Ok(rustls_pki_types::PrivateKeyDer::Pkcs8(k)) => Ok(k),
+        _ => Err(super::PkiError::Invalid {
+            path: label.to_path_buf(),
+            message: "expected a PKCS#8 \"PRIVATE KEY\" PEM block".into(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
