@@ -34,6 +34,10 @@ pub struct RunArgs {
     /// `sqlite://PATH` or `postgres://...` [default: SQLite file `<data-dir>/warden.db`].
     #[arg(long)]
     pub database_url: Option<String>,
+    /// A file holding the database URL (e.g. a mounted Secret), so a password in it is
+    /// not in the process's arguments; instead of --database-url.
+    #[arg(long)]
+    pub database_url_file: Option<PathBuf>,
     /// Istio `cacerts` directory (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem):
     /// sign as that intermediate instead of a self-signed root.
     #[arg(long)]
@@ -398,9 +402,24 @@ impl Config {
         if serving_ip_addrs.is_empty() {
             serving_ip_addrs.push(IpAddr::from([127, 0, 0, 1]));
         }
-        let database_url = args
-            .database_url
-            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("warden.db").display()));
+        let database_url = match (args.database_url, &args.database_url_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "--database-url-file",
+                    "give the database URL once: --database-url or --database-url-file",
+                ));
+            }
+            (Some(url), None) => url,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| {
+                    invalid(
+                        "--database-url-file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?,
+            (None, None) => format!("sqlite://{}", data_dir.join("warden.db").display()),
+        };
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres://")
             || database_url.starts_with("postgresql://"))
@@ -621,6 +640,41 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("--trust-domain")
+        );
+    }
+
+    #[test]
+    fn the_database_url_can_come_from_a_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("url");
+        std::fs::write(&file, "postgres://warden:s3cret@db:5432/warden\n").unwrap();
+        let c = Config::load(RunArgs {
+            database_url_file: Some(file.clone()),
+            ..args("/tmp/x")
+        })
+        .unwrap();
+        assert_eq!(c.database_url, "postgres://warden:s3cret@db:5432/warden");
+        assert_eq!(
+            c.database_url_redacted(),
+            "postgres://warden:***@db:5432/warden"
+        );
+        let both = Config::load(RunArgs {
+            database_url: Some("sqlite:///tmp/x.db".into()),
+            database_url_file: Some(file),
+            ..args("/tmp/x")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(both.contains("--database-url-file"), "{both}");
+        let missing = Config::load(RunArgs {
+            database_url_file: Some(dir.path().join("nope")),
+            ..args("/tmp/x")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            missing.contains("cannot read") && missing.contains("nope"),
+            "{missing}"
         );
     }
 

@@ -571,3 +571,22 @@ fn audit_checkpoints_from_the_cli() {
         "{rows:?}"
     );
 }
+
+/// `--database-url-file`: the CA takes its database URL from a file (as the chart mounts
+/// the Secret), so the URL is not in its command line for other users of the node to read.
+#[test]
+fn the_database_url_comes_from_a_file_not_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("elsewhere.db");
+    let url = format!("sqlite://{}", db.display());
+    let url_file = tmp.path().join("database-url");
+    std::fs::write(&url_file, format!("{url}\n")).unwrap();
+    let ca = CaProcess::start(
+        &tmp.path().join("data"),
+        &["--database-url-file", url_file.to_str().unwrap()],
+    );
+    ca.join_token("n1");
+    assert!(db.exists(), "the CA opened the database the file names");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", ca.child.id())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(&url));
+}
