@@ -101,18 +101,9 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         _ => watch::channel(true).1,
     };
 
-    // The signing authority: --plugin-certs files win; in Kubernetes mode the root lives
-    // in the cluster (cacerts, else istio-ca-secret); otherwise in the data directory.
-    let root_secrets = match (&config.kubernetes, &kube_client, &config.plugin_certs) {
-        (Some(settings), Some(client), None) => Some(crate::kube::root::RootSecrets::new(
-            client.clone(),
-            &settings.namespace,
-            &config.trust_domain,
-            config.key_type,
-        )),
-        _ => None,
-    };
-    let root_secrets_keys = match (&config.kubernetes, &kube_client) {
+    // The CA's Secrets (Kubernetes mode): the root (cacerts, else istio-ca-secret) unless
+    // --plugin-certs files win, and the keys every replica shares.
+    let cluster_secrets = match (&config.kubernetes, &kube_client) {
         (Some(settings), Some(client)) => Some(crate::kube::root::RootSecrets::new(
             client.clone(),
             &settings.namespace,
@@ -121,6 +112,9 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         )),
         _ => None,
     };
+    let root_secrets = cluster_secrets
+        .as_ref()
+        .filter(|_| config.plugin_certs.is_none());
     let loaded = match &root_secrets {
         Some(secrets) => secrets.initial(&store, &mut leader.clone()).await?,
         None => Authority::load(
@@ -136,7 +130,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     let authority = AuthorityHandle::new(loaded, root_cert_path.clone(), metrics.clone())
         .context("publishing the trust bundle")?;
     if let Some(secrets) = root_secrets {
-        background.push(tokio::spawn(secrets.watch(
+        background.push(tokio::spawn(secrets.clone().watch(
             authority.clone(),
             store.clone(),
             shutdown_rx.clone(),
@@ -144,7 +138,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     }
     // The JWT-SVID and audit keys: in Kubernetes mode shared by every replica through
     // a Secret (one JWT bundle whichever replica answers), else in the data directory.
-    let (jwt_signer, audit_signer) = match &root_secrets_keys {
+    let (jwt_signer, audit_signer) = match &cluster_secrets {
         Some(secrets) => {
             let keys = secrets.shared_keys(&mut leader.clone()).await?;
             (

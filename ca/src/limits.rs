@@ -159,10 +159,19 @@ impl Buckets {
             let rate = self.rate;
             map.retain(|_, b| refill(rate, b, now) < rate.burst);
         }
-        let bucket = map.entry(key.to_string()).or_insert(Bucket {
-            tokens: self.rate.burst,
-            at: now,
-        });
+        // Look up before inserting: no key is allocated for a caller already known.
+        if !map.contains_key(key) {
+            map.insert(
+                key.to_string(),
+                Bucket {
+                    tokens: self.rate.burst,
+                    at: now,
+                },
+            );
+        }
+        let Some(bucket) = map.get_mut(key) else {
+            return Ok(());
+        };
         let tokens = refill(self.rate, bucket, now);
         if tokens >= 1.0 {
             bucket.tokens = tokens - 1.0;

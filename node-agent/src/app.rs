@@ -68,11 +68,12 @@ async fn attest(node: &Node) -> anyhow::Result<()> {
                 if attempt == 1 {
                     tracing::warn!(error = %e, "node attestation: the CA is unreachable or busy; retrying with backoff");
                 }
-                let mut wait = backoff.delay(attempt - 1, crate::random_unit());
-                if let Some(hint) = e.retry_after {
-                    wait = wait.max(hint + hint.mul_f64(crate::random_unit() / 2.0));
-                }
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(crate::clock::with_pushback(
+                    backoff.delay(attempt - 1, crate::random_unit()),
+                    e.retry_after,
+                    crate::random_unit(),
+                ))
+                .await;
             }
             Err(e) => return Err(anyhow::Error::new(e).context("node attestation failed")),
         }

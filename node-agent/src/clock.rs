@@ -73,11 +73,20 @@ impl Timing {
         left: std::time::Duration,
         pushback: Option<std::time::Duration>,
     ) -> std::time::Duration {
-        let backoff = self.retry_delay(attempt, left);
-        match pushback {
-            Some(hint) => backoff.max(hint + hint.mul_f64((self.jitter)().clamp(0.0, 1.0) / 2.0)),
-            None => backoff,
-        }
+        with_pushback(self.retry_delay(attempt, left), pushback, (self.jitter)())
+    }
+}
+
+/// `backoff`, or the CA's pushback `hint` plus up to half of it again (`unit` in [0, 1)
+/// picks how much) when that is longer.
+pub fn with_pushback(
+    backoff: std::time::Duration,
+    hint: Option<std::time::Duration>,
+    unit: f64,
+) -> std::time::Duration {
+    match hint {
+        Some(hint) => backoff.max(hint + hint.mul_f64(unit.clamp(0.0, 1.0) / 2.0)),
+        None => backoff,
     }
 }
 

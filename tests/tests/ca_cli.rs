@@ -521,6 +521,55 @@ fn audit_checkpoints_from_the_cli() {
     assert_eq!(c["version"], "warden-audit-checkpoint/v1");
     assert_eq!(c["seq"], 3);
     let key_id = c["key_id"].as_str().unwrap().to_string();
+    // openssl, which no one here wrote, verifies the Ed25519 signature over the
+    // documented message with the checkpoint's public key.
+    {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let raw = b64.decode(c["public_key"].as_str().unwrap()).unwrap();
+        // SubjectPublicKeyInfo for Ed25519 (RFC 8410): a fixed 12-byte prefix, then the key.
+        let mut spki = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        spki.extend_from_slice(&raw);
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            b64.encode(&spki)
+        );
+        let dir = tmp.path();
+        std::fs::write(dir.join("pub.pem"), pem).unwrap();
+        std::fs::write(
+            dir.join("sig"),
+            b64.decode(c["signature"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+        let message = format!(
+            "warden-audit-checkpoint/v1\ntrust_domain={}\nseq={}\nhash={}\ntime_nanos={}\n",
+            c["trust_domain"].as_str().unwrap(),
+            c["seq"],
+            c["hash"].as_str().unwrap(),
+            c["time_nanos"]
+        );
+        let verify = |msg: &str| {
+            std::fs::write(dir.join("msg"), msg).unwrap();
+            std::process::Command::new("openssl")
+                .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
+                .arg(dir.join("pub.pem"))
+                .arg("-in")
+                .arg(dir.join("msg"))
+                .arg("-sigfile")
+                .arg(dir.join("sig"))
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        assert!(verify(&message), "openssl rejects the checkpoint signature");
+        assert!(
+            !verify(&message.replace("seq=3", "seq=2")),
+            "openssl accepts an altered checkpoint"
+        );
+    }
     let out = ok(ca.warden(&[
         "audit",
         "verify",

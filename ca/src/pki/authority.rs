@@ -263,9 +263,7 @@ impl Authority {
         dn.push(DnType::OrganizationName, trust_domain);
         dn.push(DnType::CommonName, "Warden Root CA");
         params.distinguished_name = dn;
-        let td = SpiffeId::parse(&format!("spiffe://{trust_domain}"))
-            .map_err(|e| PkiError::Sign(format!("trust domain {trust_domain:?}: {e}")))?;
-        params.subject_alt_names = vec![SanType::URI(td.as_str().try_into().map_err(sign_err)?)];
+        params.subject_alt_names = vec![trust_domain_san(trust_domain)?];
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -433,10 +431,6 @@ impl Authority {
         id: &SpiffeId,
         ttl: Duration,
     ) -> Result<IssuedCert, PkiError> {
-        let now = OffsetDateTime::now_utc();
-        if self.chain_not_after <= now {
-            return Err(PkiError::Expired(self.chain_not_after));
-        }
         let mut params = CertificateParams::default();
         // Empty subject: the URI SAN is the identity and is marked critical (X.509-SVID).
         params.distinguished_name = DistinguishedName::new();
@@ -454,7 +448,7 @@ impl Authority {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        self.sign_over(params, spki_der, now, ttl)
+        self.sign_over(params, spki_der, ttl)
     }
 
     /// Signs an intermediate CA certificate for cluster `cluster` over the given public
@@ -469,10 +463,6 @@ impl Authority {
         trust_domain: &str,
         ttl: Duration,
     ) -> Result<IssuedCert, PkiError> {
-        let now = OffsetDateTime::now_utc();
-        if self.chain_not_after <= now {
-            return Err(PkiError::Expired(self.chain_not_after));
-        }
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, trust_domain);
@@ -482,28 +472,29 @@ impl Authority {
             format!("Warden intermediate CA {cluster}"),
         );
         params.distinguished_name = dn;
-        let td = SpiffeId::parse(&format!("spiffe://{trust_domain}"))
-            .map_err(|e| PkiError::Sign(format!("trust domain {trust_domain:?}: {e}")))?;
-        params.subject_alt_names = vec![SanType::URI(td.as_str().try_into().map_err(sign_err)?)];
+        params.subject_alt_names = vec![trust_domain_san(trust_domain)?];
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        self.sign_over(params, spki_der, now, ttl)
+        self.sign_over(params, spki_der, ttl)
     }
 
-    /// Signs `params` over the public key `spki_der`: a fresh serial, valid from `now`
+    /// Signs `params` over the public key `spki_der`: a fresh serial, valid from now
     /// less the clock-skew allowance for `ttl`, clamped to the signing chain's expiry,
-    /// with the authority key identifier.
+    /// with the authority key identifier. Refused once the chain has expired.
     fn sign_over(
         &self,
         mut params: CertificateParams,
         spki_der: &[u8],
-        now: OffsetDateTime,
         ttl: Duration,
     ) -> Result<IssuedCert, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        if self.chain_not_after <= now {
+            return Err(PkiError::Expired(self.chain_not_after));
+        }
         params.use_authority_key_identifier_extension = true;
         let serial = random_serial()?;
         let serial_hex = hex::encode(serial.to_bytes());
@@ -566,6 +557,13 @@ impl Authority {
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok((chain, key_der))
     }
+}
+
+/// The URI SAN `spiffe://<trust_domain>` of the CA certificates Warden makes.
+fn trust_domain_san(trust_domain: &str) -> Result<SanType, PkiError> {
+    let td = SpiffeId::parse(&format!("spiffe://{trust_domain}"))
+        .map_err(|e| PkiError::Sign(format!("trust domain {trust_domain:?}: {e}")))?;
+    Ok(SanType::URI(td.as_str().try_into().map_err(sign_err)?))
 }
 
 fn tighten_key_mode(path: &Path) -> Result<(), PkiError> {
