@@ -12,6 +12,11 @@ use tonic::{Request, Response, Status};
 use warden_proto::SpiffeId;
 use warden_proto::admin::admin_server::Admin;
 use warden_proto::admin::{
+    ActivateAuthorityRequest, AuthorityInfo, AuthorityStepResponse, ListAuthoritiesRequest,
+    ListAuthoritiesResponse, PrepareAuthorityRequest, RevokeAuthorityRequest,
+    TaintAuthorityRequest,
+};
+use warden_proto::admin::{
     AuditCheckpoint, CreateCheckpointRequest, PruneAuditRequest, PruneAuditResponse,
 };
 use warden_proto::admin::{
@@ -42,6 +47,8 @@ pub struct AdminService {
     default_token_ttl: Duration,
     authority: AuthorityHandle,
     signer: std::sync::Arc<AuditSigner>,
+    /// Own-root CAs: the authority set `warden ca authority` changes.
+    rotation: Option<std::sync::Arc<crate::rotation::Rotation>>,
 }
 
 impl AdminService {
@@ -59,7 +66,79 @@ impl AdminService {
             default_token_ttl,
             authority,
             signer,
+            rotation: None,
         }
+    }
+
+    /// Enables `warden ca authority` over `rotation`.
+    #[must_use]
+    pub fn with_rotation(mut self, rotation: std::sync::Arc<crate::rotation::Rotation>) -> Self {
+        self.rotation = Some(rotation);
+        self
+    }
+
+    fn rotation(&self) -> Result<&crate::rotation::Rotation, Status> {
+        self.rotation.as_deref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this CA's authority is plugged in (--plugin-certs or the cacerts / istio-ca-secret Secret); rotate it by replacing those files or that Secret, not with `warden ca authority`",
+            )
+        })
+    }
+
+    async fn authorities(&self) -> Result<Vec<AuthorityInfo>, Status> {
+        Ok(self
+            .rotation()?
+            .list()
+            .await
+            .map_err(step_status)?
+            .into_iter()
+            .map(authority_info)
+            .collect())
+    }
+
+    async fn step_response(
+        &self,
+        member: crate::pki::rotation::Member,
+    ) -> Result<Response<AuthorityStepResponse>, Status> {
+        let authorities = self.authorities().await?;
+        let authority = authorities.iter().find(|a| a.id == member.id).cloned();
+        Ok(Response::new(AuthorityStepResponse {
+            authority: authority.or_else(|| {
+                Some(AuthorityInfo {
+                    id: member.id,
+                    state: "revoked".into(),
+                    tainted: member.tainted,
+                    ..Default::default()
+                })
+            }),
+            authorities,
+        }))
+    }
+}
+
+fn step_status(e: crate::rotation::StepError) -> Status {
+    use crate::pki::rotation::RotationError;
+    use crate::rotation::StepError;
+    match e {
+        StepError::Rotation(RotationError::Refused(m)) => Status::failed_precondition(m),
+        StepError::Rotation(e @ RotationError::NotFound(_)) => Status::not_found(e.to_string()),
+        StepError::Rotation(RotationError::Pki(e)) => Status::internal(e.to_string()),
+        StepError::Store(e) => store_status(e),
+    }
+}
+
+fn authority_info(s: crate::rotation::Status) -> AuthorityInfo {
+    let m = s.info.member;
+    AuthorityInfo {
+        id: m.id,
+        state: m.state.as_str().into(),
+        tainted: m.tainted,
+        not_before: s.info.not_before,
+        not_after: s.info.not_after,
+        created_at: m.created_at,
+        activated_at: m.activated_at.unwrap_or(0),
+        in_use: s.in_use as u64,
+        certificate: s.info.cert_pem,
     }
 }
 
@@ -539,6 +618,71 @@ impl Admin for AdminService {
             serial: cert.serial_hex,
             not_after: cert.not_after.unix_timestamp(),
         }))
+    }
+
+    async fn list_authorities(
+        &self,
+        _req: Request<ListAuthoritiesRequest>,
+    ) -> Result<Response<ListAuthoritiesResponse>, Status> {
+        Ok(Response::new(ListAuthoritiesResponse {
+            authorities: self.authorities().await?,
+        }))
+    }
+
+    async fn prepare_authority(
+        &self,
+        req: Request<PrepareAuthorityRequest>,
+    ) -> Result<Response<AuthorityStepResponse>, Status> {
+        let who = requester(&req);
+        let m = self
+            .rotation()?
+            .prepare(&who, "admin.sock")
+            .await
+            .map_err(step_status)?;
+        self.step_response(m).await
+    }
+
+    async fn activate_authority(
+        &self,
+        req: Request<ActivateAuthorityRequest>,
+    ) -> Result<Response<AuthorityStepResponse>, Status> {
+        let who = requester(&req);
+        let id = req.into_inner().id;
+        let id = (!id.is_empty()).then_some(id.as_str());
+        let m = self
+            .rotation()?
+            .activate(id, &who, "admin.sock")
+            .await
+            .map_err(step_status)?;
+        self.step_response(m).await
+    }
+
+    async fn taint_authority(
+        &self,
+        req: Request<TaintAuthorityRequest>,
+    ) -> Result<Response<AuthorityStepResponse>, Status> {
+        let who = requester(&req);
+        let id = req.into_inner().id;
+        let m = self
+            .rotation()?
+            .taint(&id, &who, "admin.sock")
+            .await
+            .map_err(step_status)?;
+        self.step_response(m).await
+    }
+
+    async fn revoke_authority(
+        &self,
+        req: Request<RevokeAuthorityRequest>,
+    ) -> Result<Response<AuthorityStepResponse>, Status> {
+        let who = requester(&req);
+        let req = req.into_inner();
+        let m = self
+            .rotation()?
+            .revoke(&req.id, req.force, &who, "admin.sock")
+            .await
+            .map_err(step_status)?;
+        self.step_response(m).await
     }
 }
 

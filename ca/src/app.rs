@@ -115,9 +115,28 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     let root_secrets = cluster_secrets
         .as_ref()
         .filter(|_| config.plugin_certs.is_none());
-    let loaded = match &root_secrets {
-        Some(secrets) => secrets.initial(&store, &mut leader.clone()).await?,
-        None => Authority::load(
+    // An own root (no plugged-in CA, no Secret) is a set of authorities that
+    // `warden ca authority` and the automatic schedule rotate.
+    let own_root = root_secrets.is_none() && config.plugin_certs.is_none();
+    let authority_set = if own_root {
+        Some(
+            crate::pki::rotation::AuthoritySet::load(
+                &config.data_dir,
+                &config.trust_domain,
+                config.key_type,
+                config.root_ttl,
+            )
+            .context("loading the CA's authorities")?,
+        )
+    } else {
+        None
+    };
+    let loaded = match (&root_secrets, &authority_set) {
+        (Some(secrets), _) => secrets.initial(&store, &mut leader.clone()).await?,
+        (None, Some(set)) => set
+            .authority()
+            .context("loading the CA's active authority")?,
+        (None, None) => Authority::load(
             &config.data_dir,
             config.plugin_certs.as_deref(),
             &config.trust_domain,
@@ -129,6 +148,23 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     let root_cert_path = config.data_dir.join("root-cert.pem");
     let authority = AuthorityHandle::new(loaded, root_cert_path.clone(), metrics.clone())
         .context("publishing the trust bundle")?;
+    let rotation = authority_set.map(|set| {
+        crate::rotation::Rotation::new(
+            set,
+            authority.clone(),
+            store.clone(),
+            config.trust_domain.clone(),
+        )
+    });
+    if let (Some(rotation), Some(auto)) = (&rotation, config.auto_rotation) {
+        // Checked often enough to act within 1/200 of a root's life, at most each minute.
+        let every = (config.root_ttl / 200).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        tasks.push(tokio::spawn(rotation.clone().run_auto(
+            auto,
+            every,
+            shutdown_rx.clone(),
+        )));
+    }
     if let Some(secrets) = root_secrets {
         background.push(tokio::spawn(secrets.clone().watch(
             authority.clone(),
@@ -261,7 +297,8 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         config.trust_domain.clone(),
         config.jwt_svid_ttl,
         config.max_workload_cert_ttl,
-    );
+    )
+    .with_authority(authority.clone());
     let grpc = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .layer(ResourceExhaustedLayer)
@@ -299,6 +336,10 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         authority.clone(),
         audit_signer,
     );
+    let admin = match &rotation {
+        Some(r) => admin.with_rotation(r.clone()),
+        None => admin,
+    };
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let signal = async move {

@@ -223,6 +223,7 @@ impl CertificateService {
             requester: caller.id.to_string(),
             node: caller.id.node_name().map(str::to_string),
             peer_addr: peer.to_string(),
+            authority: authority.key_id().to_string(),
         };
         let op = Op::Issue {
             cert: record,

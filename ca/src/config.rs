@@ -113,6 +113,20 @@ pub struct RunArgs {
     #[arg(long, value_parser = warden_proto::duration::parse_flag)]
     #[serde(deserialize_with = "de::duration")]
     pub audit_checkpoint_interval: Option<Duration>,
+    /// Lifetime of a root the CA makes for itself, on first start and by
+    /// `warden ca authority prepare` [default: 87600h, istiod's 10 years].
+    #[arg(long, value_parser = warden_proto::duration::parse_flag)]
+    #[serde(deserialize_with = "de::duration")]
+    pub root_ttl: Option<Duration>,
+    /// Own-root CAs: the fraction of the active root's life at which a successor root is
+    /// prepared (added to every trust bundle); 0 turns automatic rotation off
+    /// [default: 0.5, SPIRE's].
+    #[arg(long)]
+    pub authority_prepare_at: Option<f64>,
+    /// Own-root CAs: the fraction of the active root's life at which the prepared root
+    /// is activated (signs from then on) [default: 0.8333, SPIRE's 5/6].
+    #[arg(long)]
+    pub authority_activate_at: Option<f64>,
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<LogFormat>,
@@ -206,6 +220,10 @@ pub struct Config {
     pub audit_checkpoint_interval: Option<Duration>,
     /// Rate limits and the concurrency bound of certificate requests.
     pub limits: crate::limits::LimitSettings,
+    /// Lifetime of roots the CA makes.
+    pub root_ttl: Duration,
+    /// Automatic root rotation; `None` when off.
+    pub auto_rotation: Option<crate::rotation::AutoRotation>,
     /// Log format.
     pub log_format: LogFormat,
     /// Kubernetes mode's settings; `None` when it is off.
@@ -429,7 +447,33 @@ impl Config {
                 "expected sqlite://PATH, postgres://... or postgresql://...",
             ));
         }
+        let root_ttl = args
+            .root_ttl
+            .unwrap_or(crate::pki::authority::ROOT_LIFETIME);
+        if root_ttl < Duration::from_secs(60) {
+            return Err(invalid("--root-ttl", "expected at least 1m"));
+        }
+        let defaults = crate::rotation::AutoRotation::default();
+        let prepare_at = args.authority_prepare_at.unwrap_or(defaults.prepare_at);
+        let activate_at = args.authority_activate_at.unwrap_or(defaults.activate_at);
+        let auto_rotation = if prepare_at == 0.0 {
+            None
+        } else if !(0.0 < prepare_at && prepare_at < activate_at && activate_at < 1.0) {
+            return Err(invalid(
+                "--authority-prepare-at",
+                format!(
+                    "expected 0 (off) or 0 < prepare-at < activate-at < 1, got prepare-at {prepare_at} and activate-at {activate_at}"
+                ),
+            ));
+        } else {
+            Some(crate::rotation::AutoRotation {
+                prepare_at,
+                activate_at,
+            })
+        };
         Ok(Config {
+            root_ttl,
+            auto_rotation,
             trust_domain,
             grpc_addr: args
                 .grpc_addr

@@ -35,6 +35,8 @@ pub struct JwtService {
     trust_domain: String,
     default_ttl: Duration,
     max_ttl: Duration,
+    /// The X.509 authority, whose bundle and tainted authorities go with the JWT bundle.
+    authority: Option<crate::pki::AuthorityHandle>,
 }
 
 impl JwtService {
@@ -56,7 +58,15 @@ impl JwtService {
             trust_domain,
             default_ttl,
             max_ttl,
+            authority: None,
         }
+    }
+
+    /// Answers GetJwtBundle with `authority`'s X.509 bundle and tainted authorities too.
+    #[must_use]
+    pub fn with_authority(mut self, authority: crate::pki::AuthorityHandle) -> Self {
+        self.authority = Some(authority);
+        self
     }
 
     /// Audits and logs a refusal, then returns it.
@@ -209,9 +219,18 @@ impl JwtSvidService for JwtService {
         _request: Request<GetJwtBundleRequest>,
     ) -> Result<Response<GetJwtBundleResponse>, Status> {
         // The bundle is public: anyone who can reach the CA may read it.
+        let (x509_roots_pem, tainted_authorities) = match &self.authority {
+            Some(handle) => {
+                let a = handle.current();
+                (a.roots_pem().to_string(), a.tainted().to_vec())
+            }
+            None => (String::new(), Vec::new()),
+        };
         Ok(Response::new(GetJwtBundleResponse {
             trust_domain: self.trust_domain.clone(),
             jwks_json: self.signer.jwks_json().to_string(),
+            x509_roots_pem,
+            tainted_authorities,
         }))
     }
 }

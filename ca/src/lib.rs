@@ -20,5 +20,6 @@ pub mod limits;
 pub mod monitoring;
 pub mod node_api;
 pub mod pki;
+pub mod rotation;
 pub mod store;
 pub mod tls;

@@ -21,6 +21,9 @@ pub enum CaCmd {
     /// Sign an intermediate CA for a cluster and write Istio's cacerts files
     /// (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem) to --out.
     Intermediate(IntermediateArgs),
+    /// Rotate the CA's own root: list, prepare, activate, taint, revoke authorities.
+    #[command(subcommand)]
+    Authority(crate::authority::AuthorityCmd),
 }
 
 /// `warden ca intermediate` arguments.
@@ -58,6 +61,7 @@ const FILES: [&str; 4] = [
 pub async fn run(socket: &Path, cmd: CaCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         CaCmd::Intermediate(args) => intermediate(socket, args).await,
+        CaCmd::Authority(cmd) => crate::authority::run(socket, cmd).await,
     }
 }
 

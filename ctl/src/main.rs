@@ -4,6 +4,7 @@
 //! log, and reads certificates locally (`warden cert inspect`).
 
 mod admin;
+mod authority;
 mod authz;
 mod ca;
 mod cert;

@@ -157,7 +157,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     let mut tasks = manager.start();
     tasks.extend(kube_tasks);
     if node.svid().is_some() {
-        tasks.push(tokio::spawn(node.clone().renew_loop()));
+        tasks.push(tokio::spawn(node.clone().renew_loop(manager.tainted())));
     }
     let shared_socket = config.shared_socket();
     let (sockets, shared_task) = Sockets::start(

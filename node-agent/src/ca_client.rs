@@ -26,6 +26,9 @@ use warden_proto::warden_ca::{
 };
 use warden_proto::{IMPERSONATED_IDENTITY, SpiffeId};
 
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
 use crate::svid::Svid;
 
 /// Deadline of one call to the CA.
@@ -109,6 +112,12 @@ pub trait CertificateAuthority: Send + Sync + fmt::Debug {
 
     /// Presents `svid` as the node's client certificate from now on (new connections).
     fn set_identity(&self, svid: &Svid) -> Result<(), String>;
+
+    /// Trusts `bundle_pem` (the CA's published roots) beside `--ca-root` for the CA's
+    /// serving certificate, from the next connection on.
+    fn set_trust(&self, _bundle_pem: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Client of the CA.
@@ -116,10 +125,15 @@ pub trait CertificateAuthority: Send + Sync + fmt::Debug {
 pub struct CaClient {
     addr: String,
     server_name: String,
-    roots_pem: String,
+    /// `--ca-root`, always trusted.
+    configured_roots: String,
+    /// What the channels trust now: `--ca-root` and the CA's published roots.
+    roots_pem: RwLock<String>,
+    /// The node's client certificate and key, once it has one.
+    identity: RwLock<Option<Identity>>,
     channel: RwLock<Channel>,
     /// Without a client certificate, for calls that carry a bearer token.
-    anonymous: Channel,
+    anonymous: RwLock<Channel>,
 }
 
 impl CaClient {
@@ -130,23 +144,39 @@ impl CaClient {
         Ok(Self {
             addr: addr.to_string(),
             server_name: server_name.to_string(),
-            roots_pem,
-            anonymous: channel.clone(),
+            configured_roots: roots_pem.clone(),
+            roots_pem: RwLock::new(roots_pem),
+            identity: RwLock::new(None),
+            anonymous: RwLock::new(channel.clone()),
             channel: RwLock::new(channel),
         })
+    }
+
+    fn read<T: Clone>(lock: &RwLock<T>) -> T {
+        match lock.read() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn write<T>(lock: &RwLock<T>, value: T) {
+        match lock.write() {
+            Ok(mut v) => *v = value,
+            Err(poisoned) => *poisoned.into_inner() = value,
+        }
     }
 
     fn channel(
         addr: &str,
         server_name: &str,
         roots_pem: &str,
-        identity: Option<&Svid>,
+        identity: Option<&Identity>,
     ) -> Result<Channel, String> {
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(roots_pem))
             .domain_name(server_name);
-        if let Some(svid) = identity {
-            tls = tls.identity(Identity::from_pem(&svid.chain_pem, svid.key.pem()));
+        if let Some(identity) = identity {
+            tls = tls.identity(identity.clone());
         }
         Ok(Endpoint::from_shared(addr.to_string())
             .map_err(|e| format!("--ca-addr {addr:?}: {e}"))?
@@ -162,16 +192,13 @@ impl CaClient {
     /// the call carries a bearer token.
     fn current_for(&self, bearer: Option<&str>) -> Channel {
         if bearer.is_some() {
-            return self.anonymous.clone();
+            return Self::read(&self.anonymous);
         }
         self.current()
     }
 
     fn current(&self) -> Channel {
-        match self.channel.read() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        Self::read(&self.channel)
     }
 
     fn request<T>(msg: T, bearer: Option<&str>) -> Result<tonic::Request<T>, CaError> {
@@ -256,10 +283,39 @@ impl CertificateAuthority for CaClient {
     }
 
     fn set_identity(&self, svid: &Svid) -> Result<(), String> {
-        let channel = Self::channel(&self.addr, &self.server_name, &self.roots_pem, Some(svid))?;
-        if let Ok(mut c) = self.channel.write() {
-            *c = channel;
+        let identity = Identity::from_pem(&svid.chain_pem, svid.key.pem());
+        let roots = Self::read(&self.roots_pem);
+        let channel = Self::channel(&self.addr, &self.server_name, &roots, Some(&identity))?;
+        Self::write(&self.identity, Some(identity));
+        Self::write(&self.channel, channel);
+        Ok(())
+    }
+
+    fn set_trust(&self, bundle_pem: &str) -> Result<(), String> {
+        // --ca-root first, then the published roots it does not already hold.
+        let mut roots = self.configured_roots.clone();
+        let configured: Vec<_> = CertificateDer::pem_slice_iter(self.configured_roots.as_bytes())
+            .filter_map(Result::ok)
+            .collect();
+        for cert in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
+            let cert = cert.map_err(|e| format!("the CA's bundle: {e}"))?;
+            if !configured.contains(&cert) {
+                if !roots.ends_with('\n') {
+                    roots.push('\n');
+                }
+                roots.push_str(&warden_common::files::pem_encode("CERTIFICATE", &cert));
+            }
         }
+        if roots == Self::read(&self.roots_pem) {
+            return Ok(());
+        }
+        let identity = Self::read(&self.identity);
+        let channel = Self::channel(&self.addr, &self.server_name, &roots, identity.as_ref())?;
+        let anonymous = Self::channel(&self.addr, &self.server_name, &roots, None)?;
+        Self::write(&self.channel, channel);
+        Self::write(&self.anonymous, anonymous);
+        Self::write(&self.roots_pem, roots);
+        tracing::info!("connections to the CA trust its published roots from now on");
         Ok(())
     }
 }
@@ -490,6 +546,7 @@ pub(crate) mod fake {
             Ok(GetJwtBundleResponse {
                 trust_domain: "cluster.local".into(),
                 jwks_json: r#"{"keys":[]}"#.into(),
+                ..Default::default()
             })
         }
 

@@ -283,8 +283,9 @@ impl Node {
         self.install(svid)
     }
 
-    /// Renews the node SVID over mTLS for as long as the agent runs.
-    pub async fn renew_loop(self: Arc<Self>) {
+    /// Renews the node SVID over mTLS for as long as the agent runs: at its refresh
+    /// time, or at once when the CA taints the authority that signed it.
+    pub async fn renew_loop(self: Arc<Self>, mut tainted: crate::rotation::Tainted) {
         let mut attempt = 0;
         let mut expired_logged = false;
         loop {
@@ -297,8 +298,10 @@ impl Node {
                 current.received,
                 crate::random_unit(),
             );
-            if let Ok(wait) = at.duration_since(self.timing.now()) {
-                tokio::time::sleep(wait).await;
+            let wait = at.duration_since(self.timing.now()).unwrap_or_default();
+            let aki = current.authority_key_id.as_deref();
+            if crate::rotation::sleep_unless_tainted(wait, &mut tainted, aki).await {
+                tracing::info!(id = %current.id, authority = aki.unwrap_or_default(), "the node SVID was signed by a tainted authority; renewing it now");
             }
             loop {
                 match self.renew_once().await {
@@ -388,7 +391,10 @@ mod tests {
         let node = node_n1(&ca, dir.path(), NodeCredential::JoinToken("token".into()));
         node.attest().await.unwrap();
         let first = node.svid().unwrap();
-        let task = tokio::spawn(node.clone().renew_loop());
+        let task = tokio::spawn(
+            node.clone()
+                .renew_loop(tokio::sync::watch::channel(Default::default()).1),
+        );
         Renewing {
             dir,
             ca,
@@ -503,7 +509,10 @@ mod tests {
         assert_eq!(node.bearer().unwrap(), None);
         // kubelet rotates the token: the renewal at half life sends the new one.
         std::fs::write(dir.path().join("token"), "jwt-2").unwrap();
-        let task = tokio::spawn(node.clone().renew_loop());
+        let task = tokio::spawn(
+            node.clone()
+                .renew_loop(tokio::sync::watch::channel(Default::default()).1),
+        );
         tokio::time::sleep(Duration::from_millis(50_100)).await;
         let second = node.svid().unwrap();
         assert_ne!(second.serial, first.serial);
@@ -521,7 +530,10 @@ mod tests {
         let node = kube_node(&ca, dir.path(), "jwt");
         node.attest().await.unwrap();
         let first = node.svid().unwrap();
-        let task = tokio::spawn(node.clone().renew_loop());
+        let task = tokio::spawn(
+            node.clone()
+                .renew_loop(tokio::sync::watch::channel(Default::default()).1),
+        );
         ca.set_down(true);
         tokio::time::sleep(Duration::from_secs(120)).await;
         ca.set_down(false);

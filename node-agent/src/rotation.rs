@@ -7,7 +7,50 @@
 //! clock skew (two minutes), which would make a certificate of a few seconds look half
 //! spent the moment it arrives. istio-agent's secret cache measures from fetch time too.
 
-use std::time::SystemTime;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+/// Key identifiers (hex) of the CA authorities marked tainted, as the CA last said.
+pub type Tainted = watch::Receiver<Arc<BTreeSet<String>>>;
+
+/// Sleeps for `wait`, or less if the authority that signed a certificate
+/// (`authority_key_id`) is or becomes tainted: returns `true` then, for an immediate
+/// re-issue. A certificate already tainted when the wait starts (one signed just
+/// before the taint) waits at most a second, so a CA that kept signing with a tainted
+/// authority could not make the caller spin.
+pub async fn sleep_unless_tainted(
+    wait: Duration,
+    tainted: &mut Tainted,
+    authority_key_id: Option<&str>,
+) -> bool {
+    let Some(aki) = authority_key_id else {
+        tokio::time::sleep(wait).await;
+        return false;
+    };
+    if tainted.borrow_and_update().contains(aki) {
+        tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
+        return true;
+    }
+    let sleep = tokio::time::sleep(wait);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = &mut sleep => return false,
+            changed = tainted.changed() => {
+                if changed.is_err() {
+                    sleep.await;
+                    return false;
+                }
+                if tainted.borrow_and_update().contains(aki) {
+                    return true;
+                }
+            }
+        }
+    }
+}
 
 /// Refresh policy: refresh once `ratio` of the lifetime has passed, ± `jitter` of the
 /// lifetime, so many workloads don't refresh at the same instant.
@@ -129,5 +172,39 @@ mod tests {
         assert!(RotationPolicy::new(0.5, 0.6).is_err());
         assert!(RotationPolicy::new(0.5, -0.1).is_err());
         assert!(RotationPolicy::new(f64::NAN, 0.0).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_taint_cuts_the_wait_short_only_for_its_authority() {
+        use super::sleep_unless_tainted;
+        use std::collections::BTreeSet;
+        use std::sync::Arc;
+        use std::time::Duration;
+        let (tx, mut rx) = tokio::sync::watch::channel(Arc::new(BTreeSet::<String>::new()));
+        let start = tokio::time::Instant::now();
+        let waiting = tokio::spawn(async move {
+            let r = sleep_unless_tainted(Duration::from_secs(3600), &mut rx, Some("aa")).await;
+            (r, rx)
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // Another authority tainted: still waiting.
+        tx.send_replace(Arc::new(BTreeSet::from(["bb".to_string()])));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!waiting.is_finished());
+        tx.send_replace(Arc::new(BTreeSet::from([
+            "aa".to_string(),
+            "bb".to_string(),
+        ])));
+        let (tainted, mut rx) = waiting.await.unwrap();
+        assert!(tainted);
+        assert!(start.elapsed() < Duration::from_secs(21));
+        // Already tainted when the wait starts: a second at most, not a spin.
+        let t = tokio::time::Instant::now();
+        assert!(sleep_unless_tainted(Duration::from_secs(3600), &mut rx, Some("aa")).await);
+        assert_eq!(t.elapsed(), Duration::from_secs(1));
+        // No authority key identifier: the full wait.
+        let t = tokio::time::Instant::now();
+        assert!(!sleep_unless_tainted(Duration::from_secs(60), &mut rx, None).await);
+        assert_eq!(t.elapsed(), Duration::from_secs(60));
     }
 }

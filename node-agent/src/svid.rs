@@ -140,6 +140,9 @@ pub struct Svid {
     pub not_after: SystemTime,
     /// When the agent received it.
     pub received: SystemTime,
+    /// The leaf's authority key identifier, lowercase hex: which of the CA's
+    /// authorities signed it (a tainted one means re-issue now).
+    pub authority_key_id: Option<String>,
 }
 
 impl fmt::Debug for Svid {
@@ -202,7 +205,17 @@ impl Svid {
                 index: answer.len() - 1,
                 reason,
             })?;
+        let authority_key_id = cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                    aki.key_identifier.as_ref().map(|k| hex::encode(k.0))
+                }
+                _ => None,
+            });
         Ok(Self {
+            authority_key_id,
             serial: hex::encode(cert.raw_serial()),
             not_before: system_time(cert.validity().not_before),
             not_after: system_time(cert.validity().not_after),

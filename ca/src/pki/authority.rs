@@ -26,7 +26,7 @@ use super::keys::{self, KeyType};
 /// How far `notBefore` is set in the past, for clocks that run behind (istiod: 2 min).
 pub const CLOCK_SKEW: Duration = Duration::from_secs(120);
 /// Lifetime of a root Warden makes for itself (istiod: 10 years).
-const ROOT_LIFETIME: Duration = Duration::from_secs(3650 * 86_400);
+pub const ROOT_LIFETIME: Duration = Duration::from_secs(3650 * 86_400);
 /// Lifetime of the CA's own serving certificate.
 const SERVING_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 
@@ -49,6 +49,11 @@ pub struct Authority {
     root_not_after: OffsetDateTime,
     /// Where the authority came from, for logs.
     source: String,
+    /// The signing certificate's key identifier, lowercase hex: the authority key
+    /// identifier of every certificate it signs, and its ID in `warden ca authority`.
+    key_id: String,
+    /// Key IDs of tainted authorities: agents re-issue what they signed at once.
+    tainted: Vec<String>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -56,6 +61,7 @@ impl std::fmt::Debug for Authority {
         // Never print the key.
         f.debug_struct("Authority")
             .field("source", &self.source)
+            .field("key_id", &self.key_id)
             .field("chain_not_after", &self.chain_not_after)
             .finish_non_exhaustive()
     }
@@ -174,6 +180,23 @@ fn not_after_of(der: &[u8]) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// The key identifier a CA certificate's children carry as their authority key
+/// identifier: its subject key identifier when it has one (rcgen copies it), else the
+/// first 20 bytes of SHA-256 over its public key info (rcgen's derivation).
+pub fn key_id_of(der: &[u8]) -> String {
+    use x509_parser::extensions::ParsedExtension;
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return String::new();
+    };
+    for ext in cert.extensions() {
+        if let ParsedExtension::SubjectKeyIdentifier(ski) = ext.parsed_extension() {
+            return hex::encode(ski.0);
+        }
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
+    hex::encode(&digest.as_ref()[..20])
+}
+
 /// A positive 128-bit serial: a marker byte, 56 bits of the current time in microseconds,
 /// then 64 bits from the system CSPRNG. The random half meets the "at least 64 bits of
 /// CSPRNG output" rule for serials; the time half keeps the CA's serial index append-only,
@@ -203,7 +226,7 @@ impl Authority {
     ) -> Result<Self, PkiError> {
         let authority = match plugin_certs {
             Some(dir) => Self::load_plugged(dir)?,
-            None => Self::load_or_create_root(data_dir, trust_domain, key_type)?,
+            None => Self::load_or_create_root(data_dir, trust_domain, key_type, ROOT_LIFETIME)?,
         };
         super::write_atomic(
             &data_dir.join("root-cert.pem"),
@@ -214,16 +237,19 @@ impl Authority {
         Ok(authority)
     }
 
-    fn load_or_create_root(
+    /// The data directory's own root (`ca-cert.pem`, `ca-key.pem`), made with
+    /// `lifetime` on first start.
+    pub(crate) fn load_or_create_root(
         data_dir: &Path,
         trust_domain: &str,
         key_type: KeyType,
+        lifetime: Duration,
     ) -> Result<Self, PkiError> {
         let cert_path = data_dir.join("ca-cert.pem");
         let key_path = data_dir.join("ca-key.pem");
         if !cert_path.exists() && !key_path.exists() {
             tracing::info!(%key_type, path = %cert_path.display(), "creating a self-signed root CA");
-            let (cert_pem, key_pem) = Self::new_root_pem(trust_domain, key_type)?;
+            let (cert_pem, key_pem) = Self::new_root_pem_for(trust_domain, key_type, lifetime)?;
             // Key first: a crash between the two leaves a key without a cert, which the
             // check below reports rather than silently replacing.
             super::write_atomic(&key_path, key_pem.as_bytes(), 0o600).map_err(io_err(&key_path))?;
@@ -257,6 +283,15 @@ impl Authority {
         trust_domain: &str,
         key_type: KeyType,
     ) -> Result<(String, String), PkiError> {
+        Self::new_root_pem_for(trust_domain, key_type, ROOT_LIFETIME)
+    }
+
+    /// Like [`Authority::new_root_pem`], valid for `lifetime`.
+    pub fn new_root_pem_for(
+        trust_domain: &str,
+        key_type: KeyType,
+        lifetime: Duration,
+    ) -> Result<(String, String), PkiError> {
         let key = key_type.generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -271,8 +306,8 @@ impl Authority {
             KeyUsagePurpose::DigitalSignature,
         ];
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::from_secs(3600);
-        params.not_after = now + ROOT_LIFETIME;
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = now + lifetime;
         params.serial_number = Some(random_serial()?);
         let cert = params.self_signed(&key).map_err(sign_err)?;
         Ok((cert.pem(), key.serialize_pem()))
@@ -297,6 +332,8 @@ impl Authority {
         let not_after = not_after_of(&root);
         Ok(Self {
             issuer,
+            key_id: key_id_of(&root),
+            tainted: Vec::new(),
             signing_cert: root.clone(),
             intermediates_pem: Vec::new(),
             intermediates_der: Vec::new(),
@@ -371,6 +408,8 @@ impl Authority {
             .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         Ok(Self {
             issuer,
+            key_id: key_id_of(&signing),
+            tainted: Vec::new(),
             signing_cert: signing,
             intermediates_pem: intermediates.iter().map(|c| to_pem(c)).collect(),
             intermediates_der: intermediates,
@@ -380,6 +419,31 @@ impl Authority {
             root_not_after,
             source,
         })
+    }
+
+    /// Adds `roots` to the trust bundle (those not already in it, in order) and records
+    /// which authorities are tainted: an authority set's active member trusts every root
+    /// of the set, so a leaf signed by any of them verifies during a rotation.
+    pub fn with_trust(mut self, roots: &[CertificateDer<'static>], tainted: Vec<String>) -> Self {
+        for root in roots {
+            if !self.roots_der.contains(root) {
+                self.roots_pem.push_str(&to_pem(root));
+                self.roots_der.push(root.clone());
+            }
+        }
+        self.tainted = tainted;
+        self
+    }
+
+    /// The signing certificate's key identifier (lowercase hex), which every
+    /// certificate it signs carries as its authority key identifier.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Key IDs of tainted authorities (own-root rotation), lowercase hex.
+    pub fn tainted(&self) -> &[String] {
+        &self.tainted
     }
 
     /// Where the authority came from, for logs.

@@ -7,6 +7,7 @@ pub mod csr;
 pub mod handle;
 pub mod jwt_svid;
 pub mod keys;
+pub mod rotation;
 
 use std::time::Duration;
 

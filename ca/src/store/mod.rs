@@ -74,6 +74,8 @@ pub struct CertRecord {
     pub node: Option<String>,
     /// Caller address.
     pub peer_addr: String,
+    /// Key identifier (hex) of the authority that signed it.
+    pub authority: String,
 }
 
 /// A registration entry.
@@ -209,6 +211,15 @@ fn migrator() -> Migrator {
                 MigrationType::Simple,
                 sqlx::SqlSafeStr::into_sql_str(include_str!(
                     "../../migrations/0002_audit_checkpoints.sql"
+                )),
+                false,
+            ),
+            Migration::new(
+                3,
+                Cow::Borrowed("cert authority"),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(include_str!(
+                    "../../migrations/0003_cert_authority.sql"
                 )),
                 false,
             ),
@@ -545,6 +556,39 @@ impl Store {
     }
 
     /// Number of issued certificates recorded (for tests and the benchmark).
+    /// How many identities' current certificate each authority signed: for every
+    /// (identity, node) with an unexpired certificate, the latest one's authority
+    /// (serials are time-ordered). Scans the unexpired certificates; for the rare admin
+    /// command that needs it, not for the request path.
+    pub async fn authorities_in_use(
+        &self,
+        now: i64,
+    ) -> Result<std::collections::HashMap<String, usize>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT spiffe_id, node, serial, authority FROM issued_certs WHERE not_after > $1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut latest: std::collections::HashMap<(String, String), (String, String)> =
+            std::collections::HashMap::new();
+        for r in &rows {
+            let id: String = r.try_get("spiffe_id")?;
+            let node: Option<String> = r.try_get("node")?;
+            let serial: String = r.try_get("serial")?;
+            let authority: Option<String> = r.try_get("authority")?;
+            let entry = latest.entry((id, node.unwrap_or_default())).or_default();
+            if serial > entry.0 {
+                *entry = (serial, authority.unwrap_or_default());
+            }
+        }
+        let mut counts = std::collections::HashMap::new();
+        for (_, authority) in latest.into_values() {
+            *counts.entry(authority).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
     pub async fn issued_count(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM issued_certs")
             .fetch_one(&self.pool)
@@ -728,8 +772,8 @@ async fn write_batch(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Outcome>, Stor
     for chunk in certs.chunks(ROWS_PER_INSERT) {
         let sql = insert_sql(
             "issued_certs (serial, spiffe_id, not_before, not_after, fingerprint, requester, \
-             node, peer_addr, issued_at)",
-            9,
+             node, peer_addr, issued_at, authority)",
+            10,
             chunk.len(),
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -743,7 +787,8 @@ async fn write_batch(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Outcome>, Stor
                 .bind(c.requester.as_str())
                 .bind(c.node.as_deref())
                 .bind(c.peer_addr.as_str())
-                .bind(issued_at);
+                .bind(issued_at)
+                .bind(c.authority.as_str());
         }
         q.execute(&mut *tx).await?;
     }

@@ -155,6 +155,8 @@ pub struct Manager {
     pod_attestor: Option<PodAttestor>,
     /// Kubernetes mode: the identities of the service accounts with pods on this node.
     pod_ids: Mutex<BTreeSet<SpiffeId>>,
+    /// Key identifiers of the CA's tainted authorities, from the bundle sync.
+    tainted: watch::Sender<Arc<BTreeSet<String>>>,
 }
 
 /// Settings of the manager.
@@ -204,7 +206,13 @@ impl Manager {
             limiter: Semaphore::new(MAX_CONCURRENT_FETCHES),
             pod_attestor: None,
             pod_ids: Mutex::new(BTreeSet::new()),
+            tainted: watch::Sender::new(Arc::new(BTreeSet::new())),
         }
+    }
+
+    /// The CA's tainted authorities, as last synced (wakes on change).
+    pub fn tainted(&self) -> crate::rotation::Tainted {
+        self.tainted.subscribe()
     }
 
     /// Kubernetes mode: callers are tied to the pods of this node, and every service
@@ -419,6 +427,7 @@ impl Manager {
     /// workload mode: the CA decides the identity from the token.
     async fn identity_loop(self: Arc<Self>, id: Option<SpiffeId>) {
         let mut attempt = 0u32;
+        let mut tainted = self.tainted.subscribe();
         let label = id
             .as_ref()
             .map_or_else(|| "(token identity)".to_string(), ToString::to_string);
@@ -447,9 +456,16 @@ impl Manager {
                     if self.mode == Mode::Workload {
                         self.started();
                     }
+                    let aki = published.authority_key_id.clone();
+                    let svid_id = published.id.clone();
                     drop(published);
-                    if let Ok(wait) = refresh.duration_since(self.timing.now()) {
-                        tokio::time::sleep(wait).await;
+                    let wait = refresh
+                        .duration_since(self.timing.now())
+                        .unwrap_or_default();
+                    if crate::rotation::sleep_unless_tainted(wait, &mut tainted, aki.as_deref())
+                        .await
+                    {
+                        tracing::info!(id = %svid_id, authority = aki.as_deref().unwrap_or_default(), "SVID signed by a tainted authority; re-issuing it now");
                     }
                 }
                 Err(e) => {
@@ -594,6 +610,20 @@ impl Manager {
             .jwt_bundle(bearer.as_deref())
             .await
             .map_err(|e| e.to_string())?;
+        self.apply_x509_bundle(&resp.trust_domain, &resp.x509_roots_pem);
+        let tainted: BTreeSet<String> = resp
+            .tainted_authorities
+            .iter()
+            .map(|k| k.to_ascii_lowercase())
+            .collect();
+        self.tainted.send_if_modified(|t| {
+            if **t == tainted {
+                return false;
+            }
+            tracing::info!(tainted = ?tainted, "the CA's tainted authorities changed");
+            *t = Arc::new(tainted);
+            true
+        });
         let new = (resp.trust_domain, resp.jwks_json);
         let same = self
             .state
@@ -606,6 +636,52 @@ impl Manager {
             self.update(|s| s.jwt_bundle = Some(Arc::new(new)));
         }
         Ok(())
+    }
+
+    /// The X.509 trust bundle the CA published (empty from a CA that does not send
+    /// it): pushed to SDS and Workload API streams when it changed, and trusted for
+    /// the CA's own serving certificate, which a newly activated root signs.
+    fn apply_x509_bundle(&self, trust_domain: &str, pem: &str) {
+        if pem.trim().is_empty() {
+            return;
+        }
+        let bundle = match Bundle::from_pem(trust_domain, pem) {
+            Ok(b) if !b.der.is_empty() => b,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "the CA's trust bundle does not parse; keeping the current one");
+                return;
+            }
+        };
+        if let Err(e) = self.ca.set_trust(&bundle.pem) {
+            tracing::warn!(error = %e, "cannot trust the CA's new bundle for connections to the CA");
+        }
+        self.state.send_if_modified(|s| {
+            if s.bundle.as_deref() == Some(&bundle) {
+                return false;
+            }
+            let s = Arc::make_mut(s);
+            tracing::info!(trust_domain = %bundle.trust_domain, roots = bundle.der.len(), "trust bundle changed; pushing it");
+            s.bundle = Some(Arc::new(bundle.clone()));
+            true
+        });
+        // File output: each SVID's root-cert.pem follows the bundle too.
+        if let Some(dir) = &self.write_dir {
+            let ids: Vec<SpiffeId> = self.state.borrow().svids.keys().cloned().collect();
+            for id in ids {
+                let dir = match self.mode {
+                    Mode::Workload => dir.clone(),
+                    Mode::Node => crate::files::dir_for(dir, &id),
+                };
+                let path = dir.join(crate::files::ROOT_FILE);
+                let current = std::fs::read_to_string(&path).unwrap_or_default();
+                if current != bundle.pem
+                    && let Err(e) = crate::files::write_atomic(&path, bundle.pem.as_bytes(), 0o644)
+                {
+                    tracing::error!(path = %path.display(), error = %e, "cannot write the trust bundle file");
+                }
+            }
+        }
     }
 
     /// Polls the CA for this node's entries (node mode) and the JWT bundle.

@@ -1,0 +1,487 @@
+//! Root rotation of an own-root CA under load: `warden ca authority prepare`,
+//! `activate`, `taint`, `revoke` while two proxies carry a steady stream of HTTP
+//! requests and new mTLS connections, with no failed request; each step audited; the
+//! CA's files, the trust bundle and the certificates checked by openssl and curl.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests fail by panicking
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use warden_tests::mesh::{Mesh, Req, ServiceSpec, allow_only, echo, spiffe_id};
+use warden_tests::{fails, ok, try_eventually};
+
+/// The authorities, from `warden ca authority list --json`.
+fn authorities(mesh: &Mesh) -> Vec<serde_json::Value> {
+    let out = ok(mesh
+        .ca
+        .lock()
+        .unwrap()
+        .warden(&["ca", "authority", "list", "--json"]));
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn step(mesh: &Mesh, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["ca", "authority"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = ok(mesh.ca.lock().unwrap().warden(&all));
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// The authority key identifier of a DER certificate, hex.
+fn aki(der: &[u8]) -> String {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| hex::encode(k.0))
+            }
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// openssl verifies `leaf_der` against the CA's `root-cert.pem`.
+fn openssl_verifies(mesh: &Mesh, leaf_der: &[u8]) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = dir.path().join("leaf.pem");
+    std::fs::write(
+        &leaf,
+        warden_common::files::pem_encode("CERTIFICATE", leaf_der),
+    )
+    .unwrap();
+    let roots = mesh.ca.lock().unwrap().data_dir.join("root-cert.pem");
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&roots)
+        .arg(&leaf)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr))
+    }
+}
+
+/// curl reaches the CA over TLS verifying its serving certificate with `root-cert.pem`
+/// (a gRPC server answers a plain GET with some HTTP status; the handshake is the test).
+fn curl_trusts_the_ca(mesh: &Mesh) {
+    let ca = mesh.ca.lock().unwrap();
+    let roots = ca.data_dir.join("root-cert.pem");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--http2",
+            "--cacert",
+        ])
+        .arg(&roots)
+        .arg(format!("{}/", ca.url()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl does not trust the CA's serving certificate with root-cert.pem: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[derive(Default)]
+struct Counts {
+    ok: usize,
+    failures: Vec<(Duration, String)>,
+}
+
+#[test]
+fn root_rotation_under_load_fails_no_request() {
+    // Hour-long SVIDs: no rotation happens by the clock during the test; every
+    // re-issue is the taint's.
+    let mesh = Mesh::builder()
+        .svid_ttl("1h")
+        .workload("client", "client")
+        .workload("server", "server")
+        .service(ServiceSpec::new("server", "default").http(8080).tcp(9000))
+        .config("policy.yaml", &allow_only("server", "client"))
+        .start();
+    let client = spiffe_id("default", "client");
+    let server = spiffe_id("default", "server");
+    let url = mesh.url("server", "http", "/rotating");
+    let data_dir = mesh.ca.lock().unwrap().data_dir.clone();
+
+    let before = authorities(&mesh);
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0]["state"], "active");
+    let first = before[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(aki(&mesh.leaf_der(&client)), first);
+    // Nothing to activate, taint or revoke yet: refused with the reason, nothing changes.
+    let err = fails(
+        mesh.ca
+            .lock()
+            .unwrap()
+            .warden(&["ca", "authority", "activate"]),
+    );
+    assert!(err.contains("no authority is prepared"), "{err}");
+    let err = fails(
+        mesh.ca
+            .lock()
+            .unwrap()
+            .warden(&["ca", "authority", "taint", &first]),
+    );
+    assert!(
+        err.contains("is active; only an old authority can be tainted"),
+        "{err}"
+    );
+    let err = fails(
+        mesh.ca
+            .lock()
+            .unwrap()
+            .warden(&["ca", "authority", "revoke", &first]),
+    );
+    assert!(err.contains("is active"), "{err}");
+    let err = fails(
+        mesh.ca
+            .lock()
+            .unwrap()
+            .warden(&["ca", "authority", "taint", "00ff"]),
+    );
+    assert!(err.contains("no authority \"00ff\""), "{err}");
+    assert_eq!(authorities(&mesh).len(), 1);
+
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    let (http, tcp, second) = std::thread::scope(|s| {
+        let http = s.spawn(|| {
+            let mut out = Counts::default();
+            while !stop.load(Ordering::Relaxed) {
+                let t = start.elapsed();
+                match mesh.send("client", &Req::get(&url)) {
+                    Ok(r) if r.status == 200 => out.ok += 1,
+                    Ok(r) => out.failures.push((t, format!("{} {}", r.status, r.text()))),
+                    Err(e) => out.failures.push((t, format!("{e:#}"))),
+                }
+            }
+            out
+        });
+        // Each TCP connection is a new mTLS handshake between the proxies, with the
+        // certificates and bundle each holds at that moment.
+        let tcp = s.spawn(|| {
+            let mut out = Counts::default();
+            while !stop.load(Ordering::Relaxed) {
+                let t = start.elapsed();
+                let msg = format!("tcp at {t:?}");
+                match mesh
+                    .tcp_connect("client", 9000)
+                    .and_then(|mut c| echo(&mut c, msg.as_bytes()))
+                {
+                    Ok(b) if b == msg.as_bytes() => out.ok += 1,
+                    other => out.failures.push((t, format!("{other:?}"))),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            out
+        });
+        let _stop = StopOnDrop(&stop);
+        mesh.mark_proxy_log("client");
+        mesh.mark_proxy_log("server");
+
+        // Prepare: the new root joins every bundle; the old one still signs.
+        let prepared = step(&mesh, &["prepare"]);
+        assert_eq!(prepared["state"], "prepared");
+        let second = prepared["id"].as_str().unwrap().to_string();
+        assert_ne!(second, first);
+        // Both proxies take the two-root bundle over SDS, without restarting.
+        for name in ["client", "server"] {
+            mesh.wait_proxy_log(name, Duration::from_secs(10), |v| {
+                v["message"] == "SDS: new trust bundle" && v["roots"] == 2
+            })
+            .unwrap_or_else(|l| panic!("proxy {name} never got the 2-root bundle: {l:#?}"));
+        }
+        let bundle = std::fs::read_to_string(data_dir.join("root-cert.pem")).unwrap();
+        assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
+
+        // Activate: the new root signs; the old one stays trusted.
+        let active = step(&mesh, &["activate"]);
+        assert_eq!(active["id"], second.as_str());
+        assert_eq!(active["state"], "active");
+        // The CA's serving certificate is now the new root's: curl trusts it with
+        // root-cert.pem, and the agent reaches the CA (it learned the root above).
+        curl_trusts_the_ca(&mesh);
+        // The old root still signs the identities' current certificates: revoking it
+        // is refused, naming the count.
+        let err = fails(
+            mesh.ca
+                .lock()
+                .unwrap()
+                .warden(&["ca", "authority", "revoke", &first]),
+        );
+        assert!(
+            err.contains("still signs the current certificate of"),
+            "{err}"
+        );
+        assert_eq!(authorities(&mesh).len(), 2);
+
+        // Taint: the agent re-issues every SVID the old root signed, now (the SVIDs
+        // have an hour left).
+        let tainted = step(&mesh, &["taint", &first]);
+        assert_eq!(tainted["tainted"], true);
+        try_eventually(
+            "the agent to re-issue the tainted SVIDs",
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            || {
+                let now = [aki(&mesh.leaf_der(&client)), aki(&mesh.leaf_der(&server))];
+                if now.iter().all(|a| *a == second) {
+                    Ok(())
+                } else {
+                    Err(now)
+                }
+            },
+        )
+        .unwrap();
+        // Every identity (the node's too) has a certificate from the new root: the
+        // old one is in use nowhere.
+        try_eventually(
+            "the old authority to be in use nowhere",
+            Duration::from_secs(15),
+            Duration::from_millis(200),
+            || {
+                let list = authorities(&mesh);
+                let old = list
+                    .iter()
+                    .find(|a| a["id"] == first.as_str())
+                    .unwrap()
+                    .clone();
+                if old["in_use"] == 0 {
+                    Ok(())
+                } else {
+                    Err(list)
+                }
+            },
+        )
+        .unwrap();
+        // Let both proxies serve with the new certificates for a moment.
+        std::thread::sleep(Duration::from_millis(500));
+
+        // Revoke: the old root leaves every bundle and its key is deleted.
+        let revoked = step(&mesh, &["revoke", &first]);
+        assert_eq!(revoked["state"], "revoked");
+        for name in ["client", "server"] {
+            mesh.wait_proxy_log(name, Duration::from_secs(10), |v| {
+                v["message"] == "SDS: new trust bundle" && v["roots"] == 1
+            })
+            .unwrap_or_else(|l| panic!("proxy {name} never dropped the old root: {l:#?}"));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, Ordering::Relaxed);
+        (http.join().unwrap(), tcp.join().unwrap(), second)
+    });
+
+    let total = http.ok + http.failures.len();
+    assert!(
+        http.failures.is_empty(),
+        "{} of {total} requests failed during the rotation: {:?}",
+        http.failures.len(),
+        &http.failures[..http.failures.len().min(10)]
+    );
+    assert!(
+        tcp.failures.is_empty(),
+        "{} of {} new connections failed during the rotation: {:?}",
+        tcp.failures.len(),
+        tcp.ok + tcp.failures.len(),
+        &tcp.failures[..tcp.failures.len().min(10)]
+    );
+    assert!(
+        total >= 100 && tcp.ok >= 20,
+        "only {total} requests, {} connections",
+        tcp.ok
+    );
+
+    // The files: one authority, the old key gone, the new key 0600, root-cert.pem the
+    // new root only, and openssl verifies the current leaves with it.
+    let list = authorities(&mesh);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], second.as_str());
+    assert!(!data_dir.join("ca-key.pem").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let key = std::fs::metadata(data_dir.join(format!("authorities/{second}-key.pem"))).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    let bundle = std::fs::read_to_string(data_dir.join("root-cert.pem")).unwrap();
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 1);
+    for id in [&client, &server] {
+        openssl_verifies(&mesh, &mesh.leaf_der(id)).unwrap();
+    }
+    curl_trusts_the_ca(&mesh);
+
+    // Each step is in the audit log, with who asked.
+    let audit = ok(mesh.ca.lock().unwrap().warden(&["audit", "list", "--json"]));
+    let steps: Vec<String> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "ca.authority")
+        .map(|v| v["outcome"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(steps, ["prepared", "activated", "tainted", "revoked"]);
+    ok(mesh.ca.lock().unwrap().warden(&["audit", "verify"]));
+    eprintln!(
+        "root rotation: {total} requests and {} new mTLS connections, none failed",
+        tcp.ok
+    );
+}
+
+/// Sets the flag when dropped, so the loops end when the main thread panics.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_ca_restarted_mid_rotation_keeps_its_authorities() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = warden_tests::CaProcess::start(dir.path(), &[]);
+    let prepared: serde_json::Value =
+        serde_json::from_str(ok(ca.warden(&["ca", "authority", "prepare", "--json"])).trim())
+            .unwrap();
+    let (code, _) = ca.terminate();
+    assert_eq!(code, Some(0));
+    let ca = warden_tests::CaProcess::start(dir.path(), &[]);
+    let list = ok(ca.warden(&["ca", "authority", "list"]));
+    assert!(
+        list.contains(prepared["id"].as_str().unwrap()) && list.contains("prepared"),
+        "{list}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("root-cert.pem"))
+            .unwrap()
+            .matches("BEGIN CERTIFICATE")
+            .count(),
+        2
+    );
+    // A damaged manifest: the CA refuses to start, naming the file.
+    drop(ca);
+    std::fs::write(dir.path().join("authorities.json"), "{").unwrap();
+    let out = Command::new(warden_tests::bin("warden-ca"))
+        .args([
+            "run",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--monitoring-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("authorities.json") && err.contains("not an authority manifest"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_plugged_in_ca_refuses_authority_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    // An intermediate signed by another CA, in Istio's cacerts layout.
+    let root = warden_tests::CaProcess::start(&dir.path().join("root"), &[]);
+    let cacerts = dir.path().join("cacerts");
+    ok(root.warden(&[
+        "ca",
+        "intermediate",
+        "--cluster",
+        "east",
+        "--out",
+        cacerts.to_str().unwrap(),
+    ]));
+    let ca = warden_tests::CaProcess::start(
+        &dir.path().join("plugged"),
+        &["--plugin-certs", cacerts.to_str().unwrap()],
+    );
+    let err = fails(ca.warden(&["ca", "authority", "prepare"]));
+    assert!(err.contains("plugged in"), "{err}");
+    let err = fails(ca.warden(&["ca", "authority", "list"]));
+    assert!(err.contains("plugged in"), "{err}");
+}
+
+#[test]
+fn the_ca_prepares_and_activates_on_its_schedule() {
+    // A 10-minute root (2 minutes backdated for clock skew) is at 1/6 of its life when
+    // made; the schedule prepares a successor at 0.17 (~2.4 s later) and activates it
+    // at 0.175 (~6 s), checked every 3 s (1/200 of the root's lifetime).
+    let dir = tempfile::tempdir().unwrap();
+    let ca = warden_tests::CaProcess::start(
+        dir.path(),
+        &[
+            "--root-ttl",
+            "10m",
+            "--authority-prepare-at",
+            "0.17",
+            "--authority-activate-at",
+            "0.175",
+        ],
+    );
+    let first = ok(ca.warden(&["ca", "authority", "list", "--json"]));
+    let first: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    let first = first["id"].as_str().unwrap().to_string();
+    let steps = try_eventually(
+        "the CA to prepare and activate a successor by itself",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            let audit = ok(ca.warden(&["audit", "list", "--json"]));
+            let steps: Vec<serde_json::Value> = audit
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["event"] == "ca.authority")
+                .collect();
+            if steps.iter().any(|v| v["outcome"] == "activated") {
+                Ok(steps)
+            } else {
+                Err(steps)
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(steps[0]["outcome"], "prepared");
+    assert_eq!(steps[0]["requester"], "auto");
+    assert_eq!(steps[1]["outcome"], "activated");
+    let list = ok(ca.warden(&["ca", "authority", "list", "--json"]));
+    let list: Vec<serde_json::Value> = list
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let old = list.iter().find(|a| a["id"] == first.as_str()).unwrap();
+    assert_eq!(old["state"], "old", "{list:?}");
+    // Bad schedules are refused by flag.
+    let out = Command::new(warden_tests::bin("warden-ca"))
+        .args([
+            "run",
+            "--authority-prepare-at",
+            "0.9",
+            "--authority-activate-at",
+            "0.5",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--authority-prepare-at") && err.contains("prepare-at < activate-at"),
+        "{err}"
+    );
+}
