@@ -1245,7 +1245,122 @@ async fn an_unauthenticated_flood_is_aggregated(db: Db) {
     ca.stop().await;
 }
 
+/// The authority key identifier of a PEM leaf, hex.
+fn leaf_aki(pem: &str) -> String {
+    let der = &pem_to_der(pem)[0];
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| hex::encode(k.0))
+            }
+            _ => None,
+        })
+        .unwrap()
+}
+
+async fn authority_rotation_counts_what_is_in_use(db: Db) {
+    use warden_proto::admin::{
+        ActivateAuthorityRequest, ListAuthoritiesRequest, PrepareAuthorityRequest,
+        RevokeAuthorityRequest, TaintAuthorityRequest,
+    };
+    use warden_proto::warden_ca::GetJwtBundleRequest;
+    use warden_proto::warden_ca::jwt_svid_service_client::JwtSvidServiceClient;
+    let Some(ca) = TestCa::start(db, Opts::default()).await else {
+        return;
+    };
+    let token = sa_token("default", "web");
+    let issue = || async {
+        let mut client = ca.client(None).await;
+        let (c, _k) = csr(None);
+        create(&mut client, request(&c, 0, Some(&token), None))
+            .await
+            .unwrap()
+    };
+    let first_chain = issue().await;
+    let mut admin = ca.admin().await;
+    let list = admin
+        .list_authorities(ListAuthoritiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .authorities;
+    assert_eq!(list.len(), 1);
+    let first = list[0].id.clone();
+    assert_eq!(leaf_aki(&first_chain[0]), first);
+    assert_eq!(list[0].in_use, 1);
+
+    let step = admin
+        .prepare_authority(PrepareAuthorityRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let second = step.authority.unwrap().id;
+    // The bundle every caller gets carries both roots now.
+    let chain = issue().await;
+    assert_eq!(pem_to_der(chain.last().unwrap()).len(), 2);
+    assert_eq!(leaf_aki(&chain[0]), first, "a prepared root signs nothing");
+    admin
+        .activate_authority(ActivateAuthorityRequest::default())
+        .await
+        .unwrap();
+    // Revoking the old root while it signed web's current certificate is refused.
+    let err = admin
+        .revoke_authority(RevokeAuthorityRequest {
+            id: first.clone(),
+            force: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("1 identity"), "{err:?}");
+    admin
+        .taint_authority(TaintAuthorityRequest { id: first.clone() })
+        .await
+        .unwrap();
+    // GetJwtBundle tells agents the bundle and what is tainted (a fresh channel: the
+    // serving certificate is the new root's, root-cert.pem holds both).
+    let bundle = JwtSvidServiceClient::new(ca.channel(None).await)
+        .get_jwt_bundle(GetJwtBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pem_to_der(&bundle.x509_roots_pem).len(), 2);
+    assert_eq!(bundle.tainted_authorities, [first.clone()]);
+    // web renews: its current certificate is the new root's; nothing uses the old one.
+    let chain = issue().await;
+    assert_eq!(leaf_aki(&chain[0]), second);
+    let list = admin
+        .list_authorities(ListAuthoritiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .authorities;
+    let old = list.iter().find(|a| a.id == first).unwrap();
+    assert_eq!(
+        (old.state.as_str(), old.tainted, old.in_use),
+        ("old", true, 0)
+    );
+    admin
+        .revoke_authority(RevokeAuthorityRequest {
+            id: first.clone(),
+            force: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pem_to_der(&ca.roots_pem()).len(), 1);
+    let rows: Vec<_> = audit_rows(&ca)
+        .await
+        .into_iter()
+        .filter(|r| r.event == "ca.authority")
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(rows, ["prepared", "activated", "tainted", "revoked"]);
+}
+
 on_both_backends!(
+    authority_rotation_counts_what_is_in_use,
     an_unauthenticated_flood_is_aggregated,
     limits_refuse_with_a_retry_hint,
     audit_checkpoints_and_pruning,
