@@ -1327,7 +1327,7 @@ async fn authority_rotation_counts_what_is_in_use(db: Db) {
         .unwrap()
         .into_inner();
     assert_eq!(pem_to_der(&bundle.x509_roots_pem).len(), 2);
-    assert_eq!(bundle.tainted_authorities, [first.clone()]);
+    assert_eq!(bundle.tainted_authorities, std::slice::from_ref(&first));
     // web renews: its current certificate is the new root's; nothing uses the old one.
     let chain = issue().await;
     assert_eq!(leaf_aki(&chain[0]), second);
