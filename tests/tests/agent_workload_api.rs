@@ -265,6 +265,127 @@ async fn py_spiffe_client_fetches_svids_and_bundles() {
     assert!(!r["jwt_key_ids"].as_array().unwrap().is_empty(), "{r}");
 }
 
+/// A root rotation as py-spiffe sees it: after `warden ca authority prepare` its X.509
+/// bundle holds both roots (equal to the CA's `root-cert.pem`); after `activate` and
+/// `taint`, its SVID is the new root's and verifies (openssl) against that bundle; after
+/// `revoke`, the bundle is the new root alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_spiffe_follows_a_root_rotation() {
+    let Some(py) = warden_tests::py_spiffe_python("the py-spiffe client") else {
+        return;
+    };
+    let uid = format!("unix:uid:{}", my_uid());
+    let env = start(&[(X, &[&uid])]);
+    let c = client(&env.agent.socket).await;
+    eventually_async("X.509-SVID", Duration::from_secs(20), || {
+        c.fetch_x509_svid()
+    })
+    .await;
+    let out = env.tmp.path().join("py-spiffe");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/py_spiffe_client.py");
+    let py_spiffe = || {
+        let (ok, r) = run_json(
+            std::process::Command::new(&py)
+                .arg(&script)
+                .args(["--audience", "a", "--out", out.to_str().unwrap()])
+                .env(
+                    "SPIFFE_ENDPOINT_SOCKET",
+                    format!("unix:{}", env.agent.socket.display()),
+                ),
+        );
+        assert!(ok && r["ok"] == true, "py-spiffe failed: {r}");
+        r
+    };
+    let ders = |path: &Path| -> Vec<Vec<u8>> {
+        let pem = std::fs::read(path).unwrap();
+        rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
+            .map(|c: Result<rustls_pki_types::CertificateDer<'static>, _>| c.unwrap().to_vec())
+            .collect()
+    };
+    let aki = |der: &[u8]| -> String {
+        let (_, cert) = X509Certificate::from_der(der).unwrap();
+        cert.extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| hex(k.0))
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    let step = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["ca", "authority"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        serde_json::from_str(ok(env.ca.warden(&all)).trim()).unwrap()
+    };
+    let wait_bundle_len = |n: u64| {
+        for _ in 0..100 {
+            if py_spiffe()["bundle_len"] == n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("py-spiffe never saw a bundle of {n} roots");
+    };
+    let root_cert = env.ca.data_dir.join("root-cert.pem");
+
+    let first = py_spiffe();
+    assert_eq!(first["bundle_len"], 1, "{first}");
+    let old = aki(&ders(&out.join("svid.pem"))[0]);
+    let second = step(&["prepare"])["id"].as_str().unwrap().to_string();
+    wait_bundle_len(2);
+    // The same roots (py-spiffe keeps them as a set: order aside).
+    let sorted = |mut v: Vec<Vec<u8>>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(ders(&out.join("bundle.pem"))),
+        sorted(ders(&root_cert))
+    );
+    step(&["activate"]);
+    step(&["taint", &old]);
+    let mut signed_by = String::new();
+    for _ in 0..100 {
+        py_spiffe();
+        signed_by = aki(&ders(&out.join("svid.pem"))[0]);
+        if signed_by == second {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        signed_by, second,
+        "py-spiffe's SVID is still the old root's"
+    );
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-x509_strict", "-purpose", "sslclient", "-CAfile"])
+        .arg(out.join("bundle.pem"))
+        .arg(out.join("svid.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    // The old root is in use nowhere once the node SVID is renewed too.
+    let mut revoked = false;
+    for _ in 0..100 {
+        let out = env.ca.warden(&["ca", "authority", "revoke", &old]);
+        if out.status.success() {
+            revoked = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(revoked, "the old root stayed in use");
+    wait_bundle_len(1);
+    assert_eq!(ders(&out.join("bundle.pem")), ders(&root_cert));
+}
+
 /// With a 4 s lifetime, the open X.509 stream pushes the rotated SVID by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x509_stream_pushes_the_rotated_svid() {
