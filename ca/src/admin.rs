@@ -25,6 +25,10 @@ use warden_proto::admin::{
     ListEntriesResponse, Selector, SignIntermediateRequest, SignIntermediateResponse,
     VerifyAuditRequest, VerifyAuditResponse,
 };
+use warden_proto::admin::{
+    RevokeCertificateRequest, RevokeCertificateResponse, UnrevokeIdentityRequest,
+    UnrevokeIdentityResponse,
+};
 
 use crate::auth::{JOIN_TOKEN_PREFIX, join_token_hash};
 use crate::checkpoint::{AuditSigner, CheckpointFailure};
@@ -49,6 +53,8 @@ pub struct AdminService {
     signer: std::sync::Arc<AuditSigner>,
     /// Own-root CAs: the authority set `warden ca authority` changes.
     rotation: Option<std::sync::Arc<crate::rotation::Rotation>>,
+    /// The CRLs, re-signed after a revocation.
+    revocations: Option<std::sync::Arc<crate::revocation::Revocations>>,
 }
 
 impl AdminService {
@@ -67,6 +73,27 @@ impl AdminService {
             authority,
             signer,
             rotation: None,
+            revocations: None,
+        }
+    }
+
+    /// Re-signs `revocations`' CRLs after each revocation (and entry deletion).
+    #[must_use]
+    pub fn with_revocations(
+        mut self,
+        revocations: std::sync::Arc<crate::revocation::Revocations>,
+    ) -> Self {
+        self.revocations = Some(revocations);
+        self
+    }
+
+    /// Publishes a recorded revocation now. The store has it: a failure here is
+    /// logged, and the next periodic refresh publishes it.
+    async fn republish(&self) {
+        if let Some(r) = &self.revocations
+            && let Err(e) = r.refresh().await
+        {
+            tracing::error!(error = %e, "cannot re-sign the CRLs now; the next refresh will");
         }
     }
 
@@ -349,6 +376,7 @@ impl Admin for AdminService {
             Outcome::EntryNotFound => Err(Status::not_found(format!("no entry has ID {id:?}"))),
             _ => {
                 tracing::info!(entry_id = %id, "entry deleted");
+                self.republish().await;
                 Ok(Response::new(DeleteEntryResponse {}))
             }
         }
@@ -618,6 +646,122 @@ impl Admin for AdminService {
             serial: cert.serial_hex,
             not_after: cert.not_after.unix_timestamp(),
         }))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        req: Request<RevokeCertificateRequest>,
+    ) -> Result<Response<RevokeCertificateResponse>, Status> {
+        let who = requester(&req);
+        let r = req.into_inner();
+        let reason = if r.reason.is_empty() {
+            "unspecified".to_string()
+        } else {
+            r.reason.clone()
+        };
+        if !crate::pki::authority::REVOCATION_REASONS.contains(&reason.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "reason {reason:?}: expected one of {}",
+                crate::pki::authority::REVOCATION_REASONS.join(", ")
+            )));
+        }
+        let (serial, spiffe_id, identity) = match (r.serial.trim(), r.spiffe_id.trim()) {
+            ("", "") => {
+                return Err(Status::invalid_argument(
+                    "give a serial or a SPIFFE ID to revoke",
+                ));
+            }
+            (serial, "") => {
+                let serial = serial
+                    .to_ascii_lowercase()
+                    .trim_start_matches("0x")
+                    .replace(':', "");
+                if serial.is_empty() || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(Status::invalid_argument(format!(
+                        "serial {:?}: expected hexadecimal digits",
+                        r.serial
+                    )));
+                }
+                (Some(serial), None, String::new())
+            }
+            ("", id) => {
+                let id = parse_td_id("spiffe_id", id, &self.trust_domain)?;
+                (None, Some(id.to_string()), id.to_string())
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give a serial or a SPIFFE ID, not both",
+                ));
+            }
+        };
+        let event = AuditEvent {
+            event: "cert.revoked",
+            outcome: "revoked",
+            identity,
+            requester: who,
+            peer_addr: "admin.sock".into(),
+            detail: serde_json::json!({
+                "serial": serial,
+                "whole_identity": spiffe_id.is_some(),
+                "reason": reason,
+            }),
+        };
+        let outcome = self
+            .store
+            .apply(Op::Revoke {
+                serial: serial.clone(),
+                spiffe_id: spiffe_id.clone(),
+                reason: reason.clone(),
+                event,
+            })
+            .await
+            .map_err(store_status)?;
+        match outcome {
+            Outcome::CertNotFound => Err(Status::not_found(format!(
+                "no certificate with serial {} was issued by this CA",
+                serial.unwrap_or_default()
+            ))),
+            Outcome::Revoked(serials) => {
+                tracing::info!(serials = ?serials, spiffe_id = spiffe_id.as_deref().unwrap_or_default(), %reason, "revoked");
+                self.republish().await;
+                Ok(Response::new(RevokeCertificateResponse { serials }))
+            }
+            other => Err(Status::internal(format!(
+                "unexpected store outcome {other:?}"
+            ))),
+        }
+    }
+
+    async fn unrevoke_identity(
+        &self,
+        req: Request<UnrevokeIdentityRequest>,
+    ) -> Result<Response<UnrevokeIdentityResponse>, Status> {
+        let who = requester(&req);
+        let id = parse_td_id("spiffe_id", &req.into_inner().spiffe_id, &self.trust_domain)?;
+        let event = AuditEvent {
+            event: "identity.unrevoked",
+            outcome: "unrevoked",
+            identity: id.to_string(),
+            requester: who,
+            peer_addr: "admin.sock".into(),
+            detail: serde_json::json!({}),
+        };
+        match self
+            .store
+            .apply(Op::Unrevoke {
+                spiffe_id: id.to_string(),
+                event,
+            })
+            .await
+            .map_err(store_status)?
+        {
+            Outcome::NotRevoked => Err(Status::not_found(format!("{id} is not revoked"))),
+            _ => {
+                tracing::info!(%id, "identity unrevoked");
+                self.republish().await;
+                Ok(Response::new(UnrevokeIdentityResponse {}))
+            }
+        }
     }
 
     async fn list_authorities(

@@ -246,13 +246,18 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         }
         _ => None,
     };
-    let auth = Arc::new(Authenticator::new(
-        config.trust_domain.clone(),
-        jwt,
-        config.trusted_node_accounts.clone(),
-        store.clone(),
-        kube_auth,
-    ));
+    // Revoked identities and serials, for the request path; filled below.
+    let revoked = Arc::new(crate::revocation::RevokedSet::default());
+    let auth = Arc::new(
+        Authenticator::new(
+            config.trust_domain.clone(),
+            jwt,
+            config.trusted_node_accounts.clone(),
+            store.clone(),
+            kube_auth,
+        )
+        .with_revoked(revoked.clone()),
+    );
     // Aggregated authentication-failure rows, each minute and at shutdown.
     tasks.push(tokio::spawn(
         auth.flood_guard().run(store.clone(), shutdown_rx.clone()),
@@ -288,7 +293,18 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         config.workload_cert_ttl,
         config.max_workload_cert_ttl,
         Arc::new(crate::limits::Limits::new(config.limits)),
-    );
+    )
+    .with_revoked(revoked.clone());
+    let revocations = crate::revocation::Revocations::start(
+        store.clone(),
+        authority.clone(),
+        rotation.clone(),
+        revoked,
+    )
+    .await
+    .map_err(anyhow::Error::msg)
+    .context("signing the CRLs")?;
+    tasks.push(tokio::spawn(revocations.clone().run(shutdown_rx.clone())));
     let jwt_service = crate::jwt_svid::JwtService::new(
         jwt_signer,
         auth.clone(),
@@ -298,7 +314,8 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         config.jwt_svid_ttl,
         config.max_workload_cert_ttl,
     )
-    .with_authority(authority.clone());
+    .with_authority(authority.clone())
+    .with_revocations(revocations.clone());
     let grpc = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .layer(ResourceExhaustedLayer)
@@ -340,6 +357,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         Some(r) => admin.with_rotation(r.clone()),
         None => admin,
     };
+    let admin = admin.with_revocations(revocations.clone());
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let signal = async move {
@@ -419,6 +437,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         metrics.clone(),
         store.clone(),
         ready.clone(),
+        Some(revocations.subscribe()),
         shutdown_rx,
     )));
 

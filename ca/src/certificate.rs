@@ -30,6 +30,7 @@ pub struct CertificateService {
     default_ttl: Duration,
     max_ttl: Duration,
     limits: Arc<crate::limits::Limits>,
+    revoked: Option<Arc<crate::revocation::RevokedSet>>,
 }
 
 /// A refusal: the status for the caller and the audit details.
@@ -81,7 +82,15 @@ impl CertificateService {
             default_ttl,
             max_ttl,
             limits,
+            revoked: None,
         }
+    }
+
+    /// Refuses to issue for identities revoked in `revoked`.
+    #[must_use]
+    pub fn with_revoked(mut self, revoked: Arc<crate::revocation::RevokedSet>) -> Self {
+        self.revoked = Some(revoked);
+        self
     }
 
     async fn handle(
@@ -167,6 +176,17 @@ impl CertificateService {
                     identity.as_str(),
                 ));
             }
+        }
+        if let Some(revoked) = &self.revoked
+            && revoked.identity(identity.as_str())
+        {
+            return Err(Denial::new(
+                Status::permission_denied(format!(
+                    "{identity} is revoked; `warden cert unrevoke --spiffe-id {identity}` lifts it"
+                )),
+                "revoked",
+                identity.as_str(),
+            ));
         }
         let ttl = requested_ttl(req.validity_duration, self.default_ttl, self.max_ttl, "")
             .map_err(|msg| Denial::new(Status::invalid_argument(msg), "ttl", identity.as_str()))?;

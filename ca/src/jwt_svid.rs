@@ -37,6 +37,52 @@ pub struct JwtService {
     max_ttl: Duration,
     /// The X.509 authority, whose bundle and tainted authorities go with the JWT bundle.
     authority: Option<crate::pki::AuthorityHandle>,
+    /// The CRLs, which go with it too.
+    revocations: Option<Arc<crate::revocation::Revocations>>,
+    /// Bounds the open WatchJwtBundle streams.
+    watchers: Arc<tokio::sync::Semaphore>,
+}
+
+/// Most WatchJwtBundle streams open at once (one per agent).
+const MAX_WATCHERS: usize = 16_384;
+
+/// The parts of the bundle answer, for a watch task.
+struct BundleSource {
+    signer: Arc<JwtSigner>,
+    trust_domain: String,
+    authority: Option<crate::pki::AuthorityHandle>,
+    revocations: Option<Arc<crate::revocation::Revocations>>,
+}
+
+impl BundleSource {
+    fn bundle_response(&self) -> GetJwtBundleResponse {
+        let (x509_roots_pem, tainted_authorities) = match &self.authority {
+            Some(handle) => {
+                let a = handle.current();
+                (a.roots_pem().to_string(), a.tainted().to_vec())
+            }
+            None => (String::new(), Vec::new()),
+        };
+        GetJwtBundleResponse {
+            trust_domain: self.trust_domain.clone(),
+            jwks_json: self.signer.jwks_json().to_string(),
+            x509_roots_pem,
+            tainted_authorities,
+            crl_pem: self
+                .revocations
+                .as_ref()
+                .map(|r| r.crl_pem().to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Waits for a change of an optional watch; pending forever without one.
+async fn changed<T>(rx: &mut Option<tokio::sync::watch::Receiver<T>>) -> Result<(), ()> {
+    match rx {
+        Some(rx) => rx.changed().await.map_err(|_| ()),
+        None => std::future::pending().await,
+    }
 }
 
 impl JwtService {
@@ -59,7 +105,31 @@ impl JwtService {
             default_ttl,
             max_ttl,
             authority: None,
+            revocations: None,
+            watchers: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
         }
+    }
+
+    /// The GetJwtBundle answer now.
+    fn bundle_response(&self) -> GetJwtBundleResponse {
+        self.clone_for_watch().bundle_response()
+    }
+
+    /// What a watch task needs of the service.
+    fn clone_for_watch(&self) -> BundleSource {
+        BundleSource {
+            signer: self.signer.clone(),
+            trust_domain: self.trust_domain.clone(),
+            authority: self.authority.clone(),
+            revocations: self.revocations.clone(),
+        }
+    }
+
+    /// Answers GetJwtBundle with `revocations`' CRLs too.
+    #[must_use]
+    pub fn with_revocations(mut self, revocations: Arc<crate::revocation::Revocations>) -> Self {
+        self.revocations = Some(revocations);
+        self
     }
 
     /// Answers GetJwtBundle with `authority`'s X.509 bundle and tainted authorities too.
@@ -219,18 +289,59 @@ impl JwtSvidService for JwtService {
         _request: Request<GetJwtBundleRequest>,
     ) -> Result<Response<GetJwtBundleResponse>, Status> {
         // The bundle is public: anyone who can reach the CA may read it.
-        let (x509_roots_pem, tainted_authorities) = match &self.authority {
-            Some(handle) => {
-                let a = handle.current();
-                (a.roots_pem().to_string(), a.tainted().to_vec())
+        Ok(Response::new(self.bundle_response()))
+    }
+
+    type WatchJwtBundleStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<GetJwtBundleResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_jwt_bundle(
+        &self,
+        request: Request<GetJwtBundleRequest>,
+    ) -> Result<Response<Self::WatchJwtBundleStream>, Status> {
+        // A stream holds a task: only authenticated callers (agents), and a bounded
+        // number of them.
+        let (caller, peer) = authenticate(
+            &self.auth,
+            &self.store,
+            &self.metrics,
+            &request,
+            "jwt.denied",
+        )
+        .await?;
+        let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_WATCHERS} bundle watches are open; poll GetJwtBundle instead"
+            ))
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut authority = self.authority.as_ref().map(|a| a.subscribe());
+        let mut crls = self.revocations.as_ref().map(|r| r.subscribe());
+        let this = self.clone_for_watch();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut last: Option<GetJwtBundleResponse> = None;
+            loop {
+                let now = this.bundle_response();
+                if last.as_ref() != Some(&now) {
+                    if tx.send(Ok(now.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(now);
+                }
+                tokio::select! {
+                    r = changed(&mut authority) => if r.is_err() { return },
+                    r = changed(&mut crls) => if r.is_err() { return },
+                    () = tx.closed() => {
+                        tracing::debug!(caller = %caller.id, %peer, "bundle watch closed");
+                        return;
+                    }
+                }
             }
-            None => (String::new(), Vec::new()),
-        };
-        Ok(Response::new(GetJwtBundleResponse {
-            trust_domain: self.trust_domain.clone(),
-            jwks_json: self.signer.jwks_json().to_string(),
-            x509_roots_pem,
-            tainted_authorities,
-        }))
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

@@ -210,6 +210,7 @@ pub async fn serve(
     metrics: std::sync::Arc<Metrics>,
     store: crate::store::Store,
     ready: Ready,
+    crl: Option<watch::Receiver<std::sync::Arc<String>>>,
     shutdown: watch::Receiver<bool>,
 ) {
     use warden_common::monitoring::PROMETHEUS;
@@ -221,6 +222,16 @@ pub async fn serve(
         ),
         "/ready" => ready.answer(),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
+        // The CRLs (X.509 v2, PEM): public, like the bundle; signed, so plain HTTP is
+        // as good as the CRL distribution points of public CAs.
+        "/crl.pem" => match &crl {
+            Some(rx) => (
+                StatusCode::OK,
+                "application/x-pem-file",
+                rx.borrow().as_str().to_string(),
+            ),
+            None => (StatusCode::NOT_FOUND, "text/plain", "no CRLs\n".into()),
+        },
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     warden_common::monitoring::serve(listener, handler, shutdown).await;

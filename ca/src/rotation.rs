@@ -83,6 +83,11 @@ impl Rotation {
         })
     }
 
+    /// Every authority of the set with its own key, for signing CRLs.
+    pub async fn signers(&self) -> Result<Vec<crate::pki::Authority>, crate::pki::PkiError> {
+        self.set.lock().await.member_authorities()
+    }
+
     async fn in_use(&self) -> Result<HashMap<String, usize>, StoreError> {
         self.store
             .authorities_in_use(OffsetDateTime::now_utc().unix_timestamp())

@@ -1359,7 +1359,194 @@ async fn authority_rotation_counts_what_is_in_use(db: Db) {
     assert_eq!(rows, ["prepared", "activated", "tainted", "revoked"]);
 }
 
+/// The serial (hex) of a PEM leaf.
+fn leaf_serial(pem: &str) -> String {
+    let der = &pem_to_der(pem)[0];
+    hex::encode(X509Certificate::from_der(der).unwrap().1.raw_serial())
+}
+
+async fn revocation_and_crls(db: Db) {
+    use warden_proto::admin::{
+        DeleteEntryRequest, RevokeCertificateRequest, UnrevokeIdentityRequest,
+    };
+    use warden_proto::warden_ca::GetJwtBundleRequest;
+    use warden_proto::warden_ca::jwt_svid_service_client::JwtSvidServiceClient;
+    let Some(ca) = TestCa::start(db, Opts::default()).await else {
+        return;
+    };
+    let mut admin = ca.admin().await;
+    let bundle = || async {
+        JwtSvidServiceClient::new(ca.channel(None).await)
+            .get_jwt_bundle(GetJwtBundleRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    // An empty CRL from the start, signed by the root (openssl checks it).
+    let dir = tempfile::tempdir().unwrap();
+    let check_crl = |crl_pem: &str, leaf_pem: &str| -> String {
+        std::fs::write(dir.path().join("crl.pem"), crl_pem).unwrap();
+        std::fs::write(dir.path().join("root.pem"), ca.roots_pem()).unwrap();
+        std::fs::write(dir.path().join("leaf.pem"), leaf_pem).unwrap();
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir.path())
+            .args([
+                "verify",
+                "-crl_check",
+                "-CRLfile",
+                "crl.pem",
+                "-CAfile",
+                "root.pem",
+                "leaf.pem",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let token = sa_token("default", "web");
+    let mut client = ca.client(None).await;
+    let (c1, k1) = csr(None);
+    let first = create(&mut client, request(&c1, 0, Some(&token), None))
+        .await
+        .unwrap();
+    assert!(check_crl(&bundle().await.crl_pem, &first[0]).contains("OK"));
+
+    // Refusals name what is wrong and change nothing.
+    let err = admin
+        .revoke_certificate(RevokeCertificateRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = admin
+        .revoke_certificate(RevokeCertificateRequest {
+            serial: "abcd".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = admin
+        .revoke_certificate(RevokeCertificateRequest {
+            spiffe_id: "spiffe://other.domain/ns/a/sa/b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("not in trust domain"), "{err:?}");
+
+    // One certificate: in the CRL, and it no longer authenticates at the CA.
+    let serial = leaf_serial(&first[0]);
+    let r = admin
+        .revoke_certificate(RevokeCertificateRequest {
+            serial: serial.to_uppercase(),
+            reason: "keyCompromise".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.serials, std::slice::from_ref(&serial));
+    let crl = bundle().await.crl_pem;
+    assert!(check_crl(&crl, &first[0]).contains("certificate revoked"));
+    let mut revoked_client = ca.client(Some((&first[0], &k1.serialize_pem()))).await;
+    let (c2, _k) = csr(None);
+    assert_refused(
+        create(&mut revoked_client, request(&c2, 0, None, None)).await,
+        Code::Unauthenticated,
+        "is revoked",
+    );
+    // The identity is not revoked: it gets a new certificate with its token.
+    let (c3, _k3) = csr(None);
+    let second = create(&mut client, request(&c3, 0, Some(&token), None))
+        .await
+        .unwrap();
+    assert!(check_crl(&crl, &second[0]).contains("OK"));
+
+    // The whole identity: its certificates, and no new one until unrevoked.
+    let web = sa_id("default", "web");
+    let r = admin
+        .revoke_certificate(RevokeCertificateRequest {
+            spiffe_id: web.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.serials.contains(&leaf_serial(&second[0])), "{r:?}");
+    assert!(check_crl(&bundle().await.crl_pem, &second[0]).contains("certificate revoked"));
+    let (c4, _k) = csr(None);
+    assert_refused(
+        create(&mut client, request(&c4, 0, Some(&token), None)).await,
+        Code::PermissionDenied,
+        "is revoked",
+    );
+    admin
+        .unrevoke_identity(UnrevokeIdentityRequest {
+            spiffe_id: web.clone(),
+        })
+        .await
+        .unwrap();
+    let err = admin
+        .unrevoke_identity(UnrevokeIdentityRequest {
+            spiffe_id: web.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let (c5, _k) = csr(None);
+    create(&mut client, request(&c5, 0, Some(&token), None))
+        .await
+        .unwrap();
+
+    // Deleting an entry revokes what the node was issued under it.
+    let node_token = ca.join_token("node-r").await;
+    let (cn, kn) = csr(None);
+    let node_chain = create(&mut client, request(&cn, 0, Some(&node_token), None))
+        .await
+        .unwrap();
+    let api = sa_id("default", "api");
+    let entry = admin
+        .create_entry(CreateEntryRequest {
+            parent_id: format!("spiffe://{TD}/warden/node/node-r"),
+            spiffe_id: api.clone(),
+            selectors: vec![Selector {
+                r#type: "unix".into(),
+                value: "uid:1".into(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut node = ca.client(Some((&node_chain[0], &kn.serialize_pem()))).await;
+    let (ca_csr, _k) = csr(Some(&api));
+    let api_chain = create(&mut node, request(&ca_csr, 0, None, Some(&api)))
+        .await
+        .unwrap();
+    admin
+        .delete_entry(DeleteEntryRequest { id: entry.id })
+        .await
+        .unwrap();
+    assert!(check_crl(&bundle().await.crl_pem, &api_chain[0]).contains("certificate revoked"));
+
+    let rows: Vec<_> = audit_rows(&ca)
+        .await
+        .into_iter()
+        .filter(|r| r.event == "cert.revoked" || r.event == "identity.unrevoked")
+        .map(|r| (r.event, r.identity))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("cert.revoked".to_string(), web.clone()),
+            ("cert.revoked".to_string(), web.clone()),
+            ("identity.unrevoked".to_string(), web.clone()),
+        ]
+    );
+    ca.stop().await;
+}
+
 on_both_backends!(
+    revocation_and_crls,
     authority_rotation_counts_what_is_in_use,
     an_unauthenticated_flood_is_aggregated,
     limits_refuse_with_a_retry_hint,

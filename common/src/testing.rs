@@ -129,6 +129,32 @@ impl TestCa {
         }
     }
 
+    /// A CRL (PEM) signed by this CA revoking the certificates with `serials` (their
+    /// DER serial bytes).
+    pub fn crl_pem(&self, serials: &[Vec<u8>]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        rcgen::CertificateRevocationListParams {
+            this_update: now - std::time::Duration::from_secs(60),
+            next_update: now + std::time::Duration::from_secs(3600),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(s),
+                    revocation_time: now,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+
     /// This CA's own certificate.
     pub fn der(&self) -> CertificateDer<'static> {
         self.der.clone()

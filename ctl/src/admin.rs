@@ -22,7 +22,7 @@ pub enum AuditCmd {
         #[arg(long)]
         identity: Option<String>,
         /// Only rows with this outcome.
-        #[arg(long, value_parser = ["issued", "denied", "created", "deleted", "used", "loaded", "refused", "prepared", "activated", "tainted", "revoked"])]
+        #[arg(long, value_parser = ["issued", "denied", "created", "deleted", "used", "loaded", "refused", "prepared", "activated", "tainted", "revoked", "unrevoked"])]
         outcome: Option<String>,
         /// Only rows at or after this RFC 3339 time, e.g. 2026-11-21T10:00:00Z.
         #[arg(long)]

@@ -24,6 +24,28 @@ pub enum CertCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke a certificate by serial, or every unexpired certificate of an identity
+    /// (which then gets no new one until `unrevoke`); it is in the CA's CRLs at once.
+    #[command(group = clap::ArgGroup::new("what").required(true))]
+    Revoke {
+        /// The certificate's serial (hex, as `warden cert inspect` prints it).
+        #[arg(group = "what")]
+        serial: Option<String>,
+        /// Revoke this identity and every unexpired certificate it holds.
+        #[arg(long, group = "what")]
+        spiffe_id: Option<String>,
+        /// RFC 5280 reason: unspecified, keyCompromise, cACompromise, affiliationChanged,
+        /// superseded, cessationOfOperation.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// Let a revoked identity be issued certificates again (what was revoked stays
+    /// revoked).
+    Unrevoke {
+        /// The identity.
+        #[arg(long)]
+        spiffe_id: String,
+    },
 }
 
 /// `warden cert request` flags.
@@ -183,10 +205,49 @@ pub(crate) fn write_file(path: &std::path::Path, data: &[u8], mode: u32) -> anyh
 }
 
 /// Runs `warden cert ...`.
-pub async fn run(cmd: CertCmd) -> anyhow::Result<ExitCode> {
+pub async fn run(socket: &std::path::Path, cmd: CertCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         CertCmd::Request(args) => request(args).await,
         CertCmd::Inspect { file, json } => inspect(&file, json),
+        CertCmd::Revoke {
+            serial,
+            spiffe_id,
+            reason,
+        } => {
+            let mut client = crate::admin::connect(socket).await?;
+            let resp = client
+                .revoke_certificate(warden_proto::admin::RevokeCertificateRequest {
+                    serial: serial.unwrap_or_default(),
+                    spiffe_id: spiffe_id.clone().unwrap_or_default(),
+                    reason,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("the CA refused: {}", s.message()))?
+                .into_inner();
+            if let Some(id) = spiffe_id {
+                println!(
+                    "{id} revoked: no new certificate until `warden cert unrevoke --spiffe-id {id}`"
+                );
+            }
+            if resp.serials.is_empty() {
+                println!("no unexpired certificate to add to the CRL");
+            }
+            for serial in &resp.serials {
+                println!("revoked {serial}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CertCmd::Unrevoke { spiffe_id } => {
+            let mut client = crate::admin::connect(socket).await?;
+            client
+                .unrevoke_identity(warden_proto::admin::UnrevokeIdentityRequest {
+                    spiffe_id: spiffe_id.clone(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("the CA refused: {}", s.message()))?;
+            println!("{spiffe_id} may be issued certificates again");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

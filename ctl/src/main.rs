@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             Command::Audit(cmd) => admin::audit(&cli.admin_socket, cmd).await,
             Command::Entry(cmd) => admin::entry(&cli.admin_socket, cmd).await,
             Command::Token(cmd) => admin::token(&cli.admin_socket, cmd).await,
-            Command::Cert(cmd) => cert::run(cmd).await,
+            Command::Cert(cmd) => cert::run(&cli.admin_socket, cmd).await,
             Command::Ca(cmd) => ca::run(&cli.admin_socket, cmd).await,
             // Handled above, before the runtime starts.
             Command::Authz(_) | Command::Validate(_) => Ok(ExitCode::SUCCESS),

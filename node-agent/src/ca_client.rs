@@ -110,6 +110,19 @@ pub trait CertificateAuthority: Send + Sync + fmt::Debug {
     /// The trust domain's JWT bundle (JWKS).
     async fn jwt_bundle(&self, bearer: Option<&str>) -> Result<GetJwtBundleResponse, CaError>;
 
+    /// Opens WatchJwtBundle: the bundle now and at every change. A CA without it
+    /// answers `Unimplemented` (the agent then only polls).
+    async fn watch_bundle(
+        &self,
+        _bearer: Option<&str>,
+    ) -> Result<tonic::Streaming<GetJwtBundleResponse>, CaError> {
+        Err(CaError {
+            retry_after: None,
+            code: Code::Unimplemented,
+            message: "this CA does not stream its bundle".into(),
+        })
+    }
+
     /// Presents `svid` as the node's client certificate from now on (new connections).
     fn set_identity(&self, svid: &Svid) -> Result<(), String>;
 
@@ -270,6 +283,17 @@ impl CertificateAuthority for CaClient {
         )?;
         Ok(JwtSvidServiceClient::new(self.current_for(bearer))
             .mint_jwt_svid(req)
+            .await?
+            .into_inner())
+    }
+
+    async fn watch_bundle(
+        &self,
+        bearer: Option<&str>,
+    ) -> Result<tonic::Streaming<GetJwtBundleResponse>, CaError> {
+        let req = Self::request(GetJwtBundleRequest {}, bearer)?;
+        Ok(JwtSvidServiceClient::new(self.current_for(bearer))
+            .watch_jwt_bundle(req)
             .await?
             .into_inner())
     }

@@ -300,8 +300,9 @@ impl Node {
             );
             let wait = at.duration_since(self.timing.now()).unwrap_or_default();
             let aki = current.authority_key_id.as_deref();
-            if crate::rotation::sleep_unless_tainted(wait, &mut tainted, aki).await {
-                tracing::info!(id = %current.id, authority = aki.unwrap_or_default(), "the node SVID was signed by a tainted authority; renewing it now");
+            if crate::rotation::sleep_unless_tainted(wait, &mut tainted, aki, &current.serial).await
+            {
+                tracing::info!(id = %current.id, serial = %current.serial, authority = aki.unwrap_or_default(), "the node SVID was revoked or signed by a tainted authority; renewing it now");
             }
             loop {
                 match self.renew_once().await {

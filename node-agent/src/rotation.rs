@@ -13,24 +13,38 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-/// Key identifiers (hex) of the CA authorities marked tainted, as the CA last said.
-pub type Tainted = watch::Receiver<Arc<BTreeSet<String>>>;
+/// What the CA wants re-issued at once, as it last said: SVIDs signed by a tainted
+/// authority (key identifiers, hex) and SVIDs it revoked (serials, hex).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reissue {
+    /// Key identifiers of tainted authorities.
+    pub authorities: BTreeSet<String>,
+    /// Serials the CRLs list.
+    pub serials: BTreeSet<String>,
+}
 
-/// Sleeps for `wait`, or less if the authority that signed a certificate
-/// (`authority_key_id`) is or becomes tainted: returns `true` then, for an immediate
-/// re-issue. A certificate already tainted when the wait starts (one signed just
-/// before the taint) waits at most a second, so a CA that kept signing with a tainted
-/// authority could not make the caller spin.
+impl Reissue {
+    fn wants(&self, authority_key_id: Option<&str>, serial: &str) -> bool {
+        authority_key_id.is_some_and(|a| self.authorities.contains(a))
+            || self.serials.contains(serial)
+    }
+}
+
+/// The [`Reissue`] watch an identity task waits on.
+pub type Tainted = watch::Receiver<Arc<Reissue>>;
+
+/// Sleeps for `wait`, or less if the certificate (`authority_key_id`, `serial`) is or
+/// becomes tainted or revoked: returns `true` then, for an immediate re-issue. A
+/// certificate already wanted when the wait starts (one signed just before the taint)
+/// waits at most a second, so a CA that kept signing with a tainted authority could not
+/// make the caller spin.
 pub async fn sleep_unless_tainted(
     wait: Duration,
     tainted: &mut Tainted,
     authority_key_id: Option<&str>,
+    serial: &str,
 ) -> bool {
-    let Some(aki) = authority_key_id else {
-        tokio::time::sleep(wait).await;
-        return false;
-    };
-    if tainted.borrow_and_update().contains(aki) {
+    if tainted.borrow_and_update().wants(authority_key_id, serial) {
         tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
         return true;
     }
@@ -44,7 +58,7 @@ pub async fn sleep_unless_tainted(
                     sleep.await;
                     return false;
                 }
-                if tainted.borrow_and_update().contains(aki) {
+                if tainted.borrow_and_update().wants(authority_key_id, serial) {
                     return true;
                 }
             }
@@ -175,36 +189,43 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_taint_cuts_the_wait_short_only_for_its_authority() {
-        use super::sleep_unless_tainted;
-        use std::collections::BTreeSet;
+    async fn a_taint_or_revocation_cuts_the_wait_short_only_for_its_certificate() {
+        use super::{Reissue, sleep_unless_tainted};
         use std::sync::Arc;
         use std::time::Duration;
-        let (tx, mut rx) = tokio::sync::watch::channel(Arc::new(BTreeSet::<String>::new()));
+        let reissue = |authorities: &[&str], serials: &[&str]| {
+            Arc::new(Reissue {
+                authorities: authorities.iter().map(|s| s.to_string()).collect(),
+                serials: serials.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        let (tx, mut rx) = tokio::sync::watch::channel(reissue(&[], &[]));
         let start = tokio::time::Instant::now();
         let waiting = tokio::spawn(async move {
-            let r = sleep_unless_tainted(Duration::from_secs(3600), &mut rx, Some("aa")).await;
+            let r =
+                sleep_unless_tainted(Duration::from_secs(3600), &mut rx, Some("aa"), "01").await;
             (r, rx)
         });
         tokio::time::sleep(Duration::from_secs(10)).await;
-        // Another authority tainted: still waiting.
-        tx.send_replace(Arc::new(BTreeSet::from(["bb".to_string()])));
+        // Another authority tainted, another serial revoked: still waiting.
+        tx.send_replace(reissue(&["bb"], &["02"]));
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert!(!waiting.is_finished());
-        tx.send_replace(Arc::new(BTreeSet::from([
-            "aa".to_string(),
-            "bb".to_string(),
-        ])));
+        tx.send_replace(reissue(&["aa", "bb"], &["02"]));
         let (tainted, mut rx) = waiting.await.unwrap();
         assert!(tainted);
         assert!(start.elapsed() < Duration::from_secs(21));
         // Already tainted when the wait starts: a second at most, not a spin.
         let t = tokio::time::Instant::now();
-        assert!(sleep_unless_tainted(Duration::from_secs(3600), &mut rx, Some("aa")).await);
+        assert!(sleep_unless_tainted(Duration::from_secs(3600), &mut rx, Some("aa"), "03").await);
         assert_eq!(t.elapsed(), Duration::from_secs(1));
-        // No authority key identifier: the full wait.
+        // Its serial revoked.
         let t = tokio::time::Instant::now();
-        assert!(!sleep_unless_tainted(Duration::from_secs(60), &mut rx, None).await);
+        assert!(sleep_unless_tainted(Duration::from_secs(3600), &mut rx, None, "02").await);
+        assert_eq!(t.elapsed(), Duration::from_secs(1));
+        // Neither: the full wait.
+        let t = tokio::time::Instant::now();
+        assert!(!sleep_unless_tainted(Duration::from_secs(60), &mut rx, None, "04").await);
         assert_eq!(t.elapsed(), Duration::from_secs(60));
     }
 }

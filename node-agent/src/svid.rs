@@ -86,6 +86,41 @@ pub enum SvidError {
     },
 }
 
+/// The CA's CRLs (one per authority), as it publishes them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Crls {
+    /// PEM, concatenated (Envoy's `validation_context.crl`).
+    pub pem: String,
+    /// DER each (the Workload API's `crl`).
+    pub der: Vec<Vec<u8>>,
+    /// Serials (lowercase hex) of every certificate they revoke.
+    pub serials: std::collections::BTreeSet<String>,
+}
+
+impl Crls {
+    /// Parses concatenated PEM CRLs; each must parse whole.
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        use rustls_pki_types::CertificateRevocationListDer;
+        use x509_parser::revocation_list::CertificateRevocationList;
+        let mut der = Vec::new();
+        let mut serials = std::collections::BTreeSet::new();
+        for crl in CertificateRevocationListDer::pem_slice_iter(pem.as_bytes()) {
+            let crl = crl.map_err(|e| format!("a CRL is not PEM: {e}"))?;
+            let (_, parsed) = CertificateRevocationList::from_der(&crl)
+                .map_err(|e| format!("a CRL does not parse: {e}"))?;
+            for r in parsed.iter_revoked_certificates() {
+                serials.insert(hex::encode(r.raw_serial()));
+            }
+            der.push(crl.to_vec());
+        }
+        Ok(Self {
+            pem: pem.to_string(),
+            der,
+            serials,
+        })
+    }
+}
+
 /// The trust bundle: the CA's roots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bundle {

@@ -111,6 +111,14 @@ pub enum IdentityError {
     /// The bundle holds no certificate.
     #[error("the trust bundle holds no certificate")]
     EmptyBundle,
+    /// A CRL does not parse.
+    #[error("CRL #{index} of the trust bundle is unusable: {reason}")]
+    BadCrl {
+        /// Position among the CRLs, from 0.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
     /// A bundle certificate cannot be a trust anchor.
     #[error("trust bundle certificate #{index} is not a usable trust anchor: {reason}")]
     BadRoot {
@@ -217,19 +225,26 @@ impl Svid {
 pub struct TrustBundle {
     roots: Vec<CertificateDer<'static>>,
     anchors: Vec<TrustAnchor<'static>>,
+    /// The CA's CRLs (`validation_context.crl`), DER each, as received.
+    crl_ders: Vec<Vec<u8>>,
+    /// The same, parsed for webpki.
+    crls: Vec<webpki::CertRevocationList<'static>>,
+    /// Serials (lowercase hex) the CRLs revoke: open connections from these peers close.
+    revoked: std::collections::HashSet<String>,
 }
 
 impl fmt::Debug for TrustBundle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TrustBundle")
             .field("roots", &self.roots.len())
+            .field("crls", &self.crls.len())
             .finish()
     }
 }
 
 impl PartialEq for TrustBundle {
     fn eq(&self, other: &Self) -> bool {
-        self.roots == other.roots
+        self.roots == other.roots && self.crl_ders == other.crl_ders
     }
 }
 
@@ -259,7 +274,52 @@ impl TrustBundle {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { roots, anchors })
+        Ok(Self {
+            roots,
+            anchors,
+            crl_ders: Vec::new(),
+            crls: Vec::new(),
+            revoked: std::collections::HashSet::new(),
+        })
+    }
+
+    /// Adds the CA's CRLs (concatenated PEM `X509 CRL` blocks); every one must parse.
+    pub fn with_crls_pem(mut self, pem: &[u8]) -> Result<Self, IdentityError> {
+        use rustls_pki_types::CertificateRevocationListDer;
+        use x509_parser::revocation_list::CertificateRevocationList;
+        for (index, der) in CertificateRevocationListDer::pem_slice_iter(pem).enumerate() {
+            let der = der.map_err(|e| IdentityError::BadCrl {
+                index,
+                reason: format!("not PEM: {e}"),
+            })?;
+            let owned = webpki::OwnedCertRevocationList::from_der(&der).map_err(|e| {
+                IdentityError::BadCrl {
+                    index,
+                    reason: format!("{e:?}"),
+                }
+            })?;
+            let (_, parsed) =
+                CertificateRevocationList::from_der(&der).map_err(|e| IdentityError::BadCrl {
+                    index,
+                    reason: e.to_string(),
+                })?;
+            for r in parsed.iter_revoked_certificates() {
+                self.revoked.insert(hex_lower(r.raw_serial()));
+            }
+            self.crls.push(owned.into());
+            self.crl_ders.push(der.to_vec());
+        }
+        Ok(self)
+    }
+
+    /// The CRLs, for webpki's revocation check.
+    pub(crate) fn crls(&self) -> &[webpki::CertRevocationList<'static>] {
+        &self.crls
+    }
+
+    /// Whether a CRL revokes the certificate with `serial` (lowercase hex).
+    pub fn revokes(&self, serial: &str) -> bool {
+        self.revoked.contains(serial)
     }
 
     /// The roots, DER.
@@ -328,6 +388,11 @@ impl Identity {
     pub fn bundle(&self) -> &Arc<TrustBundle> {
         &self.bundle
     }
+}
+
+/// Lowercase hex of `bytes` (serials, as the CA prints them).
+pub fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

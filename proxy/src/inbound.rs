@@ -22,6 +22,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use warden_policy::authz::{Decision, Protocol, Request as PolicyRequest};
 use warden_policy::request_authn::Outcome as JwtOutcome;
 use warden_policy::resources::MtlsMode;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::conn::{Activity, Rewind, Watched, copy_both, sniff_version};
 use crate::context::{Context, Snapshot};
@@ -247,15 +248,51 @@ async fn handle_tls(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, loc
         xfcc,
         labels: Mutex::default(),
     });
-    match conn.target.as_ref().map(|t| t.protocol) {
-        Some(PortProtocol::Tcp) => tcp(ctx, conn, tls).await,
-        _ => {
-            let version = match alpn.as_deref() {
-                Some(b"h2") => Some(Version::HTTP_2),
-                Some(b"http/1.1") => Some(Version::HTTP_11),
-                _ => None,
-            };
-            http(ctx, conn, tls, version).await;
+    let serial = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| X509Certificate::from_der(leaf).ok())
+        .map(|(_, c)| crate::identity::hex_lower(c.raw_serial()));
+    let principal = conn.principal.clone();
+    let serve = async move {
+        match conn.target.as_ref().map(|t| t.protocol) {
+            Some(PortProtocol::Tcp) => tcp(ctx, conn, tls).await,
+            _ => {
+                let version = match alpn.as_deref() {
+                    Some(b"h2") => Some(Version::HTTP_2),
+                    Some(b"http/1.1") => Some(Version::HTTP_11),
+                    _ => None,
+                };
+                http(ctx, conn, tls, version).await;
+            }
+        }
+    };
+    let Some(serial) = serial else {
+        serve.await;
+        return;
+    };
+    // A connection lives only as long as its peer's certificate is not revoked: a new
+    // CRL listing it closes the connection (and its streams) at once.
+    tokio::select! {
+        () = serve => {}
+        () = revoked(ctx.identity.clone(), &serial) => {
+            tracing::info!(%peer, principal = principal.as_deref().unwrap_or_default(), %serial, "closing an inbound connection: the CA revoked the peer's certificate");
+        }
+    }
+}
+
+/// Completes once the trust bundle's CRLs revoke `serial`; never if they don't.
+async fn revoked(mut identity: crate::identity::IdentityWatch, serial: &str) {
+    loop {
+        if identity
+            .borrow_and_update()
+            .as_ref()
+            .is_some_and(|i| i.bundle().revokes(serial))
+        {
+            return;
+        }
+        if identity.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

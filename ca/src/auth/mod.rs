@@ -182,6 +182,9 @@ pub struct Authenticator {
     kube: Option<KubeAuth>,
     /// The bound on authentication-failure audit rows.
     flood: std::sync::Arc<flood::FloodGuard>,
+    /// Revoked identities and serials: a revoked client certificate does not
+    /// authenticate.
+    revoked: Option<std::sync::Arc<crate::revocation::RevokedSet>>,
 }
 
 /// SHA-256 of a join token, hex: the only form the CA stores.
@@ -205,7 +208,15 @@ impl Authenticator {
             store,
             kube,
             flood: Default::default(),
+            revoked: None,
         }
+    }
+
+    /// Refuses client certificates (and whole identities) revoked in `revoked`.
+    #[must_use]
+    pub fn with_revoked(mut self, revoked: std::sync::Arc<crate::revocation::RevokedSet>) -> Self {
+        self.revoked = Some(revoked);
+        self
     }
 
     /// The bound on authentication-failure audit rows ([`flood`]); its task writes the
@@ -225,6 +236,16 @@ impl Authenticator {
     ) -> Result<Caller, AuthError> {
         if let Some(leaf) = peer_certs.and_then(|c| c.first()) {
             let id = spiffe_id_of(leaf).map_err(AuthError::ClientCert)?;
+            if let Some(revoked) = &self.revoked {
+                let serial = X509Certificate::from_der(leaf)
+                    .map(|(_, c)| hex::encode(c.raw_serial()))
+                    .unwrap_or_default();
+                if revoked.serial(&serial) || revoked.identity(id.as_str()) {
+                    return Err(AuthError::ClientCert(format!(
+                        "the client certificate of {id} (serial {serial}) is revoked"
+                    )));
+                }
+            }
             if id.trust_domain() != self.trust_domain {
                 return Err(AuthError::ClientCert(format!(
                     "{id} is not in trust domain {:?}",

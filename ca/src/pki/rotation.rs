@@ -308,6 +308,27 @@ impl AuthoritySet {
         Ok(authority.with_trust(&roots, tainted))
     }
 
+    /// Every member as an authority of its own (its root, its key): what signs the CRL
+    /// of the certificates each one issued.
+    pub fn member_authorities(&self) -> Result<Vec<Authority>, PkiError> {
+        self.manifest
+            .authorities
+            .iter()
+            .map(|m| {
+                let cert_path = self.data_dir.join(&m.cert);
+                let key_path = self.data_dir.join(&m.key);
+                let read = |p: &Path| std::fs::read_to_string(p).map_err(io(p));
+                Authority::from_root_pem(
+                    &read(&cert_path)?,
+                    &read(&key_path)?,
+                    &cert_path,
+                    &key_path,
+                    format!("authority {}", m.id),
+                )
+            })
+            .collect()
+    }
+
     fn find(&self, id: &str) -> Result<usize, RotationError> {
         let id = id.to_ascii_lowercase();
         self.manifest

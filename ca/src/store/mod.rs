@@ -78,6 +78,23 @@ pub struct CertRecord {
     pub authority: String,
 }
 
+/// A revoked certificate, as the CRLs list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Serial, hex.
+    pub serial: String,
+    /// SPIFFE ID in the certificate.
+    pub spiffe_id: String,
+    /// Key identifier (hex) of the authority that signed it.
+    pub authority: String,
+    /// Its expiry, unix seconds: it leaves the CRLs then.
+    pub not_after: i64,
+    /// RFC 5280 reason name.
+    pub reason: String,
+    /// When it was revoked, unix seconds.
+    pub revoked_at: i64,
+}
+
 /// A registration entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryRecord {
@@ -135,6 +152,25 @@ pub enum Op {
         /// Its `entry.deleted` event.
         event: AuditEvent,
     },
+    /// Revoke one certificate by serial, or every unexpired certificate of an identity
+    /// and the identity itself (no new certificate until unrevoked).
+    Revoke {
+        /// The serial (hex), or
+        serial: Option<String>,
+        /// the identity.
+        spiffe_id: Option<String>,
+        /// RFC 5280 reason name.
+        reason: String,
+        /// Its `cert.revoked` event (the serials are added to its detail).
+        event: AuditEvent,
+    },
+    /// Lift an identity's revocation (its revoked certificates stay revoked).
+    Unrevoke {
+        /// The identity.
+        spiffe_id: String,
+        /// Its `identity.unrevoked` event.
+        event: AuditEvent,
+    },
     /// Store a new join token.
     CreateToken {
         /// The token's record.
@@ -155,6 +191,12 @@ pub enum Outcome {
     EntryExists(String),
     /// No entry has that ID; nothing changed.
     EntryNotFound,
+    /// These serials were revoked (some may have been already).
+    Revoked(Vec<String>),
+    /// No certificate with that serial was issued here; nothing changed.
+    CertNotFound,
+    /// The identity was not revoked; nothing changed.
+    NotRevoked,
 }
 
 struct Job {
@@ -220,6 +262,15 @@ fn migrator() -> Migrator {
                 MigrationType::Simple,
                 sqlx::SqlSafeStr::into_sql_str(include_str!(
                     "../../migrations/0003_cert_authority.sql"
+                )),
+                false,
+            ),
+            Migration::new(
+                4,
+                Cow::Borrowed("revocations"),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(include_str!(
+                    "../../migrations/0004_revocations.sql"
                 )),
                 false,
             ),
@@ -589,6 +640,39 @@ impl Store {
         Ok(counts)
     }
 
+    /// Revocations of certificates that have not expired at `now`.
+    pub async fn revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT serial, spiffe_id, authority, not_after, reason, revoked_at \
+             FROM revocations WHERE not_after > $1 ORDER BY serial",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Revocation {
+                    serial: r.try_get("serial")?,
+                    spiffe_id: r.try_get("spiffe_id")?,
+                    authority: r.try_get("authority")?,
+                    not_after: r.try_get("not_after")?,
+                    reason: r.try_get("reason")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Identities revoked as a whole.
+    pub async fn revoked_identities(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT spiffe_id FROM revoked_identities")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get("spiffe_id").map_err(StoreError::from))
+            .collect()
+    }
+
     pub async fn issued_count(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM issued_certs")
             .fetch_one(&self.pool)
@@ -827,6 +911,37 @@ async fn write_batch(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Outcome>, Stor
 /// Applies one op's conditional writes inside the batch transaction; returns its outcome
 /// and the audit events to append (an op that changes nothing may still be audited, e.g.
 /// a spent token). Certificate rows are inserted by the caller, for the whole batch.
+/// Records `rows` (issued_certs: serial, spiffe_id, authority, not_after) as revoked
+/// for `reason`; returns their serials. Already revoked ones keep their first record.
+async fn insert_revocations(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    rows: &[sqlx::any::AnyRow],
+    reason: &str,
+) -> Result<Vec<String>, StoreError> {
+    let now = now_nanos() / 1_000_000_000;
+    let mut serials = Vec::with_capacity(rows.len());
+    for r in rows {
+        let serial: String = r.try_get("serial")?;
+        let spiffe_id: String = r.try_get("spiffe_id")?;
+        let authority: Option<String> = r.try_get("authority")?;
+        let not_after: i64 = r.try_get("not_after")?;
+        sqlx::query(
+            "INSERT INTO revocations (serial, spiffe_id, authority, not_after, reason, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (serial) DO NOTHING",
+        )
+        .bind(serial.as_str())
+        .bind(spiffe_id.as_str())
+        .bind(authority.unwrap_or_default())
+        .bind(not_after)
+        .bind(reason)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        serials.push(serial);
+    }
+    Ok(serials)
+}
+
 async fn apply_op(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     op: &Op,
@@ -903,12 +1018,111 @@ async fn apply_op(
             Ok((Outcome::Done, vec![event.clone()]))
         }
         Op::DeleteEntry { id, event } => {
-            let res = sqlx::query("DELETE FROM entries WHERE id = $1")
+            let entry = sqlx::query("SELECT parent_id, spiffe_id FROM entries WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
+            let Some(entry) = entry else {
+                return Ok((Outcome::EntryNotFound, Vec::new()));
+            };
+            let parent: String = entry.try_get("parent_id")?;
+            let spiffe_id: String = entry.try_get("spiffe_id")?;
+            sqlx::query("DELETE FROM entries WHERE id = $1")
                 .bind(id.as_str())
                 .execute(&mut **tx)
                 .await?;
+            // The node may no longer hold the identity: what it was issued under this
+            // entry is revoked, unless another entry still grants it the same identity.
+            let still = sqlx::query(
+                "SELECT 1 FROM entries WHERE parent_id = $1 AND spiffe_id = $2 LIMIT 1",
+            )
+            .bind(parent.as_str())
+            .bind(spiffe_id.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+            let mut event = event.clone();
+            if still.is_none()
+                && let Some((_, node)) = parent.split_once("/warden/node/")
+            {
+                let rows = sqlx::query(
+                    "SELECT serial, spiffe_id, authority, not_after FROM issued_certs \
+                     WHERE spiffe_id = $1 AND node = $2 AND not_after > $3",
+                )
+                .bind(spiffe_id.as_str())
+                .bind(node)
+                .bind(now_nanos() / 1_000_000_000)
+                .fetch_all(&mut **tx)
+                .await?;
+                let serials = insert_revocations(tx, &rows, "cessationOfOperation").await?;
+                if let Some(d) = event.detail.as_object_mut() {
+                    d.insert("revoked_serials".into(), serials.into());
+                }
+            }
+            Ok((Outcome::Done, vec![event]))
+        }
+        Op::Revoke {
+            serial,
+            spiffe_id,
+            reason,
+            event,
+        } => {
+            let now = now_nanos() / 1_000_000_000;
+            let rows = match (serial, spiffe_id) {
+                (Some(serial), _) => {
+                    sqlx::query(
+                        "SELECT serial, spiffe_id, authority, not_after FROM issued_certs \
+                         WHERE serial = $1",
+                    )
+                    .bind(serial.as_str())
+                    .fetch_all(&mut **tx)
+                    .await?
+                }
+                (None, Some(id)) => {
+                    sqlx::query(
+                        "SELECT serial, spiffe_id, authority, not_after FROM issued_certs \
+                         WHERE spiffe_id = $1 AND not_after > $2",
+                    )
+                    .bind(id.as_str())
+                    .bind(now)
+                    .fetch_all(&mut **tx)
+                    .await?
+                }
+                (None, None) => Vec::new(),
+            };
+            if serial.is_some() && rows.is_empty() {
+                return Ok((Outcome::CertNotFound, Vec::new()));
+            }
+            let serials = insert_revocations(tx, &rows, reason).await?;
+            if let (None, Some(id)) = (serial, spiffe_id) {
+                sqlx::query(
+                    "INSERT INTO revoked_identities (spiffe_id, reason, revoked_at) \
+                     VALUES ($1, $2, $3) ON CONFLICT (spiffe_id) DO UPDATE \
+                     SET reason = excluded.reason, revoked_at = excluded.revoked_at",
+                )
+                .bind(id.as_str())
+                .bind(reason.as_str())
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            }
+            let mut event = event.clone();
+            if event.identity.is_empty()
+                && let Some(r) = rows.first()
+            {
+                event.identity = r.try_get("spiffe_id")?;
+            }
+            if let Some(d) = event.detail.as_object_mut() {
+                d.insert("serials".into(), serials.clone().into());
+            }
+            Ok((Outcome::Revoked(serials), vec![event]))
+        }
+        Op::Unrevoke { spiffe_id, event } => {
+            let res = sqlx::query("DELETE FROM revoked_identities WHERE spiffe_id = $1")
+                .bind(spiffe_id.as_str())
+                .execute(&mut **tx)
+                .await?;
             if res.rows_affected() == 0 {
-                return Ok((Outcome::EntryNotFound, Vec::new()));
+                return Ok((Outcome::NotRevoked, Vec::new()));
             }
             Ok((Outcome::Done, vec![event.clone()]))
         }

@@ -31,7 +31,7 @@ use super::caller::{CallerIds, any_changed, attest, identities_or_denied};
 use super::sds_state::{Decision, RequestView, StreamState};
 use crate::attestation::Caller;
 use crate::manager::{Manager, State};
-use crate::svid::{Bundle, Svid};
+use crate::svid::{Bundle, Crls, Svid};
 
 /// Type URL of SDS resources.
 pub const SECRET_TYPE_URL: &str =
@@ -64,14 +64,14 @@ fn inline(bytes: Vec<u8>) -> Option<DataSource> {
 #[derive(Debug, Clone)]
 enum Fingerprint {
     Svid(Arc<Svid>),
-    Bundle(Arc<Bundle>),
+    Bundle(Arc<Bundle>, Option<Arc<Crls>>),
 }
 
 impl PartialEq for Fingerprint {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Self::Svid(a), Self::Svid(b)) => Arc::ptr_eq(a, b),
-            (Self::Bundle(a), Self::Bundle(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Self::Bundle(a, ca), Self::Bundle(b, cb)) => (Arc::ptr_eq(a, b) || a == b) && ca == cb,
             _ => false,
         }
     }
@@ -81,7 +81,10 @@ impl PartialEq for Fingerprint {
 /// cannot be served yet (no SVID fetched yet) or is unknown. Cheap: no encoding.
 fn fingerprint(state: &State, ids: &[SpiffeId], name: &str) -> Option<Fingerprint> {
     if name == ROOTCA {
-        return state.bundle.clone().map(Fingerprint::Bundle);
+        return state
+            .bundle
+            .clone()
+            .map(|b| Fingerprint::Bundle(b, state.crls.clone()));
     }
     let id = if name == DEFAULT {
         ids.first()?
@@ -95,10 +98,20 @@ fn fingerprint(state: &State, ids: &[SpiffeId], name: &str) -> Option<Fingerprin
 fn resource(state: &State, ids: &[SpiffeId], name: &str) -> Option<(Secret, Fingerprint)> {
     let fp = fingerprint(state, ids, name)?;
     let r#type = match &fp {
-        Fingerprint::Bundle(b) => secret::Type::ValidationContext(CertificateValidationContext {
-            trusted_ca: inline(b.pem.clone().into_bytes()),
-            ..Default::default()
-        }),
+        Fingerprint::Bundle(b, crls) => {
+            secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: inline(b.pem.clone().into_bytes()),
+                // The CA's CRLs, one per authority. Only the leaf's issuer is checked:
+                // with a plugged-in intermediate the CA has no CRL from the root above
+                // it, and Envoy would otherwise fail every chain for want of one.
+                crl: crls
+                    .as_ref()
+                    .filter(|c| !c.der.is_empty())
+                    .and_then(|c| inline(c.pem.clone().into_bytes())),
+                only_verify_leaf_cert_crl: crls.as_ref().is_some_and(|c| !c.der.is_empty()),
+                ..Default::default()
+            })
+        }
         Fingerprint::Svid(svid) => secret::Type::TlsCertificate(TlsCertificate {
             certificate_chain: inline(svid.chain_pem.clone().into_bytes()),
             private_key: inline(svid.key.pem().into_bytes()),

@@ -129,14 +129,24 @@ fn x509_response(state: &State, ids: &[SpiffeId]) -> Option<X509svidResponse> {
     }
     Some(X509svidResponse {
         svids,
+        crl: crls_der(state),
         ..Default::default()
     })
+}
+
+/// The CA's CRLs, DER each, for the Workload API's `crl` fields.
+fn crls_der(state: &State) -> Vec<Vec<u8>> {
+    state
+        .crls
+        .as_ref()
+        .map(|c| c.der.clone())
+        .unwrap_or_default()
 }
 
 fn x509_bundles(state: &State, _ids: &[SpiffeId]) -> Option<X509BundlesResponse> {
     let b = state.bundle.as_ref()?;
     Some(X509BundlesResponse {
-        crl: Vec::new(),
+        crl: crls_der(state),
         bundles: HashMap::from([(format!("spiffe://{}", b.trust_domain), b.der_concat())]),
     })
 }

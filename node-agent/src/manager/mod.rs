@@ -24,6 +24,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use warden_common::readiness::{BlockReady, Ready};
+use warden_proto::warden_ca::GetJwtBundleResponse;
 use warden_proto::{Selector, SpiffeId};
 
 use crate::attestation::{self, Caller};
@@ -34,7 +35,7 @@ use crate::kube::PodAttestor;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::rotation::RotationPolicy;
-use crate::svid::{Bundle, NodeKey, Svid};
+use crate::svid::{Bundle, Crls, NodeKey, Svid};
 
 /// Most JWT-SVIDs kept; past it, expired ones are dropped, then the cache is cleared
 /// (workloads choose audiences, so the key space is theirs).
@@ -72,6 +73,8 @@ pub struct State {
     pub bundle: Option<Arc<Bundle>>,
     /// The JWT bundle: trust domain and JWKS JSON.
     pub jwt_bundle: Option<Arc<(String, String)>>,
+    /// The CA's CRLs, once it has published any.
+    pub crls: Option<Arc<Crls>>,
     /// Workload mode: the identity the token proves, once known.
     pub own_id: Option<SpiffeId>,
 }
@@ -155,8 +158,8 @@ pub struct Manager {
     pod_attestor: Option<PodAttestor>,
     /// Kubernetes mode: the identities of the service accounts with pods on this node.
     pod_ids: Mutex<BTreeSet<SpiffeId>>,
-    /// Key identifiers of the CA's tainted authorities, from the bundle sync.
-    tainted: watch::Sender<Arc<BTreeSet<String>>>,
+    /// What the CA wants re-issued now: SVIDs of tainted authorities, revoked serials.
+    tainted: watch::Sender<Arc<crate::rotation::Reissue>>,
 }
 
 /// Settings of the manager.
@@ -206,7 +209,7 @@ impl Manager {
             limiter: Semaphore::new(MAX_CONCURRENT_FETCHES),
             pod_attestor: None,
             pod_ids: Mutex::new(BTreeSet::new()),
-            tainted: watch::Sender::new(Arc::new(BTreeSet::new())),
+            tainted: watch::Sender::new(Arc::new(crate::rotation::Reissue::default())),
         }
     }
 
@@ -295,7 +298,10 @@ impl Manager {
     /// Starts the background work: in node mode the entry sync (which starts identity
     /// tasks), in workload mode the one identity task; the JWT bundle sync in both.
     pub fn start(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
-        let mut handles = vec![tokio::spawn(self.clone().sync_loop())];
+        let mut handles = vec![
+            tokio::spawn(self.clone().sync_loop()),
+            tokio::spawn(self.clone().watch_loop()),
+        ];
         if self.mode == Mode::Workload {
             handles.push(tokio::spawn(self.clone().identity_loop(None)));
         }
@@ -458,14 +464,20 @@ impl Manager {
                     }
                     let aki = published.authority_key_id.clone();
                     let svid_id = published.id.clone();
+                    let serial = published.serial.clone();
                     drop(published);
                     let wait = refresh
                         .duration_since(self.timing.now())
                         .unwrap_or_default();
-                    if crate::rotation::sleep_unless_tainted(wait, &mut tainted, aki.as_deref())
-                        .await
+                    if crate::rotation::sleep_unless_tainted(
+                        wait,
+                        &mut tainted,
+                        aki.as_deref(),
+                        &serial,
+                    )
+                    .await
                     {
-                        tracing::info!(id = %svid_id, authority = aki.as_deref().unwrap_or_default(), "SVID signed by a tainted authority; re-issuing it now");
+                        tracing::info!(id = %svid_id, %serial, authority = aki.as_deref().unwrap_or_default(), "SVID revoked or signed by a tainted authority; re-issuing it now");
                     }
                 }
                 Err(e) => {
@@ -610,18 +622,75 @@ impl Manager {
             .jwt_bundle(bearer.as_deref())
             .await
             .map_err(|e| e.to_string())?;
+        self.apply_bundle(resp);
+        Ok(())
+    }
+
+    /// Keeps WatchJwtBundle open: the CA sends the bundle, tainted authorities and
+    /// CRLs the moment they change, so a rotation step or a revocation reaches this
+    /// node's workloads and proxies at once, not at the next poll. Reopened with
+    /// backoff when it breaks; the poll in [`Manager::sync_loop`] stays as the fallback.
+    async fn watch_loop(self: Arc<Self>) {
+        let mut attempt = 0u32;
+        loop {
+            let bearer = match self.node.bearer() {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(error = %e, "no credential for the bundle watch yet");
+                    None
+                }
+            };
+            match self.ca.watch_bundle(bearer.as_deref()).await {
+                Ok(mut stream) => loop {
+                    match stream.message().await {
+                        Ok(Some(resp)) => {
+                            attempt = 0;
+                            self.apply_bundle(resp);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "the bundle watch broke; reopening");
+                            break;
+                        }
+                    }
+                },
+                Err(e) if e.code == tonic::Code::Unimplemented => {
+                    tracing::info!(
+                        "the CA does not stream its bundle; polling it every sync interval"
+                    );
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot open the bundle watch"),
+            }
+            attempt = attempt.saturating_add(1);
+            let backoff = Duration::from_millis(500)
+                .saturating_mul(1u32 << attempt.min(6))
+                .min(Duration::from_secs(30));
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// Applies the CA's bundle answer: X.509 roots, tainted authorities, CRLs, JWKS.
+    fn apply_bundle(&self, resp: GetJwtBundleResponse) {
         self.apply_x509_bundle(&resp.trust_domain, &resp.x509_roots_pem);
-        let tainted: BTreeSet<String> = resp
+        let authorities: BTreeSet<String> = resp
             .tainted_authorities
             .iter()
             .map(|k| k.to_ascii_lowercase())
             .collect();
+        let serials = self.apply_crls(&resp.crl_pem);
         self.tainted.send_if_modified(|t| {
-            if **t == tainted {
+            let serials = serials.clone().unwrap_or_else(|| t.serials.clone());
+            if t.authorities == authorities && t.serials == serials {
                 return false;
             }
-            tracing::info!(tainted = ?tainted, "the CA's tainted authorities changed");
-            *t = Arc::new(tainted);
+            if t.authorities != authorities {
+                tracing::info!(tainted = ?authorities, "the CA's tainted authorities changed");
+            }
+            *t = Arc::new(crate::rotation::Reissue {
+                authorities: authorities.clone(),
+                serials,
+            });
             true
         });
         let new = (resp.trust_domain, resp.jwks_json);
@@ -635,7 +704,59 @@ impl Manager {
             tracing::info!(trust_domain = %new.0, "JWT bundle updated");
             self.update(|s| s.jwt_bundle = Some(Arc::new(new)));
         }
-        Ok(())
+    }
+
+    /// The CA's CRLs (empty from a CA that does not send them): pushed with `ROOTCA`
+    /// and on the Workload API, and every SVID they revoke is dropped at once (its
+    /// identity task fetches a new one, which the CA refuses while the identity itself
+    /// is revoked). Returns the revoked serials, `None` when the CRLs did not parse
+    /// (the current ones stay).
+    fn apply_crls(&self, pem: &str) -> Option<BTreeSet<String>> {
+        let crls = match Crls::from_pem(pem) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "the CA's CRLs do not parse; keeping the current ones");
+                return None;
+            }
+        };
+        let serials = crls.serials.clone();
+        let mut dropped: Vec<SpiffeId> = Vec::new();
+        self.state.send_if_modified(|s| {
+            if s.crls.as_deref() == Some(&crls) || (s.crls.is_none() && crls.der.is_empty()) {
+                return false;
+            }
+            let s = Arc::make_mut(s);
+            dropped = s
+                .svids
+                .iter()
+                .filter(|(_, svid)| crls.serials.contains(&svid.serial))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &dropped {
+                tracing::warn!(id = %id, "the CA revoked this SVID; no longer serving it");
+                s.svids.remove(id);
+            }
+            tracing::info!(
+                crls = crls.der.len(),
+                revoked = crls.serials.len(),
+                "CRLs changed; pushing them"
+            );
+            s.crls = Some(Arc::new(crls));
+            true
+        });
+        // File output: a revoked SVID's files go too, so nothing keeps presenting it.
+        if let Some(dir) = &self.write_dir {
+            for id in &dropped {
+                let dir = match self.mode {
+                    Mode::Workload => dir.clone(),
+                    Mode::Node => crate::files::dir_for(dir, id),
+                };
+                for f in [crate::files::CHAIN_FILE, crate::files::KEY_FILE] {
+                    let _ = std::fs::remove_file(dir.join(f));
+                }
+            }
+        }
+        Some(serials)
     }
 
     /// The X.509 trust bundle the CA published (empty from a CA that does not send

@@ -271,10 +271,20 @@ fn decode(
                 });
             };
             let pem = inline(name, "trusted_ca", vc.trusted_ca.as_ref())?;
-            let bundle = TrustBundle::from_pem(pem).map_err(|error| SdsError::Unusable {
+            let mut bundle = TrustBundle::from_pem(pem).map_err(|error| SdsError::Unusable {
                 name: name.to_string(),
                 error,
             })?;
+            // The CA's CRLs ride with the roots, as Envoy takes them.
+            if vc.crl.is_some() {
+                let crl = inline(name, "crl", vc.crl.as_ref())?;
+                bundle = bundle
+                    .with_crls_pem(crl)
+                    .map_err(|error| SdsError::Unusable {
+                        name: name.to_string(),
+                        error,
+                    })?;
+            }
             update.bundle = Some(Arc::new(bundle));
         } else {
             tracing::debug!(
@@ -496,7 +506,11 @@ impl Client {
         if let Some(bundle) = update.bundle
             && self.bundle.as_deref() != Some(&*bundle)
         {
-            tracing::info!(roots = bundle.roots().len(), "SDS: new trust bundle");
+            tracing::info!(
+                roots = bundle.roots().len(),
+                crls = bundle.crls().len(),
+                "SDS: new trust bundle"
+            );
             self.bundle = Some(bundle);
             changed = true;
         }

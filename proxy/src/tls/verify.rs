@@ -84,6 +84,9 @@ pub enum VerifyError {
         /// The verification time, unix seconds.
         now: u64,
     },
+    /// The CA revoked the peer's certificate (it is in the CA's CRL).
+    #[error("the peer's certificate is revoked (listed in the CA's CRL)")]
+    Revoked,
     /// A CA certificate was presented as the leaf.
     #[error("the peer presented a CA certificate as its leaf")]
     CaAsLeaf,
@@ -158,6 +161,7 @@ fn from_webpki(e: webpki::Error) -> VerifyError {
             now: unix(time),
         },
         webpki::Error::CaUsedAsEndEntity => VerifyError::CaAsLeaf,
+        webpki::Error::CertRevoked => VerifyError::Revoked,
         webpki::Error::InvalidSignatureForPublicKey => VerifyError::BadSignature,
         other => VerifyError::Chain(format!("{other:?}")),
     }
@@ -174,13 +178,26 @@ pub fn verify_svid(
 ) -> Result<SpiffeId, VerifyError> {
     let ee = webpki::EndEntityCert::try_from(end_entity)
         .map_err(|e| VerifyError::NotSvid(LeafError::Unparsable(format!("{e:?}"))))?;
+    // The CA's CRLs: the leaf's issuer's CRL is consulted; a chain whose issuer has
+    // none (another trust domain) is not refused for that, as Envoy with
+    // `only_verify_leaf_cert_crl`. Expired CRLs still count: the CA re-signs them each
+    // minute, and an old list of revocations is better than none.
+    let crl_refs: Vec<&webpki::CertRevocationList<'_>> = bundle.crls().iter().collect();
+    let revocation = webpki::RevocationOptionsBuilder::new(&crl_refs)
+        .ok()
+        .map(|b| {
+            b.with_depth(webpki::RevocationCheckDepth::EndEntity)
+                .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+                .build()
+        });
     ee.verify_for_usage(
         PROVIDER.signature_verification_algorithms.all,
         bundle.anchors(),
         intermediates,
         now,
         usage,
-        None,
+        revocation,
         None,
     )
     .map_err(from_webpki)?;
@@ -397,6 +414,42 @@ mod tests {
         ] {
             assert_eq!(verify(&ca, &chain, usage).unwrap().as_str(), WEB);
         }
+    }
+
+    #[test]
+    fn refuses_a_leaf_its_issuers_crl_revokes() {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let ca = TestCa::new();
+        let (revoked, _) = ca.leaf_der(WEB);
+        let (kept, _) = ca.leaf_der(WEB);
+        let serial = |der: &CertificateDer<'_>| {
+            X509Certificate::from_der(der)
+                .unwrap()
+                .1
+                .raw_serial()
+                .to_vec()
+        };
+        let crl = ca.crl_pem(&[serial(&revoked[0])]);
+        let bundle = TrustBundle::from_der(vec![ca.der()])
+            .unwrap()
+            .with_crls_pem(crl.as_bytes())
+            .unwrap();
+        assert!(bundle.revokes(&crate::identity::hex_lower(&serial(&revoked[0]))));
+        let usage = webpki::KeyUsage::client_auth();
+        let err = verify_svid(&revoked[0], &[], &bundle, UnixTime::now(), usage).unwrap_err();
+        assert_eq!(err, VerifyError::Revoked);
+        assert!(err.to_string().contains("revoked"), "{err}");
+        assert!(verify_svid(&kept[0], &[], &bundle, UnixTime::now(), usage).is_ok());
+        // Through an intermediate with no CRL of its own: not refused for want of one.
+        let intermediate = ca.intermediate();
+        let (chain, _) = intermediate.leaf_der(WEB);
+        assert!(verify_svid(&chain[0], &chain[1..], &bundle, UnixTime::now(), usage).is_ok());
+        // A CRL that does not parse is refused by position.
+        let err = TrustBundle::from_der(vec![ca.der()])
+            .unwrap()
+            .with_crls_pem(b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("CRL #0"), "{err}");
     }
 
     #[test]
