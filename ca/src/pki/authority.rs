@@ -297,6 +297,20 @@ impl Authority {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, trust_domain);
         dn.push(DnType::CommonName, "Warden Root CA");
+        // A serialNumber attribute of its own, as SPIRE's CAs have: two roots of one
+        // trust domain (a rotation) must not share a name, or verifiers that find a
+        // CRL or an issuer by name (webpki, BoringSSL, openssl) take the other root's.
+        let serial = random_serial()?;
+        let unique = hex::encode(&serial.to_bytes()[8..]);
+        dn.push(
+            DnType::CustomDnType(vec![2, 5, 4, 5]),
+            rcgen::DnValue::PrintableString(
+                unique
+                    .as_str()
+                    .try_into()
+                    .map_err(|e: rcgen::Error| PkiError::Sign(e.to_string()))?,
+            ),
+        );
         params.distinguished_name = dn;
         params.subject_alt_names = vec![trust_domain_san(trust_domain)?];
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -308,7 +322,7 @@ impl Authority {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - CLOCK_SKEW;
         params.not_after = now + lifetime;
-        params.serial_number = Some(random_serial()?);
+        params.serial_number = Some(serial);
         let cert = params.self_signed(&key).map_err(sign_err)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
@@ -345,7 +359,8 @@ impl Authority {
         })
     }
 
-    fn load_plugged(dir: &Path) -> Result<Self, PkiError> {
+    /// The `cacerts` files in `dir` (`cert-chain.pem` optional).
+    pub fn load_plugged(dir: &Path) -> Result<Self, PkiError> {
         let chain_path = dir.join("cert-chain.pem");
         let chain = if chain_path.exists() {
             Some(read(&chain_path)?)

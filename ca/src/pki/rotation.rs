@@ -571,6 +571,17 @@ mod tests {
         assert!(s.taint(first.key_id()).is_err());
         assert!(s.revoke(first.key_id(), 0, true).is_err());
 
+        // Two roots of one trust domain never share a name: verifiers find CRLs and
+        // issuers by name.
+        let subject = |der: &[u8]| {
+            X509Certificate::from_der(der)
+                .unwrap()
+                .1
+                .subject()
+                .to_string()
+        };
+        let a = s.authority().unwrap();
+        assert_ne!(subject(&a.roots_der()[0]), subject(&a.roots_der()[1]));
         let (active, old) = s.activate(None).unwrap();
         s.commit().unwrap();
         assert_eq!(active.id, prepared.id);
