@@ -131,6 +131,11 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     } else {
         None
     };
+    // What the plugged-in files were when read, to notice when they change.
+    let plugged_fingerprint = config
+        .plugin_certs
+        .as_deref()
+        .and_then(crate::plugged::fingerprint);
     let loaded = match (&root_secrets, &authority_set) {
         (Some(secrets), _) => secrets.initial(&store, &mut leader.clone()).await?,
         (None, Some(set)) => set
@@ -148,6 +153,16 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     let root_cert_path = config.data_dir.join("root-cert.pem");
     let authority = AuthorityHandle::new(loaded, root_cert_path.clone(), metrics.clone())
         .context("publishing the trust bundle")?;
+    if let Some(dir) = &config.plugin_certs {
+        background.push(tokio::spawn(crate::plugged::follow(
+            dir.clone(),
+            plugged_fingerprint,
+            authority.clone(),
+            store.clone(),
+            config.trust_domain.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     let rotation = authority_set.map(|set| {
         crate::rotation::Rotation::new(
             set,

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod monitoring;
 pub mod node_api;
 pub mod pki;
+pub mod plugged;
 pub mod revocation;
 pub mod rotation;
 pub mod store;

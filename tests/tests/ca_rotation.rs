@@ -700,3 +700,209 @@ fn envoy_on_both_sides_takes_the_rotation_without_a_failed_request() {
         through_envoy.ok, to_envoy_counts.ok
     );
 }
+
+/// A new plugged-in intermediate under the same root, copied over `--plugin-certs`
+/// while two proxies carry steady traffic: the CA refuses the half-copied set (audited),
+/// takes the whole one, signs with it (the SVIDs rotate every few seconds), and no
+/// request fails.
+#[test]
+fn a_new_plugged_in_intermediate_is_taken_up_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    // The root CA (another cluster's, say) signs two intermediates for this one.
+    let root = warden_tests::CaProcess::start(&dir.path().join("root"), &[]);
+    let intermediate = |name: &str| {
+        let out = dir.path().join(name);
+        ok(root.warden(&[
+            "ca",
+            "intermediate",
+            "--cluster",
+            name,
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        out
+    };
+    let first = intermediate("east-1");
+    let second = intermediate("east-2");
+    let cacerts = dir.path().join("cacerts");
+    std::fs::create_dir_all(&cacerts).unwrap();
+    let copy = |from: &std::path::Path, files: &[&str]| {
+        for f in files {
+            warden_tests::write_atomic(
+                &cacerts.join(f),
+                &std::fs::read_to_string(from.join(f)).unwrap(),
+            );
+        }
+    };
+    let all = [
+        "ca-key.pem",
+        "ca-cert.pem",
+        "cert-chain.pem",
+        "root-cert.pem",
+    ];
+    copy(&first, &all);
+    let ski = |path: &std::path::Path| {
+        use rustls_pki_types::pem::PemObject;
+        let der =
+            rustls_pki_types::CertificateDer::from_pem_file(path.join("ca-cert.pem")).unwrap();
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, c) = X509Certificate::from_der(&der).unwrap();
+        c.extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => {
+                    Some(hex::encode(k.0))
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    let (first_id, second_id) = (ski(&first), ski(&second));
+
+    let mesh = Mesh::builder()
+        .svid_ttl("4s")
+        .ca_args(&["--plugin-certs", cacerts.to_str().unwrap()])
+        .workload("client", "client")
+        .workload("server", "server")
+        .service(ServiceSpec::new("server", "default").http(8080).tcp(9000))
+        .config("policy.yaml", &allow_only("server", "client"))
+        .start();
+    let client = spiffe_id("default", "client");
+    let url = mesh.url("server", "http", "/swapping");
+    assert_eq!(aki(&mesh.leaf_der(&client)), first_id);
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    let (http, tcp) = std::thread::scope(|s| {
+        let http = s.spawn(|| {
+            let mut out = Counts::default();
+            while !stop.load(Ordering::Relaxed) {
+                let t = start.elapsed();
+                match mesh.send("client", &Req::get(&url)) {
+                    Ok(r) if r.status == 200 => out.ok += 1,
+                    Ok(r) => out.failures.push((t, format!("{} {}", r.status, r.text()))),
+                    Err(e) => out.failures.push((t, format!("{e:#}"))),
+                }
+            }
+            out
+        });
+        let tcp = s.spawn(|| {
+            let mut out = Counts::default();
+            while !stop.load(Ordering::Relaxed) {
+                let t = start.elapsed();
+                let msg = format!("tcp at {t:?}");
+                match mesh
+                    .tcp_connect("client", 9000)
+                    .and_then(|mut c| echo(&mut c, msg.as_bytes()))
+                {
+                    Ok(b) if b == msg.as_bytes() => out.ok += 1,
+                    other => out.failures.push((t, format!("{other:?}"))),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            out
+        });
+        let _stop = StopOnDrop(&stop);
+        std::thread::sleep(Duration::from_secs(1));
+        // Half a copy: the new key beside the old certificate. Refused, kept.
+        copy(&second, &["ca-key.pem"]);
+        try_eventually(
+            "the CA to refuse the half-copied set",
+            Duration::from_secs(10),
+            Duration::from_millis(200),
+            || {
+                let audit = ok(mesh.ca.lock().unwrap().warden(&[
+                    "audit",
+                    "list",
+                    "--json",
+                    "--outcome",
+                    "refused",
+                ]));
+                if audit.contains("ca.authority") {
+                    Ok(())
+                } else {
+                    Err(audit)
+                }
+            },
+        )
+        .unwrap();
+        // The rest: taken up, and every identity's next SVID is the new intermediate's.
+        copy(&second, &["ca-cert.pem", "cert-chain.pem", "root-cert.pem"]);
+        try_eventually(
+            "the SVIDs to be signed by the new intermediate",
+            Duration::from_secs(20),
+            Duration::from_millis(200),
+            || {
+                let now = [
+                    aki(&mesh.leaf_der(&client)),
+                    aki(&mesh.leaf_der(&spiffe_id("default", "server"))),
+                ];
+                if now.iter().all(|a| *a == second_id) {
+                    Ok(())
+                } else {
+                    Err(now)
+                }
+            },
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+        (http.join().unwrap(), tcp.join().unwrap())
+    });
+    let total = http.ok + http.failures.len();
+    assert!(
+        http.failures.is_empty() && tcp.failures.is_empty(),
+        "{} of {total} requests and {} of {} connections failed: {:?} {:?}",
+        http.failures.len(),
+        tcp.failures.len(),
+        tcp.ok + tcp.failures.len(),
+        &http.failures[..http.failures.len().min(5)],
+        &tcp.failures[..tcp.failures.len().min(5)]
+    );
+    assert!(
+        total >= 100 && tcp.ok >= 20,
+        "only {total} requests, {} connections",
+        tcp.ok
+    );
+    // The new leaves verify (openssl) with root-cert.pem and the chain they are served
+    // with; the CA's serving certificate is the new intermediate's (curl).
+    openssl_verifies_chain(&mesh, &client);
+    curl_trusts_the_ca(&mesh);
+    let loaded =
+        ok(mesh
+            .ca
+            .lock()
+            .unwrap()
+            .warden(&["audit", "list", "--json", "--outcome", "loaded"]));
+    assert!(loaded.contains(&second_id), "{loaded}");
+    eprintln!(
+        "plugged-in intermediate swap: {total} requests and {} new mTLS connections, none failed",
+        tcp.ok
+    );
+}
+
+/// openssl verifies the agent's current chain for `id` (leaf and intermediate) with the
+/// CA's `root-cert.pem`.
+fn openssl_verifies_chain(mesh: &Mesh, id: &str) {
+    let path = id.strip_prefix("spiffe://cluster.local/").unwrap();
+    let chain = mesh
+        .dir
+        .path()
+        .join("svids")
+        .join(path)
+        .join("cert-chain.pem");
+    let roots = mesh.ca.lock().unwrap().data_dir.join("root-cert.pem");
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&roots)
+        .arg("-untrusted")
+        .arg(&chain)
+        .arg(&chain)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

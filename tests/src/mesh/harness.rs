@@ -34,6 +34,7 @@ pub struct MeshBuilder {
     files: Vec<(String, String)>,
     proxy_args: Vec<String>,
     agent_args: Vec<String>,
+    ca_args: Vec<String>,
     mesh_config: Option<String>,
 }
 
@@ -84,6 +85,12 @@ impl MeshBuilder {
     }
 
     /// Extra `warden-agent run` arguments.
+    /// Extra `warden-ca run` flags.
+    pub fn ca_args(mut self, args: &[&str]) -> Self {
+        self.ca_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     pub fn agent_args(mut self, args: &[&str]) -> Self {
         self.agent_args.extend(args.iter().map(|a| a.to_string()));
         self
@@ -205,6 +212,7 @@ impl Mesh {
             proxy_args: Vec::new(),
             mesh_config: None,
             agent_args: Vec::new(),
+            ca_args: Vec::new(),
         }
     }
 
@@ -241,7 +249,8 @@ impl Mesh {
         }
 
         // CA, entries for every identity, agent.
-        let ca = CaProcess::start(&dir.path().join("ca"), &[]);
+        let ca_args: Vec<&str> = b.ca_args.iter().map(String::as_str).collect();
+        let ca = CaProcess::start(&dir.path().join("ca"), &ca_args);
         let uid = format!("unix:uid:{}", my_uid());
         let mut ids: Vec<String> = workloads.values().map(Workload::spiffe_id).collect();
         ids.extend(b.identities.iter().cloned());
