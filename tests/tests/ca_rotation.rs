@@ -710,13 +710,15 @@ fn a_new_plugged_in_intermediate_is_taken_up_without_a_failed_request() {
     let dir = tempfile::tempdir().unwrap();
     // The root CA (another cluster's, say) signs two intermediates for this one.
     let root = warden_tests::CaProcess::start(&dir.path().join("root"), &[]);
+    // Both for cluster "east", as a replacement is: the same name but for the
+    // serialNumber attribute the CA adds.
     let intermediate = |name: &str| {
         let out = dir.path().join(name);
         ok(root.warden(&[
             "ca",
             "intermediate",
             "--cluster",
-            name,
+            "east",
             "--out",
             out.to_str().unwrap(),
         ]));

@@ -197,6 +197,18 @@ pub fn key_id_of(der: &[u8]) -> String {
     hex::encode(&digest.as_ref()[..20])
 }
 
+/// A `serialNumber` name attribute of 16 random hex digits, making a CA's name its own.
+fn unique_name_part() -> Result<rcgen::DnValue, PkiError> {
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| PkiError::Sign("the system random generator failed".into()))?;
+    let printable = hex::encode(bytes)
+        .try_into()
+        .map_err(|e: rcgen::Error| PkiError::Sign(e.to_string()))?;
+    Ok(rcgen::DnValue::PrintableString(printable))
+}
+
 /// A positive 128-bit serial: a marker byte, 56 bits of the current time in microseconds,
 /// then 64 bits from the system CSPRNG. The random half meets the "at least 64 bits of
 /// CSPRNG output" rule for serials; the time half keeps the CA's serial index append-only,
@@ -300,17 +312,7 @@ impl Authority {
         // A serialNumber attribute of its own, as SPIRE's CAs have: two roots of one
         // trust domain (a rotation) must not share a name, or verifiers that find a
         // CRL or an issuer by name (webpki, BoringSSL, openssl) take the other root's.
-        let serial = random_serial()?;
-        let unique = hex::encode(&serial.to_bytes()[8..]);
-        dn.push(
-            DnType::CustomDnType(vec![2, 5, 4, 5]),
-            rcgen::DnValue::PrintableString(
-                unique
-                    .as_str()
-                    .try_into()
-                    .map_err(|e: rcgen::Error| PkiError::Sign(e.to_string()))?,
-            ),
-        );
+        dn.push(DnType::CustomDnType(vec![2, 5, 4, 5]), unique_name_part()?);
         params.distinguished_name = dn;
         params.subject_alt_names = vec![trust_domain_san(trust_domain)?];
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -322,7 +324,7 @@ impl Authority {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - CLOCK_SKEW;
         params.not_after = now + lifetime;
-        params.serial_number = Some(serial);
+        params.serial_number = Some(random_serial()?);
         let cert = params.self_signed(&key).map_err(sign_err)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
@@ -550,6 +552,9 @@ impl Authority {
             DnType::CommonName,
             format!("Warden intermediate CA {cluster}"),
         );
+        // Unique, as a root's: two intermediates for one cluster (a swap) must not
+        // share a name, or a verifier takes one's CRL for the other's.
+        dn.push(DnType::CustomDnType(vec![2, 5, 4, 5]), unique_name_part()?);
         params.distinguished_name = dn;
         params.subject_alt_names = vec![trust_domain_san(trust_domain)?];
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
