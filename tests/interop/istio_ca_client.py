@@ -6,12 +6,16 @@ and CSR, and encodes/decodes the protobuf messages by hand from the field number
 Istio's security/v1alpha1/ca.proto and google/protobuf/struct.proto, so a wrong field
 number or type on Warden's side fails here.
 
-  istio_ca_client.py --addr localhost:PORT --root ROOT.pem --token-file F --out DIR
-      [--impersonate SPIFFE_ID] [--cluster-id ID] [--ttl SECONDS] [--csr-bytes N] [--expect-code UNAUTHENTICATED]
+  istio_ca_client.py --addr localhost:PORT --root ROOT.pem (--token-file F | --cert C --key K)
+      --out DIR [--impersonate SPIFFE_ID] [--cluster-id ID] [--ttl SECONDS] [--csr-bytes N]
+      [--expect-code UNAUTHENTICATED]
+
+--cert/--key authenticate with a client certificate (mutual TLS), as a renewing node.
 
 --csr-bytes N sends N bytes of "A" instead of a CSR (an oversized request).
 
-Prints one JSON line: {"ok": true, "chain_len": N} or {"ok": false, "code": ..., "details": ...}.
+Prints one JSON line: {"ok": true, "chain_len": N} or {"ok": false, "code": ..., "details": ...,
+"trailers": {...}} (the error's trailing metadata, e.g. grpc-retry-pushback-ms).
 """
 import argparse
 import json
@@ -48,6 +52,8 @@ def main():
     ap.add_argument("--addr", required=True)
     ap.add_argument("--root", required=True)
     ap.add_argument("--token-file")
+    ap.add_argument("--cert", help="client certificate chain (PEM) for mutual TLS")
+    ap.add_argument("--key", help="its private key (PEM)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--impersonate")
     ap.add_argument("--ttl", type=int, default=3600)
@@ -65,7 +71,13 @@ def main():
              "-nodes", "-keyout", key, "-subj", "/O=interop"],
             check=True, capture_output=True, text=True,
         ).stdout
-    creds = grpc.ssl_channel_credentials(root_certificates=open(a.root, "rb").read())
+    client_key = open(a.key, "rb").read() if a.key else None
+    client_chain = open(a.cert, "rb").read() if a.cert else None
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=open(a.root, "rb").read(),
+        private_key=client_key,
+        certificate_chain=client_chain,
+    )
     metadata = []
     if a.token_file:
         metadata.append(("authorization", "Bearer " + open(a.token_file).read().strip()))
@@ -76,7 +88,9 @@ def main():
         try:
             raw = call(encode_request(csr, a.ttl, a.impersonate), metadata=metadata, timeout=10)
         except grpc.RpcError as e:
-            print(json.dumps({"ok": False, "code": e.code().name, "details": e.details()}))
+            trailers = {k: v for k, v in (e.trailing_metadata() or []) if isinstance(v, str)}
+            print(json.dumps({"ok": False, "code": e.code().name, "details": e.details(),
+                              "trailers": trailers}))
             return 0 if a.expect_code == e.code().name else 1
     chain = decode_response(raw)
     with open(os.path.join(a.out, "cert-chain.pem"), "w") as f:

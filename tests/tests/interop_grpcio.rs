@@ -159,3 +159,69 @@ fn python_grpcio_client_is_served_on_the_admin_socket() {
     assert!(ok, "{r}");
     assert!(r["details"].as_str().unwrap().contains("too large"), "{r}");
 }
+
+/// A node over its rate, with grpcio renewing over mutual TLS: RESOURCE_EXHAUSTED with
+/// the `grpc-retry-pushback-ms` trailer gRPC clients honour (C-core's retry policy,
+/// Warden's agent), naming the limit.
+#[test]
+fn python_grpcio_client_over_its_rate_gets_a_retry_hint() {
+    let Some(py) = warden_tests::grpcio_python("grpcio pushback") else {
+        return;
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/istio_ca_client.py");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // One certificate request per node per 100 s, none in reserve.
+    let ca = CaProcess::start(&data, &["--csr-node-rate", "0.01", "--csr-node-burst", "1"]);
+    let root = data.join("root-cert.pem");
+    let token = ok(ca.warden(&["token", "create", "--node", "busy-node"]))
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let addr = format!("localhost:{}", ca.grpc_addr.rsplit(':').next().unwrap());
+    let run = |args: &[&str]| {
+        let (ok, r) = run_json(
+            Command::new(&py)
+                .arg(&script)
+                .args(["--addr", &addr, "--root", root.to_str().unwrap()])
+                .args(args),
+        );
+        assert!(ok, "client failed: {r}");
+        r
+    };
+    let node = tmp.path().join("node");
+    let r = run(&[
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--out",
+        node.to_str().unwrap(),
+    ]);
+    assert_eq!(r["ok"], true, "{r}");
+    // The node renews at once over mTLS: its bucket is empty.
+    let r = run(&[
+        "--cert",
+        node.join("cert-chain.pem").to_str().unwrap(),
+        "--key",
+        node.join("key.pem").to_str().unwrap(),
+        "--out",
+        tmp.path().join("again").to_str().unwrap(),
+        "--expect-code",
+        "RESOURCE_EXHAUSTED",
+    ]);
+    assert!(
+        r["details"]
+            .as_str()
+            .unwrap()
+            .contains("over its certificate request rate"),
+        "{r}"
+    );
+    let pushback: u64 = r["trailers"]["grpc-retry-pushback-ms"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no grpc-retry-pushback-ms trailer: {r}"))
+        .parse()
+        .unwrap();
+    assert!(pushback > 1000, "{r}");
+}
