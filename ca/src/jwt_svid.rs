@@ -307,7 +307,7 @@ impl JwtSvidService for JwtService {
             &self.store,
             &self.metrics,
             &request,
-            "jwt.denied",
+            "bundle.denied",
         )
         .await?;
         let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {

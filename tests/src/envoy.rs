@@ -30,6 +30,47 @@ use crate::eventually::POLL_INTERVAL;
 use crate::{eventually, spawn_logged, try_eventually, write_atomic};
 pub use crate::{parse_response, try_http_get as http};
 
+/// Istio's node ID for the test Envoys.
+pub const SIDECAR_NODE_ID: &str = "sidecar~127.0.0.1~envoy.default~default.svc.cluster.local";
+
+/// Envoy as a server sidecar with its certificates over SDS from `socket`: mTLS on
+/// `listen` requiring a client certificate from the trust domain (ALPN h2 and
+/// http/1.1), XFCC sanitized and set from the client's URI SAN, forwarding to the app on
+/// `app`. With `one_request_per_connection`, each connection is closed after one
+/// request, so every request is a new handshake.
+pub fn server_sidecar(
+    socket: &Path,
+    listen: (&str, u16),
+    app: (&str, u16),
+    my_id: &str,
+    one_request_per_connection: bool,
+) -> Bootstrap {
+    let mut listener = Listener::http("mtls_in", listen.0, listen.1)
+        .tls(
+            DownstreamTls::new(my_id)
+                .alpn(&["h2", "http/1.1"])
+                .san_prefix("spiffe://cluster.local/"),
+        )
+        .hcm("codec_type", serde_json::json!("AUTO"))
+        .hcm(
+            "forward_client_cert_details",
+            serde_json::json!("SANITIZE_SET"),
+        )
+        .hcm(
+            "set_current_client_cert_details",
+            serde_json::json!({"uri": true}),
+        );
+    if one_request_per_connection {
+        listener = listener.hcm(
+            "common_http_protocol_options",
+            serde_json::json!({"max_requests_per_connection": 1}),
+        );
+    }
+    Bootstrap::new(SIDECAR_NODE_ID, socket)
+        .listener(listener.route("/", "app"))
+        .cluster(Cluster::to("app", app.0, app.1))
+}
+
 /// Body of `mtls_in`'s direct response.
 pub const HELLO: &str = "hello from envoy";
 

@@ -275,9 +275,7 @@ fn a_revoked_peer_is_refused_and_its_open_connection_closed() {
 /// revoked Warden client on its next handshake.
 #[test]
 fn envoy_refuses_a_revoked_client() {
-    use serde_json::json;
-    use warden_tests::envoy::{Bootstrap, Cluster, DownstreamTls, Envoy, Listener};
-    const NODE_ID: &str = "sidecar~127.0.0.1~envoy.default~default.svc.cluster.local";
+    use warden_tests::envoy::Envoy;
     let mesh = Mesh::builder()
         .svid_ttl("1h")
         .workload("client", "client")
@@ -285,22 +283,13 @@ fn envoy_refuses_a_revoked_client() {
         .service(ServiceSpec::new("envoy-server", "default").http(8080))
         .start();
     let es = mesh.workload("envoy-server").clone();
-    let bootstrap = Bootstrap::new(NODE_ID, &mesh.sds_socket)
-        .listener(
-            Listener::http("mtls_in", &es.ip.to_string(), 15006)
-                .tls(
-                    DownstreamTls::new(&es.spiffe_id())
-                        .alpn(&["h2", "http/1.1"])
-                        .san_prefix("spiffe://cluster.local/"),
-                )
-                .hcm("codec_type", json!("AUTO"))
-                .hcm(
-                    "common_http_protocol_options",
-                    json!({"max_requests_per_connection": 1}),
-                )
-                .route("/", "app"),
-        )
-        .cluster(Cluster::to("app", &es.ip.to_string(), es.ports["http"]));
+    let bootstrap = warden_tests::envoy::server_sidecar(
+        &mesh.sds_socket,
+        (&es.ip.to_string(), 15006),
+        (&es.ip.to_string(), es.ports["http"]),
+        &es.spiffe_id(),
+        true,
+    );
     let envoy = Envoy::start(&mesh.dir.path().join("envoy"), &bootstrap, 1);
     let url = mesh.url("envoy-server", "http", "/behind-envoy");
     let r = mesh.get("client", &url);

@@ -102,6 +102,43 @@ struct Counts {
     failures: Vec<(Duration, String)>,
 }
 
+/// Sends requests with `send` until `stop`: 200s count as ok, anything else fails.
+fn http_loop(
+    stop: &AtomicBool,
+    start: Instant,
+    send: impl Fn() -> anyhow::Result<warden_tests::mesh::Resp>,
+) -> Counts {
+    let mut out = Counts::default();
+    while !stop.load(Ordering::Relaxed) {
+        let t = start.elapsed();
+        match send() {
+            Ok(r) if r.status == 200 => out.ok += 1,
+            Ok(r) => out.failures.push((t, format!("{} {}", r.status, r.text()))),
+            Err(e) => out.failures.push((t, format!("{e:#}"))),
+        }
+    }
+    out
+}
+
+/// Every 20 ms until `stop`, a new TCP connection through `client`'s outbound port 9000
+/// (a new mTLS handshake between the proxies) that must echo a line.
+fn tcp_loop(mesh: &Mesh, stop: &AtomicBool, start: Instant) -> Counts {
+    let mut out = Counts::default();
+    while !stop.load(Ordering::Relaxed) {
+        let t = start.elapsed();
+        let msg = format!("tcp at {t:?}");
+        match mesh
+            .tcp_connect("client", 9000)
+            .and_then(|mut c| echo(&mut c, msg.as_bytes()))
+        {
+            Ok(b) if b == msg.as_bytes() => out.ok += 1,
+            other => out.failures.push((t, format!("{other:?}"))),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    out
+}
+
 #[test]
 fn root_rotation_under_load_fails_no_request() {
     // Hour-long SVIDs: no rotation happens by the clock during the test; every
@@ -160,36 +197,10 @@ fn root_rotation_under_load_fails_no_request() {
     let stop = AtomicBool::new(false);
     let start = Instant::now();
     let (http, tcp, second) = std::thread::scope(|s| {
-        let http = s.spawn(|| {
-            let mut out = Counts::default();
-            while !stop.load(Ordering::Relaxed) {
-                let t = start.elapsed();
-                match mesh.send("client", &Req::get(&url)) {
-                    Ok(r) if r.status == 200 => out.ok += 1,
-                    Ok(r) => out.failures.push((t, format!("{} {}", r.status, r.text()))),
-                    Err(e) => out.failures.push((t, format!("{e:#}"))),
-                }
-            }
-            out
-        });
+        let http = s.spawn(|| http_loop(&stop, start, || mesh.send("client", &Req::get(&url))));
         // Each TCP connection is a new mTLS handshake between the proxies, with the
         // certificates and bundle each holds at that moment.
-        let tcp = s.spawn(|| {
-            let mut out = Counts::default();
-            while !stop.load(Ordering::Relaxed) {
-                let t = start.elapsed();
-                let msg = format!("tcp at {t:?}");
-                match mesh
-                    .tcp_connect("client", 9000)
-                    .and_then(|mut c| echo(&mut c, msg.as_bytes()))
-                {
-                    Ok(b) if b == msg.as_bytes() => out.ok += 1,
-                    other => out.failures.push((t, format!("{other:?}"))),
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            out
-        });
+        let tcp = s.spawn(|| tcp_loop(&mesh, &stop, start));
         let _stop = StopOnDrop(&stop);
         mesh.mark_proxy_log("client");
         mesh.mark_proxy_log("server");
@@ -494,10 +505,9 @@ fn the_ca_prepares_and_activates_on_its_schedule() {
 /// time). No request fails.
 #[test]
 fn envoy_on_both_sides_takes_the_rotation_without_a_failed_request() {
-    use serde_json::json;
-    use warden_tests::envoy::{Bootstrap, Cluster, DownstreamTls, Envoy, Listener, UpstreamTls};
+    use warden_tests::envoy::SIDECAR_NODE_ID as NODE_ID;
+    use warden_tests::envoy::{Bootstrap, Cluster, Envoy, Listener, UpstreamTls};
     use warden_tests::mesh::WorkloadSpec;
-    const NODE_ID: &str = "sidecar~127.0.0.1~envoy.default~default.svc.cluster.local";
 
     let mesh = Mesh::builder()
         .svid_ttl("1h")
@@ -528,22 +538,13 @@ fn envoy_on_both_sides_takes_the_rotation_without_a_failed_request() {
                         .alpn("http/1.1"),
                 ),
         );
-    let server_bootstrap = Bootstrap::new(NODE_ID, &mesh.sds_socket)
-        .listener(
-            Listener::http("mtls_in", &es.ip.to_string(), 15006)
-                .tls(
-                    DownstreamTls::new(&es.spiffe_id())
-                        .alpn(&["h2", "http/1.1"])
-                        .san_prefix("spiffe://cluster.local/"),
-                )
-                .hcm("codec_type", json!("AUTO"))
-                .hcm(
-                    "common_http_protocol_options",
-                    json!({"max_requests_per_connection": 1}),
-                )
-                .route("/", "app"),
-        )
-        .cluster(Cluster::to("app", &es.ip.to_string(), es.ports["http"]));
+    let server_bootstrap = warden_tests::envoy::server_sidecar(
+        &mesh.sds_socket,
+        (&es.ip.to_string(), 15006),
+        (&es.ip.to_string(), es.ports["http"]),
+        &es.spiffe_id(),
+        true,
+    );
     let envoy_client = Envoy::start(&mesh.dir.path().join("envoy-client"), &client_bootstrap, 1);
     let envoy_server = Envoy::start(&mesh.dir.path().join("envoy-server"), &server_bootstrap, 1);
     let via_envoy: std::net::SocketAddr = format!("{}:15001", ec.ip).parse().unwrap();
@@ -591,29 +592,11 @@ fn envoy_on_both_sides_takes_the_rotation_without_a_failed_request() {
     let start = Instant::now();
     let (through_envoy, to_envoy_counts) = std::thread::scope(|s| {
         let a = s.spawn(|| {
-            let mut out = Counts::default();
-            while !stop.load(Ordering::Relaxed) {
-                let t = start.elapsed();
-                match mesh.send_to(via_envoy, &Req::get(&to_server).origin_form()) {
-                    Ok(r) if r.status == 200 => out.ok += 1,
-                    Ok(r) => out.failures.push((t, format!("{} {}", r.status, r.text()))),
-                    Err(e) => out.failures.push((t, format!("{e:#}"))),
-                }
-            }
-            out
+            http_loop(&stop, start, || {
+                mesh.send_to(via_envoy, &Req::get(&to_server).origin_form())
+            })
         });
-        let b = s.spawn(|| {
-            let mut out = Counts::default();
-            while !stop.load(Ordering::Relaxed) {
-                let t = start.elapsed();
-                match mesh.send("client", &Req::get(&to_envoy)) {
-                    Ok(r) if r.status == 200 => out.ok += 1,
-                    Ok(r) => out.failures.push((t, format!("{} {}", r.status, r.text()))),
-                    Err(e) => out.failures.push((t, format!("{e:#}"))),
-                }
-            }
-            out
-        });
+        let b = s.spawn(|| http_loop(&stop, start, || mesh.send("client", &Req::get(&to_envoy))));
         let _stop = StopOnDrop(&stop);
         let before = (rootca_updates(&envoy_client), rootca_updates(&envoy_server));
         let second = step(&mesh, &["prepare"])["id"]
@@ -775,34 +758,8 @@ fn a_new_plugged_in_intermediate_is_taken_up_without_a_failed_request() {
     let stop = AtomicBool::new(false);
     let start = Instant::now();
     let (http, tcp) = std::thread::scope(|s| {
-        let http = s.spawn(|| {
-            let mut out = Counts::default();
-            while !stop.load(Ordering::Relaxed) {
-                let t = start.elapsed();
-                match mesh.send("client", &Req::get(&url)) {
-                    Ok(r) if r.status == 200 => out.ok += 1,
-                    Ok(r) => out.failures.push((t, format!("{} {}", r.status, r.text()))),
-                    Err(e) => out.failures.push((t, format!("{e:#}"))),
-                }
-            }
-            out
-        });
-        let tcp = s.spawn(|| {
-            let mut out = Counts::default();
-            while !stop.load(Ordering::Relaxed) {
-                let t = start.elapsed();
-                let msg = format!("tcp at {t:?}");
-                match mesh
-                    .tcp_connect("client", 9000)
-                    .and_then(|mut c| echo(&mut c, msg.as_bytes()))
-                {
-                    Ok(b) if b == msg.as_bytes() => out.ok += 1,
-                    other => out.failures.push((t, format!("{other:?}"))),
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            out
-        });
+        let http = s.spawn(|| http_loop(&stop, start, || mesh.send("client", &Req::get(&url))));
+        let tcp = s.spawn(|| tcp_loop(&mesh, &stop, start));
         let _stop = StopOnDrop(&stop);
         std::thread::sleep(Duration::from_secs(1));
         // Half a copy: the new key beside the old certificate. Refused, kept.

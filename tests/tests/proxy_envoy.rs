@@ -14,12 +14,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::json;
-use warden_tests::envoy::{Bootstrap, Cluster, DownstreamTls, Envoy, Listener, UpstreamTls};
+use warden_tests::envoy::{Bootstrap, Cluster, Envoy, Listener, UpstreamTls};
 use warden_tests::mesh::{Mesh, Req, ServiceSpec, WorkloadSpec, authorization_policy, spiffe_id};
 
-/// Istio's node ID for these Envoys.
-const NODE_ID: &str = "sidecar~127.0.0.1~envoy.default~default.svc.cluster.local";
+// Istio's node ID for these Envoys.
+use warden_tests::envoy::SIDECAR_NODE_ID as NODE_ID;
 
 /// An upstream mTLS cluster to `server` with SNI `sni`, ALPN `h2` or `http/1.1`,
 /// accepting only `server_id`, speaking HTTP/2 when `h2`.
@@ -73,31 +72,6 @@ fn client_bootstrap(
             my_id,
             server_id,
         ))
-}
-
-/// The server sidecar: mTLS on `listen` requiring a client certificate from the trust
-/// domain, XFCC sanitized and set from the client's URI SAN, forwarding to the app on
-/// `app`.
-fn server_bootstrap(
-    socket: &Path,
-    listen: (&str, u16),
-    app: (&str, u16),
-    my_id: &str,
-) -> Bootstrap {
-    Bootstrap::new(NODE_ID, socket)
-        .listener(
-            Listener::http("mtls_in", listen.0, listen.1)
-                .tls(
-                    DownstreamTls::new(my_id)
-                        .alpn(&["h2", "http/1.1"])
-                        .san_prefix("spiffe://cluster.local/"),
-                )
-                .hcm("codec_type", json!("AUTO"))
-                .hcm("forward_client_cert_details", json!("SANITIZE_SET"))
-                .hcm("set_current_client_cert_details", json!({"uri": true}))
-                .route("/", "app"),
-        )
-        .cluster(Cluster::to("app", app.0, app.1))
 }
 
 /// Starts Envoy (one worker thread) with `bootstrap` in `dir`; ready once it says LIVE.
@@ -272,11 +246,12 @@ fn warden_proxy_calls_an_envoy_fronted_app_and_checks_its_identity() {
         .service(ServiceSpec::new("impostor", "default").http(8080))
         .start();
     let es = mesh.workload("envoy-server").clone();
-    let bootstrap = server_bootstrap(
+    let bootstrap = warden_tests::envoy::server_sidecar(
         &mesh.sds_socket,
         (&es.ip.to_string(), 15006),
         (&es.ip.to_string(), es.ports["http"]),
         &envoy_id,
+        false,
     );
     let envoy = start_envoy(&mesh.dir.path().join("envoy"), &bootstrap);
     mesh.relay(mesh.workload("impostor").inbound(), es.inbound());

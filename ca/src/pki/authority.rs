@@ -134,14 +134,14 @@ pub enum PkiError {
     Expired(OffsetDateTime),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     move |source| PkiError::Io {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn invalid(path: &Path, message: impl Into<String>) -> PkiError {
+pub(super) fn invalid(path: &Path, message: impl Into<String>) -> PkiError {
     PkiError::Invalid {
         path: path.to_path_buf(),
         message: message.into(),

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::authority::{Authority, PkiError, key_id_of};
+use super::authority::{Authority, PkiError, invalid, io_err as io, key_id_of};
 use super::keys::KeyType;
 
 /// The manifest's file name in the data directory.
@@ -121,20 +121,6 @@ pub struct AuthoritySet {
     key_type: KeyType,
     root_lifetime: Duration,
     manifest: Manifest,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn invalid(path: &Path, message: impl Into<String>) -> PkiError {
-    PkiError::Invalid {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
 }
 
 fn now() -> i64 {
