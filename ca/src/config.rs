@@ -42,6 +42,11 @@ pub struct RunArgs {
     /// sign as that intermediate instead of a self-signed root.
     #[arg(long)]
     pub plugin_certs: Option<PathBuf>,
+    /// The --plugin-certs key in a PKCS#11 token instead of ca-key.pem (RFC 7512 URI:
+    /// pkcs11:token=T;object=K?module-path=LIB&pin-source=file:PIN); it never leaves the
+    /// token.
+    #[arg(long)]
+    pub ca_key_uri: Option<String>,
     /// Lifetime of a workload certificate when the request names none [default: 24h].
     #[arg(long, value_parser = warden_proto::duration::parse_flag)]
     #[serde(deserialize_with = "de::duration")]
@@ -222,6 +227,8 @@ pub struct Config {
     pub limits: crate::limits::LimitSettings,
     /// Lifetime of roots the CA makes.
     pub root_ttl: Duration,
+    /// The plugged-in CA's key in a PKCS#11 token.
+    pub ca_key_uri: Option<crate::pki::hsm::Pkcs11Uri>,
     /// Automatic root rotation; `None` when off.
     pub auto_rotation: Option<crate::rotation::AutoRotation>,
     /// Log format.
@@ -471,7 +478,20 @@ impl Config {
                 activate_at,
             })
         };
+        let ca_key_uri = match args.ca_key_uri.as_deref() {
+            None => None,
+            Some(_) if args.plugin_certs.is_none() => {
+                return Err(invalid(
+                    "--ca-key-uri",
+                    "needs --plugin-certs: the token holds the key of its ca-cert.pem",
+                ));
+            }
+            Some(uri) => Some(
+                crate::pki::hsm::Pkcs11Uri::parse(uri).map_err(|e| invalid("--ca-key-uri", e))?,
+            ),
+        };
         Ok(Config {
+            ca_key_uri,
             root_ttl,
             auto_rotation,
             trust_domain,

@@ -30,14 +30,17 @@ const FILES: [&str; 4] = [
     "root-cert.pem",
 ];
 
-/// SHA-256 over the four files (an absent `cert-chain.pem` reads as empty); `None` if
-/// a required one cannot be read.
+/// SHA-256 over the four files (an absent `cert-chain.pem`, or `ca-key.pem` when the key
+/// is in a token, reads as empty); `None` if a required one cannot be read.
 pub fn fingerprint(dir: &Path) -> Option<[u8; 32]> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for name in FILES {
         let bytes = match std::fs::read(dir.join(name)) {
             Ok(b) => b,
-            Err(e) if name == "cert-chain.pem" && e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e)
+                if matches!(name, "cert-chain.pem" | "ca-key.pem")
+                    && e.kind() == std::io::ErrorKind::NotFound =>
+            {
                 Vec::new()
             }
             Err(_) => return None,
@@ -54,6 +57,7 @@ pub fn fingerprint(dir: &Path) -> Option<[u8; 32]> {
 /// the files the running authority came from.
 pub async fn follow(
     dir: PathBuf,
+    load: impl Fn(&Path) -> Result<Authority, crate::pki::PkiError>,
     loaded: Option<[u8; 32]>,
     handle: AuthorityHandle,
     store: Store,
@@ -73,7 +77,7 @@ pub async fn follow(
         if Some(now) == current || Some(now) == refused {
             continue;
         }
-        let (outcome, detail) = match Authority::load_plugged(&dir) {
+        let (outcome, detail) = match load(&dir) {
             Ok(authority) => {
                 let key_id = authority.key_id().to_string();
                 let source = authority.source().to_string();

@@ -113,7 +113,19 @@ impl CaProcess {
     /// Like [`CaProcess::start`] on a fixed gRPC address (to restart a CA where its
     /// agents expect it).
     pub fn start_at(data_dir: &Path, grpc_addr: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, grpc_addr, extra, &[])
+    }
+
+    /// Like [`CaProcess::start_at`] with extra environment variables (e.g.
+    /// `SOFTHSM2_CONF` for a test's own token directory).
+    pub fn start_with_env(
+        data_dir: &Path,
+        grpc_addr: &str,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Self {
         let mut cmd = Command::new(bin("warden-ca"));
+        cmd.envs(env.iter().copied());
         cmd.args([
             "run",
             "--grpc-addr",

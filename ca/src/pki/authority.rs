@@ -32,7 +32,7 @@ const SERVING_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 
 /// The CA's signing state, loaded once at start.
 pub struct Authority {
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, CaKey>,
     /// DER of the certificate Warden signs with.
     signing_cert: CertificateDer<'static>,
     /// PEM of the chain above a leaf, excluding roots (empty when signing as the root).
@@ -64,6 +64,42 @@ impl std::fmt::Debug for Authority {
             .field("key_id", &self.key_id)
             .field("chain_not_after", &self.chain_not_after)
             .finish_non_exhaustive()
+    }
+}
+
+/// The key the CA signs with: in memory (from a PEM file or Secret), or in a PKCS#11
+/// token, where it stays.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per authority, made once and never moved
+pub enum CaKey {
+    /// A key Warden holds.
+    Memory(KeyPair),
+    /// A key in a token.
+    Pkcs11(std::sync::Arc<super::hsm::Pkcs11Key>),
+}
+
+impl PublicKeyData for CaKey {
+    fn der_bytes(&self) -> &[u8] {
+        match self {
+            CaKey::Memory(k) => k.der_bytes(),
+            CaKey::Pkcs11(k) => k.der_bytes(),
+        }
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            CaKey::Memory(k) => PublicKeyData::algorithm(k),
+            CaKey::Pkcs11(k) => k.algorithm(),
+        }
+    }
+}
+
+impl rcgen::SigningKey for CaKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        match self {
+            CaKey::Memory(k) => k.sign(msg),
+            CaKey::Pkcs11(k) => k.sign(msg),
+        }
     }
 }
 
@@ -343,8 +379,8 @@ impl Authority {
         let root = certs[0].clone();
         check_key_matches(cert_label, &root, &key)?;
         check_is_ca(cert_label, &root)?;
-        let issuer =
-            Issuer::from_ca_cert_der(&root, key).map_err(|e| invalid(cert_label, e.to_string()))?;
+        let issuer = Issuer::from_ca_cert_der(&root, CaKey::Memory(key))
+            .map_err(|e| invalid(cert_label, e.to_string()))?;
         let not_after = not_after_of(&root);
         Ok(Self {
             issuer,
@@ -390,11 +426,63 @@ impl Authority {
     ) -> Result<Self, PkiError> {
         let cert_path = label("ca-cert.pem");
         let key_path = label("ca-key.pem");
-        let chain_path = label("cert-chain.pem");
-        let root_path = label("root-cert.pem");
         let signing = parse_pem_certs(&cert_path, &pem.ca_cert)?.remove(0);
         let key = keys::load_pem_key(&pem.ca_key).map_err(|e| invalid(&key_path, e.to_string()))?;
         check_key_matches(&cert_path, &signing, &key)?;
+        Self::from_plugged_parts(pem, CaKey::Memory(key), label, source)
+    }
+
+    /// The `cacerts` files in `dir` without `ca-key.pem`, signing with the key `uri`
+    /// names in a PKCS#11 token (checked to be the key of `ca-cert.pem`). A
+    /// `ca-key.pem` beside them is refused: the key must live only in the token.
+    pub fn load_plugged_hsm(dir: &Path, uri: &super::hsm::Pkcs11Uri) -> Result<Self, PkiError> {
+        let key_file = dir.join("ca-key.pem");
+        if key_file.exists() {
+            return Err(invalid(
+                &key_file,
+                "is present although --ca-key-uri puts the key in a token; remove it",
+            ));
+        }
+        let chain_path = dir.join("cert-chain.pem");
+        let chain = if chain_path.exists() {
+            Some(read(&chain_path)?)
+        } else {
+            None
+        };
+        let cert_path = dir.join("ca-cert.pem");
+        let pem = PluggedPem {
+            ca_cert: read(&cert_path)?,
+            ca_key: String::new(),
+            cert_chain: chain,
+            root_cert: read(&dir.join("root-cert.pem"))?,
+        };
+        let signing = parse_pem_certs(&cert_path, &pem.ca_cert)?.remove(0);
+        let key = super::hsm::Pkcs11Key::open(uri, &signing)
+            .map_err(|e| invalid(&cert_path, format!("--ca-key-uri {}: {e}", uri.describe())))?;
+        let source = format!(
+            "plugged-in CA {} with its key in {}",
+            dir.display(),
+            key.label()
+        );
+        Self::from_plugged_parts(
+            &pem,
+            CaKey::Pkcs11(std::sync::Arc::new(key)),
+            &|name| dir.join(name),
+            source,
+        )
+    }
+
+    /// The rest of a plugged-in CA once its key is known to match `ca-cert.pem`.
+    fn from_plugged_parts(
+        pem: &PluggedPem,
+        key: CaKey,
+        label: &dyn Fn(&str) -> PathBuf,
+        source: String,
+    ) -> Result<Self, PkiError> {
+        let cert_path = label("ca-cert.pem");
+        let chain_path = label("cert-chain.pem");
+        let root_path = label("root-cert.pem");
+        let signing = parse_pem_certs(&cert_path, &pem.ca_cert)?.remove(0);
         check_is_ca(&cert_path, &signing)?;
         let roots = parse_pem_certs(&root_path, &pem.root_cert)?;
         // cert-chain.pem is ca-cert.pem followed by intermediates; some tools append the

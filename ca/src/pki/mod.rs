@@ -5,6 +5,7 @@
 pub mod authority;
 pub mod csr;
 pub mod handle;
+pub mod hsm;
 pub mod jwt_svid;
 pub mod keys;
 pub mod rotation;
