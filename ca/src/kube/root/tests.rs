@@ -301,6 +301,16 @@ async fn cacerts_wins_and_is_reloaded_without_restart_and_a_broken_one_is_refuse
         .unwrap()
         .unwrap();
     assert_eq!(handle.current().roots_pem(), self_signed_pem);
+    // Issuance goes on after the reloads (how many fit in the steps above depends on
+    // the machine's load: wait for them rather than count a window).
+    let issued_so_far = counts.0.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while counts.0.load(std::sync::atomic::Ordering::Relaxed) < issued_so_far + 10 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
     issuing.abort();
     let _ = issuing.await;
     let issued = counts.0.load(std::sync::atomic::Ordering::Relaxed);
