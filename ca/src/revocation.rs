@@ -62,6 +62,24 @@ impl RevokedSet {
         }
     }
 
+    /// Whether the client certificate `leaf` of `id` is revoked, by identity or by
+    /// serial. The certificate is parsed for its serial only while some serial is
+    /// revoked: the request path pays nothing when none is.
+    pub fn client_cert(&self, leaf: &[u8], id: &str) -> Option<String> {
+        if self.identity(id) {
+            return Some(String::new());
+        }
+        let any = self.serials.read().map(|s| !s.is_empty()).unwrap_or(true);
+        if !any {
+            return None;
+        }
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let serial = X509Certificate::from_der(leaf)
+            .map(|(_, c)| hex::encode(c.raw_serial()))
+            .unwrap_or_default();
+        self.serial(&serial).then_some(serial)
+    }
+
     fn replace(&self, identities: HashSet<String>, serials: HashSet<String>) {
         if let Ok(mut s) = self.identities.write() {
             *s = identities;

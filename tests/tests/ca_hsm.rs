@@ -71,6 +71,25 @@ fn softhsm2(conf: &Path, args: &[&str]) -> String {
     text
 }
 
+/// Imports the PKCS#8 key `file` into the token as `label`/`id`.
+fn import(conf: &Path, file: &Path, label: &str, id: &str) {
+    softhsm2(
+        conf,
+        &[
+            "--import",
+            file.to_str().unwrap(),
+            "--token",
+            "warden",
+            "--label",
+            label,
+            "--id",
+            id,
+            "--pin",
+            "1234",
+        ],
+    );
+}
+
 fn uri(object: &str, pin_file: &Path) -> String {
     format!(
         "pkcs11:token=warden;object={object}?module-path={MODULE}&pin-source=file:{}",
@@ -118,21 +137,7 @@ fn the_plugged_in_key_signs_from_a_pkcs11_token_and_never_touches_disk() {
     ]));
     // Its key goes into the token, then off the disk.
     let key_file = cacerts.join("ca-key.pem");
-    softhsm2(
-        &conf,
-        &[
-            "--import",
-            key_file.to_str().unwrap(),
-            "--token",
-            "warden",
-            "--label",
-            "ca-key",
-            "--id",
-            "01",
-            "--pin",
-            "1234",
-        ],
-    );
+    import(&conf, &key_file, "ca-key", "01");
     let key_pem = std::fs::read_to_string(&key_file).unwrap();
     std::fs::remove_file(&key_file).unwrap();
     let pin = tmp.path().join("pin");
@@ -196,21 +201,7 @@ fn the_plugged_in_key_signs_from_a_pkcs11_token_and_never_touches_disk() {
         "--out",
         other.to_str().unwrap(),
     ]));
-    softhsm2(
-        &conf,
-        &[
-            "--import",
-            other.join("ca-key.pem").to_str().unwrap(),
-            "--token",
-            "warden",
-            "--label",
-            "not-this-one",
-            "--id",
-            "02",
-            "--pin",
-            "1234",
-        ],
-    );
+    import(&conf, &other.join("ca-key.pem"), "not-this-one", "02");
     let err = ca_fails(
         &data,
         &conf,

@@ -236,15 +236,14 @@ impl Authenticator {
     ) -> Result<Caller, AuthError> {
         if let Some(leaf) = peer_certs.and_then(|c| c.first()) {
             let id = spiffe_id_of(leaf).map_err(AuthError::ClientCert)?;
-            if let Some(revoked) = &self.revoked {
-                let serial = X509Certificate::from_der(leaf)
-                    .map(|(_, c)| hex::encode(c.raw_serial()))
-                    .unwrap_or_default();
-                if revoked.serial(&serial) || revoked.identity(id.as_str()) {
-                    return Err(AuthError::ClientCert(format!(
-                        "the client certificate of {id} (serial {serial}) is revoked"
-                    )));
-                }
+            if let Some(serial) = self
+                .revoked
+                .as_ref()
+                .and_then(|r| r.client_cert(leaf, id.as_str()))
+            {
+                return Err(AuthError::ClientCert(format!(
+                    "the client certificate of {id} (serial {serial}) is revoked"
+                )));
             }
             if id.trust_domain() != self.trust_domain {
                 return Err(AuthError::ClientCert(format!(
