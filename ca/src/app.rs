@@ -41,6 +41,10 @@ pub struct Bound {
     pub monitoring_addr: SocketAddr,
     /// Address of the admission webhook (Kubernetes mode only).
     pub webhook_addr: Option<SocketAddr>,
+    /// Address of the federation bundle endpoint (`--bundle-endpoint-addr`).
+    pub bundle_endpoint_addr: Option<SocketAddr>,
+    /// The bundles of the trust domains federated with (`--federates-with`).
+    pub federation: Option<Arc<crate::federation::Federation>>,
     /// Path of the admin socket.
     pub admin_socket: PathBuf,
     /// Path of the trust bundle clients should use.
@@ -331,6 +335,50 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     .map_err(anyhow::Error::msg)
     .context("signing the CRLs")?;
     tasks.push(tokio::spawn(revocations.clone().run(shutdown_rx.clone())));
+    // Federation: the bundles of the trust domains this one federates with, each kept
+    // fresh from its bundle endpoint, handed to agents beside this trust domain's own.
+    let federation = if config.federates_with.is_empty() {
+        None
+    } else {
+        let fed = crate::federation::Federation::load(&config.data_dir, &config.federates_with)
+            .map_err(anyhow::Error::msg)
+            .context("--federates-with")?;
+        for rel in &config.federates_with {
+            background.push(tokio::spawn(crate::federation::follow(
+                fed.clone(),
+                rel.clone(),
+                store.clone(),
+                config.trust_domain.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        Some(fed)
+    };
+    let mut bundle_endpoint_addr = None;
+    if let Some(settings) = &config.bundle_endpoint {
+        let (endpoint, task) = crate::federation::endpoint::follow(
+            settings,
+            authority.clone(),
+            jwt_signer.clone(),
+            config.trust_domain.clone(),
+            &config.data_dir,
+            config.serving_dns_names.clone(),
+            config.serving_ip_addrs.clone(),
+            shutdown_rx.clone(),
+        )
+        .map_err(anyhow::Error::msg)
+        .context("the bundle endpoint")?;
+        tasks.push(task);
+        let listener = TcpListener::bind(settings.addr)
+            .await
+            .with_context(|| format!("binding --bundle-endpoint-addr {}", settings.addr))?;
+        bundle_endpoint_addr = Some(listener.local_addr()?);
+        tasks.push(tokio::spawn(crate::federation::endpoint::serve(
+            listener,
+            endpoint,
+            shutdown_rx.clone(),
+        )));
+    }
     let jwt_service = crate::jwt_svid::JwtService::new(
         jwt_signer,
         auth.clone(),
@@ -341,7 +389,8 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         config.max_workload_cert_ttl,
     )
     .with_authority(authority.clone())
-    .with_revocations(revocations.clone());
+    .with_revocations(revocations.clone())
+    .with_federation(federation.clone());
     let grpc = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .layer(ResourceExhaustedLayer)
@@ -472,6 +521,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         grpc_addr = %grpc_addr,
         monitoring_addr = %monitoring_addr,
         webhook_addr = webhook_addr.map(tracing::field::display),
+        bundle_endpoint_addr = bundle_endpoint_addr.map(tracing::field::display),
         admin_socket = %admin_socket.display(),
         root_cert = %root_cert_path.display(),
         trust_domain = %config.trust_domain,
@@ -481,6 +531,8 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         grpc_addr,
         monitoring_addr,
         webhook_addr,
+        bundle_endpoint_addr,
+        federation,
         admin_socket,
         root_cert_path,
         metrics,

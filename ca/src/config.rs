@@ -132,6 +132,29 @@ pub struct RunArgs {
     /// is activated (signs from then on) [default: 0.8333, SPIRE's 5/6].
     #[arg(long)]
     pub authority_activate_at: Option<f64>,
+    /// Serve this trust domain's SPIFFE bundle for federation on this address (HTTPS,
+    /// at `/`) [default: off].
+    #[arg(long)]
+    pub bundle_endpoint_addr: Option<SocketAddr>,
+    /// How the bundle endpoint authenticates: https_spiffe (an SVID of
+    /// spiffe://TD/warden/ca from this CA) or https_web (--bundle-endpoint-cert)
+    /// [default: https_spiffe].
+    #[arg(long)]
+    pub bundle_endpoint_profile: Option<String>,
+    /// https_web: the bundle endpoint's certificate chain (PEM).
+    #[arg(long)]
+    pub bundle_endpoint_cert: Option<PathBuf>,
+    /// https_web: the bundle endpoint's private key (PEM).
+    #[arg(long)]
+    pub bundle_endpoint_key: Option<PathBuf>,
+    /// `spiffe_refresh_hint` of the bundle served [default: 5m].
+    #[arg(long, value_parser = warden_proto::duration::parse_flag)]
+    #[serde(deserialize_with = "de::duration")]
+    pub bundle_refresh_hint: Option<Duration>,
+    /// YAML list of the trust domains to federate with and their bundle endpoints
+    /// (see the README's federation section).
+    #[arg(long)]
+    pub federates_with: Option<PathBuf>,
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<LogFormat>,
@@ -231,6 +254,10 @@ pub struct Config {
     pub ca_key_uri: Option<crate::pki::hsm::Pkcs11Uri>,
     /// Automatic root rotation; `None` when off.
     pub auto_rotation: Option<crate::rotation::AutoRotation>,
+    /// The bundle endpoint; `None` when off.
+    pub bundle_endpoint: Option<crate::federation::endpoint::EndpointSettings>,
+    /// The trust domains federated with.
+    pub federates_with: Vec<crate::federation::Relationship>,
     /// Log format.
     pub log_format: LogFormat,
     /// Kubernetes mode's settings; `None` when it is off.
@@ -490,7 +517,70 @@ impl Config {
                 crate::pki::hsm::Pkcs11Uri::parse(uri).map_err(|e| invalid("--ca-key-uri", e))?,
             ),
         };
+        let bundle_endpoint = match args.bundle_endpoint_addr {
+            None => {
+                for (set, flag) in [
+                    (
+                        args.bundle_endpoint_profile.is_some(),
+                        "--bundle-endpoint-profile",
+                    ),
+                    (
+                        args.bundle_endpoint_cert.is_some(),
+                        "--bundle-endpoint-cert",
+                    ),
+                    (args.bundle_endpoint_key.is_some(), "--bundle-endpoint-key"),
+                ] {
+                    if set {
+                        return Err(invalid(flag, "needs --bundle-endpoint-addr"));
+                    }
+                }
+                None
+            }
+            Some(addr) => {
+                let profile = match args.bundle_endpoint_profile.as_deref() {
+                    None => crate::federation::ProfileName::HttpsSpiffe,
+                    Some(p) => p
+                        .parse()
+                        .map_err(|e| invalid("--bundle-endpoint-profile", e))?,
+                };
+                let web_cert = match (args.bundle_endpoint_cert, args.bundle_endpoint_key) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    (Some(_), None) => {
+                        return Err(invalid(
+                            "--bundle-endpoint-key",
+                            "required with --bundle-endpoint-cert",
+                        ));
+                    }
+                    (None, Some(_)) => {
+                        return Err(invalid(
+                            "--bundle-endpoint-cert",
+                            "required with --bundle-endpoint-key",
+                        ));
+                    }
+                };
+                let refresh_hint = args
+                    .bundle_refresh_hint
+                    .unwrap_or(crate::federation::DEFAULT_REFRESH);
+                if refresh_hint < Duration::from_secs(1) {
+                    return Err(invalid("--bundle-refresh-hint", "expected at least 1s"));
+                }
+                Some(crate::federation::endpoint::EndpointSettings {
+                    addr,
+                    profile,
+                    web_cert,
+                    refresh_hint,
+                })
+            }
+        };
+        let federates_with = match &args.federates_with {
+            Some(file) => crate::federation::load_relationships(file, &trust_domain)
+                .map_err(|e| invalid("--federates-with", e))?,
+            None => Vec::new(),
+        };
         Ok(Config {
+            bundle_endpoint,
+            federates_with,
             ca_key_uri,
             root_ttl,
             auto_rotation,

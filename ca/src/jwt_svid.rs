@@ -10,7 +10,8 @@ use tonic::{Request, Response, Status};
 use warden_proto::SpiffeId;
 use warden_proto::warden_ca::jwt_svid_service_server::JwtSvidService;
 use warden_proto::warden_ca::{
-    GetJwtBundleRequest, GetJwtBundleResponse, MintJwtSvidRequest, MintJwtSvidResponse,
+    FederatedBundle, GetJwtBundleRequest, GetJwtBundleResponse, MintJwtSvidRequest,
+    MintJwtSvidResponse,
 };
 
 use crate::auth::request::{audit_denial, authenticate};
@@ -39,6 +40,8 @@ pub struct JwtService {
     authority: Option<crate::pki::AuthorityHandle>,
     /// The CRLs, which go with it too.
     revocations: Option<Arc<crate::revocation::Revocations>>,
+    /// The federated trust domains' bundles, which go with it too.
+    federation: Option<Arc<crate::federation::Federation>>,
     /// Bounds the open WatchJwtBundle streams.
     watchers: Arc<tokio::sync::Semaphore>,
 }
@@ -52,6 +55,7 @@ struct BundleSource {
     trust_domain: String,
     authority: Option<crate::pki::AuthorityHandle>,
     revocations: Option<Arc<crate::revocation::Revocations>>,
+    federation: Option<Arc<crate::federation::Federation>>,
 }
 
 impl BundleSource {
@@ -72,6 +76,20 @@ impl BundleSource {
                 .revocations
                 .as_ref()
                 .map(|r| r.crl_pem().to_string())
+                .unwrap_or_default(),
+            federated_bundles: self
+                .federation
+                .as_ref()
+                .map(|f| {
+                    f.bundles()
+                        .values()
+                        .map(|b| FederatedBundle {
+                            trust_domain: b.trust_domain.clone(),
+                            x509_roots_pem: b.roots_pem(),
+                            jwks_json: b.jwks_json(),
+                        })
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }
@@ -106,6 +124,7 @@ impl JwtService {
             max_ttl,
             authority: None,
             revocations: None,
+            federation: None,
             watchers: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
         }
     }
@@ -122,7 +141,18 @@ impl JwtService {
             trust_domain: self.trust_domain.clone(),
             authority: self.authority.clone(),
             revocations: self.revocations.clone(),
+            federation: self.federation.clone(),
         }
+    }
+
+    /// Answers GetJwtBundle with the federated trust domains' bundles too.
+    #[must_use]
+    pub fn with_federation(
+        mut self,
+        federation: Option<Arc<crate::federation::Federation>>,
+    ) -> Self {
+        self.federation = federation;
+        self
     }
 
     /// Answers GetJwtBundle with `revocations`' CRLs too.
@@ -318,6 +348,7 @@ impl JwtSvidService for JwtService {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let mut authority = self.authority.as_ref().map(|a| a.subscribe());
         let mut crls = self.revocations.as_ref().map(|r| r.subscribe());
+        let mut federated = self.federation.as_ref().map(|f| f.subscribe());
         let this = self.clone_for_watch();
         tokio::spawn(async move {
             let _permit = permit;
@@ -333,6 +364,7 @@ impl JwtSvidService for JwtService {
                 tokio::select! {
                     r = changed(&mut authority) => if r.is_err() { return },
                     r = changed(&mut crls) => if r.is_err() { return },
+                    r = changed(&mut federated) => if r.is_err() { return },
                     () = tx.closed() => {
                         tracing::debug!(caller = %caller.id, %peer, "bundle watch closed");
                         return;

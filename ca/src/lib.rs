@@ -4,7 +4,7 @@
 //! so istio-agent and ztunnel can use it in place of istiod's CA. The parts, by folder:
 //! [`config`] (flags and YAML), [`pki`] (roots, CSR checks, signing), [`auth`] (who is
 //! asking, node impersonation), [`store`] (SQLite/PostgreSQL, hash-chained audit log with
-//! group commit), [`certificate`] (CreateCertificate), [`jwt_svid`] (JWT-SVIDs), [`node_api`] (a node's entries for its agent), [`admin`] (the CLI's unix-socket API), [`checkpoint`] (signed audit checkpoints), [`kube`] (Kubernetes mode),
+//! group commit), [`certificate`] (CreateCertificate), [`jwt_svid`] (JWT-SVIDs), [`node_api`] (a node's entries for its agent), [`admin`] (the CLI's unix-socket API), [`checkpoint`] (signed audit checkpoints), [`federation`] (the bundle endpoint and foreign trust domains' bundles), [`kube`] (Kubernetes mode),
 //! [`monitoring`] (istiod-named metrics, health) and [`app`] (wiring; `build` returns the
 //! bound addresses).
 
@@ -14,6 +14,7 @@ pub mod auth;
 pub mod certificate;
 pub mod checkpoint;
 pub mod config;
+pub mod federation;
 pub mod jwt_svid;
 pub mod kube;
 pub mod limits;

@@ -740,6 +740,27 @@ impl Authority {
         dns_names: &[String],
         ips: &[IpAddr],
     ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
+        self.serving_cert_with(dns_names, ips, None)
+    }
+
+    /// The bundle endpoint's certificate under the https_spiffe profile: an X.509-SVID
+    /// of `id` (the CA's own, `spiffe://TD/warden/ca`) for server authentication, with
+    /// the DNS names and addresses too, so https_web-style clients can also use it.
+    pub fn endpoint_svid(
+        &self,
+        id: &warden_proto::SpiffeId,
+        dns_names: &[String],
+        ips: &[IpAddr],
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
+        self.serving_cert_with(dns_names, ips, Some(id.as_str()))
+    }
+
+    fn serving_cert_with(
+        &self,
+        dns_names: &[String],
+        ips: &[IpAddr],
+        uri: Option<&str>,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
         let key = KeyType::EcP256.generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -752,6 +773,11 @@ impl Authority {
             )?));
         }
         sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        if let Some(uri) = uri {
+            sans.push(SanType::URI(uri.try_into().map_err(|_| {
+                PkiError::Sign(format!("{uri:?} is not a URI SAN"))
+            })?));
+        }
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
