@@ -270,6 +270,14 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let parent = parse_td_id("parent-id", &r.parent_id, &self.trust_domain)?;
         let spiffe_id = parse_td_id("spiffe-id", &r.spiffe_id, &self.trust_domain)?;
+        // `/warden/...` names nodes and the CA itself (its bundle endpoint): an entry
+        // for one would hand a workload a node's powers, or let it answer for the CA to
+        // a federated trust domain (SPIRE reserves `/spire/` the same way).
+        if spiffe_id.path() == "/warden" || spiffe_id.path().starts_with("/warden/") {
+            return Err(Status::invalid_argument(format!(
+                "spiffe-id: {spiffe_id} is under /warden/, which is reserved for nodes and the CA; choose another path"
+            )));
+        }
         if r.selectors.is_empty() {
             return Err(Status::invalid_argument(
                 "an entry needs at least one selector (e.g. unix:uid:1000, socket:web)",

@@ -444,6 +444,26 @@ async fn trusted_node_account_impersonation(db: Db) {
         })
         .await
         .unwrap();
+    // `/warden/` is reserved: an entry there would hand a workload a node's identity
+    // (or the CA's own, which federated trust domains trust for its bundle endpoint).
+    for reserved in ["warden/node/node-a", "warden/ca", "warden"] {
+        let err = admin
+            .create_entry(CreateEntryRequest {
+                parent_id: ztunnel.clone(),
+                spiffe_id: format!("spiffe://{TD}/{reserved}"),
+                selectors: vec![Selector {
+                    r#type: "socket".into(),
+                    value: "web".into(),
+                }],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{reserved}: {err:?}");
+        assert!(
+            err.message().contains("reserved for nodes and the CA"),
+            "{err:?}"
+        );
+    }
     let mut client = ca.client(None).await;
     let zt_token = sa_token("istio-system", "ztunnel");
     // ztunnel's own request, as ztunnel sends it: its token, ImpersonatedIdentity, a
