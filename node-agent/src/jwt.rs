@@ -71,6 +71,22 @@ pub fn validate(
     Ok((id, data.claims))
 }
 
+/// The trust domain a token's `sub` claims, unverified: it only chooses which bundle
+/// [`validate`] checks the token with (which then requires the same trust domain).
+pub fn claimed_trust_domain(token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    if payload.len() > 64 * 1024 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let id = SpiffeId::parse_workload(claims.get("sub")?.as_str()?).ok()?;
+    Some(id.trust_domain().to_string())
+}
+
 fn to_value(v: serde_json::Value) -> prost_types::Value {
     use prost_types::value::Kind;
     let kind = match v {

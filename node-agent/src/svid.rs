@@ -2,6 +2,7 @@
 //! CA's answer parsed into what SDS, the Workload API and the rotation schedule need.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
@@ -95,6 +96,8 @@ pub struct Crls {
     pub der: Vec<Vec<u8>>,
     /// Serials (lowercase hex) of every certificate they revoke.
     pub serials: std::collections::BTreeSet<String>,
+    /// The issuer names (DER) of the CRLs.
+    pub issuers: std::collections::BTreeSet<Vec<u8>>,
 }
 
 impl Crls {
@@ -104,6 +107,7 @@ impl Crls {
         use x509_parser::revocation_list::CertificateRevocationList;
         let mut der = Vec::new();
         let mut serials = std::collections::BTreeSet::new();
+        let mut issuers = std::collections::BTreeSet::new();
         for crl in CertificateRevocationListDer::pem_slice_iter(pem.as_bytes()) {
             let crl = crl.map_err(|e| format!("a CRL is not PEM: {e}"))?;
             let (_, parsed) = CertificateRevocationList::from_der(&crl)
@@ -111,13 +115,26 @@ impl Crls {
             for r in parsed.iter_revoked_certificates() {
                 serials.insert(hex::encode(r.raw_serial()));
             }
+            issuers.insert(parsed.tbs_cert_list.issuer.as_raw().to_vec());
             der.push(crl.to_vec());
         }
         Ok(Self {
             pem: pem.to_string(),
             der,
             serials,
+            issuers,
         })
+    }
+
+    /// Whether every root of `bundle` has a CRL issued by it. A verifier that checks
+    /// the whole chain (Envoy's SPIFFE validator: CRL_CHECK_ALL) needs one from each
+    /// issuer it meets, and fails every chain without.
+    pub fn cover(&self, bundle: &Bundle) -> bool {
+        !self.der.is_empty()
+            && bundle.der.iter().all(|root| {
+                x509_parser::parse_x509_certificate(root)
+                    .is_ok_and(|(_, c)| self.issuers.contains(c.tbs_certificate.subject.as_raw()))
+            })
     }
 }
 
@@ -154,6 +171,18 @@ impl Bundle {
         self.der.concat()
     }
 }
+
+/// A federated trust domain's bundle, as the CA fetched it from its bundle endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedBundle {
+    /// Its X.509 roots (`trust_domain` is the foreign trust domain).
+    pub x509: Bundle,
+    /// Its JWT-SVID keys, a JWKS.
+    pub jwks_json: String,
+}
+
+/// The federated bundles, by trust domain.
+pub type FederatedBundles = std::collections::BTreeMap<String, Arc<FederatedBundle>>;
 
 /// An X.509-SVID with its key, as served to workloads.
 pub struct Svid {

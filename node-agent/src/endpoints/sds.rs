@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use envoy_types::pb::envoy::config::core::v3::DataSource;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, TypedExtensionConfig};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, Secret, TlsCertificate, secret,
+    CertificateValidationContext, Secret, SpiffeCertValidatorConfig, TlsCertificate, secret,
+    spiffe_cert_validator_config::TrustDomain,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -31,7 +32,7 @@ use super::caller::{CallerIds, any_changed, attest, identities_or_denied};
 use super::sds_state::{Decision, RequestView, StreamState};
 use crate::attestation::Caller;
 use crate::manager::{Manager, State};
-use crate::svid::{Bundle, Crls, Svid};
+use crate::svid::{Bundle, Crls, FederatedBundles, Svid};
 
 /// Type URL of SDS resources.
 pub const SECRET_TYPE_URL: &str =
@@ -64,14 +65,16 @@ fn inline(bytes: Vec<u8>) -> Option<DataSource> {
 #[derive(Debug, Clone)]
 enum Fingerprint {
     Svid(Arc<Svid>),
-    Bundle(Arc<Bundle>, Option<Arc<Crls>>),
+    Bundle(Arc<Bundle>, Option<Arc<Crls>>, Arc<FederatedBundles>),
 }
 
 impl PartialEq for Fingerprint {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Self::Svid(a), Self::Svid(b)) => Arc::ptr_eq(a, b),
-            (Self::Bundle(a, ca), Self::Bundle(b, cb)) => (Arc::ptr_eq(a, b) || a == b) && ca == cb,
+            (Self::Bundle(a, ca, fa), Self::Bundle(b, cb, fb)) => {
+                (Arc::ptr_eq(a, b) || a == b) && ca == cb && (Arc::ptr_eq(fa, fb) || fa == fb)
+            }
             _ => false,
         }
     }
@@ -84,7 +87,7 @@ fn fingerprint(state: &State, ids: &[SpiffeId], name: &str) -> Option<Fingerprin
         return state
             .bundle
             .clone()
-            .map(|b| Fingerprint::Bundle(b, state.crls.clone()));
+            .map(|b| Fingerprint::Bundle(b, state.crls.clone(), state.federated.clone()));
     }
     let id = if name == DEFAULT {
         ids.first()?
@@ -98,8 +101,9 @@ fn fingerprint(state: &State, ids: &[SpiffeId], name: &str) -> Option<Fingerprin
 fn resource(state: &State, ids: &[SpiffeId], name: &str) -> Option<(Secret, Fingerprint)> {
     let fp = fingerprint(state, ids, name)?;
     let r#type = match &fp {
-        Fingerprint::Bundle(b, crls) => {
+        Fingerprint::Bundle(b, crls, federated) => {
             secret::Type::ValidationContext(CertificateValidationContext {
+                custom_validator_config: spiffe_validator(b, crls.as_deref(), federated),
                 trusted_ca: inline(b.pem.clone().into_bytes()),
                 // The CA's CRLs, one per authority. Only the leaf's issuer is checked:
                 // with a plugged-in intermediate the CA has no CRL from the root above
@@ -123,6 +127,63 @@ fn resource(state: &State, ids: &[SpiffeId], name: &str) -> Option<(Secret, Fing
         r#type: Some(r#type),
     };
     Some((secret, fp))
+}
+
+/// Name of Envoy's SPIFFE certificate validator.
+pub const SPIFFE_VALIDATOR: &str = "envoy.tls.cert_validator.spiffe";
+
+/// With federated trust domains, Envoy's SPIFFE validator: it verifies a peer only
+/// against the roots of the trust domain in the peer's SPIFFE ID, so a federated root
+/// cannot vouch for an identity in this trust domain (concatenated roots in
+/// `trusted_ca`, Istio's way, would let it). `trusted_ca` stays for Envoys that do not
+/// take the validator; the validator wins where it is taken. The validator ignores
+/// `crl`; it checks CRLs found in a trust bundle, on every certificate of the chain,
+/// so the CA's CRLs go into this trust domain's bundle only when they cover every root
+/// (with a plugged-in intermediate they do not, and would fail every chain).
+fn spiffe_validator(
+    own: &Bundle,
+    crls: Option<&Crls>,
+    federated: &FederatedBundles,
+) -> Option<TypedExtensionConfig> {
+    if federated.is_empty() {
+        return None;
+    }
+    let mut own_pem = own.pem.clone();
+    if let Some(crls) = crls.filter(|c| c.cover(own)) {
+        if !own_pem.ends_with('\n') {
+            own_pem.push('\n');
+        }
+        own_pem.push_str(&crls.pem);
+    }
+    let mut trust_domains = vec![TrustDomain {
+        name: own.trust_domain.clone(),
+        trust_bundle: inline(own_pem.into_bytes()),
+        ..Default::default()
+    }];
+    trust_domains.extend(
+        federated
+            .iter()
+            .filter(|(td, _)| **td != own.trust_domain)
+            .map(|(td, b)| TrustDomain {
+                name: td.clone(),
+                trust_bundle: inline(b.x509.pem.clone().into_bytes()),
+                ..Default::default()
+            }),
+    );
+    let config = SpiffeCertValidatorConfig {
+        trust_domains,
+        ..Default::default()
+    };
+    Some(TypedExtensionConfig {
+        name: SPIFFE_VALIDATOR.to_string(),
+        typed_config: Some(Any {
+            type_url: format!(
+                "type.googleapis.com/{}",
+                <SpiffeCertValidatorConfig as prost::Name>::full_name()
+            ),
+            value: config.encode_to_vec(),
+        }),
+    })
 }
 
 fn is_known_name(name: &str) -> bool {
@@ -492,5 +553,63 @@ mod tests {
         let other = TestCa::new();
         s2.bundle = Some(Arc::new(other.svid(WEB).bundle.clone()));
         assert_ne!(fingerprint(&s2, &ids, ROOTCA), f_root);
+    }
+
+    #[test]
+    fn federated_bundles_add_the_spiffe_validator() {
+        let ca = TestCa::new();
+        let mut s = state(&ca);
+        let ids = [SpiffeId::parse(WEB).unwrap()];
+        let f_before = fingerprint(&s, &ids, ROOTCA);
+        let (root, _) = resource(&s, &ids, ROOTCA).unwrap();
+        let Some(secret::Type::ValidationContext(v)) = root.r#type else {
+            panic!("ROOTCA is not a validation_context")
+        };
+        assert!(
+            v.custom_validator_config.is_none(),
+            "no federation, no validator"
+        );
+
+        let partner = TestCa::new();
+        let mut x509 = partner.svid("spiffe://partner.example/ns/x/sa/y").bundle;
+        x509.trust_domain = "partner.example".into();
+        let mut fed = FederatedBundles::new();
+        fed.insert(
+            "partner.example".into(),
+            Arc::new(crate::svid::FederatedBundle {
+                x509,
+                jwks_json: r#"{"keys":[]}"#.into(),
+            }),
+        );
+        s.federated = Arc::new(fed);
+        assert_ne!(
+            fingerprint(&s, &ids, ROOTCA),
+            f_before,
+            "federation changes ROOTCA"
+        );
+        let (root, _) = resource(&s, &ids, ROOTCA).unwrap();
+        let Some(secret::Type::ValidationContext(v)) = root.r#type else {
+            panic!("ROOTCA is not a validation_context")
+        };
+        let custom = v.custom_validator_config.expect("SPIFFE validator");
+        assert_eq!(custom.name, SPIFFE_VALIDATOR);
+        let any = custom.typed_config.unwrap();
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig"
+        );
+        let config = SpiffeCertValidatorConfig::decode(any.value.as_slice()).unwrap();
+        let names: Vec<_> = config
+            .trust_domains
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["cluster.local", "partner.example"]);
+        let pem_of = |t: &TrustDomain| match t.trust_bundle.clone().and_then(|d| d.specifier) {
+            Some(Specifier::InlineBytes(b)) => String::from_utf8(b).unwrap(),
+            other => panic!("not inline bytes: {other:?}"),
+        };
+        assert_eq!(pem_of(&config.trust_domains[0]), ca.pem());
+        assert_eq!(pem_of(&config.trust_domains[1]), partner.pem());
     }
 }

@@ -130,7 +130,7 @@ fn x509_response(state: &State, ids: &[SpiffeId]) -> Option<X509svidResponse> {
     Some(X509svidResponse {
         svids,
         crl: crls_der(state),
-        ..Default::default()
+        federated_bundles: federated_x509(state),
     })
 }
 
@@ -143,19 +143,45 @@ fn crls_der(state: &State) -> Vec<Vec<u8>> {
         .unwrap_or_default()
 }
 
+/// The federated trust domains' X.509 roots, keyed `spiffe://TD` as the Workload API
+/// says (DER, concatenated).
+fn federated_x509(state: &State) -> HashMap<String, Vec<u8>> {
+    state
+        .federated
+        .values()
+        .map(|f| {
+            (
+                format!("spiffe://{}", f.x509.trust_domain),
+                f.x509.der_concat(),
+            )
+        })
+        .collect()
+}
+
 fn x509_bundles(state: &State, _ids: &[SpiffeId]) -> Option<X509BundlesResponse> {
     let b = state.bundle.as_ref()?;
+    let mut bundles = federated_x509(state);
+    bundles.insert(format!("spiffe://{}", b.trust_domain), b.der_concat());
     Some(X509BundlesResponse {
         crl: crls_der(state),
-        bundles: HashMap::from([(format!("spiffe://{}", b.trust_domain), b.der_concat())]),
+        bundles,
     })
 }
 
 fn jwt_bundles(state: &State, _ids: &[SpiffeId]) -> Option<JwtBundlesResponse> {
     let b = state.jwt_bundle.as_ref()?;
-    Some(JwtBundlesResponse {
-        bundles: HashMap::from([(format!("spiffe://{}", b.0), b.1.clone().into_bytes())]),
-    })
+    let mut bundles: HashMap<String, Vec<u8>> = state
+        .federated
+        .values()
+        .map(|f| {
+            (
+                format!("spiffe://{}", f.x509.trust_domain),
+                f.jwks_json.clone().into_bytes(),
+            )
+        })
+        .collect();
+    bundles.insert(format!("spiffe://{}", b.0), b.1.clone().into_bytes());
+    Some(JwtBundlesResponse { bundles })
 }
 
 #[tonic::async_trait]
@@ -249,7 +275,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 "the JWT bundle has not been fetched from the CA yet",
             ));
         };
-        let (id, claims) = crate::jwt::validate(&req.svid, &req.audience, &bundle.0, &bundle.1)
+        // A token of a federated trust domain is checked with that trust domain's keys
+        // (its `sub` only chooses the bundle; the signature decides), as SPIRE does.
+        let (td, jwks) = match crate::jwt::claimed_trust_domain(&req.svid)
+            .and_then(|td| state.federated.get(&td).cloned())
+        {
+            Some(f) => (f.x509.trust_domain.clone(), f.jwks_json.clone()),
+            None => (bundle.0.clone(), bundle.1.clone()),
+        };
+        let (id, claims) = crate::jwt::validate(&req.svid, &req.audience, &td, &jwks)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(ValidateJwtsvidResponse {
             spiffe_id: id.to_string(),

@@ -35,7 +35,7 @@ use crate::kube::PodAttestor;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::rotation::RotationPolicy;
-use crate::svid::{Bundle, Crls, NodeKey, Svid};
+use crate::svid::{Bundle, Crls, FederatedBundle, FederatedBundles, NodeKey, Svid};
 
 /// Most JWT-SVIDs kept; past it, expired ones are dropped, then the cache is cleared
 /// (workloads choose audiences, so the key space is theirs).
@@ -75,6 +75,8 @@ pub struct State {
     pub jwt_bundle: Option<Arc<(String, String)>>,
     /// The CA's CRLs, once it has published any.
     pub crls: Option<Arc<Crls>>,
+    /// The bundles of the trust domains the CA federates with.
+    pub federated: Arc<FederatedBundles>,
     /// Workload mode: the identity the token proves, once known.
     pub own_id: Option<SpiffeId>,
 }
@@ -673,6 +675,7 @@ impl Manager {
     /// Applies the CA's bundle answer: X.509 roots, tainted authorities, CRLs, JWKS.
     fn apply_bundle(&self, resp: GetJwtBundleResponse) {
         self.apply_x509_bundle(&resp.trust_domain, &resp.x509_roots_pem);
+        self.apply_federated(&resp.trust_domain, &resp.federated_bundles);
         let authorities: BTreeSet<String> = resp
             .tainted_authorities
             .iter()
@@ -757,6 +760,49 @@ impl Manager {
             }
         }
         Some(serials)
+    }
+
+    /// The federated trust domains' bundles: pushed on the Workload API
+    /// (`federated_bundles`, the bundle streams) and in SDS `ROOTCA`. A bundle that does
+    /// not parse keeps the one held for its trust domain; a trust domain the CA no
+    /// longer sends is dropped.
+    fn apply_federated(&self, own_td: &str, sent: &[warden_proto::warden_ca::FederatedBundle]) {
+        let held = self.state.borrow().federated.clone();
+        let mut next = FederatedBundles::new();
+        for f in sent {
+            let td = f.trust_domain.to_ascii_lowercase();
+            if td == own_td || SpiffeId::parse(&format!("spiffe://{td}")).is_err() {
+                tracing::warn!(trust_domain = %f.trust_domain, "ignoring a federated bundle for an unusable trust domain name");
+                continue;
+            }
+            let parsed = Bundle::from_pem(&td, &f.x509_roots_pem).and_then(|x509| {
+                serde_json::from_str::<serde_json::Value>(&f.jwks_json)
+                    .map_err(|e| format!("its JWKS: {e}"))?;
+                Ok(FederatedBundle {
+                    x509,
+                    jwks_json: f.jwks_json.clone(),
+                })
+            });
+            match parsed {
+                Ok(b) => {
+                    let b = match held.get(&td) {
+                        Some(h) if **h == b => h.clone(),
+                        _ => Arc::new(b),
+                    };
+                    next.insert(td, b);
+                }
+                Err(e) => {
+                    tracing::warn!(trust_domain = %td, error = %e, "a federated bundle does not parse; keeping the one held");
+                    if let Some(h) = held.get(&td) {
+                        next.insert(td, h.clone());
+                    }
+                }
+            }
+        }
+        if *held != next {
+            tracing::info!(trust_domains = ?next.keys().collect::<Vec<_>>(), "federated bundles changed; pushing them");
+            self.update(|s| s.federated = Arc::new(next));
+        }
     }
 
     /// The X.509 trust bundle the CA published (empty from a CA that does not send
