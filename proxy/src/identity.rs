@@ -119,6 +119,14 @@ pub enum IdentityError {
         /// Why.
         reason: String,
     },
+    /// A trust domain of the SPIFFE validator is unusable.
+    #[error("SPIFFE validator trust domain {name:?}: {reason}")]
+    BadTrustDomain {
+        /// The trust domain as given.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A bundle certificate cannot be a trust anchor.
     #[error("trust bundle certificate #{index} is not a usable trust anchor: {reason}")]
     BadRoot {
@@ -231,6 +239,15 @@ pub struct TrustBundle {
     crls: Vec<webpki::CertRevocationList<'static>>,
     /// Serials (lowercase hex) the CRLs revoke: open connections from these peers close.
     revoked: std::collections::HashSet<String>,
+    /// With Envoy's SPIFFE validator (federation): the roots of each trust domain. A
+    /// peer is then verified only against its own trust domain's roots.
+    domains: Option<std::collections::BTreeMap<String, DomainRoots>>,
+}
+
+/// One trust domain's roots, for the SPIFFE validator.
+struct DomainRoots {
+    roots: Vec<CertificateDer<'static>>,
+    anchors: Vec<TrustAnchor<'static>>,
 }
 
 impl fmt::Debug for TrustBundle {
@@ -238,13 +255,26 @@ impl fmt::Debug for TrustBundle {
         f.debug_struct("TrustBundle")
             .field("roots", &self.roots.len())
             .field("crls", &self.crls.len())
+            .field(
+                "trust_domains",
+                &self.domains.as_ref().map(|d| d.keys().collect::<Vec<_>>()),
+            )
             .finish()
     }
 }
 
 impl PartialEq for TrustBundle {
     fn eq(&self, other: &Self) -> bool {
-        self.roots == other.roots && self.crl_ders == other.crl_ders
+        let domain_roots = |b: &Self| {
+            b.domains.as_ref().map(|d| {
+                d.iter()
+                    .map(|(td, r)| (td.clone(), r.roots.clone()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        self.roots == other.roots
+            && self.crl_ders == other.crl_ders
+            && domain_roots(self) == domain_roots(other)
     }
 }
 
@@ -259,28 +289,57 @@ impl TrustBundle {
 
     /// Checks DER roots.
     pub fn from_der(roots: Vec<CertificateDer<'static>>) -> Result<Self, IdentityError> {
-        if roots.is_empty() {
-            return Err(IdentityError::EmptyBundle);
-        }
-        let anchors = roots
-            .iter()
-            .enumerate()
-            .map(|(index, der)| {
-                webpki::anchor_from_trusted_cert(der)
-                    .map(|a| a.to_owned())
-                    .map_err(|e| IdentityError::BadRoot {
-                        index,
-                        reason: format!("{e:?}"),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let anchors = anchors_of(&roots)?;
         Ok(Self {
             roots,
             anchors,
             crl_ders: Vec::new(),
             crls: Vec::new(),
             revoked: std::collections::HashSet::new(),
+            domains: None,
         })
+    }
+
+    /// Verifies peers per trust domain, as Envoy's SPIFFE validator does: a peer whose
+    /// SPIFFE ID is in trust domain T must chain to one of `T`'s roots (PEM, each),
+    /// and a peer of a trust domain not listed is refused. Every trust domain needs a
+    /// root; a name must be a bare trust domain (no `spiffe://`).
+    pub fn with_trust_domains(
+        mut self,
+        domains: Vec<(String, Vec<u8>)>,
+    ) -> Result<Self, IdentityError> {
+        let mut map = std::collections::BTreeMap::new();
+        for (name, pem) in domains {
+            let bad = |reason: String| IdentityError::BadTrustDomain {
+                name: name.clone(),
+                reason,
+            };
+            if warden_proto::SpiffeId::parse(&format!("spiffe://{name}/x"))
+                .map_or(true, |id| id.trust_domain() != name)
+            {
+                return Err(bad(
+                    "not a trust domain name (expected e.g. example.org, without spiffe://)".into(),
+                ));
+            }
+            let roots = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(format!("trust_bundle is not valid PEM: {e}")))?;
+            let anchors = anchors_of(&roots).map_err(|e| bad(e.to_string()))?;
+            if map
+                .insert(name.clone(), DomainRoots { roots, anchors })
+                .is_some()
+            {
+                return Err(bad("listed twice".into()));
+            }
+        }
+        if map.is_empty() {
+            return Err(IdentityError::BadTrustDomain {
+                name: String::new(),
+                reason: "the SPIFFE validator lists no trust domain".into(),
+            });
+        }
+        self.domains = Some(map);
+        Ok(self)
     }
 
     /// Adds the CA's CRLs (concatenated PEM `X509 CRL` blocks); every one must parse.
@@ -331,6 +390,40 @@ impl TrustBundle {
     pub(crate) fn anchors(&self) -> &[TrustAnchor<'static>] {
         &self.anchors
     }
+
+    /// Whether peers are verified per trust domain (SPIFFE validator).
+    pub fn per_trust_domain(&self) -> bool {
+        self.domains.is_some()
+    }
+
+    /// The trust anchors for a peer in `trust_domain`: its own roots with the SPIFFE
+    /// validator (none for an unknown trust domain), every root otherwise.
+    pub(crate) fn anchors_for(&self, trust_domain: &str) -> Option<&[TrustAnchor<'static>]> {
+        match &self.domains {
+            None => Some(&self.anchors),
+            Some(d) => d.get(trust_domain).map(|r| r.anchors.as_slice()),
+        }
+    }
+}
+
+fn anchors_of(
+    roots: &[CertificateDer<'static>],
+) -> Result<Vec<TrustAnchor<'static>>, IdentityError> {
+    if roots.is_empty() {
+        return Err(IdentityError::EmptyBundle);
+    }
+    roots
+        .iter()
+        .enumerate()
+        .map(|(index, der)| {
+            webpki::anchor_from_trusted_cert(der)
+                .map(|a| a.to_owned())
+                .map_err(|e| IdentityError::BadRoot {
+                    index,
+                    reason: format!("{e:?}"),
+                })
+        })
+        .collect()
 }
 
 /// Both halves together: what a TLS handshake needs. Cheap to rebuild when either half

@@ -21,8 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
-use envoy_types::pb::envoy::config::core::v3::{DataSource, Node, node};
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+use envoy_types::pb::envoy::config::core::v3::{DataSource, Node, TypedExtensionConfig, node};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    Secret, SpiffeCertValidatorConfig, secret,
+};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
@@ -178,6 +180,14 @@ pub enum SdsError {
         /// What it is instead.
         kind: &'static str,
     },
+    /// The validation context asks for a validator this proxy does not run.
+    #[error("secret {name:?}: {why}")]
+    Validator {
+        /// The secret.
+        name: String,
+        /// What is wrong.
+        why: String,
+    },
     /// The material is unusable.
     #[error("secret {name:?}: {error}")]
     Unusable {
@@ -275,6 +285,18 @@ fn decode(
                 name: name.to_string(),
                 error,
             })?;
+            // Federation: Envoy's SPIFFE validator, roots per trust domain. Any other
+            // validator is refused: this proxy could not honour it (fail closed).
+            if let Some(custom) = &vc.custom_validator_config {
+                let domains = spiffe_validator(name, custom)?;
+                bundle =
+                    bundle
+                        .with_trust_domains(domains)
+                        .map_err(|error| SdsError::Unusable {
+                            name: name.to_string(),
+                            error,
+                        })?;
+            }
             // The CA's CRLs ride with the roots, as Envoy takes them.
             if vc.crl.is_some() {
                 let crl = inline(name, "crl", vc.crl.as_ref())?;
@@ -294,6 +316,54 @@ fn decode(
         }
     }
     Ok(update)
+}
+
+/// Type URL of Envoy's SPIFFE validator configuration.
+const SPIFFE_VALIDATOR_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig";
+
+/// The trust domains and their roots (PEM) of a `custom_validator_config`, which must
+/// be Envoy's SPIFFE validator with inline `trust_domains`.
+fn spiffe_validator(
+    name: &str,
+    custom: &TypedExtensionConfig,
+) -> Result<Vec<(String, Vec<u8>)>, SdsError> {
+    let unsupported = |why: String| SdsError::Validator {
+        name: name.to_string(),
+        why,
+    };
+    let any = custom
+        .typed_config
+        .as_ref()
+        .ok_or_else(|| unsupported("custom_validator_config has no typed_config".into()))?;
+    if custom.name != "envoy.tls.cert_validator.spiffe" || any.type_url != SPIFFE_VALIDATOR_TYPE_URL
+    {
+        return Err(unsupported(format!(
+            "custom_validator_config {:?} ({}) is not Envoy's SPIFFE validator, the only one this proxy supports",
+            custom.name, any.type_url
+        )));
+    }
+    let config = SpiffeCertValidatorConfig::decode(any.value.as_slice())
+        .map_err(|e| unsupported(format!("SPIFFECertValidatorConfig does not decode: {e}")))?;
+    if config.trust_bundles.is_some() {
+        return Err(unsupported(
+            "SPIFFECertValidatorConfig.trust_bundles (a bundle map) is not supported; list trust_domains".into(),
+        ));
+    }
+    config
+        .trust_domains
+        .iter()
+        .map(|td| {
+            if !td.workload_trust_domain.is_empty() {
+                return Err(unsupported(format!(
+                    "trust domain {:?} sets workload_trust_domain, which this proxy does not support",
+                    td.name
+                )));
+            }
+            let pem = inline(name, "SPIFFE validator trust_bundle", td.trust_bundle.as_ref())?;
+            Ok((td.name.clone(), pem.to_vec()))
+        })
+        .collect()
 }
 
 fn truncate(mut message: String) -> String {

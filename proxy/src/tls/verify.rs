@@ -87,6 +87,9 @@ pub enum VerifyError {
     /// The CA revoked the peer's certificate (it is in the CA's CRL).
     #[error("the peer's certificate is revoked (listed in the CA's CRL)")]
     Revoked,
+    /// The SPIFFE validator has no roots for the peer's trust domain.
+    #[error("the peer is in trust domain {0:?}, which this proxy does not trust (not federated)")]
+    UntrustedDomain(String),
     /// A CA certificate was presented as the leaf.
     #[error("the peer presented a CA certificate as its leaf")]
     CaAsLeaf,
@@ -178,6 +181,20 @@ pub fn verify_svid(
 ) -> Result<SpiffeId, VerifyError> {
     let ee = webpki::EndEntityCert::try_from(end_entity)
         .map_err(|e| VerifyError::NotSvid(LeafError::Unparsable(format!("{e:?}"))))?;
+    // With the SPIFFE validator the peer's trust domain picks the roots, so a federated
+    // CA cannot vouch for an identity in another trust domain.
+    let anchors = if bundle.per_trust_domain() {
+        let leaf = check_leaf(end_entity).map_err(|e| match e {
+            LeafError::IsCa => VerifyError::CaAsLeaf,
+            other => VerifyError::NotSvid(other),
+        })?;
+        let td = leaf.spiffe_id.trust_domain();
+        bundle
+            .anchors_for(td)
+            .ok_or_else(|| VerifyError::UntrustedDomain(td.to_string()))?
+    } else {
+        bundle.anchors()
+    };
     // The CA's CRLs: the leaf's issuer's CRL is consulted; a chain whose issuer has
     // none (another trust domain) is not refused for that, as Envoy with
     // `only_verify_leaf_cert_crl`. Expired CRLs still count: the CA re-signs them each
@@ -193,7 +210,7 @@ pub fn verify_svid(
         });
     ee.verify_for_usage(
         PROVIDER.signature_verification_algorithms.all,
-        bundle.anchors(),
+        anchors,
         intermediates,
         now,
         usage,
@@ -616,5 +633,61 @@ mod tests {
         let wrapped: rustls::Error = e.clone().into();
         assert_eq!(VerifyError::from_rustls(&wrapped), Some(&e));
         assert!(wrapped.to_string().contains(WEB), "{wrapped}");
+    }
+
+    #[test]
+    fn the_spiffe_validator_verifies_each_peer_against_its_own_trust_domain() {
+        let ours = TestCa::new();
+        let partner = TestCa::new();
+        let legacy = TrustBundle::from_der(vec![ours.root_der(), partner.root_der()]).unwrap();
+        let per_td = TrustBundle::from_der(vec![ours.root_der(), partner.root_der()])
+            .unwrap()
+            .with_trust_domains(vec![
+                ("cluster.local".into(), ours.pem().into_bytes()),
+                ("partner.example".into(), partner.pem().into_bytes()),
+            ])
+            .unwrap();
+        let check = |bundle: &TrustBundle, ca: &TestCa, id: &str| {
+            let (chain, _) = ca.leaf_der(id);
+            verify_svid(
+                &chain[0],
+                &chain[1..],
+                bundle,
+                UnixTime::now(),
+                webpki::KeyUsage::client_auth(),
+            )
+        };
+        let partner_id = "spiffe://partner.example/ns/x/sa/y";
+        assert_eq!(
+            check(&per_td, &partner, partner_id).unwrap().as_str(),
+            partner_id
+        );
+        assert_eq!(check(&per_td, &ours, WEB).unwrap().as_str(), WEB);
+        // The partner's CA naming one of our identities: concatenated roots take it,
+        // the SPIFFE validator does not.
+        assert!(check(&legacy, &partner, WEB).is_ok());
+        assert_eq!(
+            check(&per_td, &partner, WEB).unwrap_err(),
+            VerifyError::UnknownIssuer
+        );
+        // A trust domain no one federates with.
+        assert_eq!(
+            check(&per_td, &ours, "spiffe://elsewhere.example/ns/a/sa/b").unwrap_err(),
+            VerifyError::UntrustedDomain("elsewhere.example".into())
+        );
+        // Bad validator configurations are refused, naming the trust domain.
+        let bad = |domains: Vec<(String, Vec<u8>)>| {
+            TrustBundle::from_der(vec![ours.root_der()])
+                .unwrap()
+                .with_trust_domains(domains)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            bad(vec![("spiffe://a.example".into(), ours.pem().into_bytes())])
+                .contains("spiffe://a.example")
+        );
+        assert!(bad(vec![("a.example".into(), Vec::new())]).contains("\"a.example\""));
+        assert!(bad(vec![]).contains("no trust domain"));
     }
 }
