@@ -38,6 +38,11 @@ def run(a):
         with open(os.path.join(a.out, "bundle.pem"), "wb") as f:
             f.write(b"".join(c.public_bytes(Encoding.PEM) for c in bundle.x509_authorities))
 
+        # Every trust domain's roots (ours and the federated ones), one PEM file each.
+        for b in bundles.bundles:
+            with open(os.path.join(a.out, "bundle-%s.pem" % b.trust_domain), "wb") as f:
+                f.write(b"".join(c.public_bytes(Encoding.PEM) for c in b.x509_authorities))
+
         jwt = client.fetch_jwt_svid({a.audience})
         jwt_bundles = client.fetch_jwt_bundles()
         jwt_bundle = jwt_bundles.get_bundle_for_trust_domain(jwt.spiffe_id.trust_domain)
@@ -61,6 +66,9 @@ def run(a):
             "claims": claims(jwt.token),
         },
         "jwt_key_ids": sorted(jwt_bundle.jwt_authorities.keys()),
+        "jwt_key_ids_by_trust_domain": {
+            str(b.trust_domain): sorted(b.jwt_authorities.keys()) for b in jwt_bundles.bundles
+        },
         "jwt_other_audience_refused": other_refused,
         "jwt_validated_by_agent": str(by_agent.spiffe_id),
     }

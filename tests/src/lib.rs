@@ -100,6 +100,8 @@ pub struct CaProcess {
     pub monitoring_addr: String,
     /// The admission webhook's address (Kubernetes mode only).
     pub webhook_addr: Option<String>,
+    /// The SPIFFE bundle endpoint's address (with `--bundle-endpoint-addr`).
+    pub bundle_endpoint_addr: Option<String>,
     pub log: mpsc::Receiver<String>,
 }
 
@@ -145,6 +147,7 @@ impl CaProcess {
             grpc_addr: v["grpc_addr"].as_str().unwrap().to_string(),
             monitoring_addr: v["monitoring_addr"].as_str().unwrap().to_string(),
             webhook_addr: v["webhook_addr"].as_str().map(String::from),
+            bundle_endpoint_addr: v["bundle_endpoint_addr"].as_str().map(String::from),
             log,
         }
     }
@@ -159,9 +162,14 @@ impl CaProcess {
             .to_string()
     }
 
-    /// Registers `spiffe_id` for node `node` with `selectors`; returns the entry ID.
+    /// Registers `spiffe_id` for node `node` (in `spiffe_id`'s trust domain) with
+    /// `selectors`; returns the entry ID.
     pub fn entry(&self, node: &str, spiffe_id: &str, selectors: &[&str]) -> String {
-        let parent = format!("spiffe://cluster.local/warden/node/{node}");
+        let td = spiffe_id
+            .strip_prefix("spiffe://")
+            .and_then(|r| r.split('/').next())
+            .unwrap_or("cluster.local");
+        let parent = format!("spiffe://{td}/warden/node/{node}");
         let mut args = vec![
             "entry",
             "create",
