@@ -252,3 +252,179 @@ pub async fn fetch(
     SpiffeBundle::parse(&rel.trust_domain, &body)
         .map_err(|e| FetchError::Refused(format!("{}: {e}", rel.url)))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use warden_common::testing::TestCa;
+
+    use super::*;
+
+    const TD: &str = "partner.example";
+    const ENDPOINT: &str = "spiffe://partner.example/warden/ca";
+
+    /// A one-connection HTTPS server presenting `id`'s leaf from `ca`, answering any
+    /// request with `status` and `body`; its address.
+    async fn server(ca: &TestCa, id: &str, status: u16, body: Vec<u8>) -> std::net::SocketAddr {
+        serve_leaf(ca.leaf_der(id), status, body).await
+    }
+
+    async fn serve_leaf(
+        (chain, key): (
+            Vec<CertificateDer<'static>>,
+            rustls_pki_types::PrivateKeyDer<'static>,
+        ),
+        status: u16,
+        body: Vec<u8>,
+    ) -> std::net::SocketAddr {
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(mut tls) = tokio_rustls::TlsAcceptor::from(Arc::new(config))
+                .accept(tcp)
+                .await
+            else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = tls.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: application/json\r\n\r\n",
+                body.len()
+            );
+            let _ = tls.write_all(head.as_bytes()).await;
+            let _ = tls.write_all(&body).await;
+            let _ = tls.shutdown().await;
+        });
+        addr
+    }
+
+    fn relationship(addr: std::net::SocketAddr) -> Relationship {
+        Relationship {
+            trust_domain: TD.into(),
+            url: format!("https://{addr}/").parse().unwrap(),
+            profile: Profile::HttpsSpiffe {
+                endpoint_id: SpiffeId::parse(ENDPOINT).unwrap(),
+            },
+            initial: None,
+        }
+    }
+
+    fn held(ca: &TestCa) -> SpiffeBundle {
+        SpiffeBundle {
+            trust_domain: TD.into(),
+            x509_roots: vec![ca.root_der()],
+            jwt_keys: vec![],
+            sequence: Some(1),
+            refresh_hint: None,
+        }
+    }
+
+    fn document(ca: &TestCa) -> Vec<u8> {
+        let mut b = held(ca);
+        b.sequence = Some(2);
+        b.to_json().unwrap().into_bytes()
+    }
+
+    fn unreachable(r: Result<SpiffeBundle, FetchError>) -> String {
+        match r {
+            Err(FetchError::Unreachable(m)) => m,
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn https_spiffe_takes_the_endpoint_of_the_held_bundle_with_the_exact_id() {
+        let partner = TestCa::new();
+        let addr = server(&partner, ENDPOINT, 200, document(&partner)).await;
+        let got = fetch(&relationship(addr), Some(&held(&partner)))
+            .await
+            .unwrap();
+        assert_eq!(got.sequence, Some(2));
+        assert_eq!(got.x509_roots, vec![partner.root_der()]);
+    }
+
+    #[tokio::test]
+    async fn https_spiffe_refuses_an_impostor() {
+        let partner = TestCa::new();
+        // Any workload of the partner trust domain: right CA, wrong SPIFFE ID.
+        let workload = "spiffe://partner.example/ns/default/sa/web";
+        let addr = server(&partner, workload, 200, document(&partner)).await;
+        let m = unreachable(fetch(&relationship(addr), Some(&held(&partner))).await);
+        assert!(
+            m.contains(&format!(
+                "presented {workload}, not the configured endpoint-spiffe-id"
+            )),
+            "{m}"
+        );
+        // Another CA naming the endpoint ID.
+        let other = TestCa::new();
+        let addr = server(&other, ENDPOINT, 200, document(&other)).await;
+        let m = unreachable(fetch(&relationship(addr), Some(&held(&partner))).await);
+        assert!(
+            m.contains("does not chain to the bundle held for partner.example"),
+            "{m}"
+        );
+        // With no bundle held there is nothing to authenticate with.
+        let m = unreachable(fetch(&relationship(addr), None).await);
+        assert!(m.contains("give bundle-file"), "{m}");
+    }
+
+    #[tokio::test]
+    async fn errors_answers_and_oversized_documents_are_not_taken() {
+        let partner = TestCa::new();
+        let addr = server(&partner, ENDPOINT, 503, b"busy".to_vec()).await;
+        let m = unreachable(fetch(&relationship(addr), Some(&held(&partner))).await);
+        assert!(m.contains("answered HTTP 503"), "{m}");
+
+        let huge = vec![b' '; MAX_DOCUMENT_BYTES + 1];
+        let addr = server(&partner, ENDPOINT, 200, huge).await;
+        match fetch(&relationship(addr), Some(&held(&partner))).await {
+            Err(FetchError::Refused(m)) => assert!(m.contains("larger than"), "{m}"),
+            other => panic!("expected Refused, got {other:?}"),
+        }
+
+        // A document for another trust domain's keys is refused, not taken.
+        let addr = server(&partner, ENDPOINT, 200, b"{\"keys\": []}".to_vec()).await;
+        assert!(matches!(
+            fetch(&relationship(addr), Some(&held(&partner))).await,
+            Err(FetchError::Refused(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn https_web_checks_the_host_name() {
+        let web = TestCa::new();
+        // The leaf names no DNS host and no IP: Web PKI refuses it for 127.0.0.1.
+        let addr = server(&web, ENDPOINT, 200, document(&web)).await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(web.root_der()).unwrap();
+        let rel = Relationship {
+            profile: Profile::HttpsWeb {
+                roots: Arc::new(roots),
+            },
+            ..relationship(addr)
+        };
+        let m = unreachable(fetch(&rel, None).await);
+        assert!(m.contains("TLS"), "{m}");
+        // A certificate for the address is taken; no bundle needs to be held.
+        let leaf = web.leaf_der_with(ENDPOINT, |p| {
+            p.subject_alt_names
+                .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        });
+        let addr = serve_leaf(leaf, 200, document(&web)).await;
+        let rel = Relationship {
+            url: format!("https://{addr}/").parse().unwrap(),
+            ..rel
+        };
+        assert_eq!(fetch(&rel, None).await.unwrap().sequence, Some(2));
+    }
+}
