@@ -513,6 +513,7 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
         store.clone(),
         ready.clone(),
         Some(revocations.subscribe()),
+        federation.clone(),
         shutdown_rx,
     )));
 

@@ -211,6 +211,7 @@ pub async fn serve(
     store: crate::store::Store,
     ready: Ready,
     crl: Option<watch::Receiver<std::sync::Arc<String>>>,
+    federation: Option<std::sync::Arc<crate::federation::Federation>>,
     shutdown: watch::Receiver<bool>,
 ) {
     use warden_common::monitoring::PROMETHEUS;
@@ -231,6 +232,19 @@ pub async fn serve(
                 rx.borrow().as_str().to_string(),
             ),
             None => (StatusCode::NOT_FOUND, "text/plain", "no CRLs\n".into()),
+        },
+        // Each federated trust domain: endpoint, last success, last error, what is held.
+        "/federation" => match &federation {
+            Some(f) => (
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&f.status()).unwrap_or_default() + "\n",
+            ),
+            None => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "no federation (--federates-with)\n".into(),
+            ),
         },
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };

@@ -127,6 +127,17 @@ async fn two_trust_domains_federate_over_bundle_endpoints() {
     );
     // The bundle is kept in A's data dir, for restarts.
     assert!(a.data_dir.join("federation/b.example.json").is_file());
+    // Operators see each relationship on the monitoring port.
+    let status = curl(&[&format!("http://{}/federation", a.monitoring_addr)]).json();
+    let b_status = &status["b.example"];
+    assert_eq!(
+        b_status["url"],
+        format!("https://{b_endpoint}/"),
+        "{status}"
+    );
+    assert!(b_status["last_success"].is_i64(), "{status}");
+    assert_eq!(b_status["x509_roots"], 1, "{status}");
+    assert!(b_status["jwt_keys"].as_u64().unwrap() >= 1, "{status}");
 
     // An agent of A, and a workload of A.
     let uid = format!("unix:uid:{}", my_uid());
