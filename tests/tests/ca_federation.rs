@@ -178,6 +178,58 @@ async fn two_trust_domains_federate_over_bundle_endpoints() {
     let jwt = client.fetch_jwt_bundles().await.unwrap();
     assert!(jwt.get(&b_td).is_some(), "B's JWT keys are served");
 
+    // A JWT-SVID of B's workload z (from B's own agent) is taken in A: by the `spiffe`
+    // crate with the JWT bundles A's agent serves, and by A's agent (ValidateJWTSVID).
+    let z = "spiffe://b.example/ns/default/sa/z";
+    b.entry("node-b", z, &[&uid]);
+    let agent_b = AgentProcess::start_node(
+        &b,
+        &tmp.path().join("agent-b"),
+        "node-b",
+        &["--trust-domain", "b.example"],
+    );
+    let client_b = WorkloadApiClient::connect_to(format!("unix:{}", agent_b.socket.display()))
+        .await
+        .unwrap();
+    let token = eventually_async("a JWT-SVID from B's agent", Duration::from_secs(20), || {
+        client_b.fetch_jwt_svid(["a-service"], None)
+    })
+    .await;
+    let local = spiffe::JwtSvid::parse_and_validate(token.token(), &jwt, &["a-service"]).unwrap();
+    assert_eq!(local.spiffe_id().to_string(), z);
+    let by_agent = client
+        .validate_jwt_token("a-service", token.token())
+        .await
+        .unwrap();
+    assert_eq!(by_agent.spiffe_id().to_string(), z);
+    assert!(
+        client
+            .validate_jwt_token("other", token.token())
+            .await
+            .is_err()
+    );
+    // B's token with its subject moved into A's trust domain: A's keys do not verify it.
+    let forged = {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let parts: Vec<&str> = token.token().split('.').collect();
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+        claims["sub"] = x.into();
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            b64.encode(serde_json::to_vec(&claims).unwrap()),
+            parts[2]
+        )
+    };
+    let err = client
+        .validate_jwt_token("a-service", &forged)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("kid"), "{err:?}");
+    drop(agent_b);
+
     // FetchX509SVID carries B's bundle in federated_bundles, keyed by its SPIFFE ID.
     let channel = warden_common::uds::channel(&agent.socket).await.unwrap();
     let mut raw = SpiffeWorkloadApiClient::new(channel);
