@@ -337,22 +337,22 @@ pub async fn build(config: Config) -> anyhow::Result<Bound> {
     tasks.push(tokio::spawn(revocations.clone().run(shutdown_rx.clone())));
     // Federation: the bundles of the trust domains this one federates with, each kept
     // fresh from its bundle endpoint, handed to agents beside this trust domain's own.
-    let federation = if config.federates_with.is_empty() {
-        None
-    } else {
-        let fed = crate::federation::Federation::load(&config.data_dir, &config.federates_with)
-            .map_err(anyhow::Error::msg)
-            .context("--federates-with")?;
-        for rel in &config.federates_with {
-            background.push(tokio::spawn(crate::federation::follow(
+    let federation = match &config.federates_with_file {
+        None => None,
+        Some(file) => {
+            let fed = crate::federation::Federation::load(&config.data_dir, &config.federates_with)
+                .map_err(anyhow::Error::msg)
+                .context("--federates-with")?;
+            background.push(tokio::spawn(crate::federation::run(
                 fed.clone(),
-                rel.clone(),
+                file.clone(),
+                config.federates_with.clone(),
                 store.clone(),
                 config.trust_domain.clone(),
                 shutdown_rx.clone(),
             )));
+            Some(fed)
         }
-        Some(fed)
     };
     let mut bundle_endpoint_addr = None;
     if let Some(settings) = &config.bundle_endpoint {

@@ -258,6 +258,8 @@ pub struct Config {
     pub bundle_endpoint: Option<crate::federation::endpoint::EndpointSettings>,
     /// The trust domains federated with.
     pub federates_with: Vec<crate::federation::Relationship>,
+    /// `--federates-with`, followed while the CA runs.
+    pub federates_with_file: Option<PathBuf>,
     /// Log format.
     pub log_format: LogFormat,
     /// Kubernetes mode's settings; `None` when it is off.
@@ -581,6 +583,7 @@ impl Config {
         Ok(Config {
             bundle_endpoint,
             federates_with,
+            federates_with_file: args.federates_with.clone(),
             ca_key_uri,
             root_ttl,
             auto_rotation,

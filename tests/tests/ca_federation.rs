@@ -286,7 +286,73 @@ async fn two_trust_domains_federate_over_bundle_endpoints() {
     )
     .await;
     assert_eq!(audited(&a, "b.example"), ["updated", "updated"]);
+
+    // The relationships follow the file. A broken edit is refused whole and audited;
+    // B's bundle stays.
+    let good = std::fs::read_to_string(&fed).unwrap();
+    std::fs::write(&fed, good.replace("https_spiffe", "https_spife")).unwrap();
+    eventually(
+        "the broken --federates-with to be refused",
+        Duration::from_secs(20),
+        || relationship_events(&a).iter().any(|(o, _)| o == "refused"),
+    );
+    let refusal = ok(a.warden(&["audit", "list", "--json"]));
+    assert!(
+        refusal.contains("https_spife"),
+        "the refusal names the bad value"
+    );
+    assert!(
+        client
+            .fetch_x509_bundles()
+            .await
+            .unwrap()
+            .get(&b_td)
+            .is_some()
+    );
+    // Removing B: its bundle leaves A's workloads.
+    std::fs::write(&fed, "[]\n").unwrap();
+    eventually_async(
+        "B's bundle to leave A's workloads",
+        Duration::from_secs(20),
+        || async {
+            let set = client.fetch_x509_bundles().await.ok()?;
+            set.get(&b_td).is_none().then_some(())
+        },
+    )
+    .await;
+    assert!(!a.data_dir.join("federation/b.example.json").exists());
+    // And back: fetched again from its endpoint.
+    std::fs::write(&fed, &good).unwrap();
+    eventually_async(
+        "B's bundle to come back",
+        Duration::from_secs(20),
+        || async {
+            let set = client.fetch_x509_bundles().await.ok()?;
+            (set.get(&b_td)?.authorities().len() == 2).then_some(())
+        },
+    )
+    .await;
+    let events: Vec<String> = relationship_events(&a)
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
+    assert_eq!(events, ["refused", "removed", "added"]);
     ok(a.warden(&["audit", "verify"]));
+}
+
+/// `federation.relationship` audit rows: outcome and identity, oldest first.
+fn relationship_events(ca: &CaProcess) -> Vec<(String, String)> {
+    ok(ca.warden(&["audit", "list", "--json"]))
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "federation.relationship")
+        .map(|v| {
+            (
+                v["outcome"].as_str().unwrap().to_string(),
+                v["identity"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// A workload of `partner.example` behind a real Envoy calls a Warden-proxied app in

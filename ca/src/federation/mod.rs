@@ -19,6 +19,12 @@
 //! `<data-dir>/federation/<trust-domain>.json` so a restart starts from the last one,
 //! and audited (`federation.bundle`: `updated`, `refused`) when it changes or is refused.
 //! A bundle whose `spiffe_sequence` is lower than the one held is refused as a rollback.
+//!
+//! The file is followed while the CA runs (read every 2 s): a relationship added,
+//! changed or removed takes effect without a restart and is audited
+//! (`federation.relationship`); a file that does not check is refused whole, audited,
+//! and the relationships in use stay. A removed trust domain's bundle leaves every
+//! agent's bundles at once.
 
 pub mod bundle;
 pub mod endpoint;
@@ -118,6 +124,25 @@ pub struct Relationship {
     pub profile: Profile,
     /// The bundle to start from, when nothing was fetched before.
     pub initial: Option<SpiffeBundle>,
+}
+
+impl Relationship {
+    /// Whether `other` fetches the same way (the first bundle aside: it only matters
+    /// until something was fetched).
+    fn fetches_like(&self, other: &Self) -> bool {
+        self.trust_domain == other.trust_domain
+            && self.url == other.url
+            && match (&self.profile, &other.profile) {
+                (
+                    Profile::HttpsSpiffe { endpoint_id: a },
+                    Profile::HttpsSpiffe { endpoint_id: b },
+                ) => a == b,
+                (Profile::HttpsWeb { roots: a }, Profile::HttpsWeb { roots: b }) => {
+                    a.roots == b.roots
+                }
+                _ => false,
+            }
+    }
 }
 
 fn invalid(file: &Path, index: usize, message: impl std::fmt::Display) -> String {
@@ -340,29 +365,11 @@ impl Federation {
         let mut bundles = BTreeMap::new();
         let mut status = BTreeMap::new();
         for rel in relationships {
-            let path = dir.join(format!("{}.json", rel.trust_domain));
-            let stored = match std::fs::read(&path) {
-                Ok(bytes) => Some(SpiffeBundle::parse(&rel.trust_domain, &bytes).map_err(|e| {
-                    format!(
-                        "{}: {e} (delete it to start from bundle-file)",
-                        path.display()
-                    )
-                })?),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(format!("{}: {e}", path.display())),
-            };
-            let held = stored.or_else(|| rel.initial.clone());
-            let mut st = RelationshipStatus {
-                url: rel.url.to_string(),
-                ..Default::default()
-            };
+            let held = held_bundle(&dir, rel)?;
+            status.insert(rel.trust_domain.clone(), status_of(rel, held.as_ref()));
             if let Some(b) = held {
-                st.sequence = b.sequence;
-                st.x509_roots = b.x509_roots.len();
-                st.jwt_keys = b.jwt_keys.len();
                 bundles.insert(rel.trust_domain.clone(), Arc::new(b));
             }
-            status.insert(rel.trust_domain.clone(), st);
         }
         let (bundles, _) = watch::channel(Arc::new(bundles));
         Ok(Arc::new(Self {
@@ -370,6 +377,49 @@ impl Federation {
             bundles,
             status: Mutex::new(status),
         }))
+    }
+
+    /// Starts holding `rel` (a relationship added while running): its stored bundle,
+    /// else its first one. Checked before anything changes.
+    fn held_for(&self, rel: &Relationship) -> Result<Option<SpiffeBundle>, String> {
+        held_bundle(&self.dir, rel)
+    }
+
+    /// Holds `rel` from now on, starting from `held` unless a bundle is already held.
+    fn add(&self, rel: &Relationship, held: Option<SpiffeBundle>) {
+        let current = self.bundle(&rel.trust_domain);
+        if let Ok(mut s) = self.status.lock() {
+            let mut st = status_of(rel, current.as_deref().or(held.as_ref()));
+            if let Some(old) = s.get(&rel.trust_domain) {
+                st.last_success = old.last_success;
+            }
+            s.insert(rel.trust_domain.clone(), st);
+        }
+        if current.is_none()
+            && let Some(b) = held
+        {
+            let b = Arc::new(b);
+            self.bundles.send_modify(|m| {
+                Arc::make_mut(m).insert(rel.trust_domain.clone(), b.clone());
+            });
+        }
+    }
+
+    /// Stops trusting `trust_domain`: its bundle leaves the set (and agents), its
+    /// stored copy is deleted.
+    fn remove(&self, trust_domain: &str) {
+        {
+            let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            s.remove(trust_domain);
+            self.bundles
+                .send_if_modified(|m| Arc::make_mut(m).remove(trust_domain).is_some());
+        }
+        let path = self.dir.join(format!("{trust_domain}.json"));
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot delete a removed trust domain's stored bundle");
+        }
     }
 
     /// The bundles now.
@@ -404,6 +454,15 @@ impl Federation {
     /// stored and published when its keys changed. Returns whether they changed.
     fn accept(&self, fetched: SpiffeBundle) -> Result<bool, String> {
         let td = fetched.trust_domain.clone();
+        // All under the status lock, so a relationship removed meanwhile stays removed
+        // (nothing published, nothing stored).
+        let mut status = self
+            .status
+            .lock()
+            .map_err(|_| "the federation state is poisoned".to_string())?;
+        let Some(st) = status.get_mut(&td) else {
+            return Ok(false);
+        };
         let current = self.bundle(&td);
         if let (Some(cur), Some(new)) =
             (current.as_ref().and_then(|c| c.sequence), fetched.sequence)
@@ -414,25 +473,195 @@ impl Federation {
             ));
         }
         let changed = current.as_ref().is_none_or(|c| !c.same_keys(&fetched));
-        let same_doc = current.as_deref() == Some(&fetched);
-        if !same_doc {
+        if current.as_deref() != Some(&fetched) {
             std::fs::create_dir_all(&self.dir)
                 .map_err(|e| format!("{}: {e}", self.dir.display()))?;
             let path = self.dir.join(format!("{td}.json"));
             let doc = fetched.to_json()?;
             warden_common::files::write_atomic(&path, doc.as_bytes(), 0o644)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
+            st.sequence = fetched.sequence;
+            st.x509_roots = fetched.x509_roots.len();
+            st.jwt_keys = fetched.jwt_keys.len();
             let fetched = Arc::new(fetched);
             self.bundles.send_modify(|b| {
-                Arc::make_mut(b).insert(td.clone(), fetched.clone());
-            });
-            self.set_status(&td, |st| {
-                st.sequence = fetched.sequence;
-                st.x509_roots = fetched.x509_roots.len();
-                st.jwt_keys = fetched.jwt_keys.len();
+                Arc::make_mut(b).insert(td.clone(), fetched);
             });
         }
         Ok(changed)
+    }
+}
+
+/// The bundle to hold for `rel`: the one stored under `dir`, else its first one.
+fn held_bundle(dir: &Path, rel: &Relationship) -> Result<Option<SpiffeBundle>, String> {
+    let path = dir.join(format!("{}.json", rel.trust_domain));
+    let stored = match std::fs::read(&path) {
+        Ok(bytes) => Some(SpiffeBundle::parse(&rel.trust_domain, &bytes).map_err(|e| {
+            format!(
+                "{}: {e} (delete it to start from bundle-file)",
+                path.display()
+            )
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    Ok(stored.or_else(|| rel.initial.clone()))
+}
+
+fn status_of(rel: &Relationship, held: Option<&SpiffeBundle>) -> RelationshipStatus {
+    RelationshipStatus {
+        url: rel.url.to_string(),
+        sequence: held.and_then(|b| b.sequence),
+        x509_roots: held.map_or(0, |b| b.x509_roots.len()),
+        jwt_keys: held.map_or(0, |b| b.jwt_keys.len()),
+        ..Default::default()
+    }
+}
+
+/// How often `--federates-with` is read for changes.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Runs the relationships of `file` (starting with `initial`, read at start): one
+/// [`follow`] task each, re-read every [`RELOAD_INTERVAL`]; changes are applied whole
+/// or not at all, and audited.
+pub async fn run(
+    federation: Arc<Federation>,
+    file: PathBuf,
+    initial: Vec<Relationship>,
+    store: Store,
+    own_trust_domain: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let child_shutdown = shutdown.clone();
+    let spawn = |rel: Relationship| {
+        tokio::spawn(follow(
+            federation.clone(),
+            rel,
+            store.clone(),
+            own_trust_domain.clone(),
+            child_shutdown.clone(),
+        ))
+    };
+    let mut running: BTreeMap<String, (Relationship, tokio::task::JoinHandle<()>)> = initial
+        .into_iter()
+        .map(|rel| (rel.trust_domain.clone(), (rel.clone(), spawn(rel))))
+        .collect();
+    let mut last_bytes = std::fs::read(&file).ok();
+    let mut last_refusal: Option<String> = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(RELOAD_INTERVAL) => {}
+            _ = shutdown.changed() => break,
+        }
+        let bytes = std::fs::read(&file).ok();
+        if bytes == last_bytes {
+            continue;
+        }
+        let checked = load_relationships(&file, &own_trust_domain).and_then(|rels| {
+            // Everything an added relationship needs is read before anything changes.
+            rels.into_iter()
+                .map(|rel| {
+                    let held = if running.contains_key(&rel.trust_domain) {
+                        None
+                    } else {
+                        federation.held_for(&rel)?
+                    };
+                    Ok((rel, held))
+                })
+                .collect::<Result<Vec<_>, String>>()
+        });
+        let rels = match checked {
+            Ok(rels) => rels,
+            Err(e) => {
+                // Not taken: a half-written file may be finished by the next read.
+                if last_refusal.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(file = %file.display(), error = %e, "--federates-with changed but does not check; keeping the relationships in use");
+                    audit_relationship(
+                        &store,
+                        &own_trust_domain,
+                        "",
+                        "refused",
+                        serde_json::json!({"error": e, "file": file.display().to_string()}),
+                    )
+                    .await;
+                    last_refusal = Some(e);
+                }
+                continue;
+            }
+        };
+        last_bytes = bytes;
+        last_refusal = None;
+        let wanted: std::collections::BTreeSet<String> =
+            rels.iter().map(|(r, _)| r.trust_domain.clone()).collect();
+        let gone: Vec<String> = running
+            .keys()
+            .filter(|td| !wanted.contains(*td))
+            .cloned()
+            .collect();
+        for td in gone {
+            if let Some((rel, task)) = running.remove(&td) {
+                task.abort();
+                federation.remove(&td);
+                tracing::info!(trust_domain = %td, "federation with this trust domain removed");
+                audit_relationship(
+                    &store,
+                    &own_trust_domain,
+                    &td,
+                    "removed",
+                    serde_json::json!({"url": rel.url.to_string()}),
+                )
+                .await;
+            }
+        }
+        for (rel, held) in rels {
+            let td = rel.trust_domain.clone();
+            let outcome = match running.get(&td) {
+                Some((old, _)) if old.fetches_like(&rel) => continue,
+                Some(_) => "changed",
+                None => "added",
+            };
+            if let Some((_, task)) = running.remove(&td) {
+                task.abort();
+            }
+            federation.add(&rel, held);
+            tracing::info!(trust_domain = %td, url = %rel.url, outcome, "federation relationship");
+            audit_relationship(
+                &store,
+                &own_trust_domain,
+                &td,
+                outcome,
+                serde_json::json!({"url": rel.url.to_string()}),
+            )
+            .await;
+            running.insert(td, (rel.clone(), spawn(rel)));
+        }
+    }
+    for (_, (_, task)) in running {
+        task.abort();
+    }
+}
+
+async fn audit_relationship(
+    store: &Store,
+    own_td: &str,
+    trust_domain: &str,
+    outcome: &'static str,
+    detail: serde_json::Value,
+) {
+    let event = AuditEvent {
+        event: "federation.relationship",
+        outcome,
+        identity: if trust_domain.is_empty() {
+            String::new()
+        } else {
+            format!("spiffe://{trust_domain}")
+        },
+        requester: format!("spiffe://{own_td}"),
+        peer_addr: String::new(),
+        detail,
+    };
+    if let Err(e) = store.audit(event).await {
+        tracing::error!(error = %e, "cannot audit the federation relationship change");
     }
 }
 
@@ -673,7 +902,18 @@ mod tests {
             b.sequence = Some(seq);
             b
         };
-        // Unknown relationships still take bundles through `accept` (status is skipped).
+        let rel = Relationship {
+            trust_domain: "a.example".into(),
+            url: "https://h:1/".parse().unwrap(),
+            profile: Profile::HttpsSpiffe {
+                endpoint_id: SpiffeId::parse("spiffe://a.example/warden/ca").unwrap(),
+            },
+            initial: None,
+        };
+        // A trust domain no relationship names takes nothing.
+        assert!(!fed.accept(mk(5)).unwrap());
+        assert!(fed.bundle("a.example").is_none());
+        fed.add(&rel, None);
         assert!(fed.accept(mk(5)).unwrap());
         let err = fed.accept(mk(4)).unwrap_err();
         assert!(err.contains("lower than the 5 held"), "{err}");
@@ -690,6 +930,13 @@ mod tests {
             SpiffeBundle::parse("a.example", &stored).unwrap().sequence,
             Some(6)
         );
+        // Removed: out of the set, the stored copy gone, a late fetch dropped.
+        fed.remove("a.example");
+        assert!(fed.bundle("a.example").is_none());
+        assert!(!dir.path().join("federation/a.example.json").exists());
+        assert!(!fed.accept(mk(7)).unwrap());
+        assert!(fed.bundle("a.example").is_none());
+        assert!(fed.status().is_empty());
     }
 
     fn read_bundle_file_from_pem(td: &str, pem: &str) -> SpiffeBundle {
