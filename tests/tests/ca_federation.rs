@@ -276,6 +276,7 @@ async fn two_trust_domains_federate_over_bundle_endpoints() {
     // B prepares a new root: its bundle grows, A refreshes (hint 1 s), the workload
     // sees both of B's roots.
     ok(b.warden(&["ca", "authority", "prepare"]));
+    let prepared = std::time::Instant::now();
     eventually_async(
         "B's prepared root to reach A's workloads",
         Duration::from_secs(30),
@@ -285,6 +286,10 @@ async fn two_trust_domains_federate_over_bundle_endpoints() {
         },
     )
     .await;
+    eprintln!(
+        "federation: B's prepared root reached A's workload {:?} after the command (refresh hint 1 s)",
+        prepared.elapsed()
+    );
     assert_eq!(audited(&a, "b.example"), ["updated", "updated"]);
 
     // The relationships follow the file. A broken edit is refused whole and audited;

@@ -683,57 +683,49 @@ pub async fn follow(
     let mut failures = 0u32;
     let mut last_refusal: Option<String> = None;
     loop {
-        let result = fetch::fetch(&rel, federation.bundle(&td).as_deref()).await;
-        let wait = match result {
-            Ok(fetched) => {
-                let hint = fetched.refresh_hint;
-                let (roots, keys, seq) = (
+        // A bundle the endpoint served but that cannot be taken (a rollback) is
+        // refused like one that does not parse.
+        let result = fetch::fetch(&rel, federation.bundle(&td).as_deref())
+            .await
+            .and_then(|fetched| {
+                let seen = (
+                    fetched.refresh_hint,
                     fetched.x509_roots.len(),
                     fetched.jwt_keys.len(),
                     fetched.sequence,
                 );
-                match federation.accept(fetched) {
-                    Ok(changed) => {
-                        if failures > 0 {
-                            tracing::info!(trust_domain = %td, "the federated bundle endpoint answers again");
-                        }
-                        failures = 0;
-                        last_refusal = None;
-                        federation.set_status(&td, |st| {
-                            st.last_success = Some(unix_now());
-                            st.last_error = None;
-                        });
-                        if changed {
-                            tracing::info!(trust_domain = %td, roots, jwt_keys = keys, sequence = ?seq, "federated bundle updated");
-                            audit(
-                                &store,
-                                &own_trust_domain,
-                                &rel,
-                                "updated",
-                                serde_json::json!({
-                                    "x509_roots": roots,
-                                    "jwt_keys": keys,
-                                    "sequence": seq,
-                                }),
-                            )
-                            .await;
-                        }
-                        refresh_after(hint)
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        refused(
-                            &federation,
-                            &store,
-                            &own_trust_domain,
-                            &rel,
-                            &mut last_refusal,
-                            e,
-                        )
-                        .await;
-                        retry_after(failures)
-                    }
+                federation
+                    .accept(fetched)
+                    .map(|changed| (changed, seen))
+                    .map_err(fetch::FetchError::Refused)
+            });
+        let wait = match result {
+            Ok((changed, (hint, roots, keys, seq))) => {
+                if failures > 0 {
+                    tracing::info!(trust_domain = %td, "the federated bundle endpoint answers again");
                 }
+                failures = 0;
+                last_refusal = None;
+                federation.set_status(&td, |st| {
+                    st.last_success = Some(unix_now());
+                    st.last_error = None;
+                });
+                if changed {
+                    tracing::info!(trust_domain = %td, roots, jwt_keys = keys, sequence = ?seq, "federated bundle updated");
+                    audit(
+                        &store,
+                        &own_trust_domain,
+                        &rel,
+                        "updated",
+                        serde_json::json!({
+                            "x509_roots": roots,
+                            "jwt_keys": keys,
+                            "sequence": seq,
+                        }),
+                    )
+                    .await;
+                }
+                refresh_after(hint)
             }
             Err(fetch::FetchError::Refused(e)) => {
                 failures += 1;
