@@ -8,6 +8,7 @@ mod authority;
 mod authz;
 mod ca;
 mod cert;
+mod route;
 mod validate;
 
 use std::path::PathBuf;
@@ -51,6 +52,10 @@ enum Command {
     Authz(authz::AuthzCmd),
     /// Check Istio security policies as Istio's validation webhook would, offline.
     Validate(validate::ValidateArgs),
+    /// Decide offline what a client sidecar does with a request (VirtualService,
+    /// DestinationRule).
+    #[command(subcommand)]
+    Route(route::RouteCmd),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +66,9 @@ fn main() -> ExitCode {
     }
     if let Command::Validate(args) = cli.command {
         return validate::run(args);
+    }
+    if let Command::Route(cmd) = cli.command {
+        return route::run(cmd);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -80,7 +88,7 @@ fn main() -> ExitCode {
             Command::Cert(cmd) => cert::run(&cli.admin_socket, cmd).await,
             Command::Ca(cmd) => ca::run(&cli.admin_socket, cmd).await,
             // Handled above, before the runtime starts.
-            Command::Authz(_) | Command::Validate(_) => Ok(ExitCode::SUCCESS),
+            Command::Authz(_) | Command::Validate(_) | Command::Route(_) => Ok(ExitCode::SUCCESS),
         }
     });
     match result {

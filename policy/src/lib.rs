@@ -30,5 +30,6 @@ pub mod normalize;
 pub mod peer_authn;
 pub mod request_authn;
 pub mod resources;
+pub mod route;
 pub mod validate;
 pub mod yaml_lines;
