@@ -187,8 +187,12 @@ pub struct RouteTable {
     virtual_services: Vec<CompiledVs>,
     by_name: HashMap<(String, String), usize>,
     destination_rules: Vec<CompiledDr>,
+    /// VirtualService hosts to indexes in `virtual_services` (sidecar ones only).
+    vs_hosts: HostIndex,
+    /// DestinationRule hosts, per namespace, to indexes in `destination_rules`.
+    dr_hosts: HashMap<String, HostIndex>,
     /// Hosts ServiceEntries declare.
-    service_entry_hosts: Vec<(String, Vec<String>)>,
+    se_hosts: HostIndex,
     /// Namespaces any resource lives in (`reviews.foo` names a service only when `foo`
     /// is a namespace).
     namespaces: std::collections::BTreeSet<String>,
@@ -306,17 +310,52 @@ fn fqdn(name: &str, namespace: &str, domain: &str) -> String {
     }
 }
 
-/// Whether VirtualService host `pattern` covers `host`, and how specifically: exact
-/// beats every wildcard, a longer wildcard suffix beats a shorter one.
-fn host_match(pattern: &str, host: &str) -> Option<usize> {
-    if pattern == host {
-        return Some(usize::MAX);
+/// Hosts (exact, `*.suffix` wildcards, `*`) to the items that name them, so a lookup
+/// costs the labels of the host, not the number of items.
+#[derive(Debug, Clone, Default)]
+struct HostIndex {
+    exact: HashMap<String, Vec<usize>>,
+    /// By the suffix after `*` (`.example.com`).
+    suffix: HashMap<String, Vec<usize>>,
+    any: Vec<usize>,
+}
+
+impl HostIndex {
+    fn insert(&mut self, pattern: &str, item: usize) {
+        let list = if pattern == "*" {
+            &mut self.any
+        } else if let Some(suffix) = pattern.strip_prefix('*') {
+            self.suffix.entry(suffix.to_string()).or_default()
+        } else {
+            self.exact.entry(pattern.to_string()).or_default()
+        };
+        if list.last() != Some(&item) {
+            list.push(item);
+        }
     }
-    if pattern == "*" {
-        return Some(0);
+
+    /// Items whose pattern covers `host`, with how specifically: exact beats every
+    /// wildcard, a longer wildcard suffix beats a shorter one, `*` comes last.
+    fn lookup(&self, host: &str) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        if let Some(items) = self.exact.get(host) {
+            out.extend(items.iter().map(|&i| (usize::MAX, i)));
+        }
+        let mut rest = host;
+        while let Some(dot) = rest.find('.') {
+            let suffix = &rest[dot..];
+            if let Some(items) = self.suffix.get(suffix) {
+                out.extend(items.iter().map(|&i| (suffix.len(), i)));
+            }
+            rest = &rest[dot + 1..];
+        }
+        out.extend(self.any.iter().map(|&i| (0, i)));
+        out
     }
-    let suffix = pattern.strip_prefix('*')?;
-    host.ends_with(suffix).then_some(suffix.len())
+
+    fn has_exact(&self, host: &str) -> bool {
+        self.exact.contains_key(host)
+    }
 }
 
 /// `host` without `:port`, lowercase.
@@ -365,21 +404,28 @@ impl RouteTable {
             .enumerate()
             .map(|(i, v)| ((v.namespace.clone(), v.name.clone()), i))
             .collect();
-        let service_entry_hosts = set
-            .service_entries
-            .iter()
-            .map(|se| {
-                let ns = se.resource.namespace().to_string();
-                let hosts = se
-                    .resource
-                    .spec
-                    .hosts
-                    .iter()
-                    .map(|h| fqdn(h, &ns, &options.domain))
-                    .collect();
-                (ns, hosts)
-            })
-            .collect();
+        let mut vs_hosts = HostIndex::default();
+        for (i, vs) in vss.iter().enumerate() {
+            if vs.mesh {
+                for h in &vs.hosts {
+                    vs_hosts.insert(h, i);
+                }
+            }
+        }
+        let mut dr_hosts: HashMap<String, HostIndex> = HashMap::new();
+        for (i, dr) in drs.iter().enumerate() {
+            dr_hosts
+                .entry(dr.namespace.clone())
+                .or_default()
+                .insert(&dr.host, i);
+        }
+        let mut se_hosts = HostIndex::default();
+        for (i, se) in set.service_entries.iter().enumerate() {
+            let ns = se.resource.namespace();
+            for h in &se.resource.spec.hosts {
+                se_hosts.insert(&fqdn(h, ns, &options.domain), i);
+            }
+        }
         let mut namespaces: std::collections::BTreeSet<String> = vss
             .iter()
             .map(|v| v.namespace.clone())
@@ -416,7 +462,9 @@ impl RouteTable {
             virtual_services: vss,
             by_name,
             destination_rules: drs,
-            service_entry_hosts,
+            vs_hosts,
+            dr_hosts,
+            se_hosts,
         })
     }
 
@@ -430,15 +478,7 @@ impl RouteTable {
         if h.parse::<std::net::IpAddr>().is_ok() {
             return h;
         }
-        let known = |c: &str| {
-            self.service_entry_hosts
-                .iter()
-                .any(|(_, hs)| hs.iter().any(|p| host_match(p, c).is_some()))
-                || self
-                    .virtual_services
-                    .iter()
-                    .any(|v| v.hosts.iter().any(|p| p == c))
-        };
+        let known = |c: &str| !self.se_hosts.lookup(c).is_empty() || self.vs_hosts.has_exact(c);
         if known(&h) {
             return h;
         }
@@ -461,10 +501,7 @@ impl RouteTable {
     /// or a VirtualService host.
     fn is_known(&self, fqdn: &str) -> bool {
         fqdn.ends_with(&format!(".svc.{}", self.options.domain))
-            || self
-                .service_entry_hosts
-                .iter()
-                .any(|(_, hs)| hs.iter().any(|p| host_match(p, fqdn).is_some()))
+            || !self.se_hosts.lookup(fqdn).is_empty()
     }
 
     /// The VirtualService a client sidecar in `client_ns` uses for `host`, as Istio's
@@ -473,28 +510,28 @@ impl RouteTable {
     /// private to the client's namespace first, then those exported to it by name, then
     /// public ones, each group oldest first. Only one VirtualService is used per host.
     fn virtual_service_for(&self, host: &str, client_ns: &str) -> Option<&CompiledVs> {
-        let mut best: Option<((usize, std::cmp::Reverse<u8>), &CompiledVs)> = None;
-        for vs in &self.virtual_services {
-            if !vs.mesh || vs.hosts.is_empty() {
-                continue;
-            }
+        use std::cmp::Reverse;
+        let mut best: Option<(usize, Reverse<u8>, Reverse<usize>)> = None;
+        for (score, i) in self.vs_hosts.lookup(host) {
+            let vs = &self.virtual_services[i];
             let Some(group) = export_group(&vs.export_to, &vs.namespace, client_ns) else {
                 continue;
             };
-            let Some(score) = vs.hosts.iter().filter_map(|p| host_match(p, host)).max() else {
-                continue;
-            };
-            let key = (score, std::cmp::Reverse(group));
-            if best.as_ref().is_none_or(|(k, _)| key > *k) {
-                best = Some((key, vs));
+            let key = (score, Reverse(group), Reverse(i));
+            if best.is_none_or(|b| key > b) {
+                best = Some(key);
             }
         }
-        best.map(|(_, v)| v)
+        best.map(|(_, _, Reverse(i))| &self.virtual_services[i])
     }
 
     /// The DestinationRule for `host` seen from `client_ns`: the client's namespace
     /// first, then the service's, then the root namespace; the most specific host.
-    fn destination_rule_for(&self, host: &str, client_ns: &str) -> Option<CompiledDr> {
+    fn destination_rule_for(
+        &self,
+        host: &str,
+        client_ns: &str,
+    ) -> Option<std::borrow::Cow<'_, CompiledDr>> {
         let service_ns = host
             .strip_suffix(&format!(".svc.{}", self.options.domain))
             .and_then(|r| r.rsplit_once('.'))
@@ -506,11 +543,14 @@ impl RouteTable {
         order.push(self.options.root_namespace.clone());
         for ns in order {
             let mut best: Option<(usize, &CompiledDr)> = None;
-            for dr in self.destination_rules.iter().filter(|d| d.namespace == ns) {
-                if !visible(&dr.export_to, &dr.namespace, client_ns) {
-                    continue;
-                }
-                if let Some(score) = host_match(&dr.host, host)
+            let Some(index) = self.dr_hosts.get(&ns) else {
+                continue;
+            };
+            let mut found = index.lookup(host);
+            found.sort_by_key(|&(_, i)| i);
+            for (score, i) in found {
+                let dr = &self.destination_rules[i];
+                if visible(&dr.export_to, &dr.namespace, client_ns)
                     && best.is_none_or(|(s, _)| score > s)
                 {
                     best = Some((score, dr));
@@ -519,13 +559,28 @@ impl RouteTable {
             if let Some((_, first)) = best {
                 // Rules of one namespace for the same host merge: subsets in order,
                 // the first traffic policy.
+                let same_host = index.exact.get(&first.host).or_else(|| {
+                    first
+                        .host
+                        .strip_prefix('*')
+                        .and_then(|sfx| index.suffix.get(sfx))
+                });
+                let others: Vec<&CompiledDr> = same_host
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&i| &self.destination_rules[i])
+                    .filter(|d| {
+                        d.host == first.host
+                            && d.name != first.name
+                            && visible(&d.export_to, &d.namespace, client_ns)
+                    })
+                    .collect();
+                if others.is_empty() {
+                    return Some(std::borrow::Cow::Borrowed(first));
+                }
                 let mut merged = first.clone();
-                for other in self.destination_rules.iter().filter(|d| {
-                    d.namespace == ns
-                        && d.host == first.host
-                        && d.name != first.name
-                        && visible(&d.export_to, &d.namespace, client_ns)
-                }) {
+                for other in others {
                     merged
                         .spec
                         .subsets
@@ -534,7 +589,7 @@ impl RouteTable {
                         merged.spec.traffic_policy = other.spec.traffic_policy.clone();
                     }
                 }
-                return Some(merged);
+                return Some(std::borrow::Cow::Owned(merged));
             }
         }
         None
