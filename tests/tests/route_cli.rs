@@ -178,6 +178,16 @@ fn bookinfo_request_routing_and_fault_injection() {
     let v = check(&request("example.com", "x"), &[]);
     assert_eq!(v["action"], "no_route");
     assert!(v["note"].as_str().unwrap().contains("ALLOW_ANY"), "{v}");
+
+    // Istio's samples pass `warden validate` as they pass the webhook.
+    let summary = ok(warden(&[
+        "validate",
+        dir.path().join("config").to_str().unwrap(),
+    ]));
+    assert!(
+        summary.contains("ok: 4 resources in 2 files (2 VirtualService, 2 DestinationRule)"),
+        "{summary}"
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! `warden validate`: the checks Istio's validation webhook applies to the security
-//! resources, so a file that passes here is one `kubectl apply` would accept (and one
+//! resources (and to VirtualServices and DestinationRules, in `networking`), so a file that passes here is one `kubectl apply` would accept (and one
 //! that fails names the file, line, resource, field and reason).
 //!
 //! The rules are those of istio/istio `pkg/config/validation/validation.go`
@@ -42,6 +42,7 @@ use crate::yaml_lines::SourceLines;
 
 mod authorization_policy;
 mod metadata;
+mod networking;
 mod peer_authentication;
 mod request_authentication;
 #[cfg(test)]
@@ -138,6 +139,13 @@ pub fn validate(set: &ConfigSet, lines: &SourceLines, options: &Options) -> Vec<
     }
     for p in &set.request_authentications {
         out.extend(problems(p, request_authentication(&p.resource), lines));
+    }
+    let subsets = networking::subsets_by_host(set);
+    for v in &set.virtual_services {
+        out.extend(problems(v, networking::virtual_service(v, &subsets), lines));
+    }
+    for d in &set.destination_rules {
+        out.extend(problems(d, networking::destination_rule(d), lines));
     }
     out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     out

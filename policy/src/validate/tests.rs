@@ -371,3 +371,248 @@ fn go_durations() {
         assert_eq!(go_duration(text), nanos, "{text}");
     }
 }
+
+/// VirtualService and DestinationRule checks: each refusal at its field, with the
+/// webhook's words (`pkg/config/validation/validation.go`), and the analyzer's warning
+/// for a subset no DestinationRule defines.
+#[test]
+fn virtual_services_and_destination_rules() {
+    let vs = |spec: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v, namespace: foo}}\nspec: {spec}\n"
+        )
+    };
+    let dr = |spec: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d, namespace: foo}}\nspec: {spec}\n"
+        )
+    };
+    let ok_route = "{hosts: [r], http: [{route: [{destination: {host: r}}]}]}";
+    assert!(run(&vs(ok_route)).is_empty(), "{:?}", run(&vs(ok_route)));
+    let cases: &[(String, &str, &str)] = &[
+        (
+            vs("{hosts: [r]}"),
+            "spec",
+            "http, tcp or tls must be provided",
+        ),
+        (
+            vs("{hosts: ['*'], http: [{route: [{destination: {host: r}}]}]}"),
+            "spec.hosts[0]",
+            "not allowed for virtual services bound to the mesh gateway",
+        ),
+        (
+            vs("{hosts: ['bad_host'], http: [{route: [{destination: {host: r}}]}]}"),
+            "spec.hosts[0]",
+            "not a valid host",
+        ),
+        (
+            vs("{hosts: [r], http: [{timeout: 1s}]}"),
+            "spec.http[0]",
+            "route, redirect, direct response or delegate is required",
+        ),
+        (
+            vs("{hosts: [r], http: [{route: [{destination: {host: r}}], redirect: {uri: /x}}]}"),
+            "spec.http[0]",
+            "both route and redirect",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], directResponse: {status: 200}}]}",
+            ),
+            "spec.http[0]",
+            "both route and direct response",
+        ),
+        (
+            vs("{hosts: [r], http: [{route: [{destination: {host: r}, weight: -1}]}]}"),
+            "spec.http[0].route[0].weight",
+            "weight -1 < 0",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}, {destination: {host: s}}]}]}",
+            ),
+            "spec.http[0].route",
+            "total destination weight = 0",
+        ),
+        (
+            vs("{hosts: [r], http: [{route: [{destination: {host: ''}}]}]}"),
+            "spec.http[0].route[0].destination.host",
+            "must have a host",
+        ),
+        (
+            vs("{hosts: [r], http: [{route: [{destination: {host: r, port: {number: 70000}}}]}]}"),
+            "spec.http[0].route[0].destination.port.number",
+            "1..65535",
+        ),
+        (
+            vs("{hosts: [r], http: [{route: [{destination: {host: r, subset: V_1}}]}]}"),
+            "spec.http[0].route[0].destination.subset",
+            "not a valid DNS label",
+        ),
+        (
+            vs("{hosts: [r], http: [{redirect: {uri: /x, redirectCode: 304}}]}"),
+            "spec.http[0].redirect.redirectCode",
+            "304 is not a valid redirect code",
+        ),
+        (
+            vs("{hosts: [r], http: [{directResponse: {status: 99}}]}"),
+            "spec.http[0].directResponse.status",
+            "invalid HTTP status 99",
+        ),
+        (
+            vs("{hosts: [r], http: [{route: [{destination: {host: r}}], timeout: 5x}]}"),
+            "spec.http[0].timeout",
+            "not a duration",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], retries: {attempts: -1}}]}",
+            ),
+            "spec.http[0].retries.attempts",
+            "cannot be negative",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], retries: {attempts: 2, retryOn: '5xx,sometimes'}}]}",
+            ),
+            "spec.http[0].retries.retryOn",
+            "\"sometimes\" is not a valid retryOn value",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], fault: {abort: {httpStatus: 700, percentage: {value: 10}}}}]}",
+            ),
+            "spec.http[0].fault.abort.httpStatus",
+            "invalid abort http status 700",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], fault: {delay: {fixedDelay: 1s, percentage: {value: 150}}}}]}",
+            ),
+            "spec.http[0].fault.delay.percentage.value",
+            "percentage 150 is not in range 0..100",
+        ),
+        (
+            vs("{hosts: [r], http: [{route: [{destination: {host: r}}], fault: {}}]}"),
+            "spec.http[0].fault",
+            "must have an abort and/or a delay",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{match: [{uri: {regex: '('}}], route: [{destination: {host: r}}]}]}",
+            ),
+            "spec.http[0].match[0].uri.regex",
+            "RE2",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{match: [{uri: {exact: /a, prefix: /b}}], route: [{destination: {host: r}}]}]}",
+            ),
+            "spec.http[0].match[0].uri",
+            "only one of exact, prefix and regex",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{rewrite: {uri: /a, uriRegexRewrite: {match: a, rewrite: b}}, route: [{destination: {host: r}}]}]}",
+            ),
+            "spec.http[0].rewrite",
+            "only contain one of uri or uriRegexRewrite",
+        ),
+        (
+            vs("{hosts: [r], http: [{route: [{destination: {host: r}}], retrys: {attempts: 1}}]}"),
+            "spec.http[0].retrys",
+            "unknown field `retrys`",
+        ),
+        (
+            vs("{gateways: [gw], http: [{route: [{destination: {host: r}}]}]}"),
+            "spec.gateways",
+            "delegate virtual service must have no gateways",
+        ),
+        (
+            vs("{hosts: [r], tls: [{match: [{port: 443}], route: [{destination: {host: r}}]}]}"),
+            "spec.tls[0].match[0].sniHosts",
+            "at least one SNI host",
+        ),
+        (
+            dr("{subsets: [{name: v1}]}"),
+            "spec.host",
+            "host must be specified",
+        ),
+        (
+            dr("{host: r, subsets: [{name: v1}, {name: v1}]}"),
+            "spec.subsets[1].name",
+            "duplicate subset names: v1",
+        ),
+        (
+            dr("{host: r, trafficPolicy: {loadBalancer: {simple: FASTEST}}}"),
+            "spec.trafficPolicy.loadBalancer.simple",
+            "is not a load balancer",
+        ),
+        (
+            dr("{host: r, trafficPolicy: {outlierDetection: {maxEjectionPercent: 150}}}"),
+            "spec.trafficPolicy.outlierDetection.maxEjectionPercent",
+            "between 0 and 100",
+        ),
+        (
+            dr("{host: r, trafficPolicy: {outlierDetection: {interval: 10}}}"),
+            "spec.trafficPolicy.outlierDetection.interval",
+            "a duration is a string",
+        ),
+        (
+            dr("{host: r, trafficPolicy: {tls: {mode: ISTIO_MUTUAL, caCertificates: /ca.pem}}}"),
+            "spec.trafficPolicy.tls.caCertificates",
+            "ISTIO_MUTUAL TLS cannot have",
+        ),
+        (
+            dr("{host: r, trafficPolicy: {tls: {mode: MUTUAL}}}"),
+            "spec.trafficPolicy.tls",
+            "client certificate and private key required",
+        ),
+        (
+            dr("{host: r, trafficPolicy: {connectionPool: {tcp: {maxConnections: -1}}}}"),
+            "spec.trafficPolicy.connectionPool.tcp.maxConnections",
+            "non-negative integer",
+        ),
+        (
+            dr("{host: r, trafficPolicy: {portLevelSettings: [{loadBalancer: {simple: RANDOM}}]}}"),
+            "spec.trafficPolicy.portLevelSettings[0].port",
+            "port must be specified",
+        ),
+        (
+            dr("{host: r, subsets: [{name: v1, trafficPolicy: {tls: {mode: SOMETIMES}}}]}"),
+            "spec.subsets[0].trafficPolicy.tls.mode",
+            "is not a TLS mode",
+        ),
+        (
+            dr("{host: r, trafficPolicy: {loadBalncer: {}}}"),
+            "spec.trafficPolicy.loadBalncer",
+            "unknown field",
+        ),
+    ];
+    for (text, path, message) in cases {
+        let problems = run(text);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.is_error() && p.path == *path && p.message.contains(message)),
+            "{text}\nwanted {path}: {message}\ngot: {problems:#?}"
+        );
+    }
+    // A subset no DestinationRule defines is a warning, not a refusal.
+    let text = vs("{hosts: [r], http: [{route: [{destination: {host: r, subset: v9}}]}]}")
+        + "---\n"
+        + &dr("{host: r, subsets: [{name: v1, labels: {version: v1}}]}");
+    let problems = run(&text);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(!problems[0].is_error());
+    assert_eq!(problems[0].path, "spec.http[0].route[0].destination.subset");
+    assert!(problems[0].message.contains("IST0101"), "{problems:#?}");
+    let text = vs("{hosts: [r], http: [{route: [{destination: {host: r, subset: v1}}]}]}")
+        + "---\n"
+        + &dr("{host: r, subsets: [{name: v1, labels: {version: v1}}]}");
+    assert!(run(&text).is_empty(), "{:?}", run(&text));
+    // The line is the field's.
+    let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: foo}\nspec:\n  hosts: [r]\n  http:\n  - route:\n    - destination: {host: r}\n    timeout: soon\n";
+    let problems = run(text);
+    assert_eq!(problems[0].line, 9, "{problems:#?}");
+}
