@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod pipeline;
 pub mod pool;
+pub mod routing;
 pub mod sds;
 pub mod tls;
 

@@ -95,6 +95,18 @@ fn route<'a>(
             format!("warden: cannot read a host and port from {authority:?}"),
         ));
     };
+    route_to(ctx, snap, host, port, None)
+}
+
+/// Resolves `host:port` and picks an endpoint, among those with `labels` (a
+/// DestinationRule subset) when given.
+fn route_to<'a>(
+    ctx: &Context,
+    snap: &'a Snapshot,
+    host: &str,
+    port: u16,
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Route<'a>, (StatusCode, &'static str, String)> {
     let mesh = &snap.mesh;
     let Some((service, port_info)) = mesh.registry.resolve(host, port, &mesh.local.namespace)
     else {
@@ -116,14 +128,22 @@ fn route<'a>(
             ),
         ));
     }
-    if service.endpoints.is_empty() {
+    let candidates: Vec<usize> = (0..service.endpoints.len())
+        .filter(|&i| {
+            labels.is_none_or(|l| {
+                l.iter()
+                    .all(|(k, v)| service.endpoints[i].labels.get(k) == Some(v))
+            })
+        })
+        .collect();
+    if candidates.is_empty() {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
             "UH",
             "no healthy upstream".to_string(),
         ));
     }
-    let index = ctx.pick(service.endpoints.len());
+    let index = candidates[ctx.pick(candidates.len())];
     Ok(Route {
         service,
         host: service.host(),
@@ -188,9 +208,12 @@ async fn request(ctx: &Context, req: Request<Incoming>) -> Response<Body> {
     // Until the request is routed, it is counted as to an unknown destination.
     let mut labels = snap.unknown_outbound.clone();
     let result = match stages(ctx, &snap, &mut ex) {
-        Ok(route) => {
+        Ok((route, routed)) => {
             labels = snap.outbound_labels(route.service, route.index);
-            forward(ctx, &snap, ex, &route).await
+            match routed {
+                None => forward(ctx, &snap, ex, &route).await,
+                Some(routed) => forward_routed(ctx, &snap, ex, &route, routed).await,
+            }
         }
         Err(r) => Err(r),
     };
@@ -202,7 +225,46 @@ async fn request(ctx: &Context, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
-fn stages<'a>(ctx: &Context, snap: &'a Snapshot, ex: &mut Exchange) -> Result<Route<'a>, Reply> {
+/// [`forward`] with what the route table added: an injected delay first, the request
+/// timeout around it (504, `UT`), the response's header operations after.
+async fn forward_routed(
+    ctx: &Context,
+    snap: &Snapshot,
+    ex: Exchange,
+    route: &Route<'_>,
+    routed: crate::routing::Routed,
+) -> Result<Response<Body>, Reply> {
+    if let Some(d) = routed.delay {
+        tokio::time::sleep(d).await;
+    }
+    let grpc = ex.grpc;
+    let sent = forward(ctx, snap, ex, route);
+    let result = match routed.timeout {
+        None => sent.await,
+        Some(t) => match tokio::time::timeout(t, sent).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::info!(virtual_service = %routed.virtual_service, host = %route.host, timeout = ?t, "upstream request timeout");
+                Err(Reply {
+                    resp: Box::new(h::error_reply(
+                        grpc,
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream request timeout",
+                    )),
+                    flags: "UT",
+                })
+            }
+        },
+    };
+    result.map(|mut resp| {
+        crate::routing::headers(resp.headers_mut(), routed.response_headers.as_ref());
+        resp
+    })
+}
+
+type Staged<'a> = (Route<'a>, Option<crate::routing::Routed>);
+
+fn stages<'a>(ctx: &Context, snap: &'a Snapshot, ex: &mut Exchange) -> Result<Staged<'a>, Reply> {
     pipeline::validate(ex, &ctx.limits, ctx.accept_http10)?;
     pipeline::normalize_path(ex, snap.mesh.settings.path_normalization)?;
     // The app's own XFCC means nothing to the peer: Envoy's outbound default
@@ -214,13 +276,21 @@ fn stages<'a>(ctx: &Context, snap: &'a Snapshot, ex: &mut Exchange) -> Result<Ro
             "warden: the request names no host (absolute-form URI or Host header)",
         ));
     }
-    route(ctx, snap, &ex.authority).map_err(|(status, flags, body)| {
-        tracing::info!(authority = %ex.authority, %status, reason = %body, "outbound request refused");
-        Reply {
-            flags,
-            ..ex.reply(status, body)
+    let routed = crate::routing::apply(snap, ex)?;
+    let found = match &routed {
+        None => route(ctx, snap, &ex.authority),
+        Some(r) => route_to(ctx, snap, &r.host, r.port, r.subset_labels.as_ref()),
+    };
+    match found {
+        Ok(route) => Ok((route, routed)),
+        Err((status, flags, body)) => {
+            tracing::info!(authority = %ex.authority, %status, reason = %body, "outbound request refused");
+            Err(Reply {
+                flags,
+                ..ex.reply(status, body)
+            })
         }
-    })
+    }
 }
 
 /// Sends the request to the route's endpoint over mutual TLS.

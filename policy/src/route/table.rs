@@ -595,6 +595,30 @@ impl RouteTable {
         None
     }
 
+    /// Whether any VirtualService applies to sidecars (else every decision is the
+    /// default route, and callers may skip asking).
+    pub fn has_virtual_services(&self) -> bool {
+        !self.vs_hosts.exact.is_empty()
+            || !self.vs_hosts.suffix.is_empty()
+            || !self.vs_hosts.any.is_empty()
+    }
+
+    /// The labels of `subset` of `host` (fully qualified) as a client in `client_ns`
+    /// sees the DestinationRules; `None` when no rule defines it.
+    pub fn subset_labels(
+        &self,
+        host: &str,
+        subset: &str,
+        client_ns: &str,
+    ) -> Option<BTreeMap<String, String>> {
+        let dr = self.destination_rule_for(host, client_ns)?;
+        dr.spec
+            .subsets
+            .iter()
+            .find(|s| s.name == subset)
+            .map(|s| s.labels.clone())
+    }
+
     /// Decides `req`; `explain` collects why each rule did or did not match.
     pub fn decide(&self, req: &RouteRequest, mut explain: Option<&mut Vec<String>>) -> Decision {
         let host = self.resolve_host(&req.host, &req.source_namespace);

@@ -133,6 +133,8 @@ pub struct MeshConfig {
     pub request_authn: RequestAuthn,
     /// DestinationRules (the HTTP version toward each destination).
     pub destination_rules: DestinationRules,
+    /// VirtualServices and DestinationRules as the client side routes by them.
+    pub routes: warden_policy::route::RouteTable,
     /// The mesh-wide settings.
     pub settings: MeshSettings,
     /// How many YAML/JSON files were read.
@@ -156,6 +158,8 @@ pub enum Stage {
     Registry,
     /// Reading DestinationRules.
     DestinationRules,
+    /// Compiling VirtualServices (and DestinationRules) into the route table.
+    Routes,
     /// Finding the proxy's own WorkloadEntry.
     LocalWorkload,
 }
@@ -169,6 +173,7 @@ impl fmt::Display for Stage {
             Self::RequestAuthn => "compiling RequestAuthentications",
             Self::Registry => "building the service registry",
             Self::DestinationRules => "reading DestinationRules",
+            Self::Routes => "compiling VirtualServices",
             Self::LocalWorkload => "finding the proxy's own WorkloadEntry",
         })
     }
@@ -277,6 +282,18 @@ pub(super) fn load_with_refs(
                 .for_each(|e| problem(Stage::DestinationRules, e.to_string()))
         })
         .ok();
+    let routes = warden_policy::route::RouteTable::build(
+        &set,
+        warden_policy::route::TableOptions {
+            domain: "cluster.local".into(),
+            root_namespace: opts.root_namespace.clone(),
+        },
+    )
+    .map_err(|e| {
+        e.into_iter()
+            .for_each(|e| problem(Stage::Routes, e.to_string()))
+    })
+    .ok();
     let local = registry.as_ref().and_then(|r| {
         let local = r.workload(&opts.namespace, &opts.workload).cloned();
         if local.is_none() {
@@ -292,14 +309,23 @@ pub(super) fn load_with_refs(
         }
         local
     });
-    let result = match (authz, request_authn, registry, local, destination_rules) {
+    let result = match (
+        authz,
+        request_authn,
+        registry,
+        local,
+        destination_rules,
+        routes,
+    ) {
         (
             Some(authz),
             Some(request_authn),
             Some(registry),
             Some(local),
             Some(destination_rules),
+            Some(routes),
         ) if problems.is_empty() => Ok(MeshConfig {
+            routes,
             generation,
             registry,
             local,

@@ -1,0 +1,256 @@
+//! The client side of traffic management on an outbound HTTP request: the route table
+//! (`warden_policy::route`, the one `warden route check` prints) decides, and this
+//! applies the decision: a redirect, a direct response or a 404 answered here; for a
+//! route, the weighted destination and its subset's endpoints, the rewrite, the header
+//! operations, an injected abort or delay, and the request timeout.
+//!
+//! Not applied yet: retries, mirroring, CORS, TCP and TLS routes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{StatusCode, Uri};
+use hyper::body::Incoming;
+
+use warden_common::backoff::random_unit;
+use warden_policy::route::model::HeaderOperations;
+use warden_policy::route::{Decision, RouteRequest, duration};
+
+use crate::context::Snapshot;
+use crate::http::{self as h, path_and_query, split_host_port};
+use crate::pipeline::{Exchange, Reply};
+
+/// Where the route table sends a request, and what happens around the forwarding.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// The destination host (fully qualified) and port.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// The subset's endpoint labels.
+    pub subset_labels: Option<BTreeMap<String, String>>,
+    /// Delay to inject before forwarding.
+    pub delay: Option<Duration>,
+    /// The request timeout (504 after it).
+    pub timeout: Option<Duration>,
+    /// Header operations on the response.
+    pub response_headers: Option<HeaderOperations>,
+    /// `ns/name` of the VirtualService, for errors and logs.
+    pub virtual_service: String,
+}
+
+fn route_request(snap: &Snapshot, ex: &Exchange) -> Option<RouteRequest> {
+    let (_, port) = split_host_port(&ex.authority, 80)?;
+    let mut headers = BTreeMap::new();
+    for (k, v) in ex.req.headers() {
+        if let Ok(v) = v.to_str() {
+            headers
+                .entry(k.as_str().to_string())
+                .and_modify(|e: &mut String| {
+                    e.push(',');
+                    e.push_str(v);
+                })
+                .or_insert_with(|| v.to_string());
+        }
+    }
+    Some(RouteRequest {
+        source_namespace: snap.mesh.local.namespace.clone(),
+        source_labels: snap.mesh.local.labels.clone(),
+        http: true,
+        host: ex.authority.clone(),
+        port,
+        method: ex.req.method().as_str().to_string(),
+        path: path_and_query(ex.req.uri()).to_string(),
+        headers,
+        scheme: "http".into(),
+    })
+}
+
+/// Decides `ex` by the route table. `Ok(None)`: no VirtualService owns the host, the
+/// request goes where its authority says. `Err`: answered here.
+pub fn apply(snap: &Snapshot, ex: &mut Exchange<Incoming>) -> Result<Option<Routed>, Reply> {
+    if !snap.mesh.routes.has_virtual_services() {
+        return Ok(None);
+    }
+    let Some(req) = route_request(snap, ex) else {
+        return Ok(None);
+    };
+    let d = snap.mesh.routes.decide(&req, None);
+    let Some(vs) = d.virtual_service.clone() else {
+        return Ok(None);
+    };
+    match d.action {
+        "redirect" => Err(redirect(ex, &d)),
+        "direct_response" => {
+            let status = d
+                .status
+                .and_then(|s| u16::try_from(s).ok())
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::OK);
+            let body = d
+                .direct_response
+                .as_ref()
+                .and_then(|r| r["body"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            let mut resp = h::local_reply(status, body);
+            headers(resp.headers_mut(), d.response_headers.as_ref());
+            Err(Reply {
+                resp: Box::new(resp),
+                flags: "-",
+            })
+        }
+        "route" => routed(snap, ex, &d, vs),
+        _ => {
+            tracing::debug!(virtual_service = %vs, authority = %ex.authority, "no route of the VirtualService matches");
+            Err(Reply {
+                flags: "NR",
+                ..ex.reply(StatusCode::NOT_FOUND, "")
+            })
+        }
+    }
+}
+
+fn redirect(ex: &Exchange<Incoming>, d: &Decision) -> Reply {
+    let status = d
+        .status
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    let mut resp = h::local_reply(status, String::new());
+    if let Some(loc) = d.redirect.as_ref().and_then(|r| r["location"].as_str())
+        && let Ok(v) = HeaderValue::from_str(loc)
+    {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    headers(resp.headers_mut(), d.response_headers.as_ref());
+    let _ = ex;
+    Reply {
+        resp: Box::new(resp),
+        flags: "-",
+    }
+}
+
+fn routed(
+    snap: &Snapshot,
+    ex: &mut Exchange<Incoming>,
+    d: &Decision,
+    vs: String,
+) -> Result<Option<Routed>, Reply> {
+    // Weighted choice among the destinations.
+    let total: i64 = d.destinations.iter().map(|x| x.weight.max(0)).sum();
+    let dest = if d.destinations.len() == 1 || total <= 0 {
+        d.destinations.first()
+    } else {
+        let mut r = random_unit() * total as f64;
+        d.destinations
+            .iter()
+            .find(|x| {
+                r -= x.weight.max(0) as f64;
+                r < 0.0
+            })
+            .or(d.destinations.last())
+    };
+    let Some(dest) = dest else {
+        return Err(Reply {
+            flags: "NR",
+            ..ex.reply(StatusCode::NOT_FOUND, "")
+        });
+    };
+    let (_, req_port) = split_host_port(&ex.authority, 80).unwrap_or(("", 80));
+    let port = dest
+        .port
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(req_port);
+    let subset_labels = match &dest.subset {
+        None => None,
+        Some(s) => match snap
+            .mesh
+            .routes
+            .subset_labels(&dest.host, s, &snap.mesh.local.namespace)
+        {
+            Some(l) => Some(l),
+            None => {
+                return Err(Reply {
+                    flags: "NC",
+                    ..ex.reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("no healthy upstream: VirtualService {vs} routes to subset {s} of {}, which no DestinationRule defines", dest.host),
+                    )
+                });
+            }
+        },
+    };
+    // Faults: an abort answers here; a delay waits before forwarding.
+    if let Some(f) = &d.fault {
+        let abort = &f["abort"];
+        if abort.is_object() && random_unit() * 100.0 < abort["percent"].as_f64().unwrap_or(0.0) {
+            let status = abort["http_status"]
+                .as_u64()
+                .and_then(|s| u16::try_from(s).ok())
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return Err(Reply {
+                flags: "FI",
+                ..ex.reply(status, "fault filter abort")
+            });
+        }
+    }
+    let delay = d.fault.as_ref().and_then(|f| {
+        let delay = &f["delay"];
+        let hit = random_unit() * 100.0 < delay["percent"].as_f64().unwrap_or(0.0);
+        hit.then(|| {
+            delay["fixed_delay"]
+                .as_str()
+                .and_then(|t| duration::parse(t).ok())
+        })
+        .flatten()
+    });
+    // The rewrite and the request's header operations.
+    if let Some(rw) = &d.rewrite {
+        if let Some(uri) = rw["uri"].as_str() {
+            let mut parts = std::mem::take(ex.req.uri_mut()).into_parts();
+            parts.path_and_query = uri.parse().ok();
+            *ex.req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+        }
+        if let Some(a) = rw["authority"].as_str()
+            && let Ok(v) = HeaderValue::from_str(a)
+        {
+            ex.authority = a.to_string();
+            ex.req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
+    headers(ex.req.headers_mut(), d.request_headers.as_ref());
+    Ok(Some(Routed {
+        host: dest.host.clone(),
+        port,
+        subset_labels,
+        delay,
+        timeout: d.timeout.as_deref().and_then(|t| duration::parse(t).ok()),
+        response_headers: d.response_headers.clone(),
+        virtual_service: vs,
+    }))
+}
+
+/// Applies `set`, `add`, `remove` (in Envoy's order: remove, then set and add).
+pub fn headers(map: &mut http::HeaderMap, ops: Option<&HeaderOperations>) {
+    let Some(ops) = ops else {
+        return;
+    };
+    for name in &ops.remove {
+        if let Ok(n) = HeaderName::try_from(name.as_str()) {
+            map.remove(n);
+        }
+    }
+    for (k, v) in &ops.set {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            map.insert(n, v);
+        }
+    }
+    for (k, v) in &ops.add {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            map.append(n, v);
+        }
+    }
+}

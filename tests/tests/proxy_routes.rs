@@ -1,0 +1,158 @@
+//! Traffic management in the proxy's data path: a client's `warden-proxy` routes by
+//! Istio's VirtualService and DestinationRule (the route table `warden route check`
+//! prints) to the subsets of a service with two versions, each its own workload behind
+//! its own proxy. curl (a client no one here wrote) and the tests' own client send the
+//! requests; the apps report which version answered and what they received.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+use warden_tests::curl;
+use warden_tests::mesh::{Mesh, Req, ServiceSpec, WorkloadSpec};
+
+const ROUTES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match:
+    - headers: {end-user: {exact: jason}}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - name: slow
+    match:
+    - uri: {prefix: /delay/}
+    timeout: 0.5s
+    route:
+    - destination: {host: reviews, subset: v1}
+  - name: flaky
+    match:
+    - uri: {prefix: /flaky}
+    fault:
+      abort: {httpStatus: 503, percentage: {value: 50}}
+    route:
+    - destination: {host: reviews, subset: v1}
+  - name: moved
+    match:
+    - uri: {prefix: /old}
+    redirect: {uri: /new, redirectCode: 302}
+  - name: api
+    match:
+    - uri: {prefix: /api/}
+    rewrite: {uri: /v1/}
+    headers:
+      request:
+        set: {x-routed-by: warden}
+      response:
+        add: {x-route: api}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - name: split
+    route:
+    - destination: {host: reviews, subset: v1}
+      weight: 80
+    - destination: {host: reviews, subset: v2}
+      weight: 20
+"#;
+
+fn mesh() -> Mesh {
+    Mesh::builder()
+        .workload_spec(WorkloadSpec::new("client", "default", "client").without_apps())
+        .workload_spec(
+            WorkloadSpec::new("reviews-v1", "default", "reviews")
+                .label("app", "reviews")
+                .label("version", "v1"),
+        )
+        .workload_spec(
+            WorkloadSpec::new("reviews-v2", "default", "reviews")
+                .label("app", "reviews")
+                .label("version", "v2"),
+        )
+        .service(ServiceSpec::new("reviews", "default").http(9080))
+        .config("routes.yaml", ROUTES)
+        .start()
+}
+
+#[test]
+fn virtual_services_route_in_the_data_path() {
+    let mesh = mesh();
+    let url = |path: &str| mesh.url("reviews", "http", path);
+    let name = |r: &warden_tests::mesh::Resp| r.json()["name"].as_str().unwrap().to_string();
+
+    // Header routing, with curl through the client's proxy.
+    let proxy = format!("http://{}", mesh.workload("client").outbound());
+    let r = curl(&["--proxy", &proxy, "-H", "end-user: jason", &url("/x")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["name"], "reviews-v2", "{r:?}");
+
+    // The weighted split: 80/20 within a tight margin (binomial: 400 draws at 0.2 have
+    // a standard deviation of 8; 5 of them either side).
+    let n = 400;
+    let v2 = (0..n)
+        .filter(|_| name(&mesh.get("client", &url("/split"))) == "reviews-v2")
+        .count();
+    eprintln!("80/20 split: {v2} of {n} requests went to v2");
+    assert!(
+        (40..=120).contains(&v2),
+        "{v2} of {n} to v2, expected about 80"
+    );
+
+    // A 2 s answer against a 0.5 s timeout: 504 from the client's proxy, in time.
+    let started = std::time::Instant::now();
+    let r = mesh.get("client", &url("/delay/2000"));
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.text(), "upstream request timeout");
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500));
+    // Within the timeout the answer passes.
+    let r = mesh.get("client", &url("/delay/100"));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // 50% aborts.
+    let aborted = (0..200)
+        .filter(|_| mesh.get("client", &url("/flaky")).status == 503)
+        .count();
+    eprintln!("50% abort: {aborted} of 200 aborted");
+    assert!((60..=140).contains(&aborted), "{aborted} of 200 aborted");
+
+    // A redirect answered by the client's proxy; curl reads Location.
+    let r = curl(&["--proxy", &proxy, "-i", &url("/old/page?q=1")]);
+    assert_eq!(r.status, 302, "{r:?}");
+    let location = r
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or_else(|| panic!("no Location: {r:?}"));
+    assert_eq!(
+        location.trim(),
+        "http://reviews.default.svc.cluster.local:9080/new?q=1"
+    );
+
+    // The rewrite and header operations: the app sees /v1/items and the set header;
+    // the client sees the added response header.
+    let r = mesh
+        .send("client", &Req::get(&url("/api/items?x=1")))
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let seen = r.json();
+    assert_eq!(seen["name"], "reviews-v2");
+    assert_eq!(seen["path"], "/v1/items");
+    assert!(
+        seen["uri"].as_str().unwrap().ends_with("/v1/items?x=1"),
+        "{seen}"
+    );
+    assert!(
+        seen["headers"].to_string().contains("x-routed-by"),
+        "{seen}"
+    );
+    assert_eq!(r.headers.get("x-route").unwrap(), "api");
+}
