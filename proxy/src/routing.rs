@@ -254,3 +254,34 @@ pub fn headers(map: &mut http::HeaderMap, ops: Option<&HeaderOperations>) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_operations_remove_then_set_then_add() {
+        let mut map = http::HeaderMap::new();
+        map.insert("x-old", HeaderValue::from_static("1"));
+        map.insert("x-set", HeaderValue::from_static("before"));
+        map.insert("x-add", HeaderValue::from_static("first"));
+        let ops = HeaderOperations {
+            set: BTreeMap::from([("x-set".into(), "after".into())]),
+            add: BTreeMap::from([("x-add".into(), "second".into())]),
+            remove: vec!["x-old".into(), "bad header name".into()],
+        };
+        headers(&mut map, Some(&ops));
+        assert!(map.get("x-old").is_none());
+        assert_eq!(map.get("x-set").unwrap(), "after");
+        let added: Vec<_> = map.get_all("x-add").iter().collect();
+        assert_eq!(added, ["first", "second"]);
+        // Values that are not header values are skipped, nothing panics.
+        let bad = HeaderOperations {
+            set: BTreeMap::from([("x-bad".into(), "a\nb".into())]),
+            ..Default::default()
+        };
+        headers(&mut map, Some(&bad));
+        assert!(map.get("x-bad").is_none());
+    }
+}
