@@ -186,6 +186,14 @@ fn routed(
     if let Some(f) = &d.fault {
         let abort = &f["abort"];
         if abort.is_object() && random_unit() * 100.0 < abort["percent"].as_f64().unwrap_or(0.0) {
+            // A gRPC abort is a trailers-only gRPC response with that status, as
+            // Envoy's fault filter answers.
+            if let Some(code) = abort["grpc_status"].as_str().and_then(grpc_code) {
+                return Err(Reply {
+                    resp: Box::new(h::grpc_reply(code, "fault filter abort")),
+                    flags: "FI",
+                });
+            }
             let status = abort["http_status"]
                 .as_u64()
                 .and_then(|s| u16::try_from(s).ok())
@@ -233,6 +241,34 @@ fn routed(
     }))
 }
 
+/// The number of a gRPC status name (`UNAVAILABLE` → 14).
+fn grpc_code(name: &str) -> Option<u32> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))
+        .and_then(|i| u32::try_from(i).ok())
+        .or_else(|| name.parse().ok().filter(|c| *c <= 16))
+}
+
 /// Applies `set`, `add`, `remove` (in Envoy's order: remove, then set and add).
 pub fn headers(map: &mut http::HeaderMap, ops: Option<&HeaderOperations>) {
     let Some(ops) = ops else {
@@ -259,6 +295,15 @@ pub fn headers(map: &mut http::HeaderMap, ops: Option<&HeaderOperations>) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_status_names() {
+        assert_eq!(grpc_code("UNAVAILABLE"), Some(14));
+        assert_eq!(grpc_code("unauthenticated"), Some(16));
+        assert_eq!(grpc_code("4"), Some(4));
+        assert_eq!(grpc_code("NOPE"), None);
+        assert_eq!(grpc_code("17"), None);
+    }
 
     #[test]
     fn header_operations_remove_then_set_then_add() {
