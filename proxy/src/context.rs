@@ -235,7 +235,7 @@ pub struct Context {
     /// Inbound → app connections, by app port and protocol.
     pub app_pool: Pool<(u16, UpstreamProtocol)>,
     /// Outbound → peer proxy connections.
-    pub mesh_pool: Pool<MeshKey>,
+    pub mesh_pool: Pool<MeshKey, crate::pool::UpBody>,
     /// Metrics.
     pub metrics: Metrics,
     /// Drain.

@@ -25,8 +25,9 @@ use crate::mesh::model::{Endpoint, Service, ServicePortInfo};
 use crate::mesh::traffic_policy::upstream_protocol;
 use crate::metrics::TcpLabels;
 use crate::pipeline::{self, Exchange, Reply, Xfcc};
-use crate::pool::{UpstreamError, UpstreamProtocol};
+use crate::pool::{UpBody, UpstreamError, UpstreamProtocol};
 use crate::tls::{TlsClient, VerifyError};
+use warden_common::backoff::random_unit;
 
 /// The SNI Istio's sidecars send to a service port: its outbound cluster name.
 pub fn sni_for(host: &str, port: u16) -> String {
@@ -238,7 +239,7 @@ async fn forward_routed(
         tokio::time::sleep(d).await;
     }
     let grpc = ex.grpc;
-    let sent = forward(ctx, snap, ex, route);
+    let sent = send_with_retries(ctx, snap, ex, route, &routed);
     let result = match routed.timeout {
         None => sent.await,
         Some(t) => match tokio::time::timeout(t, sent).await {
@@ -303,6 +304,14 @@ async fn forward(
     if ex.websocket {
         return forward_websocket(ctx, snap, ex, route).await;
     }
+    let protocol = protocol_for(snap, route, &ex);
+    pipeline::shape_upstream(&mut ex, protocol);
+    let (req, ex) = ex.send_off();
+    send_once(ctx, snap, &ex, req.map(UpBody::Stream), route, protocol).await
+}
+
+/// The HTTP version toward the route's service (the same for all its endpoints).
+fn protocol_for(snap: &Snapshot, route: &Route<'_>, ex: &Exchange) -> UpstreamProtocol {
     let mesh = &snap.mesh;
     let pool = mesh.destination_rules.http_pool(
         &mesh.local.namespace,
@@ -310,15 +319,24 @@ async fn forward(
         route.service,
         route.port.number,
     );
-    let protocol = upstream_protocol(
+    upstream_protocol(
         route.port.protocol,
         pool,
         mesh.settings.h2_upgrade_policy,
         ex.downstream == Version::HTTP_2,
         false,
-    );
-    pipeline::shape_upstream(&mut ex, protocol);
-    let (req, ex) = ex.send_off();
+    )
+}
+
+/// One try: `req` to the route's endpoint over mutual TLS.
+async fn send_once(
+    ctx: &Context,
+    snap: &Snapshot,
+    ex: &Exchange<()>,
+    req: Request<UpBody>,
+    route: &Route<'_>,
+    protocol: UpstreamProtocol,
+) -> Result<Response<Body>, Reply> {
     let key = (
         snap.mesh.generation,
         route.service.id,
@@ -333,7 +351,7 @@ async fn forward(
         })
         .await;
     match result {
-        Ok(resp) => pipeline::sanitize_response(&ex, resp),
+        Ok(resp) => pipeline::sanitize_response(ex, resp),
         Err(UpstreamError::Connect(e)) => {
             let msg = connect_error(route, &e);
             tracing::warn!(error = %msg, "outbound connection failed");
@@ -354,6 +372,83 @@ async fn forward(
                 )
             })
         }
+    }
+}
+
+/// A body-less request again, for a retry.
+fn copy_request(req: &Request<UpBody>) -> Request<UpBody> {
+    let mut out = Request::new(UpBody::Empty);
+    *out.method_mut() = req.method().clone();
+    *out.uri_mut() = req.uri().clone();
+    *out.version_mut() = req.version();
+    *out.headers_mut() = req.headers().clone();
+    out
+}
+
+/// Sends a routed request with its retry policy: a body-less request is tried again,
+/// on the next endpoint of the destination, after Envoy's jittered backoff (25 ms
+/// doubling, at most 250 ms), while the answer is one `retry_on` names and tries
+/// remain; each try is bounded by `per_try_timeout`. A request with a body is sent
+/// once (Envoy would buffer it to retry; Warden streams it).
+async fn send_with_retries(
+    ctx: &Context,
+    snap: &Snapshot,
+    mut ex: Exchange,
+    first: &Route<'_>,
+    routed: &crate::routing::Routed,
+) -> Result<Response<Body>, Reply> {
+    if ex.websocket {
+        return forward_websocket(ctx, snap, ex, first).await;
+    }
+    let protocol = protocol_for(snap, first, &ex);
+    pipeline::shape_upstream(&mut ex, protocol);
+    let (req, ex) = ex.send_off();
+    let retries = routed
+        .retries
+        .as_ref()
+        .filter(|_| hyper::body::Body::is_end_stream(req.body()));
+    let Some(policy) = retries else {
+        return send_once(ctx, snap, &ex, req.map(UpBody::Stream), first, protocol).await;
+    };
+    let template = req.map(|_| UpBody::Empty);
+    let mut attempt = 0u32;
+    loop {
+        let next;
+        let route = if attempt == 0 {
+            first
+        } else {
+            match route_to(
+                ctx,
+                snap,
+                &routed.host,
+                routed.port,
+                routed.subset_labels.as_ref(),
+            ) {
+                Ok(r) => {
+                    next = r;
+                    &next
+                }
+                Err(_) => first,
+            }
+        };
+        let sent = send_once(ctx, snap, &ex, copy_request(&template), route, protocol);
+        let result = match policy.per_try_timeout {
+            None => sent.await,
+            Some(t) => tokio::time::timeout(t, sent).await.unwrap_or_else(|_| {
+                Err(Reply {
+                    flags: "UT",
+                    ..ex.reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+                })
+            }),
+        };
+        if attempt >= policy.attempts || !policy.retriable(&result) {
+            return result;
+        }
+        attempt += 1;
+        let ceiling = (25u64 << (attempt - 1).min(4)).min(250);
+        let wait = std::time::Duration::from_millis((random_unit() * ceiling as f64) as u64);
+        tracing::debug!(virtual_service = %routed.virtual_service, attempt, ?wait, "retrying");
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -9,8 +9,12 @@ use std::hash::Hash;
 use std::io;
 use std::sync::Mutex;
 
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,22 +28,61 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
+/// A request body sent upstream: the client's, streamed as it comes, or none (a
+/// body-less request the route table may send again, on a retry).
+#[derive(Debug)]
+pub enum UpBody {
+    /// The client's body.
+    Stream(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl HttpBody for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Stream(b) => Pin::new(b).poll_frame(cx),
+            Self::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Stream(b) => b.is_end_stream(),
+            Self::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Stream(b) => b.size_hint(),
+            Self::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// Idle HTTP/1.1 connections kept per destination.
 const MAX_IDLE_PER_KEY: usize = 256;
 
 /// Upstream connections by key: idle HTTP/1.1 senders, one shared HTTP/2 sender.
 #[derive(Debug)]
-pub struct Pool<K> {
-    inner: Mutex<PoolInner<K>>,
+pub struct Pool<K, B = Incoming> {
+    inner: Mutex<PoolInner<K, B>>,
 }
 
 #[derive(Debug)]
-struct PoolInner<K> {
-    h1: HashMap<K, Vec<http1::SendRequest<Incoming>>>,
-    h2: HashMap<K, http2::SendRequest<Incoming>>,
+struct PoolInner<K, B> {
+    h1: HashMap<K, Vec<http1::SendRequest<B>>>,
+    h2: HashMap<K, http2::SendRequest<B>>,
 }
 
-impl<K> Default for Pool<K> {
+impl<K, B> Default for Pool<K, B> {
     fn default() -> Self {
         Self {
             inner: Mutex::new(PoolInner {
@@ -61,15 +104,21 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
-impl<K: Clone + Eq + Hash + Send + 'static> Pool<K> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolInner<K>> {
+impl<K, B> Pool<K, B>
+where
+    K: Clone + Eq + Hash + Send + 'static,
+    B: HttpBody + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolInner<K, B>> {
         // A poisoned pool only holds connections: keep using it.
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn idle_h1(&self, key: &K) -> Option<http1::SendRequest<Incoming>> {
+    fn idle_h1(&self, key: &K) -> Option<http1::SendRequest<B>> {
         let mut inner = self.lock();
         let list = inner.h1.get_mut(key)?;
         // Newest first: the likeliest to be warm and still open. Busy senders (a body
@@ -86,7 +135,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Pool<K> {
         None
     }
 
-    fn put_h1(&self, key: K, sender: http1::SendRequest<Incoming>) {
+    fn put_h1(&self, key: K, sender: http1::SendRequest<B>) {
         let mut inner = self.lock();
         let list = inner.h1.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_KEY {
@@ -102,7 +151,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Pool<K> {
         &self,
         key: K,
         protocol: UpstreamProtocol,
-        req: Request<Incoming>,
+        req: Request<B>,
         connect: C,
     ) -> Result<Response<Incoming>, UpstreamError>
     where
@@ -119,7 +168,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Pool<K> {
     async fn send_h1<C, F, IO>(
         &self,
         key: K,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         connect: C,
     ) -> Result<Response<Incoming>, UpstreamError>
     where
@@ -152,7 +201,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Pool<K> {
     async fn send_h2<C, F, IO>(
         &self,
         key: K,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         connect: C,
     ) -> Result<Response<Incoming>, UpstreamError>
     where

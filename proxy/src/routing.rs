@@ -4,7 +4,8 @@
 //! route, the weighted destination and its subset's endpoints, the rewrite, the header
 //! operations, an injected abort or delay, and the request timeout.
 //!
-//! Not applied yet: retries, mirroring, CORS, TCP and TLS routes.
+//! Retries are applied by `outbound` (body-less requests only). Not applied yet:
+//! mirroring, CORS, TCP and TLS routes.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,6 +39,88 @@ pub struct Routed {
     pub response_headers: Option<HeaderOperations>,
     /// `ns/name` of the VirtualService, for errors and logs.
     pub virtual_service: String,
+    /// The retry policy (`None`: no retries).
+    pub retries: Option<RetryPolicy>,
+}
+
+/// A route's retries, as Envoy takes them from Istio.
+#[derive(Debug, Clone, Default)]
+pub struct RetryPolicy {
+    /// Tries after the first.
+    pub attempts: u32,
+    /// Bound on each try.
+    pub per_try_timeout: Option<Duration>,
+    /// `retry_on` conditions.
+    pub retry_on: Vec<String>,
+    /// HTTP statuses named in `retry_on`.
+    pub statuses: Vec<u16>,
+}
+
+impl RetryPolicy {
+    fn from_decision(v: &serde_json::Value) -> Option<Self> {
+        let attempts = u32::try_from(v["attempts"].as_i64()?)
+            .ok()
+            .filter(|a| *a > 0)?;
+        let on = v["retry_on"].as_str().unwrap_or_default();
+        let retry_on: Vec<String> = on
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        Some(Self {
+            attempts,
+            per_try_timeout: v["per_try_timeout"]
+                .as_str()
+                .and_then(|t| duration::parse(t).ok()),
+            statuses: retry_on.iter().filter_map(|c| c.parse().ok()).collect(),
+            retry_on,
+        })
+    }
+
+    fn on(&self, condition: &str) -> bool {
+        self.retry_on.iter().any(|c| c == condition)
+    }
+
+    /// Whether this answer is one to try again (Envoy's `retry_on` semantics).
+    pub fn retriable(&self, result: &Result<http::Response<crate::http::Body>, Reply>) -> bool {
+        match result {
+            // Answered by this proxy: a failed connection, a reset, a per-try timeout.
+            Err(r) => match r.flags {
+                "UF" => {
+                    self.on("connect-failure")
+                        || self.on("5xx")
+                        || self.on("gateway-error")
+                        || self.on("reset")
+                }
+                "UC" => self.on("reset") || self.on("5xx") || self.on("refused-stream"),
+                "UT" => self.on("5xx") || self.on("gateway-error"),
+                _ => false,
+            },
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                if (self.on("5xx") && status >= 500)
+                    || (self.on("gateway-error") && matches!(status, 502..=504))
+                    || (self.on("retriable-4xx") && status == 409)
+                    || (self.on("retriable-status-codes") || !self.statuses.is_empty())
+                        && self.statuses.contains(&status)
+                {
+                    return true;
+                }
+                let grpc = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u32>().ok());
+                matches!(
+                    (grpc, self),
+                    (Some(1), p) if p.on("cancelled")
+                ) || matches!((grpc, self), (Some(4), p) if p.on("deadline-exceeded"))
+                    || matches!((grpc, self), (Some(8), p) if p.on("resource-exhausted"))
+                    || matches!((grpc, self), (Some(13), p) if p.on("internal"))
+                    || matches!((grpc, self), (Some(14), p) if p.on("unavailable"))
+            }
+        }
+    }
 }
 
 fn route_request(snap: &Snapshot, ex: &Exchange) -> Option<RouteRequest> {
@@ -238,6 +321,7 @@ fn routed(
         timeout: d.timeout.as_deref().and_then(|t| duration::parse(t).ok()),
         response_headers: d.response_headers.clone(),
         virtual_service: vs,
+        retries: d.retries.as_ref().and_then(RetryPolicy::from_decision),
     }))
 }
 

@@ -17,6 +17,7 @@ spec:
   subsets:
   - {name: v1, labels: {version: v1}}
   - {name: v2, labels: {version: v2}}
+  - {name: all, labels: {app: reviews}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -57,6 +58,18 @@ spec:
         add: {x-route: api}
     route:
     - destination: {host: reviews, subset: v2}
+  - name: no-retries
+    match:
+    - uri: {prefix: /all/once}
+    retries: {attempts: 0}
+    route:
+    - destination: {host: reviews, subset: all}
+  - name: retried
+    match:
+    - uri: {prefix: /all/}
+    retries: {attempts: 3, retryOn: 5xx}
+    route:
+    - destination: {host: reviews, subset: all}
   - name: split
     route:
     - destination: {host: reviews, subset: v1}
@@ -77,6 +90,13 @@ fn mesh() -> Mesh {
             WorkloadSpec::new("reviews-v2", "default", "reviews")
                 .label("app", "reviews")
                 .label("version", "v2"),
+        )
+        // A third endpoint whose app is down: its proxy answers 503.
+        .workload_spec(
+            WorkloadSpec::new("reviews-down", "default", "reviews")
+                .label("app", "reviews")
+                .label("version", "v3")
+                .without_apps(),
         )
         .service(ServiceSpec::new("reviews", "default").http(9080))
         .config("routes.yaml", ROUTES)
@@ -123,6 +143,23 @@ fn virtual_services_route_in_the_data_path() {
         .count();
     eprintln!("50% abort: {aborted} of 200 aborted");
     assert!((60..=140).contains(&aborted), "{aborted} of 200 aborted");
+
+    // One endpoint of three down: without retries a third of the requests fail; with
+    // `retries: {attempts: 3, retryOn: 5xx}` every one succeeds on another endpoint.
+    let failed_once = (0..60)
+        .filter(|_| mesh.get("client", &url("/all/once")).status == 503)
+        .count();
+    let failed_retried = (0..60)
+        .filter(|_| mesh.get("client", &url("/all/x")).status != 200)
+        .count();
+    eprintln!(
+        "one endpoint down: {failed_once} of 60 failed without retries, {failed_retried} of 60 with"
+    );
+    assert!(
+        (10..=30).contains(&failed_once),
+        "{failed_once} of 60 failed without retries"
+    );
+    assert_eq!(failed_retried, 0);
 
     // A redirect answered by the client's proxy; curl reads Location.
     let r = curl(&["--proxy", &proxy, "-i", &url("/old/page?q=1")]);
