@@ -301,9 +301,23 @@ fn routed(
     // The rewrite and the request's header operations.
     if let Some(rw) = &d.rewrite {
         if let Some(uri) = rw["uri"].as_str() {
-            let mut parts = std::mem::take(ex.req.uri_mut()).into_parts();
+            // A rewrite that is not a valid path is refused, never sent as another one.
+            let mut parts = ex.req.uri().clone().into_parts();
             parts.path_and_query = uri.parse().ok();
-            *ex.req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+            match parts
+                .path_and_query
+                .is_some()
+                .then(|| Uri::from_parts(parts))
+            {
+                Some(Ok(new)) => *ex.req.uri_mut() = new,
+                _ => {
+                    tracing::warn!(virtual_service = %vs, rewritten = %uri, "the rewritten path is not a valid request target");
+                    return Err(ex.reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("warden: VirtualService {vs} rewrites the path to {uri:?}, which is not a valid request target"),
+                    ));
+                }
+            }
         }
         if let Some(a) = rw["authority"].as_str()
             && let Ok(v) = HeaderValue::from_str(a)
