@@ -268,6 +268,18 @@ fn bad(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The request file's text (`-`: stdin), or why it cannot be read.
+pub(crate) fn read_request(path: &std::path::Path) -> Result<String, String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| format!("cannot read the request from stdin: {e}"))?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --request {}: {e}", path.display()))
+}
+
 /// Runs `warden authz ...`.
 pub fn run(cmd: AuthzCmd) -> ExitCode {
     let AuthzCmd::Check {
@@ -278,17 +290,9 @@ pub fn run(cmd: AuthzCmd) -> ExitCode {
         explain,
         path_normalization,
     } = cmd;
-    let text = if request.as_os_str() == "-" {
-        let mut s = String::new();
-        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
-            return bad(format!("cannot read the request from stdin: {e}"));
-        }
-        s
-    } else {
-        match std::fs::read_to_string(&request) {
-            Ok(s) => s,
-            Err(e) => return bad(format!("cannot read --request {}: {e}", request.display())),
-        }
+    let text = match read_request(&request) {
+        Ok(t) => t,
+        Err(e) => return bad(e),
     };
     let mut check = match parse_request(&text) {
         Ok(x) => x,

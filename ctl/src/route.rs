@@ -115,17 +115,9 @@ pub fn run(cmd: RouteCmd) -> ExitCode {
         domain,
         explain,
     } = cmd;
-    let text = if request.as_os_str() == "-" {
-        let mut s = String::new();
-        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
-            return bad(format!("cannot read the request from stdin: {e}"));
-        }
-        s
-    } else {
-        match std::fs::read_to_string(&request) {
-            Ok(s) => s,
-            Err(e) => return bad(format!("cannot read --request {}: {e}", request.display())),
-        }
+    let text = match crate::authz::read_request(&request) {
+        Ok(t) => t,
+        Err(e) => return bad(e),
     };
     let req = match parse_request(&text) {
         Ok(r) => r,

@@ -431,31 +431,14 @@ impl RouteTable {
             .map(|v| v.namespace.clone())
             .chain(drs.iter().map(|d| d.namespace.clone()))
             .collect();
-        namespaces.extend(
-            set.service_entries
-                .iter()
-                .map(|r| r.resource.namespace().to_string()),
-        );
-        namespaces.extend(
-            set.authorization_policies
-                .iter()
-                .map(|r| r.resource.namespace().to_string()),
-        );
-        namespaces.extend(
-            set.peer_authentications
-                .iter()
-                .map(|r| r.resource.namespace().to_string()),
-        );
-        namespaces.extend(
-            set.workload_entries
-                .iter()
-                .map(|r| r.resource.namespace().to_string()),
-        );
-        namespaces.extend(
-            set.gateways
-                .iter()
-                .map(|r| r.resource.namespace().to_string()),
-        );
+        fn namespaces_of<S>(list: &[Loaded<S>]) -> impl Iterator<Item = String> + '_ {
+            list.iter().map(|r| r.resource.namespace().to_string())
+        }
+        namespaces.extend(namespaces_of(&set.service_entries));
+        namespaces.extend(namespaces_of(&set.authorization_policies));
+        namespaces.extend(namespaces_of(&set.peer_authentications));
+        namespaces.extend(namespaces_of(&set.workload_entries));
+        namespaces.extend(namespaces_of(&set.gateways));
         Ok(Self {
             options,
             namespaces,
