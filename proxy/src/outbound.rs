@@ -201,7 +201,7 @@ fn connect_error(route: &Route<'_>, e: &std::io::Error) -> String {
 /// One outbound request through the pipeline (see [`crate::pipeline`]): validated,
 /// normalized and sanitized as on the inbound side, then routed and sent over mutual
 /// TLS in the HTTP version the destination is configured for.
-async fn request(ctx: &Context, req: Request<Incoming>) -> Response<Body> {
+async fn request(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let snap = ctx.snapshot.load_full();
     let mut ex = Exchange::new(req);
@@ -229,14 +229,19 @@ async fn request(ctx: &Context, req: Request<Incoming>) -> Response<Body> {
 /// [`forward`] with what the route table added: an injected delay first, the request
 /// timeout around it (504, `UT`), the response's header operations after.
 async fn forward_routed(
-    ctx: &Context,
-    snap: &Snapshot,
+    ctx: &Arc<Context>,
+    snap: &Arc<Snapshot>,
     ex: Exchange,
     route: &Route<'_>,
     routed: crate::routing::Routed,
 ) -> Result<Response<Body>, Reply> {
     if let Some(d) = routed.delay {
         tokio::time::sleep(d).await;
+    }
+    if let Some(mirror) = &routed.mirror
+        && hyper::body::Body::is_end_stream(ex.req.body())
+    {
+        spawn_mirror(ctx.clone(), snap.clone(), &ex, mirror.clone());
     }
     let grpc = ex.grpc;
     let sent = send_with_retries(ctx, snap, ex, route, &routed);
@@ -261,6 +266,53 @@ async fn forward_routed(
         crate::routing::headers(resp.headers_mut(), routed.response_headers.as_ref());
         resp
     })
+}
+
+/// Sends a copy of a body-less request to the mirror, fire and forget: its answer is
+/// read and dropped, its failure only logged. The copy's authority gets Envoy's
+/// `-shadow` suffix on the host, so the mirror can tell shadow traffic apart.
+fn spawn_mirror(
+    ctx: Arc<Context>,
+    snap: Arc<Snapshot>,
+    ex: &Exchange,
+    crate::routing::Mirror { host, port, labels }: crate::routing::Mirror,
+) {
+    let authority = match split_host_port(&ex.authority, 80) {
+        Some((h, p)) => format!("{h}-shadow:{p}"),
+        None => format!("{}-shadow", ex.authority),
+    };
+    let mut req = Request::new(());
+    *req.method_mut() = ex.req.method().clone();
+    *req.uri_mut() = ex.req.uri().clone();
+    *req.headers_mut() = ex.req.headers().clone();
+    if let Ok(v) = http::HeaderValue::from_str(&authority) {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    let downstream = ex.downstream;
+    tokio::spawn(async move {
+        let Ok(route) = route_to(&ctx, &snap, &host, port, labels.as_ref()) else {
+            tracing::debug!(%host, "mirror: no endpoint");
+            return;
+        };
+        let mut shadow = Exchange::new(req.map(|()| UpBody::Empty));
+        shadow.authority = authority;
+        shadow.downstream = downstream;
+        let protocol = protocol_for_parts(&snap, &route, downstream);
+        pipeline::shape_upstream(&mut shadow, protocol);
+        let (req, rest) = shadow.send_off();
+        match send_once(&ctx, &snap, &rest, req, &route, protocol).await {
+            Ok(resp) => {
+                // Read to the end (so the connection can be reused), then dropped.
+                let mut body = resp.into_body();
+                while let Some(Ok(_)) = std::future::poll_fn(|cx| {
+                    hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
+                })
+                .await
+                {}
+            }
+            Err(r) => tracing::debug!(%host, status = %r.resp.status(), "mirror: failed"),
+        }
+    });
 }
 
 type Staged<'a> = (Route<'a>, Option<crate::routing::Routed>);
@@ -312,6 +364,10 @@ async fn forward(
 
 /// The HTTP version toward the route's service (the same for all its endpoints).
 fn protocol_for(snap: &Snapshot, route: &Route<'_>, ex: &Exchange) -> UpstreamProtocol {
+    protocol_for_parts(snap, route, ex.downstream)
+}
+
+fn protocol_for_parts(snap: &Snapshot, route: &Route<'_>, downstream: Version) -> UpstreamProtocol {
     let mesh = &snap.mesh;
     let pool = mesh.destination_rules.http_pool(
         &mesh.local.namespace,
@@ -323,7 +379,7 @@ fn protocol_for(snap: &Snapshot, route: &Route<'_>, ex: &Exchange) -> UpstreamPr
         route.port.protocol,
         pool,
         mesh.settings.h2_upgrade_policy,
-        ex.downstream == Version::HTTP_2,
+        downstream == Version::HTTP_2,
         false,
     )
 }

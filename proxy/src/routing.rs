@@ -4,8 +4,8 @@
 //! route, the weighted destination and its subset's endpoints, the rewrite, the header
 //! operations, an injected abort or delay, and the request timeout.
 //!
-//! Retries are applied by `outbound` (body-less requests only). Not applied yet:
-//! mirroring, CORS, TCP and TLS routes.
+//! Retries and mirrors are applied by `outbound` (body-less requests only). Not
+//! applied yet: CORS, TCP and TLS routes.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -41,6 +41,19 @@ pub struct Routed {
     pub virtual_service: String,
     /// The retry policy (`None`: no retries).
     pub retries: Option<RetryPolicy>,
+    /// Where to mirror this request (already drawn by the mirror percentage).
+    pub mirror: Option<Mirror>,
+}
+
+/// A mirror destination.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    /// Fully qualified host.
+    pub host: String,
+    /// Port (the request's).
+    pub port: u16,
+    /// The subset's endpoint labels.
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// A route's retries, as Envoy takes them from Istio.
@@ -327,7 +340,28 @@ fn routed(
         }
     }
     headers(ex.req.headers_mut(), d.request_headers.as_ref());
+    // A mirror, drawn by its percentage.
+    let mirror = d.mirror.as_ref().and_then(|m| {
+        let host = m["host"].as_str()?.to_string();
+        if random_unit() * 100.0 >= m["percent"].as_f64().unwrap_or(100.0) {
+            return None;
+        }
+        let labels = match m["subset"].as_str() {
+            Some(s) => Some(snap.mesh.routes.subset_labels(
+                &host,
+                s,
+                &snap.mesh.local.namespace,
+            )?),
+            None => None,
+        };
+        Some(Mirror {
+            host,
+            port: req_port,
+            labels,
+        })
+    });
     Ok(Some(Routed {
+        mirror,
         host: dest.host.clone(),
         port,
         subset_labels,

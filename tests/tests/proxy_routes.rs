@@ -58,6 +58,13 @@ spec:
         add: {x-route: api}
     route:
     - destination: {host: reviews, subset: v2}
+  - name: mirrored
+    match:
+    - uri: {prefix: /mirrored}
+    route:
+    - destination: {host: reviews, subset: v1}
+    mirror: {host: reviews, subset: v2}
+    mirrorPercentage: {value: 100.0}
   - name: no-retries
     match:
     - uri: {prefix: /all/once}
@@ -160,6 +167,30 @@ fn virtual_services_route_in_the_data_path() {
         "{failed_once} of 60 failed without retries"
     );
     assert_eq!(failed_retried, 0);
+
+    // Mirroring: every answer is v1's; v2 receives the copies (as its proxy counts
+    // them, reporter=destination).
+    let at_v2 = || {
+        mesh.metric(
+            "reviews-v2",
+            "istio_requests_total",
+            &[("reporter", "destination")],
+        )
+    };
+    let before = at_v2();
+    for _ in 0..10 {
+        let r = mesh.get("client", &url("/mirrored"));
+        assert_eq!(name(&r), "reviews-v1");
+    }
+    let after = warden_tests::eventually(
+        "the mirror copies to reach v2",
+        std::time::Duration::from_secs(10),
+        || {
+            let n = at_v2();
+            (n >= before + 10.0).then_some(n)
+        },
+    );
+    assert_eq!(after, before + 10.0);
 
     // A redirect answered by the client's proxy; curl reads Location.
     let r = curl(&["--proxy", &proxy, "-i", &url("/old/page?q=1")]);
