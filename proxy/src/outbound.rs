@@ -621,18 +621,43 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
     let Some((service, port_info)) = snap.outbound_tcp.get(&port) else {
         return;
     };
-    if service.endpoints.is_empty() {
-        tracing::info!(service = %service.name, port, "outbound TCP refused: no healthy upstream");
-        return;
-    }
-    let index = ctx.pick(service.endpoints.len());
-    let route = Route {
-        service,
-        port: port_info,
-        endpoint: &service.endpoints[index],
-        index,
-        host: service.host(),
+    let route = match crate::routing::tcp(&snap, service.host(), port) {
+        // A VirtualService's tcp rule: its destination and subset.
+        Some(Ok(target)) => {
+            match route_to(
+                ctx,
+                &snap,
+                &target.host,
+                target.port,
+                target.labels.as_ref(),
+            ) {
+                Ok(r) => r,
+                Err((_, _, why)) => {
+                    tracing::info!(service = %service.name, port, %why, "outbound TCP refused");
+                    return;
+                }
+            }
+        }
+        Some(Err(why)) => {
+            tracing::info!(service = %service.name, port, %why, "outbound TCP refused");
+            return;
+        }
+        None => {
+            if service.endpoints.is_empty() {
+                tracing::info!(service = %service.name, port, "outbound TCP refused: no healthy upstream");
+                return;
+            }
+            let index = ctx.pick(service.endpoints.len());
+            Route {
+                service,
+                port: port_info,
+                endpoint: &service.endpoints[index],
+                index,
+                host: service.host(),
+            }
+        }
     };
+    let (service, index) = (route.service, route.index);
     let labels = TcpLabels {
         conn: snap.outbound_labels(service, index),
         flags: "-",

@@ -4,8 +4,9 @@
 //! route, the weighted destination and its subset's endpoints, the rewrite, the header
 //! operations, an injected abort or delay, and the request timeout.
 //!
-//! Retries and mirrors are applied by `outbound` (body-less requests only). Not
-//! applied yet: CORS, TCP and TLS routes.
+//! Retries and mirrors are applied by `outbound` (body-less requests only), and
+//! [`tcp`] routes TCP connections by the `tcp` rules. Not applied yet: CORS, TLS
+//! routes (by SNI).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use hyper::body::Incoming;
 
 use warden_common::backoff::random_unit;
 use warden_policy::route::model::HeaderOperations;
-use warden_policy::route::{Decision, RouteRequest, duration};
+use warden_policy::route::{Decision, DestinationOut, RouteRequest, duration};
 
 use crate::context::Snapshot;
 use crate::http::{self as h, path_and_query, split_host_port};
@@ -45,7 +46,7 @@ pub struct Routed {
     pub mirror: Option<Mirror>,
 }
 
-/// A mirror destination.
+/// A destination beside the main one: a mirror, or a TCP rule's.
 #[derive(Debug, Clone)]
 pub struct Mirror {
     /// Fully qualified host.
@@ -234,21 +235,7 @@ fn routed(
     d: &Decision,
     vs: String,
 ) -> Result<Option<Routed>, Reply> {
-    // Weighted choice among the destinations.
-    let total: i64 = d.destinations.iter().map(|x| x.weight.max(0)).sum();
-    let dest = if d.destinations.len() == 1 || total <= 0 {
-        d.destinations.first()
-    } else {
-        let mut r = random_unit() * total as f64;
-        d.destinations
-            .iter()
-            .find(|x| {
-                r -= x.weight.max(0) as f64;
-                r < 0.0
-            })
-            .or(d.destinations.last())
-    };
-    let Some(dest) = dest else {
+    let Some(dest) = pick_weighted(&d.destinations) else {
         return Err(Reply {
             flags: "NR",
             ..ex.reply(StatusCode::NOT_FOUND, "")
@@ -370,6 +357,72 @@ fn routed(
         response_headers: d.response_headers.clone(),
         virtual_service: vs,
         retries: d.retries.as_ref().and_then(RetryPolicy::from_decision),
+    }))
+}
+
+/// One destination, drawn by weight.
+fn pick_weighted(destinations: &[DestinationOut]) -> Option<&DestinationOut> {
+    let total: i64 = destinations.iter().map(|x| x.weight.max(0)).sum();
+    if destinations.len() == 1 || total <= 0 {
+        return destinations.first();
+    }
+    let mut r = random_unit() * total as f64;
+    destinations
+        .iter()
+        .find(|x| {
+            r -= x.weight.max(0) as f64;
+            r < 0.0
+        })
+        .or(destinations.last())
+}
+
+/// Where a TCP connection to `host:port` goes by the VirtualServices' `tcp` rules:
+/// `None` when no VirtualService owns the host (the service itself), `Some(Err)` when
+/// one does and no rule matches (the connection is closed), else the destination
+/// drawn by weight, with its subset's labels.
+pub fn tcp(snap: &Snapshot, host: &str, port: u16) -> Option<Result<Mirror, String>> {
+    if !snap.mesh.routes.has_virtual_services() {
+        return None;
+    }
+    let req = RouteRequest {
+        source_namespace: snap.mesh.local.namespace.clone(),
+        source_labels: snap.mesh.local.labels.clone(),
+        http: false,
+        host: host.to_string(),
+        port,
+        ..Default::default()
+    };
+    let d = snap.mesh.routes.decide(&req, None);
+    let vs = d.virtual_service.clone()?;
+    if d.action != "route" {
+        return Some(Err(format!(
+            "VirtualService {vs} has no tcp rule for port {port}"
+        )));
+    }
+    let dest = pick_weighted(&d.destinations)?;
+    let labels = match &dest.subset {
+        None => None,
+        Some(s) => match snap
+            .mesh
+            .routes
+            .subset_labels(&dest.host, s, &snap.mesh.local.namespace)
+        {
+            Some(l) => Some(l),
+            None => {
+                return Some(Err(format!(
+                    "VirtualService {vs} routes to subset {s} of {}, which no DestinationRule defines",
+                    dest.host
+                )));
+            }
+        },
+    };
+    Some(Ok(Mirror {
+        host: dest.host.clone(),
+        port: dest
+            .port
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(port),
+        labels,
     }))
 }
 

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use warden_tests::curl;
-use warden_tests::mesh::{Mesh, Req, ServiceSpec, WorkloadSpec};
+use warden_tests::mesh::{Mesh, Req, ServiceSpec, WorkloadSpec, echo};
 
 const ROUTES: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -223,4 +223,67 @@ fn virtual_services_route_in_the_data_path() {
         "{seen}"
     );
     assert_eq!(r.headers.get("x-route").unwrap(), "api");
+}
+
+/// TCP: a VirtualService's `tcp` rule sends every connection to the `v2` subset (by
+/// the DestinationRule's labels); the echo answers through both proxies, and only
+/// v2's proxy counts the connections.
+#[test]
+fn tcp_rules_route_connections_to_a_subset() {
+    let routes = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: default}
+spec:
+  host: echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo]
+  tcp:
+  - match:
+    - port: 9000
+    route:
+    - destination: {host: echo, subset: v2}
+"#;
+    let mesh = Mesh::builder()
+        .workload_spec(WorkloadSpec::new("client", "default", "client").without_apps())
+        .workload_spec(
+            WorkloadSpec::new("echo-v1", "default", "echo")
+                .label("app", "echo")
+                .label("version", "v1"),
+        )
+        .workload_spec(
+            WorkloadSpec::new("echo-v2", "default", "echo")
+                .label("app", "echo")
+                .label("version", "v2"),
+        )
+        .service(ServiceSpec::new("echo", "default").tcp(9000))
+        .config("routes.yaml", routes)
+        .start();
+    let opened = |w: &str| {
+        mesh.metric(
+            w,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "destination")],
+        )
+    };
+    let (v1_before, v2_before) = (opened("echo-v1"), opened("echo-v2"));
+    for i in 0..6 {
+        let mut s = mesh.tcp_connect("client", 9000).unwrap();
+        let msg = format!("connection {i}");
+        let back = echo(&mut s, msg.as_bytes()).unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    warden_tests::eventually(
+        "v2's proxy to count the six connections",
+        std::time::Duration::from_secs(10),
+        || opened("echo-v2") >= v2_before + 6.0,
+    );
+    assert_eq!(opened("echo-v1"), v1_before, "no connection reached v1");
 }
