@@ -236,6 +236,8 @@ pub struct Context {
     pub app_pool: Pool<(u16, UpstreamProtocol)>,
     /// Outbound → peer proxy connections.
     pub mesh_pool: Pool<MeshKey, crate::pool::UpBody>,
+    /// Circuit breakers by destination (DestinationRule `connectionPool`).
+    pub circuits: crate::circuit::Circuits,
     /// Metrics.
     pub metrics: Metrics,
     /// Drain.
@@ -279,6 +281,7 @@ impl Context {
             tls_client,
             app_pool: Pool::default(),
             mesh_pool: Pool::default(),
+            circuits: crate::circuit::Circuits::default(),
             metrics: Metrics::new(),
             drain,
             connection_permits: connection_permits(&limits),

@@ -26,6 +26,8 @@ use crate::pool::UpstreamError;
 pub struct Body {
     inner: Inner,
     active: Option<ActiveGuard>,
+    /// A circuit breaker's slot for the upstream connection, freed with the body.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 #[derive(Debug)]
@@ -40,6 +42,7 @@ impl Body {
         Self {
             inner: Inner::Upstream(body),
             active: None,
+            permit: None,
         }
     }
 
@@ -49,12 +52,18 @@ impl Body {
         Self {
             inner: Inner::Local((!bytes.is_empty()).then_some(bytes)),
             active: None,
+            permit: None,
         }
     }
 
     /// Holds `guard` until the body has been sent.
     pub(crate) fn hold(&mut self, guard: ActiveGuard) {
         self.active = Some(guard);
+    }
+
+    /// Holds a circuit breaker's slot until the body has been read from upstream.
+    pub(crate) fn hold_permit(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.permit = Some(permit);
     }
 }
 
@@ -72,6 +81,7 @@ impl hyper::body::Body for Body {
         };
         if matches!(r, Poll::Ready(None | Some(Err(_)))) {
             self.active = None;
+            self.permit = None;
         }
         r
     }

@@ -31,6 +31,7 @@
 //!   15020) and the SIGTERM drain; [`context`]: the state the listeners share.
 
 pub mod app;
+pub mod circuit;
 pub mod config;
 pub mod conn;
 pub mod context;

@@ -211,9 +211,20 @@ async fn request(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Body> {
     let result = match stages(ctx, &snap, &mut ex) {
         Ok((route, routed)) => {
             labels = snap.outbound_labels(route.service, route.index);
-            match routed {
-                None => forward(ctx, &snap, ex, &route).await,
-                Some(routed) => forward_routed(ctx, &snap, ex, &route, routed).await,
+            match admit(ctx, &snap, &route, routed.as_ref(), &ex).await {
+                Err(r) => Err(r),
+                Ok(permit) => {
+                    let result = match routed {
+                        None => forward(ctx, &snap, ex, &route).await,
+                        Some(routed) => forward_routed(ctx, &snap, ex, &route, routed).await,
+                    };
+                    result.map(|mut resp| {
+                        if let Some(p) = permit {
+                            resp.body_mut().hold_permit(p);
+                        }
+                        resp
+                    })
+                }
             }
         }
         Err(r) => Err(r),
@@ -224,6 +235,53 @@ async fn request(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Body> {
     };
     ctx.metrics.response(&labels, grpc, &resp, flags, started);
     resp
+}
+
+/// The destination's circuit breaker (DestinationRule `connectionPool`): a slot for
+/// the request, `None` when no limit applies, or the overflow reply (503 `UO`).
+async fn admit(
+    ctx: &Context,
+    snap: &Snapshot,
+    route: &Route<'_>,
+    routed: Option<&crate::routing::Routed>,
+    ex: &Exchange,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Reply> {
+    let routes = &snap.mesh.routes;
+    if !routes.has_destination_rules() {
+        return Ok(None);
+    }
+    let subset = routed.and_then(|r| r.subset.as_deref());
+    let Some(policy) = routes.traffic_policy(
+        route.host,
+        subset,
+        route.port.number,
+        &snap.mesh.local.namespace,
+    ) else {
+        return Ok(None);
+    };
+    let h2 = protocol_for(snap, route, ex) == UpstreamProtocol::Http2;
+    let Some(limits) = crate::circuit::Limits::from_policy(&policy, h2) else {
+        return Ok(None);
+    };
+    let destination = format!(
+        "outbound|{}|{}|{}",
+        route.port.number,
+        subset.unwrap_or_default(),
+        route.host
+    );
+    match ctx.circuits.admit(&destination, limits).await {
+        Some(p) => Ok(Some(p)),
+        None => {
+            tracing::info!(%destination, ?limits, "circuit breaker open: upstream overflow");
+            Err(Reply {
+                flags: "UO",
+                ..ex.reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                )
+            })
+        }
+    }
 }
 
 /// [`forward`] with what the route table added: an injected delay first, the request

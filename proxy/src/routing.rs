@@ -32,6 +32,8 @@ pub struct Routed {
     pub port: u16,
     /// The subset's endpoint labels.
     pub subset_labels: Option<BTreeMap<String, String>>,
+    /// The subset's name.
+    pub subset: Option<String>,
     /// Delay to inject before forwarding.
     pub delay: Option<Duration>,
     /// The request timeout (504 after it).
@@ -349,6 +351,7 @@ fn routed(
     });
     Ok(Some(Routed {
         mirror,
+        subset: dest.subset.clone(),
         host: dest.host.clone(),
         port,
         subset_labels,

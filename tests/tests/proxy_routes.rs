@@ -287,3 +287,55 @@ spec:
     );
     assert_eq!(opened("echo-v1"), v1_before, "no connection reached v1");
 }
+
+/// Istio's circuit-breaking task: a DestinationRule with `maxConnections: 1` and
+/// `http1MaxPendingRequests: 1`; six requests at once (each answered after 500 ms):
+/// one on the wire, one waiting, the rest refused by the client's proxy with 503 and
+/// response flag UO.
+#[test]
+fn connection_pool_limits_trip_the_circuit_breaker() {
+    let rule = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin, namespace: default}
+spec:
+  host: httpbin
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
+"#;
+    let mesh = Mesh::builder()
+        .workload_spec(WorkloadSpec::new("client", "default", "client").without_apps())
+        .workload("httpbin", "httpbin")
+        .service(ServiceSpec::new("httpbin", "default").http(8000))
+        .config("circuit.yaml", rule)
+        .start();
+    let url = mesh.url("httpbin", "http", "/delay/500");
+    let statuses: Vec<(u16, String)> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = mesh.get("client", &url);
+                    (r.status, r.text())
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let ok = statuses.iter().filter(|(s, _)| *s == 200).count();
+    let overflow = statuses
+        .iter()
+        .filter(|(s, body)| *s == 503 && body.contains("reset reason: overflow"))
+        .count();
+    eprintln!("circuit breaker: {ok} answered, {overflow} refused with UO, of 6 at once");
+    assert!(ok >= 2, "{statuses:?}");
+    assert!(overflow >= 1, "{statuses:?}");
+    assert_eq!(ok + overflow, 6, "{statuses:?}");
+    // Once the burst is over, requests pass again.
+    assert_eq!(
+        mesh.get("client", &mesh.url("httpbin", "http", "/x"))
+            .status,
+        200
+    );
+}

@@ -602,6 +602,30 @@ impl RouteTable {
             .map(|s| s.labels.clone())
     }
 
+    /// The effective DestinationRule traffic policy (proto field names) for a client in
+    /// `client_ns` calling `host` (fully qualified), `subset`, `port`; `None` without a
+    /// DestinationRule for the host.
+    pub fn traffic_policy(
+        &self,
+        host: &str,
+        subset: Option<&str>,
+        port: u16,
+        client_ns: &str,
+    ) -> Option<Value> {
+        let dr = self.destination_rule_for(host, client_ns)?;
+        let subset = subset.and_then(|s| dr.spec.subsets.iter().find(|x| x.name == s));
+        merge_policy(
+            dr.spec.traffic_policy.as_ref(),
+            subset.and_then(|s| s.traffic_policy.as_ref()),
+            u32::from(port),
+        )
+    }
+
+    /// Whether any DestinationRule exists (else no destination has a traffic policy).
+    pub fn has_destination_rules(&self) -> bool {
+        !self.destination_rules.is_empty()
+    }
+
     /// Decides `req`; `explain` collects why each rule did or did not match.
     pub fn decide(&self, req: &RouteRequest, mut explain: Option<&mut Vec<String>>) -> Decision {
         let host = self.resolve_host(&req.host, &req.source_namespace);
