@@ -238,6 +238,8 @@ pub struct Context {
     pub mesh_pool: Pool<MeshKey, crate::pool::UpBody>,
     /// Circuit breakers by destination (DestinationRule `connectionPool`).
     pub circuits: crate::circuit::Circuits,
+    /// Endpoint health by outlier detection (DestinationRule `outlierDetection`).
+    pub outliers: crate::outlier::Outliers,
     /// Metrics.
     pub metrics: Metrics,
     /// Drain.
@@ -282,6 +284,7 @@ impl Context {
             app_pool: Pool::default(),
             mesh_pool: Pool::default(),
             circuits: crate::circuit::Circuits::default(),
+            outliers: crate::outlier::Outliers::default(),
             metrics: Metrics::new(),
             drain,
             connection_permits: connection_permits(&limits),

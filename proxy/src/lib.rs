@@ -42,6 +42,7 @@ pub mod listener;
 pub mod mesh;
 pub mod metrics;
 pub mod outbound;
+pub mod outlier;
 pub mod pipeline;
 pub mod pool;
 pub mod routing;

@@ -81,6 +81,8 @@ struct Route<'a> {
     /// The endpoint's index in the service.
     index: usize,
     host: &'a str,
+    /// Outlier detection for the destination, when its DestinationRule sets it.
+    outlier: Option<crate::outlier::Policy>,
 }
 
 /// Resolves `host:port` for a caller in this workload's namespace and picks an endpoint.
@@ -129,7 +131,7 @@ fn route_to<'a>(
             ),
         ));
     }
-    let candidates: Vec<usize> = (0..service.endpoints.len())
+    let mut candidates: Vec<usize> = (0..service.endpoints.len())
         .filter(|&i| {
             labels.is_none_or(|l| {
                 l.iter()
@@ -137,6 +139,18 @@ fn route_to<'a>(
             })
         })
         .collect();
+    // Ejected endpoints (outlier detection) sit out, unless all are (panic routing).
+    let healthy: Vec<usize> = candidates
+        .iter()
+        .copied()
+        .filter(|&i| {
+            !ctx.outliers
+                .is_ejected((mesh.generation, service.id, service.endpoints[i].inbound))
+        })
+        .collect();
+    if !healthy.is_empty() {
+        candidates = healthy;
+    }
     if candidates.is_empty() {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
@@ -151,6 +165,7 @@ fn route_to<'a>(
         port: port_info,
         endpoint: &service.endpoints[index],
         index,
+        outlier: None,
     })
 }
 
@@ -209,9 +224,13 @@ async fn request(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Body> {
     // Until the request is routed, it is counted as to an unknown destination.
     let mut labels = snap.unknown_outbound.clone();
     let result = match stages(ctx, &snap, &mut ex) {
-        Ok((route, routed)) => {
+        Ok((mut route, routed)) => {
             labels = snap.outbound_labels(route.service, route.index);
-            match admit(ctx, &snap, &route, routed.as_ref(), &ex).await {
+            let policy = destination_policy(&snap, &route, routed.as_ref());
+            route.outlier = policy
+                .as_ref()
+                .and_then(crate::outlier::Policy::from_policy);
+            match admit(ctx, &snap, &route, routed.as_ref(), policy.as_ref(), &ex).await {
                 Err(r) => Err(r),
                 Ok(permit) => {
                     let result = match routed {
@@ -237,6 +256,25 @@ async fn request(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
+/// The DestinationRule traffic policy of the request's destination (its subset and
+/// port), `None` without one.
+fn destination_policy(
+    snap: &Snapshot,
+    route: &Route<'_>,
+    routed: Option<&crate::routing::Routed>,
+) -> Option<serde_json::Value> {
+    let routes = &snap.mesh.routes;
+    if !routes.has_destination_rules() {
+        return None;
+    }
+    routes.traffic_policy(
+        route.host,
+        routed.and_then(|r| r.subset.as_deref()),
+        route.port.number,
+        &snap.mesh.local.namespace,
+    )
+}
+
 /// The destination's circuit breaker (DestinationRule `connectionPool`): a slot for
 /// the request, `None` when no limit applies, or the overflow reply (503 `UO`).
 async fn admit(
@@ -244,23 +282,15 @@ async fn admit(
     snap: &Snapshot,
     route: &Route<'_>,
     routed: Option<&crate::routing::Routed>,
+    policy: Option<&serde_json::Value>,
     ex: &Exchange,
 ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Reply> {
-    let routes = &snap.mesh.routes;
-    if !routes.has_destination_rules() {
-        return Ok(None);
-    }
-    let subset = routed.and_then(|r| r.subset.as_deref());
-    let Some(policy) = routes.traffic_policy(
-        route.host,
-        subset,
-        route.port.number,
-        &snap.mesh.local.namespace,
-    ) else {
+    let Some(policy) = policy else {
         return Ok(None);
     };
+    let subset = routed.and_then(|r| r.subset.as_deref());
     let h2 = protocol_for(snap, route, ex) == UpstreamProtocol::Http2;
-    let Some(limits) = crate::circuit::Limits::from_policy(&policy, h2) else {
+    let Some(limits) = crate::circuit::Limits::from_policy(policy, h2) else {
         return Ok(None);
     };
     let destination = format!(
@@ -464,6 +494,22 @@ async fn send_once(
             connect_tls(ctx, snap, route, Some(protocol))
         })
         .await;
+    if let Some(policy) = route.outlier {
+        // A failed connection or reset counts as a 503 (Envoy's local-origin errors,
+        // not split from the upstream's by default).
+        let status = result.as_ref().map_or(503, |r| r.status().as_u16());
+        let endpoint = (
+            snap.mesh.generation,
+            route.service.id,
+            route.endpoint.inbound,
+        );
+        if ctx
+            .outliers
+            .observe(endpoint, status, route.service.endpoints.len(), policy)
+        {
+            tracing::info!(host = %route.host, endpoint = %route.endpoint.inbound, "outlier detection: endpoint ejected");
+        }
+    }
     match result {
         Ok(resp) => pipeline::sanitize_response(ex, resp),
         Err(UpstreamError::Connect(e)) => {
@@ -538,7 +584,8 @@ async fn send_with_retries(
                 routed.port,
                 routed.subset_labels.as_ref(),
             ) {
-                Ok(r) => {
+                Ok(mut r) => {
+                    r.outlier = first.outlier;
                     next = r;
                     &next
                 }
@@ -712,6 +759,7 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
                 endpoint: &service.endpoints[index],
                 index,
                 host: service.host(),
+                outlier: None,
             }
         }
     };

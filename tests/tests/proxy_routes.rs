@@ -339,3 +339,54 @@ spec:
         200
     );
 }
+
+/// Outlier detection: one of two endpoints has no app (its proxy answers 503). With
+/// `consecutive5xxErrors: 1` it is ejected after its first failure and every request
+/// then succeeds; after `baseEjectionTime` it is tried again (one more failure), and
+/// ejected again, for twice as long.
+#[test]
+fn outlier_detection_ejects_and_restores_an_endpoint() {
+    let rule = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: default}
+spec:
+  host: ratings
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 1
+      interval: 1s
+      baseEjectionTime: 3s
+      maxEjectionPercent: 100
+"#;
+    let mesh = Mesh::builder()
+        .workload_spec(WorkloadSpec::new("client", "default", "client").without_apps())
+        .workload_spec(
+            WorkloadSpec::new("ratings-v1", "default", "ratings").label("app", "ratings"),
+        )
+        .workload_spec(
+            WorkloadSpec::new("ratings-down", "default", "ratings")
+                .label("app", "ratings")
+                .without_apps(),
+        )
+        .service(ServiceSpec::new("ratings", "default").http(9080))
+        .config("outlier.yaml", rule)
+        .start();
+    let url = mesh.url("ratings", "http", "/x");
+    let failures = |n: usize| {
+        (0..n)
+            .filter(|_| mesh.get("client", &url).status != 200)
+            .count()
+    };
+    let first = failures(20);
+    eprintln!("outlier detection: {first} of 20 failed (one endpoint of two down)");
+    assert_eq!(first, 1, "the down endpoint fails once, then sits out");
+    // After the 3 s ejection it is tried again, fails once, and is ejected for 6 s.
+    std::thread::sleep(std::time::Duration::from_millis(3300));
+    let again = failures(10);
+    assert_eq!(
+        again, 1,
+        "tried again after baseEjectionTime, ejected again"
+    );
+    assert_eq!(failures(10), 0);
+}
