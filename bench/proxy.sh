@@ -18,6 +18,8 @@
 #   rate        bench/src/loadgen.rs: $RATE req/s open loop over $RATE_CONNS keep-alive
 #               connections, latency from the intended send time (no coordinated omission)
 #   oneconn     wrk -t1 -c1 --latency (closed loop): the latency a pair adds
+# VIRTUAL_SERVICES=N (and ENDPOINTS=N) give the Warden pair N VirtualServices and
+# DestinationRules, the first for the benchmarked host (see bench.py routes_yaml).
 # Printed per scenario: req/s, p50/p90/p99, added p50 vs direct, proxy CPU µs per
 # request (utime+stime from /proc/PID/stat over the run / requests) and peak RSS
 # (VmHWM) for the client and the server proxy, and Warden's ratios to each row.

@@ -62,6 +62,12 @@ BIN_DIR = Path(os.environ.get("BIN_DIR", ROOT / "target" / "release"))
 ENVOY = os.environ.get("ENVOY_BIN", "")
 LOADGEN = Path(os.environ.get("LOADGEN_BIN", OUT / "loadgen"))
 WARDEN_PROXY_SKIP = os.environ.get("WARDEN_PROXY_SKIP", "")  # reason, set by proxy.sh
+# Traffic management in the Warden pair's config: 0 (none), or N VirtualServices (one
+# for the benchmarked host, with a header rule that does not match before the route,
+# and N-1 for other hosts), each with a DestinationRule; ENDPOINTS more WorkloadEntries
+# of another service.
+VIRTUAL_SERVICES = env_num("VIRTUAL_SERVICES", 0, int)
+ENDPOINTS = env_num("ENDPOINTS", 0, int)
 
 TD = "cluster.local"
 NS = "bench"
@@ -634,10 +640,66 @@ spec:
 """
 
 
+def routes_yaml(n, endpoints):
+    """n VirtualServices and DestinationRules (the first for the benchmarked host) and
+    `endpoints` WorkloadEntries of a filler service."""
+    docs = []
+    for i in range(n):
+        host = "nginx" if i == 0 else f"svc{i}"
+        docs.append(f"""apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {host}, namespace: {NS}}}
+spec:
+  hosts: [{host}.{NS}.svc.cluster.local]
+  http:
+  - match:
+    - headers: {{end-user: {{exact: jason}}}}
+    route:
+    - destination: {{host: {host}.{NS}.svc.cluster.local, subset: v2}}
+  - route:
+    - destination: {{host: {host}.{NS}.svc.cluster.local, subset: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {host}, namespace: {NS}}}
+spec:
+  host: {host}.{NS}.svc.cluster.local
+  subsets:
+  - {{name: v1, labels: {{app: {host}}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+""")
+    if endpoints:
+        docs.append(f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: filler, namespace: {NS}}}
+spec:
+  hosts: [filler.{NS}.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: {APP_PORT}, name: http, protocol: HTTP}}]
+  workloadSelector: {{labels: {{app: filler}}}}
+""")
+        for i in range(endpoints):
+            docs.append(f"""apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: filler-{i}, namespace: {NS}}}
+spec:
+  address: 10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}
+  labels: {{app: filler}}
+  serviceAccount: filler
+""")
+    return "---\n".join(docs)
+
+
 def start_warden_pair(procs, d, ctx):
     cd = d / "warden-config"
     cd.mkdir(exist_ok=True)
     (cd / "bench.yaml").write_text(WARDEN_YAML)
+    if VIRTUAL_SERVICES or ENDPOINTS:
+        started = time.monotonic()
+        (cd / "routes.yaml").write_text(routes_yaml(VIRTUAL_SERVICES, ENDPOINTS))
+        say(f"warden: {VIRTUAL_SERVICES} VirtualServices, {ENDPOINTS} extra endpoints "
+            f"(written in {time.monotonic() - started:.1f} s)")
     out_port = PORTS["warden"][0]  # inbound: the default 15006, which peers also assume
     pair = {}
     for role in ("server", "client"):
@@ -926,7 +988,8 @@ def main():
             "machine": {"cpus": NCPU, "kernel": platform.release(), "pin": PIN,
                         "load_cpu": LOAD_CPU if PIN else None, "proxy_cpu": PROXY_CPU if PIN else None},
             "config": {"duration_s": DURATION, "warmup_s": WARMUP, "rate": RATE, "rate_conns": RATE_CONNS,
-                       "sat_conns": SAT_CONNS, "repeat": REPEAT, "pairs": PAIRS, "scenarios": SCENARIOS, "host": HOST},
+                       "sat_conns": SAT_CONNS, "repeat": REPEAT, "pairs": PAIRS, "scenarios": SCENARIOS, "host": HOST,
+                       "virtual_services": VIRTUAL_SERVICES, "endpoints": ENDPOINTS},
             "versions": versions(),
             "results": results,
             "workdir": str(d) if KEEP else None,
