@@ -150,7 +150,16 @@ impl Rule {
 #[derive(Debug, Clone, Default)]
 pub struct DestinationRules {
     rules: Vec<Rule>,
+    /// Per namespace: rules by exact host, and the wildcard ones (indexes into
+    /// `rules`, in load order), so a lookup does not scan every rule.
+    by_namespace: HashMap<String, NamespaceRules>,
     root_namespace: String,
+}
+
+#[derive(Debug, Clone, Default)]
+struct NamespaceRules {
+    exact: HashMap<String, Vec<usize>>,
+    wildcard: Vec<usize>,
 }
 
 impl DestinationRules {
@@ -167,8 +176,18 @@ impl DestinationRules {
             errors.extend(e.into_list());
         }
         if errors.is_empty() {
+            let mut by_namespace: HashMap<String, NamespaceRules> = HashMap::new();
+            for (i, r) in rules.iter().enumerate() {
+                let ns = by_namespace.entry(r.namespace.clone()).or_default();
+                if r.host.starts_with('*') {
+                    ns.wildcard.push(i);
+                } else {
+                    ns.exact.entry(r.host.clone()).or_default().push(i);
+                }
+            }
             Ok(Self {
                 rules,
+                by_namespace,
                 root_namespace: root_namespace.to_string(),
             })
         } else {
@@ -191,9 +210,23 @@ impl DestinationRules {
             self.root_namespace.as_str(),
         ];
         for (tier, ns) in tiers.iter().enumerate() {
-            let best = self
-                .rules
+            let Some(index) = self.by_namespace.get(*ns) else {
+                continue;
+            };
+            let mut candidates: Vec<usize> = service
+                .hosts
                 .iter()
+                .filter_map(|h| index.exact.get(h))
+                .flatten()
+                .chain(index.wildcard.iter())
+                .copied()
+                .collect();
+            // Load order, so ties go to the first loaded.
+            candidates.sort_unstable();
+            candidates.dedup();
+            let best = candidates
+                .iter()
+                .map(|&i| &self.rules[i])
                 .filter(|r| r.namespace == *ns && r.visible_from(namespace))
                 // Only the client's own namespace may select it by labels.
                 .filter(|r| r.selector.is_none() || (tier == 0 && r.selects(labels)))
