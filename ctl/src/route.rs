@@ -103,6 +103,7 @@ fn parse_request(text: &str) -> Result<RouteRequest, String> {
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect(),
         scheme: r.scheme.unwrap_or_else(|| "http".into()),
+        skip_policy: false,
     })
 }
 

@@ -71,6 +71,7 @@ fn request(total: usize, path: &str) -> RouteRequest {
         path: path.into(),
         headers: BTreeMap::from([("end-user".into(), "mary".into())]),
         scheme: "http".into(),
+        skip_policy: false,
     }
 }
 

@@ -163,6 +163,7 @@ fn route_request(snap: &Snapshot, ex: &Exchange) -> Option<RouteRequest> {
         path: path_and_query(ex.req.uri()).to_string(),
         headers,
         scheme: "http".into(),
+        skip_policy: true,
     })
 }
 
@@ -248,24 +249,17 @@ fn routed(
         .port
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or(req_port);
-    let subset_labels = match &dest.subset {
-        None => None,
-        Some(s) => match snap
-            .mesh
-            .routes
-            .subset_labels(&dest.host, s, &snap.mesh.local.namespace)
-        {
-            Some(l) => Some(l),
-            None => {
-                return Err(Reply {
-                    flags: "NC",
-                    ..ex.reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("no healthy upstream: VirtualService {vs} routes to subset {s} of {}, which no DestinationRule defines", dest.host),
-                    )
-                });
-            }
-        },
+    let subset_labels = match subset_labels(snap, dest, &vs) {
+        Ok(l) => l,
+        Err(why) => {
+            return Err(Reply {
+                flags: "NC",
+                ..ex.reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no healthy upstream: {why}"),
+                )
+            });
+        }
     };
     // Faults: an abort answers here; a delay waits before forwarding.
     if let Some(f) = &d.fault {
@@ -363,6 +357,28 @@ fn routed(
     }))
 }
 
+/// The endpoint labels of `dest`'s subset (`None` without one); an error naming the
+/// VirtualService when no DestinationRule defines the subset.
+fn subset_labels(
+    snap: &Snapshot,
+    dest: &DestinationOut,
+    vs: &str,
+) -> Result<Option<BTreeMap<String, String>>, String> {
+    let Some(s) = &dest.subset else {
+        return Ok(None);
+    };
+    snap.mesh
+        .routes
+        .subset_labels(&dest.host, s, &snap.mesh.local.namespace)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "VirtualService {vs} routes to subset {s} of {}, which no DestinationRule defines",
+                dest.host
+            )
+        })
+}
+
 /// One destination, drawn by weight.
 fn pick_weighted(destinations: &[DestinationOut]) -> Option<&DestinationOut> {
     let total: i64 = destinations.iter().map(|x| x.weight.max(0)).sum();
@@ -393,6 +409,7 @@ pub fn tcp(snap: &Snapshot, host: &str, port: u16) -> Option<Result<Mirror, Stri
         http: false,
         host: host.to_string(),
         port,
+        skip_policy: true,
         ..Default::default()
     };
     let d = snap.mesh.routes.decide(&req, None);
@@ -403,21 +420,9 @@ pub fn tcp(snap: &Snapshot, host: &str, port: u16) -> Option<Result<Mirror, Stri
         )));
     }
     let dest = pick_weighted(&d.destinations)?;
-    let labels = match &dest.subset {
-        None => None,
-        Some(s) => match snap
-            .mesh
-            .routes
-            .subset_labels(&dest.host, s, &snap.mesh.local.namespace)
-        {
-            Some(l) => Some(l),
-            None => {
-                return Some(Err(format!(
-                    "VirtualService {vs} routes to subset {s} of {}, which no DestinationRule defines",
-                    dest.host
-                )));
-            }
-        },
+    let labels = match subset_labels(snap, dest, &vs) {
+        Ok(l) => l,
+        Err(why) => return Some(Err(why)),
     };
     Some(Ok(Mirror {
         host: dest.host.clone(),

@@ -219,6 +219,9 @@ pub struct RouteRequest {
     pub headers: BTreeMap<String, String>,
     /// `http` or `https` (the `:scheme`).
     pub scheme: String,
+    /// Leave `subset_labels`, `traffic_policy` and `destination_rule` out of the
+    /// decision (the proxy looks the policy up for the destination it draws).
+    pub skip_policy: bool,
 }
 
 /// One destination of the decision.
@@ -629,9 +632,11 @@ impl RouteTable {
     /// Decides `req`; `explain` collects why each rule did or did not match.
     pub fn decide(&self, req: &RouteRequest, mut explain: Option<&mut Vec<String>>) -> Decision {
         let host = self.resolve_host(&req.host, &req.source_namespace);
-        let mut say = |line: String| {
+        // Lines are formatted only when someone asked (the proxy does not).
+        let explaining = explain.is_some();
+        let mut say = |line: &dyn Fn() -> String| {
             if let Some(e) = explain.as_deref_mut() {
-                e.push(line);
+                e.push(line());
             }
         };
         // Match blocks for another port, client or gateway are dropped when Istio
@@ -646,10 +651,12 @@ impl RouteTable {
                     })
             });
         let Some(vs) = vs else {
-            say(format!(
-                "no VirtualService visible from namespace {} names {host}",
-                req.source_namespace
-            ));
+            say(&|| {
+                format!(
+                    "no VirtualService visible from namespace {} names {host}",
+                    req.source_namespace
+                )
+            });
             if !self.is_known(&host) {
                 return Decision {
                     action: "no_route",
@@ -676,19 +683,18 @@ impl RouteTable {
             return d;
         };
         let vs_key = format!("{}/{}", vs.namespace, vs.name);
-        say(format!("VirtualService {vs_key} owns {host}"));
+        say(&|| format!("VirtualService {vs_key} owns {host}"));
         if !req.http {
             return self.decide_tcp(vs, &vs_key, req, &mut say);
         }
         let mut decision = None;
         for (i, route) in vs.http.iter().enumerate() {
-            match route_matches(route, req, &req.source_namespace) {
-                Err(why) => say(format!(
-                    "{vs_key} http[{i}]{}: no match: {why}",
-                    name_of(route)
-                )),
+            match route_matches(route, req, &req.source_namespace, explaining) {
+                Err(why) => {
+                    say(&|| format!("{vs_key} http[{i}]{}: no match: {why}", name_of(route)))
+                }
                 Ok(m) => {
-                    say(format!("{vs_key} http[{i}]{}: matches", name_of(route)));
+                    say(&|| format!("{vs_key} http[{i}]{}: matches", name_of(route)));
                     if let Some(delegate) = &route.spec.delegate {
                         let ns = delegate
                             .namespace
@@ -696,19 +702,20 @@ impl RouteTable {
                             .unwrap_or_else(|| vs.namespace.clone());
                         let Some(&di) = self.by_name.get(&(ns.clone(), delegate.name.clone()))
                         else {
-                            say(format!("delegate {ns}/{} does not exist", delegate.name));
+                            say(&|| format!("delegate {ns}/{} does not exist", delegate.name));
                             break;
                         };
                         let dvs = &self.virtual_services[di];
                         let dkey = format!("{}/{}", dvs.namespace, dvs.name);
                         for (j, droute) in dvs.http.iter().enumerate() {
-                            match route_matches(droute, req, &req.source_namespace) {
-                                Err(why) => say(format!(
-                                    "{dkey} http[{j}]{}: no match: {why}",
-                                    name_of(droute)
-                                )),
+                            match route_matches(droute, req, &req.source_namespace, explaining) {
+                                Err(why) => say(&|| {
+                                    format!("{dkey} http[{j}]{}: no match: {why}", name_of(droute))
+                                }),
                                 Ok(dm) => {
-                                    say(format!("{dkey} http[{j}]{}: matches", name_of(droute)));
+                                    say(&|| {
+                                        format!("{dkey} http[{j}]{}: matches", name_of(droute))
+                                    });
                                     decision = Some(self.act(dvs, &dkey, j, droute, dm.or(m), req));
                                     break;
                                 }
@@ -722,9 +729,7 @@ impl RouteTable {
             }
         }
         decision.unwrap_or_else(|| {
-            say(format!(
-                "no rule of {vs_key} matches: the sidecar answers 404"
-            ));
+            say(&|| format!("no rule of {vs_key} matches: the sidecar answers 404"));
             Decision {
                 action: "no_route",
                 virtual_service: Some(vs_key),
@@ -743,7 +748,7 @@ impl RouteTable {
         vs: &CompiledVs,
         vs_key: &str,
         req: &RouteRequest,
-        say: &mut impl FnMut(String),
+        say: &mut impl FnMut(&dyn Fn() -> String),
     ) -> Decision {
         for (i, route) in vs.tcp.iter().enumerate() {
             let hit = route.matches.is_empty()
@@ -758,10 +763,10 @@ impl RouteTable {
                         && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
                 });
             if !hit {
-                say(format!("{vs_key} tcp[{i}]: no match"));
+                say(&|| format!("{vs_key} tcp[{i}]: no match"));
                 continue;
             }
-            say(format!("{vs_key} tcp[{i}]: matches"));
+            say(&|| format!("{vs_key} tcp[{i}]: matches"));
             let mut d = Decision {
                 action: "route",
                 virtual_service: Some(vs_key.to_string()),
@@ -781,7 +786,7 @@ impl RouteTable {
             return d;
         }
         if vs.has_tcp {
-            say(format!("no tcp rule of {vs_key} matches"));
+            say(&|| format!("no tcp rule of {vs_key} matches"));
         }
         Decision {
             action: "no_route",
@@ -1029,6 +1034,9 @@ impl RouteTable {
     /// Subset labels and the effective traffic policy of the chosen destination (the
     /// one with the largest weight, the first among equals).
     fn fill_policy(&self, d: &mut Decision, req: &RouteRequest) {
+        if req.skip_policy {
+            return;
+        }
         let Some(dest) = d
             .destinations
             .iter()
@@ -1155,14 +1163,16 @@ fn route_matches<'a>(
     route: &'a CompiledRoute,
     req: &RouteRequest,
     client_ns: &str,
+    explain: bool,
 ) -> Result<Option<&'a CompiledMatch>, String> {
     if route.matches.is_empty() {
         return Ok(None);
     }
     let mut whys = Vec::new();
     for (k, m) in route.matches.iter().enumerate() {
-        match block_matches(m, req, client_ns) {
+        match block_matches(m, req, client_ns, explain) {
             Ok(()) => return Ok(Some(m)),
+            Err(_) if !explain => {}
             Err(why) => whys.push(format!(
                 "match[{k}]{}: {why}",
                 m.name
@@ -1187,27 +1197,38 @@ fn static_ok(m: &CompiledMatch, req: &RouteRequest) -> bool {
         && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
 }
 
-fn block_matches(m: &CompiledMatch, req: &RouteRequest, client_ns: &str) -> Result<(), String> {
+fn block_matches(
+    m: &CompiledMatch,
+    req: &RouteRequest,
+    client_ns: &str,
+    explain: bool,
+) -> Result<(), String> {
+    // Why a block does not match is written only when explaining.
+    macro_rules! miss {
+        ($($t:tt)*) => {
+            return Err(if explain { format!($($t)*) } else { String::new() })
+        };
+    }
     let path = req.path.split('?').next().unwrap_or_default();
     if let Some(u) = &m.uri
         && !u.matches(Some(path), m.ignore_uri_case)
     {
-        return Err(format!("uri {path:?} is not {}", u.describe()));
+        miss!("uri {path:?} is not {}", u.describe());
     }
     if let Some(s) = &m.scheme
         && !s.matches(Some(&req.scheme), false)
     {
-        return Err(format!("scheme {:?} is not {}", req.scheme, s.describe()));
+        miss!("scheme {:?} is not {}", req.scheme, s.describe());
     }
     if let Some(x) = &m.method
         && !x.matches(Some(&req.method), false)
     {
-        return Err(format!("method {:?} is not {}", req.method, x.describe()));
+        miss!("method {:?} is not {}", req.method, x.describe());
     }
     if let Some(a) = &m.authority
         && !a.matches(Some(&req.host), false)
     {
-        return Err(format!("authority {:?} is not {}", req.host, a.describe()));
+        miss!("authority {:?} is not {}", req.host, a.describe());
     }
     let header = |name: &str| -> Option<String> {
         match name {
@@ -1225,17 +1246,13 @@ fn block_matches(m: &CompiledMatch, req: &RouteRequest, client_ns: &str) -> Resu
     };
     for (name, h) in &m.headers {
         if !h.matches(header(name).as_deref(), false) {
-            return Err(format!(
-                "header {name} is {:?}, not {}",
-                header(name),
-                h.describe()
-            ));
+            miss!("header {name} is {:?}, not {}", header(name), h.describe());
         }
     }
     for (name, h) in &m.without_headers {
         // A missing header counts as empty (Envoy's inverted header match).
         if h.matches(Some(header(name).as_deref().unwrap_or("")), false) {
-            return Err(format!("withoutHeaders: header {name} is {}", h.describe()));
+            miss!("withoutHeaders: header {name} is {}", h.describe());
         }
     }
     let query: Vec<(String, String)> = req
@@ -1257,29 +1274,26 @@ fn block_matches(m: &CompiledMatch, req: &RouteRequest, client_ns: &str) -> Resu
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str());
         if !q.matches(value, false) {
-            return Err(format!(
-                "query parameter {name} is {value:?}, not {}",
-                q.describe()
-            ));
+            miss!("query parameter {name} is {value:?}, not {}", q.describe());
         }
     }
     if let Some(p) = m.port
         && p != u32::from(req.port)
     {
-        return Err(format!("port {} is not {p}", req.port));
+        miss!("port {} is not {p}", req.port);
     }
     for (k, v) in &m.source_labels {
         if req.source_labels.get(k) != Some(v) {
-            return Err(format!("source label {k}={v} is not on the client"));
+            miss!("source label {k}={v} is not on the client");
         }
     }
     if let Some(ns) = &m.source_namespace
         && ns != client_ns
     {
-        return Err(format!("source namespace {client_ns} is not {ns}"));
+        miss!("source namespace {client_ns} is not {ns}");
     }
     if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
-        return Err("the match is for gateways, not sidecars (mesh)".into());
+        miss!("the match is for gateways, not sidecars (mesh)");
     }
     Ok(())
 }

@@ -72,6 +72,7 @@ fn request(r: &Value) -> RouteRequest {
         headers: serde_json::from_value::<BTreeMap<String, String>>(r["headers"].clone())
             .unwrap_or_default(),
         scheme: s("scheme", "http"),
+        skip_policy: false,
     }
 }
 
