@@ -72,6 +72,8 @@ fn request(total: usize, path: &str) -> RouteRequest {
         headers: BTreeMap::from([("end-user".into(), "mary".into())]),
         scheme: "http".into(),
         skip_policy: false,
+        gateways: Vec::new(),
+        sni: None,
     }
 }
 

@@ -17,6 +17,9 @@
 //!   the proxy forwards that same path.
 //! - [`peer_authn`]: the mTLS mode for a workload and port.
 //! - [`request_authn`]: RequestAuthentication JWT validation as Envoy's `jwt_authn`.
+//! - [`route`]: VirtualServices, DestinationRules and Gateways as the route table.
+//! - [`ratelimit`]: local rate limits (Istio's `EnvoyFilter` for Envoy's
+//!   `local_ratelimit`, and Warden's `LocalRateLimit`).
 //! - [`validate`]: Istio's validation webhook rules, reported at the field's line
 //!   ([`yaml_lines`]).
 //!
@@ -28,6 +31,7 @@ pub mod loader;
 pub mod matcher;
 pub mod normalize;
 pub mod peer_authn;
+pub mod ratelimit;
 pub mod request_authn;
 pub mod resources;
 pub mod route;

@@ -1,6 +1,8 @@
 //! `warden route check` on real files: Istio's bookinfo traffic-management samples
 //! (`samples/bookinfo/networking/`, as the request-routing and fault-injection tasks
-//! apply them), the decision JSON, `--explain`, and bad input refused with exit code 2.
+//! apply them), the decision JSON, `--explain`, and bad input refused with exit code 2;
+//! and decided as a Gateway's proxy (`"gateway": "ns/name"`): `bookinfo-gateway.yaml`,
+//! the SNI-passthrough task's Gateway, a request no server takes.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use warden_tests::{fails, ok, warden};
@@ -223,4 +225,163 @@ fn bad_input_exits_2_naming_it() {
             && err.contains("spec.http[0].match[0].uri.regex"),
         "{err}"
     );
+}
+
+/// `samples/bookinfo/networking/bookinfo-gateway.yaml` (in `default`) and the
+/// ingress-sni-passthrough task's Gateway and VirtualService.
+const GATEWAYS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: bookinfo-gateway
+spec:
+  # The selector matches the ingress gateway pod labels.
+  selector:
+    istio: ingressgateway # use istio default controller
+  servers:
+  - port:
+      number: 8080
+      name: http
+      protocol: HTTP
+    hosts:
+    - "*"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: bookinfo
+spec:
+  hosts:
+  - "*"
+  gateways:
+  - bookinfo-gateway
+  http:
+  - match:
+    - uri:
+        exact: /productpage
+    - uri:
+        prefix: /static
+    - uri:
+        exact: /login
+    - uri:
+        exact: /logout
+    - uri:
+        prefix: /api/v1/products
+    route:
+    - destination:
+        host: productpage
+        port:
+          number: 9080
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: mygateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 443
+      name: https
+      protocol: HTTPS
+    tls:
+      mode: PASSTHROUGH
+    hosts:
+    - nginx.example.com
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: nginx
+spec:
+  hosts:
+  - nginx.example.com
+  gateways:
+  - mygateway
+  tls:
+  - match:
+    - port: 443
+      sniHosts:
+      - nginx.example.com
+    route:
+    - destination:
+        host: my-nginx
+        port:
+          number: 443
+"#;
+
+#[test]
+fn decided_as_a_gateway_proxy() {
+    let dir = setup();
+    std::fs::write(dir.path().join("config/gateways.yaml"), GATEWAYS).unwrap();
+    let check = |req: &str, extra: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&ok(run(dir.path(), req, extra))).unwrap()
+    };
+    let http = |path: &str| {
+        format!(
+            r#"{{"gateway": "default/bookinfo-gateway", "request": {{"protocol": "http", "host": "bookinfo.example.com:8080", "port": 8080, "path": "{path}"}}}}"#
+        )
+    };
+    let v = check(&http("/api/v1/products/0"), &["--explain"]);
+    assert_eq!(v["action"], "route", "{v}");
+    assert_eq!(v["virtual_service"], "default/bookinfo");
+    assert_eq!(
+        v["destinations"],
+        serde_json::json!([{"host": "productpage.default.svc.cluster.local", "subset": null, "port": 9080, "weight": 100}])
+    );
+    assert_eq!(
+        v["gateway_server"],
+        "default/bookinfo-gateway servers[0] (port 8080, hosts *)"
+    );
+    assert!(
+        v["explain"].to_string().contains("match[4]: matches"),
+        "{v}"
+    );
+    let v = check(&http("/reviews/0"), &[]);
+    assert_eq!(
+        (&v["action"], &v["status"]),
+        (&"no_route".into(), &404.into()),
+        "{v}"
+    );
+
+    // TLS passthrough by SNI.
+    let v = check(
+        r#"{"gateway": "default/mygateway", "request": {"protocol": "tcp", "host": "nginx.example.com", "port": 443, "sni": "nginx.example.com"}}"#,
+        &[],
+    );
+    assert_eq!(v["virtual_service"], "default/nginx", "{v}");
+    assert_eq!(
+        v["destinations"][0]["host"],
+        "my-nginx.default.svc.cluster.local"
+    );
+
+    // No server of the Gateway takes the request: exit 2 naming gateway, port and host.
+    let out = run(
+        dir.path(),
+        r#"{"gateway": "default/mygateway", "request": {"protocol": "tcp", "host": "x", "port": 443, "sni": "other.example.com"}}"#,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = fails(out);
+    assert!(
+        err.contains("default/mygateway")
+            && err.contains("443")
+            && err.contains("other.example.com"),
+        "{err}"
+    );
+    let out = run(dir.path(), &http("/x").replace("8080", "80"), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = fails(out);
+    assert!(
+        err.contains("port 80") && err.contains("bookinfo.example.com"),
+        "{err}"
+    );
+
+    // The samples pass `warden validate`.
+    let summary = ok(warden(&[
+        "validate",
+        dir.path().join("config").to_str().unwrap(),
+    ]));
+    assert!(summary.contains("2 Gateway"), "{summary}");
 }

@@ -98,6 +98,11 @@ pub struct ConfigSet {
     pub destination_rules: Vec<Loaded<serde_json::Value>>,
     /// `networking.istio.io` Gateways, carried untyped.
     pub gateways: Vec<Loaded<serde_json::Value>>,
+    /// `networking.istio.io` EnvoyFilters, carried untyped (Warden applies the local
+    /// rate limits among them: [`crate::ratelimit`]).
+    pub envoy_filters: Vec<Loaded<serde_json::Value>>,
+    /// `warden.io` LocalRateLimits.
+    pub local_rate_limits: Vec<Loaded<crate::ratelimit::LocalRateLimitSpec>>,
     /// What was skipped, and why (unknown kinds, empty documents are silent).
     pub notes: Vec<String>,
     /// The text of every file loaded, exactly as parsed, by path (for [`load_str`], its
@@ -207,6 +212,7 @@ mod tests;
 
 const SECURITY: &str = "security.istio.io";
 const NETWORKING: &str = "networking.istio.io";
+const WARDEN: &str = "warden.io";
 
 /// Files under `path` (itself if a file), recursively, sorted.
 fn files(path: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>) {
@@ -436,6 +442,7 @@ impl Loader {
         let known_versions: &[&str] = match group {
             SECURITY => &["v1", "v1beta1"],
             NETWORKING => &["v1", "v1beta1", "v1alpha3"],
+            WARDEN => &["v1alpha1"],
             _ => &[],
         };
         let group_kinds: &[&str] = match group {
@@ -450,7 +457,9 @@ impl Loader {
                 "VirtualService",
                 "DestinationRule",
                 "Gateway",
+                "EnvoyFilter",
             ],
+            WARDEN => &["LocalRateLimit"],
             _ => &[],
         };
         if !group_kinds.contains(&kind.as_str()) {
@@ -518,6 +527,16 @@ impl Loader {
             "DestinationRule" => {
                 if let Some(r) = self.typed(&origin, doc) {
                     self.set.destination_rules.push(r);
+                }
+            }
+            "EnvoyFilter" => {
+                if let Some(r) = self.typed(&origin, doc) {
+                    self.set.envoy_filters.push(r);
+                }
+            }
+            "LocalRateLimit" => {
+                if let Some(r) = self.typed(&origin, doc) {
+                    self.set.local_rate_limits.push(r);
                 }
             }
             _ => {

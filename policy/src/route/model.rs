@@ -1,12 +1,14 @@
-//! Typed models of `VirtualService` and `DestinationRule` specs
-//! (`networking/v1alpha3/virtual_service.proto`, `destination_rule.proto`), with the
-//! proto JSON field names. Unknown fields are refused, as Istio's CRD schema does.
-//! Traffic policies stay JSON: they are merged and printed with the proto's field names,
+//! Typed models of `VirtualService`, `DestinationRule` and `Gateway` specs
+//! (`networking/v1alpha3/virtual_service.proto`, `destination_rule.proto`,
+//! `gateway.proto`), with the proto JSON field names. Unknown fields are refused, as
+//! Istio's CRD schema does. Traffic policies stay JSON: they are merged and printed with the proto's field names,
 //! not interpreted here.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+
+use super::gateway::TlsMode;
 
 /// `VirtualService.spec`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -419,4 +421,114 @@ pub struct Subset {
     pub labels: BTreeMap<String, String>,
     /// Overrides of the DestinationRule's policy.
     pub traffic_policy: Option<serde_json::Value>,
+}
+
+/// `Gateway.spec` (`networking/v1alpha3/gateway.proto`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// Gateway workloads it applies to (labels); absent: every gateway workload.
+    pub selector: Option<BTreeMap<String, String>>,
+    /// What it listens on.
+    #[serde(default)]
+    pub servers: Vec<Server>,
+}
+
+/// `Server`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Server {
+    /// The port (required).
+    pub port: ServerPort,
+    /// Address or `unix://` socket to bind.
+    pub bind: Option<String>,
+    /// Hosts served: `host`, `ns/host`, `./host`, `*/host`, wildcards.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// TLS settings.
+    pub tls: Option<ServerTlsSettings>,
+    /// Name, for stats.
+    pub name: Option<String>,
+    /// Loopback endpoint for sidecar ingress (carried).
+    pub default_endpoint: Option<String>,
+}
+
+/// `Port` of a server.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerPort {
+    /// Port number.
+    #[serde(default)]
+    pub number: u32,
+    /// `HTTP`, `HTTPS`, `GRPC`, `HTTP2`, `MONGO`, `TCP`, `TLS`.
+    #[serde(default)]
+    pub protocol: String,
+    /// Label of the port (unique within the Gateway).
+    #[serde(default)]
+    pub name: String,
+    /// Deprecated, without effect on gateways.
+    pub target_port: Option<u32>,
+}
+
+/// `ServerTLSSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTlsSettings {
+    /// Redirect plain-text HTTP to HTTPS (301).
+    #[serde(default)]
+    pub https_redirect: bool,
+    /// How TLS is handled (default `PASSTHROUGH`).
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// Server certificate file.
+    pub server_certificate: Option<String>,
+    /// Its private key file.
+    pub private_key: Option<String>,
+    /// CA bundle verifying client certificates.
+    pub ca_certificates: Option<String>,
+    /// Certificate revocation list.
+    pub ca_crl: Option<String>,
+    /// Secret with the certificate, key and CAs.
+    pub credential_name: Option<String>,
+    /// Up to two such secrets.
+    #[serde(default)]
+    pub credential_names: Vec<String>,
+    /// ConfigMap or secret with the client CAs.
+    pub ca_cert_credential_name: Option<String>,
+    /// Up to two certificate/key pairs.
+    #[serde(default)]
+    pub tls_certificates: Vec<TlsCertificate>,
+    /// Client certificate SANs accepted.
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    /// Client certificate SPKI hashes accepted.
+    #[serde(default)]
+    pub verify_certificate_spki: Vec<String>,
+    /// Client certificate hashes accepted.
+    #[serde(default)]
+    pub verify_certificate_hash: Vec<String>,
+    /// Minimum TLS version.
+    pub min_protocol_version: Option<String>,
+    /// Maximum TLS version.
+    pub max_protocol_version: Option<String>,
+    /// Cipher suites.
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+    /// ECDH curves.
+    #[serde(default)]
+    pub ecdh_curves: Vec<String>,
+    /// Accept any client certificate.
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// `ServerTLSSettings.TLSCertificate`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// Certificate file.
+    pub server_certificate: Option<String>,
+    /// Key file.
+    pub private_key: Option<String>,
+    /// CA bundle.
+    pub ca_certificates: Option<String>,
 }

@@ -1,5 +1,6 @@
-//! The route table: VirtualServices and DestinationRules compiled once per config
-//! version, and the client sidecar's decision for one request.
+//! The route table: VirtualServices, DestinationRules and Gateways compiled once per
+//! config version, and the client sidecar's decision for one request (a gateway's is in
+//! `gateway`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,9 +9,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::duration;
+use super::gateway::{GatewayConfig, compile_gateway, resolve_gateway_name};
 use super::model::{
     Destination, DestinationRuleSpec, HeaderOperations, Headers, HttpMatch, HttpRoute, StringMatch,
-    VirtualServiceSpec,
+    TcpRoute, TlsRoute, VirtualServiceSpec,
 };
 use crate::loader::{ConfigSet, Loaded};
 
@@ -27,7 +29,7 @@ pub const DEFAULT_RETRY_ATTEMPTS: i64 = 2;
 pub struct RouteError {
     /// Where it was loaded from.
     pub origin: String,
-    /// `VirtualService` or `DestinationRule`.
+    /// `VirtualService`, `DestinationRule` or `Gateway`.
     pub kind: &'static str,
     /// Its namespace.
     pub namespace: String,
@@ -59,7 +61,7 @@ impl Default for TableOptions {
 
 /// A string condition, compiled.
 #[derive(Debug, Clone)]
-enum Matcher {
+pub(super) enum Matcher {
     Exact(String),
     Prefix(String),
     Regex(Regex),
@@ -131,42 +133,48 @@ fn full_regex(r: &str) -> Result<Regex, String> {
 }
 
 #[derive(Debug, Clone)]
-struct CompiledMatch {
-    name: Option<String>,
-    uri: Option<Matcher>,
-    scheme: Option<Matcher>,
-    method: Option<Matcher>,
-    authority: Option<Matcher>,
-    headers: Vec<(String, Matcher)>,
-    without_headers: Vec<(String, Matcher)>,
-    query_params: Vec<(String, Matcher)>,
-    port: Option<u32>,
-    source_labels: BTreeMap<String, String>,
-    source_namespace: Option<String>,
-    gateways: Vec<String>,
-    ignore_uri_case: bool,
+pub(super) struct CompiledMatch {
+    pub(super) name: Option<String>,
+    pub(super) uri: Option<Matcher>,
+    pub(super) scheme: Option<Matcher>,
+    pub(super) method: Option<Matcher>,
+    pub(super) authority: Option<Matcher>,
+    pub(super) headers: Vec<(String, Matcher)>,
+    pub(super) without_headers: Vec<(String, Matcher)>,
+    pub(super) query_params: Vec<(String, Matcher)>,
+    pub(super) port: Option<u32>,
+    pub(super) source_labels: BTreeMap<String, String>,
+    pub(super) source_namespace: Option<String>,
+    /// `ns/name` (qualified in the VirtualService's namespace) or `mesh`.
+    pub(super) gateways: Vec<String>,
+    pub(super) ignore_uri_case: bool,
 }
 
 #[derive(Debug, Clone)]
-struct CompiledRoute {
-    spec: HttpRoute,
-    matches: Vec<CompiledMatch>,
-    regex_rewrite: Option<(Regex, String)>,
+pub(super) struct CompiledRoute {
+    pub(super) spec: HttpRoute,
+    pub(super) matches: Vec<CompiledMatch>,
+    pub(super) regex_rewrite: Option<(Regex, String)>,
 }
 
 #[derive(Debug, Clone)]
-struct CompiledVs {
-    namespace: String,
-    name: String,
-    created: String,
+pub(super) struct CompiledVs {
+    pub(super) namespace: String,
+    pub(super) name: String,
+    pub(super) created: String,
     /// Fully qualified hosts (`*.x` wildcards, `*`).
-    hosts: Vec<String>,
-    export_to: Vec<String>,
+    pub(super) hosts: Vec<String>,
+    pub(super) export_to: Vec<String>,
     /// Applies to sidecars (`gateways` empty or naming `mesh`).
-    mesh: bool,
-    http: Vec<CompiledRoute>,
-    has_tcp: bool,
-    tcp: Vec<super::model::TcpRoute>,
+    pub(super) mesh: bool,
+    /// The Gateways it is bound to, `ns/name` (`mesh` left out).
+    pub(super) gateways: Vec<String>,
+    pub(super) http: Vec<CompiledRoute>,
+    pub(super) has_tcp: bool,
+    /// Match `gateways` qualified like `gateways`.
+    pub(super) tcp: Vec<TcpRoute>,
+    /// Likewise.
+    pub(super) tls: Vec<TlsRoute>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,10 +190,10 @@ struct CompiledDr {
 /// The compiled route table.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
-    options: TableOptions,
-    /// Oldest first (creation time, then namespace/name): Istio's precedence.
-    virtual_services: Vec<CompiledVs>,
-    by_name: HashMap<(String, String), usize>,
+    pub(super) options: TableOptions,
+    /// Oldest first (creation time, then name, then namespace): Istio's precedence.
+    pub(super) virtual_services: Vec<CompiledVs>,
+    pub(super) by_name: HashMap<(String, String), usize>,
     destination_rules: Vec<CompiledDr>,
     /// VirtualService hosts to indexes in `virtual_services` (sidecar ones only).
     vs_hosts: HostIndex,
@@ -196,6 +204,16 @@ pub struct RouteTable {
     /// Namespaces any resource lives in (`reviews.foo` names a service only when `foo`
     /// is a namespace).
     namespaces: std::collections::BTreeSet<String>,
+    /// Gateways, oldest first (creation time, then name, then namespace).
+    pub(super) gateways: Vec<GatewayConfig>,
+    /// `ns/name` to its index in `gateways`.
+    pub(super) gateway_index: HashMap<String, usize>,
+    /// `ns/name` of a Gateway to the VirtualServices bound to it (indexes in
+    /// `virtual_services`, ascending); apart from `vs_hosts`, so sidecars never look.
+    pub(super) gateway_vs: HashMap<String, Vec<usize>>,
+    /// The same by host, for HTTP: a VirtualService can serve a Host only if one of
+    /// its hosts covers it.
+    pub(super) gateway_vs_hosts: HashMap<String, HostIndex>,
 }
 
 /// The client and its request.
@@ -222,6 +240,14 @@ pub struct RouteRequest {
     /// Leave `subset_labels`, `traffic_policy` and `destination_rule` out of the
     /// decision (the proxy looks the policy up for the destination it draws).
     pub skip_policy: bool,
+    /// "ns/name" of the Gateways whose server accepted the request (the server on this
+    /// port whose hosts serve the request's host); empty: decide as a client sidecar.
+    /// The source fields are then the gateway workload's.
+    pub gateways: Vec<String>,
+    /// The TLS SNI of a TLS connection (`tls` rules match `sniHosts` against it); None
+    /// otherwise. On a gateway, a connection a TCP/TLS server terminated TLS for may come
+    /// with or without it: that server's `tcp` rules decide.
+    pub sni: Option<String>,
 }
 
 /// One destination of the decision.
@@ -283,7 +309,7 @@ pub struct Decision {
 /// Which of Istio's groups a VirtualService falls in for a client in `client_ns`: 0
 /// private to the client's namespace, 1 exported to it by name, 2 public; `None` when
 /// it is not visible.
-fn export_group(export_to: &[String], own_ns: &str, client_ns: &str) -> Option<u8> {
+pub(super) fn export_group(export_to: &[String], own_ns: &str, client_ns: &str) -> Option<u8> {
     if export_to.is_empty() || export_to.iter().any(|e| e == "*") {
         return Some(2);
     }
@@ -316,7 +342,7 @@ fn fqdn(name: &str, namespace: &str, domain: &str) -> String {
 /// Hosts (exact, `*.suffix` wildcards, `*`) to the items that name them, so a lookup
 /// costs the labels of the host, not the number of items.
 #[derive(Debug, Clone, Default)]
-struct HostIndex {
+pub(super) struct HostIndex {
     exact: HashMap<String, Vec<usize>>,
     /// By the suffix after `*` (`.example.com`).
     suffix: HashMap<String, Vec<usize>>,
@@ -339,7 +365,7 @@ impl HostIndex {
 
     /// Items whose pattern covers `host`, with how specifically: exact beats every
     /// wildcard, a longer wildcard suffix beats a shorter one, `*` comes last.
-    fn lookup(&self, host: &str) -> Vec<(usize, usize)> {
+    pub(super) fn lookup(&self, host: &str) -> Vec<(usize, usize)> {
         let mut out = Vec::new();
         if let Some(items) = self.exact.get(host) {
             out.extend(items.iter().map(|&i| (usize::MAX, i)));
@@ -362,7 +388,7 @@ impl HostIndex {
 }
 
 /// `host` without `:port`, lowercase.
-fn bare_host(host: &str) -> String {
+pub(super) fn bare_host(host: &str) -> String {
     let h = host.trim().to_ascii_lowercase();
     if let Some((name, port)) = h.rsplit_once(':')
         && !name.contains(':')
@@ -392,6 +418,13 @@ impl RouteTable {
                 Err(e) => errors.push(*e),
             }
         }
+        let mut gateways = Vec::new();
+        for gw in &set.gateways {
+            match compile_gateway(gw) {
+                Ok(c) => gateways.push(c),
+                Err(e) => errors.extend(e),
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -402,16 +435,36 @@ impl RouteTable {
         drs.sort_by(|a, b| {
             (&a.created, &a.name, &a.namespace).cmp(&(&b.created, &b.name, &b.namespace))
         });
+        gateways.sort_by(|a, b| {
+            (&a.created, &a.name, &a.namespace).cmp(&(&b.created, &b.name, &b.namespace))
+        });
+        let gateway_index = gateways
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.gateway.clone(), i))
+            .collect();
         let by_name = vss
             .iter()
             .enumerate()
             .map(|(i, v)| ((v.namespace.clone(), v.name.clone()), i))
             .collect();
         let mut vs_hosts = HostIndex::default();
+        let mut gateway_vs: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut gateway_vs_hosts: HashMap<String, HostIndex> = HashMap::new();
         for (i, vs) in vss.iter().enumerate() {
             if vs.mesh {
                 for h in &vs.hosts {
                     vs_hosts.insert(h, i);
+                }
+            }
+            for g in &vs.gateways {
+                let list = gateway_vs.entry(g.clone()).or_default();
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+                let index = gateway_vs_hosts.entry(g.clone()).or_default();
+                for h in &vs.hosts {
+                    index.insert(h, i);
                 }
             }
         }
@@ -451,6 +504,10 @@ impl RouteTable {
             vs_hosts,
             dr_hosts,
             se_hosts,
+            gateways,
+            gateway_index,
+            gateway_vs,
+            gateway_vs_hosts,
         })
     }
 
@@ -631,7 +688,6 @@ impl RouteTable {
 
     /// Decides `req`; `explain` collects why each rule did or did not match.
     pub fn decide(&self, req: &RouteRequest, mut explain: Option<&mut Vec<String>>) -> Decision {
-        let host = self.resolve_host(&req.host, &req.source_namespace);
         // Lines are formatted only when someone asked (the proxy does not).
         let explaining = explain.is_some();
         let mut say = |line: &dyn Fn() -> String| {
@@ -639,6 +695,10 @@ impl RouteTable {
                 e.push(line());
             }
         };
+        if !req.gateways.is_empty() {
+            return self.decide_gateway(req, &mut say, explaining);
+        }
+        let host = self.resolve_host(&req.host, &req.source_namespace);
         // Match blocks for another port, client or gateway are dropped when Istio
         // builds this sidecar's routes; a VirtualService left with no HTTP rule builds
         // no virtual host, and the service gets the default route.
@@ -685,6 +745,11 @@ impl RouteTable {
         let vs_key = format!("{}/{}", vs.namespace, vs.name);
         say(&|| format!("VirtualService {vs_key} owns {host}"));
         if !req.http {
+            if let Some(sni) = &req.sni
+                && let Some(d) = self.sidecar_tls(vs, &vs_key, req, sni, &mut say)
+            {
+                return d;
+            }
             return self.decide_tcp(vs, &vs_key, req, &mut say);
         }
         let mut decision = None;
@@ -767,23 +832,7 @@ impl RouteTable {
                 continue;
             }
             say(&|| format!("{vs_key} tcp[{i}]: matches"));
-            let mut d = Decision {
-                action: "route",
-                virtual_service: Some(vs_key.to_string()),
-                route_index: Some(i),
-                destinations: weighted(
-                    route
-                        .route
-                        .iter()
-                        .map(|r| (&r.destination, r.weight))
-                        .collect(),
-                    &vs.namespace,
-                    &self.options.domain,
-                ),
-                ..Default::default()
-            };
-            self.fill_policy(&mut d, req);
-            return d;
+            return self.l4_decision(vs, vs_key, i, &route.route, req);
         }
         if vs.has_tcp {
             say(&|| format!("no tcp rule of {vs_key} matches"));
@@ -799,7 +848,7 @@ impl RouteTable {
         }
     }
 
-    fn act(
+    pub(super) fn act(
         &self,
         vs: &CompiledVs,
         vs_key: &str,
@@ -1033,7 +1082,7 @@ impl RouteTable {
 
     /// Subset labels and the effective traffic policy of the chosen destination (the
     /// one with the largest weight, the first among equals).
-    fn fill_policy(&self, d: &mut Decision, req: &RouteRequest) {
+    pub(super) fn fill_policy(&self, d: &mut Decision, req: &RouteRequest) {
         if req.skip_policy {
             return;
         }
@@ -1130,7 +1179,7 @@ fn default_retries() -> Value {
     })
 }
 
-fn name_of(route: &CompiledRoute) -> String {
+pub(super) fn name_of(route: &CompiledRoute) -> String {
     route
         .spec
         .name
@@ -1139,7 +1188,7 @@ fn name_of(route: &CompiledRoute) -> String {
         .unwrap_or_default()
 }
 
-fn weighted(
+pub(super) fn weighted(
     dests: Vec<(&Destination, Option<i64>)>,
     namespace: &str,
     domain: &str,
@@ -1197,38 +1246,68 @@ fn static_ok(m: &CompiledMatch, req: &RouteRequest) -> bool {
         && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
 }
 
+/// Why a block does not match, written only when explaining.
+macro_rules! miss {
+    ($explain:expr, $($t:tt)*) => {
+        return Err(if $explain { format!($($t)*) } else { String::new() })
+    };
+}
+
 fn block_matches(
     m: &CompiledMatch,
     req: &RouteRequest,
     client_ns: &str,
     explain: bool,
 ) -> Result<(), String> {
-    // Why a block does not match is written only when explaining.
-    macro_rules! miss {
-        ($($t:tt)*) => {
-            return Err(if explain { format!($($t)*) } else { String::new() })
-        };
+    request_matches(m, req, explain)?;
+    if let Some(p) = m.port
+        && p != u32::from(req.port)
+    {
+        miss!(explain, "port {} is not {p}", req.port);
     }
+    for (k, v) in &m.source_labels {
+        if req.source_labels.get(k) != Some(v) {
+            miss!(explain, "source label {k}={v} is not on the client");
+        }
+    }
+    if let Some(ns) = &m.source_namespace
+        && ns != client_ns
+    {
+        miss!(explain, "source namespace {client_ns} is not {ns}");
+    }
+    if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
+        miss!(explain, "the match is for gateways, not sidecars (mesh)");
+    }
+    Ok(())
+}
+
+/// The conditions of a match block on the request itself (path, scheme, method,
+/// authority, headers, query), not on who sends it or where.
+pub(super) fn request_matches(
+    m: &CompiledMatch,
+    req: &RouteRequest,
+    explain: bool,
+) -> Result<(), String> {
     let path = req.path.split('?').next().unwrap_or_default();
     if let Some(u) = &m.uri
         && !u.matches(Some(path), m.ignore_uri_case)
     {
-        miss!("uri {path:?} is not {}", u.describe());
+        miss!(explain, "uri {path:?} is not {}", u.describe());
     }
     if let Some(s) = &m.scheme
         && !s.matches(Some(&req.scheme), false)
     {
-        miss!("scheme {:?} is not {}", req.scheme, s.describe());
+        miss!(explain, "scheme {:?} is not {}", req.scheme, s.describe());
     }
     if let Some(x) = &m.method
         && !x.matches(Some(&req.method), false)
     {
-        miss!("method {:?} is not {}", req.method, x.describe());
+        miss!(explain, "method {:?} is not {}", req.method, x.describe());
     }
     if let Some(a) = &m.authority
         && !a.matches(Some(&req.host), false)
     {
-        miss!("authority {:?} is not {}", req.host, a.describe());
+        miss!(explain, "authority {:?} is not {}", req.host, a.describe());
     }
     let header = |name: &str| -> Option<String> {
         match name {
@@ -1246,13 +1325,18 @@ fn block_matches(
     };
     for (name, h) in &m.headers {
         if !h.matches(header(name).as_deref(), false) {
-            miss!("header {name} is {:?}, not {}", header(name), h.describe());
+            miss!(
+                explain,
+                "header {name} is {:?}, not {}",
+                header(name),
+                h.describe()
+            );
         }
     }
     for (name, h) in &m.without_headers {
         // A missing header counts as empty (Envoy's inverted header match).
         if h.matches(Some(header(name).as_deref().unwrap_or("")), false) {
-            miss!("withoutHeaders: header {name} is {}", h.describe());
+            miss!(explain, "withoutHeaders: header {name} is {}", h.describe());
         }
     }
     let query: Vec<(String, String)> = req
@@ -1274,31 +1358,22 @@ fn block_matches(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str());
         if !q.matches(value, false) {
-            miss!("query parameter {name} is {value:?}, not {}", q.describe());
+            miss!(
+                explain,
+                "query parameter {name} is {value:?}, not {}",
+                q.describe()
+            );
         }
-    }
-    if let Some(p) = m.port
-        && p != u32::from(req.port)
-    {
-        miss!("port {} is not {p}", req.port);
-    }
-    for (k, v) in &m.source_labels {
-        if req.source_labels.get(k) != Some(v) {
-            miss!("source label {k}={v} is not on the client");
-        }
-    }
-    if let Some(ns) = &m.source_namespace
-        && ns != client_ns
-    {
-        miss!("source namespace {client_ns} is not {ns}");
-    }
-    if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
-        miss!("the match is for gateways, not sidecars (mesh)");
     }
     Ok(())
 }
 
-fn err_at(vs: &Loaded<Value>, kind: &'static str, field: String, message: String) -> RouteError {
+pub(super) fn err_at(
+    vs: &Loaded<Value>,
+    kind: &'static str,
+    field: String,
+    message: String,
+) -> RouteError {
     RouteError {
         origin: vs.origin.to_string(),
         kind,
@@ -1309,7 +1384,7 @@ fn err_at(vs: &Loaded<Value>, kind: &'static str, field: String, message: String
     }
 }
 
-fn typed<T: serde::de::DeserializeOwned>(
+pub(super) fn typed<T: serde::de::DeserializeOwned>(
     res: &Loaded<Value>,
     kind: &'static str,
 ) -> Result<T, Box<RouteError>> {
@@ -1335,7 +1410,7 @@ fn compile_vs(res: &Loaded<Value>, options: &TableOptions) -> Result<CompiledVs,
         let at = |f: String| format!("spec.http[{i}].{f}");
         let mut matches = Vec::new();
         for (k, m) in route.matches.iter().enumerate() {
-            match compile_match(m) {
+            match compile_match(m, &namespace) {
                 Ok(c) => matches.push(c),
                 Err((f, msg)) => errors.push(err_at(res, KIND, at(format!("match[{k}].{f}")), msg)),
             }
@@ -1441,6 +1516,26 @@ fn compile_vs(res: &Loaded<Value>, options: &TableOptions) -> Result<CompiledVs,
         .iter()
         .map(|h| fqdn(h, &namespace, &options.domain))
         .collect();
+    let resolve = |names: &mut Vec<String>| {
+        for g in names.iter_mut() {
+            *g = resolve_gateway_name(g, &namespace);
+        }
+    };
+    let mut gateways: Vec<String> = spec.gateways.clone();
+    resolve(&mut gateways);
+    gateways.retain(|g| g != "mesh");
+    let mut tcp = spec.tcp;
+    let mut tls = spec.tls;
+    for m in tcp
+        .iter_mut()
+        .flat_map(|r| r.matches.iter_mut())
+        .chain(tls.iter_mut().flat_map(|r| r.matches.iter_mut()))
+    {
+        resolve(&mut m.gateways);
+        for h in m.sni_hosts.iter_mut() {
+            *h = h.to_ascii_lowercase();
+        }
+    }
     Ok(CompiledVs {
         created: res
             .resource
@@ -1453,13 +1548,15 @@ fn compile_vs(res: &Loaded<Value>, options: &TableOptions) -> Result<CompiledVs,
         hosts,
         export_to: spec.export_to.clone(),
         mesh: spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh"),
+        gateways,
         http,
-        has_tcp: !spec.tcp.is_empty(),
-        tcp: spec.tcp,
+        has_tcp: !tcp.is_empty(),
+        tcp,
+        tls,
     })
 }
 
-fn compile_match(m: &HttpMatch) -> Result<CompiledMatch, (String, String)> {
+fn compile_match(m: &HttpMatch, namespace: &str) -> Result<CompiledMatch, (String, String)> {
     let one =
         |m: &Option<StringMatch>, f: &str| m.as_ref().map(|x| Matcher::compile(x, f)).transpose();
     let many = |map: &BTreeMap<String, StringMatch>, f: &str| {
@@ -1488,7 +1585,11 @@ fn compile_match(m: &HttpMatch) -> Result<CompiledMatch, (String, String)> {
         port: m.port,
         source_labels: m.source_labels.clone(),
         source_namespace: m.source_namespace.clone(),
-        gateways: m.gateways.clone(),
+        gateways: m
+            .gateways
+            .iter()
+            .map(|g| resolve_gateway_name(g, namespace))
+            .collect(),
         ignore_uri_case: m.ignore_uri_case,
     })
 }

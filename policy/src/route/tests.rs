@@ -1,6 +1,7 @@
 //! The route table's case table, written from Istio's reference and task pages (each
 //! case names its source) and from istiod's route builders where the pages are silent
-//! (`pilot/pkg/networking/core/route/route.go`, `httproute.go`). A case is the config,
+//! (`pilot/pkg/networking/core/route/route.go`, `httproute.go`; for gateways
+//! `gateway.go`, `pilot/pkg/model/gateway.go`, `push_context.go`). A case is the config,
 //! the request, and the fields of the decision it must produce (fields not named are
 //! not checked).
 
@@ -73,6 +74,8 @@ fn request(r: &Value) -> RouteRequest {
             .unwrap_or_default(),
         scheme: s("scheme", "http"),
         skip_policy: false,
+        gateways: serde_json::from_value(r["gateways"].clone()).unwrap_or_default(),
+        sni: r["sni"].as_str().map(str::to_string),
     }
 }
 
@@ -1103,5 +1106,972 @@ fn bad_resources_are_refused_by_field() {
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: default}\nspec:\n  subsets: []\n",
         "spec.host",
         "required",
+    );
+}
+
+// Gateways.
+const GW_REF: &str = "istio.io/latest/docs/reference/config/networking/gateway/";
+const BOOKINFO_GW_SRC: &str = "istio/istio samples/bookinfo/networking/bookinfo-gateway.yaml";
+const INGRESS: &str = "istio.io/latest/docs/tasks/traffic-management/ingress/ingress-control/";
+const SECURE_INGRESS: &str =
+    "istio.io/latest/docs/tasks/traffic-management/ingress/secure-ingress/";
+const SNI_PASSTHROUGH: &str =
+    "istio.io/latest/docs/tasks/traffic-management/ingress/ingress-sni-passthrough/";
+const TCP_SHIFTING: &str = "istio.io/latest/docs/tasks/traffic-management/tcp-traffic-shifting/";
+const GATEWAY_GO: &str =
+    "istio/istio pilot/pkg/networking/core/gateway.go buildGatewayHTTPRouteConfig";
+const GATEWAY_TLS_GO: &str =
+    "istio/istio pilot/pkg/networking/core/gateway.go buildGatewayNetworkFiltersFromTLSRoutes";
+const VS_FOR_GATEWAY: &str =
+    "istio/istio pilot/pkg/model/push_context.go VirtualServicesForGateway";
+const SOURCE_MATCH_GO: &str =
+    "istio/istio pilot/pkg/networking/core/route/route.go sourceMatchHTTP";
+const TLS_GO: &str =
+    "istio/istio pilot/pkg/networking/core/tls.go buildSidecarOutboundTLSFilterChainOpts";
+
+/// samples/bookinfo/networking/bookinfo-gateway.yaml, applied in `default`.
+const BOOKINFO_GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: bookinfo-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 8080
+      name: http
+      protocol: HTTP
+    hosts:
+    - "*"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: bookinfo
+spec:
+  hosts:
+  - "*"
+  gateways:
+  - bookinfo-gateway
+  http:
+  - match:
+    - uri:
+        exact: /productpage
+    - uri:
+        prefix: /static
+    - uri:
+        exact: /login
+    - uri:
+        exact: /logout
+    - uri:
+        prefix: /api/v1/products
+    route:
+    - destination:
+        host: productpage
+        port:
+          number: 9080
+"#;
+
+/// The ingress task's httpbin Gateway and VirtualService.
+const HTTPBIN_GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: httpbin-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - "httpbin.example.com"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin
+spec:
+  hosts:
+  - "httpbin.example.com"
+  gateways:
+  - httpbin-gateway
+  http:
+  - match:
+    - uri:
+        prefix: /status
+    - uri:
+        prefix: /delay
+    route:
+    - destination:
+        port:
+          number: 8000
+        host: httpbin
+"#;
+
+/// A request the ingress gateway workload (`istio-system`, `istio=ingressgateway`)
+/// accepted with a server of `gateway`.
+fn at_gateway(gateway: &str, more: Value) -> Value {
+    let mut r =
+        json!({"ns": "istio-system", "labels": {"istio": "ingressgateway"}, "gateways": [gateway]});
+    for (k, v) in more.as_object().unwrap() {
+        r[k] = v.clone();
+    }
+    r
+}
+
+fn dest_port(host: &str, subset: Option<&str>, port: u32, weight: i64) -> Value {
+    json!({"host": host, "subset": subset, "port": port, "weight": weight})
+}
+
+const PRODUCTPAGE: &str = "productpage.default.svc.cluster.local";
+
+#[test]
+fn bookinfo_gateway_routes_its_five_paths() {
+    let gw = "default/bookinfo-gateway";
+    for path in [
+        "/productpage",
+        "/static/bootstrap/css/bootstrap.min.css",
+        "/login",
+        "/logout",
+        "/api/v1/products/0/reviews",
+    ] {
+        case(
+            path,
+            BOOKINFO_GW_SRC,
+            BOOKINFO_GATEWAY,
+            at_gateway(
+                gw,
+                json!({"host": "192.0.2.10:8080", "port": 8080, "path": path}),
+            ),
+            json!({"action": "route", "virtual_service": "default/bookinfo", "route_index": 0,
+                   "destinations": [dest_port(PRODUCTPAGE, None, 9080, 100)]}),
+        );
+    }
+    case(
+        "exact /productpage is exact",
+        BOOKINFO_GW_SRC,
+        BOOKINFO_GATEWAY,
+        at_gateway(
+            gw,
+            json!({"host": "bookinfo.example.com", "port": 8080, "path": "/productpage/x"}),
+        ),
+        json!({"action": "no_route", "status": 404, "virtual_service": "default/bookinfo"}),
+    );
+    case(
+        "other paths are 404",
+        BOOKINFO_GW_SRC,
+        BOOKINFO_GATEWAY,
+        at_gateway(
+            gw,
+            json!({"host": "bookinfo.example.com", "port": 8080, "path": "/"}),
+        ),
+        json!({"action": "no_route", "status": 404}),
+    );
+    case(
+        "no server on another port",
+        GATEWAY_GO,
+        BOOKINFO_GATEWAY,
+        at_gateway(
+            gw,
+            json!({"host": "bookinfo.example.com", "port": 80, "path": "/productpage"}),
+        ),
+        json!({"action": "no_route", "status": 404, "virtual_service": null}),
+    );
+    case(
+        "a VirtualService bound to a gateway only is not a sidecar's",
+        VS_REF,
+        BOOKINFO_GATEWAY,
+        json!({"host": "productpage", "port": 9080, "path": "/productpage"}),
+        json!({"action": "route", "virtual_service": null,
+               "destinations": [dest_port(PRODUCTPAGE, None, 9080, 100)]}),
+    );
+}
+
+#[test]
+fn httpbin_ingress_serves_its_host_only() {
+    let gw = "default/httpbin-gateway";
+    let httpbin = "httpbin.default.svc.cluster.local";
+    for path in ["/status/200", "/delay/2"] {
+        case(
+            path,
+            INGRESS,
+            HTTPBIN_GATEWAY,
+            at_gateway(
+                gw,
+                json!({"host": "httpbin.example.com", "port": 80, "path": path}),
+            ),
+            json!({"action": "route", "virtual_service": "default/httpbin",
+                   "destinations": [dest_port(httpbin, None, 8000, 100)],
+                   "retries": {"attempts": 2, "per_try_timeout": null, "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"}}),
+        );
+    }
+    case(
+        "the Host's port is ignored",
+        GATEWAY_GO,
+        HTTPBIN_GATEWAY,
+        at_gateway(
+            gw,
+            json!({"host": "HTTPBIN.example.com:80", "port": 80, "path": "/status/418"}),
+        ),
+        json!({"action": "route", "virtual_service": "default/httpbin"}),
+    );
+    case(
+        "another path of the host is 404",
+        INGRESS,
+        HTTPBIN_GATEWAY,
+        at_gateway(
+            gw,
+            json!({"host": "httpbin.example.com", "port": 80, "path": "/headers"}),
+        ),
+        json!({"action": "no_route", "status": 404, "virtual_service": "default/httpbin"}),
+    );
+    let t = table(HTTPBIN_GATEWAY);
+    let d = t.decide(
+        &request(&at_gateway(
+            gw,
+            json!({"host": "other.example.com", "port": 80, "path": "/status/200"}),
+        )),
+        None,
+    );
+    assert_eq!((d.action, d.status), ("no_route", Some(404)), "{d:?}");
+    let note = d.note.unwrap();
+    assert!(
+        note.contains("default/httpbin-gateway") && note.contains("other.example.com"),
+        "{INGRESS}: {note}"
+    );
+}
+
+#[test]
+fn https_servers_terminate_tls_and_redirect_plain_text() {
+    let y = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mygateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: httpbin-credential}
+    hosts: [httpbin.example.com]
+  - port: {number: 80, name: http, protocol: HTTP}
+    tls: {httpsRedirect: true}
+    hosts: [httpbin.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [httpbin.example.com]
+  gateways: [istio-system/mygateway]
+  http:
+  - match:
+    - uri: {prefix: /status}
+    - uri: {prefix: /delay}
+    route:
+    - destination: {host: httpbin, port: {number: 8000}}
+  - match:
+    - uri: {exact: /old}
+    redirect: {uri: /new, port: 8443}
+"#;
+    let gw = "istio-system/mygateway";
+    case(
+        "HTTPS terminated: http rules",
+        SECURE_INGRESS,
+        y,
+        at_gateway(
+            gw,
+            json!({"host": "httpbin.example.com", "sni": "httpbin.example.com", "scheme": "https", "port": 443, "path": "/status/418"}),
+        ),
+        json!({"action": "route", "virtual_service": "default/httpbin",
+               "destinations": [dest_port("httpbin.default.svc.cluster.local", None, 8000, 100)]}),
+    );
+    case(
+        "httpsRedirect answers plain text with 301 to https",
+        GW_REF,
+        y,
+        at_gateway(
+            gw,
+            json!({"host": "httpbin.example.com", "port": 80, "path": "/status/200?x=1"}),
+        ),
+        json!({"action": "redirect", "status": 301,
+               "redirect": {"uri": "/status/200?x=1", "authority": "httpbin.example.com", "scheme": "https", "port": null, "status": 301, "location": "https://httpbin.example.com/status/200?x=1"}}),
+    );
+    case(
+        "a redirect over TLS keeps https",
+        ROUTE_GO,
+        y,
+        at_gateway(
+            gw,
+            json!({"host": "httpbin.example.com", "scheme": "https", "port": 443, "path": "/old"}),
+        ),
+        json!({"action": "redirect", "redirect": {"uri": "/new", "authority": "httpbin.example.com", "scheme": "https", "port": 8443, "status": 301, "location": "https://httpbin.example.com:8443/new"}}),
+    );
+}
+
+#[test]
+fn virtual_services_on_one_gateway_host_merge() {
+    let y = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: first, namespace: default, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  hosts: [shop.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - route:
+    - destination: {host: frontend}
+  - match:
+    - uri: {prefix: /never}
+    route:
+    - destination: {host: never}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: second, namespace: default, creationTimestamp: "2024-01-02T00:00:00Z"}
+spec:
+  hosts: [shop.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - match:
+    - uri: {prefix: /cart}
+    route:
+    - destination: {host: cart}
+  - match:
+    - uri: {prefix: /}
+    route:
+    - destination: {host: second-default}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wild, namespace: default}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [istio-system/gw]
+  http:
+  - route:
+    - destination: {host: wild}
+"#;
+    let gw = "istio-system/gw";
+    let shop = |path: &str| {
+        at_gateway(
+            gw,
+            json!({"host": "shop.example.com", "port": 80, "path": path}),
+        )
+    };
+    case(
+        "a later VirtualService's rule before an earlier catch-all",
+        GATEWAY_GO,
+        y,
+        shop("/cart/1"),
+        json!({"action": "route", "virtual_service": "default/second", "route_index": 0,
+               "destinations": [dest("cart.default.svc.cluster.local", None, 100)]}),
+    );
+    case(
+        "catch-alls last, in VirtualService order",
+        "istio/istio pilot/pkg/networking/core/route/route.go SortVHostRoutes",
+        y,
+        shop("/"),
+        json!({"virtual_service": "default/first", "route_index": 0}),
+    );
+    case(
+        "nothing after a VirtualService's catch-all",
+        "istio/istio pilot/pkg/networking/core/route/route.go BuildHTTPRoutesForVirtualService",
+        y,
+        shop("/never"),
+        json!({"virtual_service": "default/first", "route_index": 0}),
+    );
+    case(
+        "the exact host's virtual host beats the wildcard's",
+        GATEWAY_GO,
+        y,
+        shop("/cart"),
+        json!({"virtual_service": "default/second"}),
+    );
+    case(
+        "the wildcard's for other names",
+        GATEWAY_GO,
+        y,
+        at_gateway(
+            gw,
+            json!({"host": "blog.example.com", "port": 80, "path": "/cart"}),
+        ),
+        json!({"virtual_service": "default/wild", "destinations": [dest("wild.default.svc.cluster.local", None, 100)]}),
+    );
+}
+
+#[test]
+fn server_hosts_restrict_namespaces_and_names() {
+    let y = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["foo/*.example.com", "./admin.example.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: app, namespace: foo}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/gw]
+  http:
+  - route:
+    - destination: {host: app}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: app, namespace: bar}
+spec:
+  hosts: [api.example.com, admin.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - route:
+    - destination: {host: app}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: admin, namespace: istio-system}
+spec:
+  hosts: [admin.example.com]
+  gateways: [gw]
+  http:
+  - route:
+    - destination: {host: admin}
+"#;
+    let gw = "istio-system/gw";
+    let at = |host: &str| at_gateway(gw, json!({"host": host, "port": 80, "path": "/"}));
+    case(
+        "ns/host: a VirtualService of that namespace binds",
+        GW_REF,
+        y,
+        at("api.example.com"),
+        json!({"action": "route", "virtual_service": "foo/app",
+               "destinations": [dest("app.foo.svc.cluster.local", None, 100)]}),
+    );
+    case(
+        "the wildcard server host limits a * VirtualService",
+        "istio/istio pkg/config/host/names.go Intersection",
+        y,
+        at("example.org"),
+        json!({"action": "no_route", "status": 404}),
+    );
+    case(
+        "./host: the Gateway's namespace only (short gateway name qualified there)",
+        GW_REF,
+        y,
+        at("admin.example.com"),
+        json!({"virtual_service": "istio-system/admin"}),
+    );
+}
+
+#[test]
+fn match_gateways_and_mesh() {
+    let y = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["reviews.example.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews, reviews.example.com]
+  gateways: [mesh, gw]
+  http:
+  - match:
+    - gateways: [gw]
+      sourceLabels: {app: nobody}
+      uri: {prefix: /}
+    route:
+    - destination: {host: reviews, subset: v3}
+  - match:
+    - gateways: [mesh]
+    route:
+    - destination: {host: reviews, subset: v1}
+  - match:
+    - sourceLabels: {istio: ingressgateway}
+      sourceNamespace: istio-system
+    route:
+    - destination: {host: reviews, subset: v2}
+"#;
+    case(
+        "at the gateway: the block naming it (sourceLabels not looked at)",
+        SOURCE_MATCH_GO,
+        y,
+        at_gateway(
+            "default/gw",
+            json!({"host": "reviews.example.com", "port": 80}),
+        ),
+        json!({"virtual_service": "default/reviews", "route_index": 0,
+               "destinations": [dest(REVIEWS, Some("v3"), 100)]}),
+    );
+    case(
+        "from a sidecar: the mesh block",
+        VS_REF,
+        y,
+        json!({"host": "reviews", "port": 9080}),
+        json!({"virtual_service": "default/reviews", "route_index": 1}),
+    );
+    let y2 = y.replace(
+        "    - gateways: [gw]\n      sourceLabels: {app: nobody}\n      uri: {prefix: /}\n",
+        "    - gateways: [other]\n",
+    );
+    case(
+        "a block for another gateway is dropped; labels and namespace of the gateway workload match",
+        SOURCE_MATCH_GO,
+        &y2,
+        at_gateway(
+            "default/gw",
+            json!({"host": "reviews.example.com", "port": 80}),
+        ),
+        json!({"route_index": 2, "destinations": [dest(REVIEWS, Some("v2"), 100)]}),
+    );
+}
+
+#[test]
+fn binding_needs_the_gateway_name_and_visibility() {
+    let y = |vs_ns: &str, gateways: &str, export: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: ['*']\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: app, namespace: {vs_ns}}}\nspec:\n  hosts: [app.example.com]\n  {gateways}\n  exportTo: {export}\n  http:\n  - route:\n    - destination: {{host: app}}\n"
+        )
+    };
+    let req = at_gateway(
+        "istio-system/gw",
+        json!({"host": "app.example.com", "port": 80}),
+    );
+    case(
+        "bound by ns/name",
+        VS_FOR_GATEWAY,
+        &y("foo", "gateways: [istio-system/gw]", "['*']"),
+        req.clone(),
+        json!({"action": "route", "virtual_service": "foo/app"}),
+    );
+    case(
+        "a short name is the VirtualService's namespace",
+        "istio/istio pilot/pkg/model/config.go resolveGatewayName",
+        &y("foo", "gateways: [gw]", "['*']"),
+        req.clone(),
+        json!({"action": "no_route", "status": 404}),
+    );
+    case(
+        "no gateways: mesh only",
+        VS_REF,
+        &y("foo", "gateways: []", "['*']"),
+        req.clone(),
+        json!({"action": "no_route", "status": 404}),
+    );
+    case(
+        "exportTo . hides it from the gateway's namespace",
+        VS_FOR_GATEWAY,
+        &y("foo", "gateways: [istio-system/gw]", "['.']"),
+        req.clone(),
+        json!({"action": "no_route", "status": 404}),
+    );
+    case(
+        "exportTo naming the gateway's namespace shows it",
+        VS_FOR_GATEWAY,
+        &y("foo", "gateways: [istio-system/gw]", "[istio-system]"),
+        req,
+        json!({"action": "route", "virtual_service": "foo/app"}),
+    );
+}
+
+#[test]
+fn destination_rules_are_looked_up_from_the_gateway_namespace() {
+    let y = BOOKINFO_GATEWAY.to_string()
+        + "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: pp-from-gateway, namespace: istio-system}\nspec:\n  host: productpage.default.svc.cluster.local\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: productpage, namespace: default}\nspec:\n  host: productpage\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n";
+    case(
+        "the gateway's namespace first",
+        PUSH_GO,
+        &y,
+        at_gateway(
+            "default/bookinfo-gateway",
+            json!({"host": "x", "port": 8080, "path": "/productpage"}),
+        ),
+        json!({"destination_rule": "istio-system/pp-from-gateway", "traffic_policy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+    );
+}
+
+#[test]
+fn tls_passthrough_by_sni() {
+    let y = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mygateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: PASSTHROUGH}
+    hosts: ["*.example.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: nginx, namespace: default}
+spec:
+  hosts: [nginx.example.com]
+  gateways: [mygateway]
+  tls:
+  - match:
+    - port: 443
+      sniHosts: [nginx.example.com]
+    route:
+    - destination: {host: my-nginx, port: {number: 443}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: others, namespace: default}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [mygateway]
+  tls:
+  - match:
+    - port: 443
+      sniHosts: ["*.example.com"]
+    route:
+    - destination: {host: catch-all, port: {number: 443}}
+"#;
+    let tls = |sni: &str| {
+        at_gateway(
+            "default/mygateway",
+            json!({"protocol": "tcp", "host": sni, "sni": sni, "port": 443}),
+        )
+    };
+    case(
+        "nginx.example.com",
+        SNI_PASSTHROUGH,
+        y,
+        tls("nginx.example.com"),
+        json!({"action": "route", "virtual_service": "default/nginx", "route_index": 0,
+               "destinations": [dest_port("my-nginx.default.svc.cluster.local", None, 443, 100)]}),
+    );
+    case(
+        "the exact SNI beats the wildcard",
+        GATEWAY_TLS_GO,
+        y,
+        tls("NGINX.example.com"),
+        json!({"virtual_service": "default/nginx"}),
+    );
+    case(
+        "the wildcard for others",
+        GATEWAY_TLS_GO,
+        y,
+        tls("www.example.com"),
+        json!({"virtual_service": "default/others"}),
+    );
+    case(
+        "no rule for the SNI closes the connection",
+        GATEWAY_TLS_GO,
+        y,
+        tls("nginx.example.org"),
+        json!({"action": "no_route", "virtual_service": null}),
+    );
+}
+
+#[test]
+fn auto_passthrough_routes_to_the_cluster_the_sni_names() {
+    let y = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: cross-network, namespace: istio-system}\nspec:\n  selector: {istio: eastwestgateway}\n  servers:\n  - port: {number: 15443, name: tls, protocol: TLS}\n    tls: {mode: AUTO_PASSTHROUGH}\n    hosts: ['*.local']\n";
+    let sni = "outbound_.9080_.v1_.reviews.default.svc.cluster.local";
+    case(
+        "SNI-DNAT",
+        GW_REF,
+        y,
+        json!({"ns": "istio-system", "gateways": ["istio-system/cross-network"], "protocol": "tcp", "host": "x", "sni": sni, "port": 15443}),
+        json!({"action": "route", "destinations": [dest_port(REVIEWS, Some("v1"), 9080, 100)]}),
+    );
+}
+
+#[test]
+fn tcp_on_a_gateway() {
+    let y = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: tcp-echo-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 31400
+      name: tcp
+      protocol: TCP
+    hosts:
+    - "*"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: tcp-echo
+spec:
+  hosts:
+  - "*"
+  gateways:
+  - tcp-echo-gateway
+  tcp:
+  - match:
+    - port: 31400
+    route:
+    - destination:
+        host: tcp-echo
+        port:
+          number: 9000
+        subset: v1
+      weight: 80
+    - destination:
+        host: tcp-echo
+        port:
+          number: 9000
+        subset: v2
+      weight: 20
+"#;
+    let echo = "tcp-echo.default.svc.cluster.local";
+    case(
+        "80/20 on port 31400",
+        TCP_SHIFTING,
+        y,
+        at_gateway(
+            "default/tcp-echo-gateway",
+            json!({"protocol": "tcp", "host": "192.0.2.10", "port": 31400}),
+        ),
+        json!({"action": "route", "virtual_service": "default/tcp-echo", "route_index": 0,
+               "destinations": [dest_port(echo, Some("v1"), 9000, 80), dest_port(echo, Some("v2"), 9000, 20)]}),
+    );
+    case(
+        "no server on another port",
+        GATEWAY_GO,
+        y,
+        at_gateway(
+            "default/tcp-echo-gateway",
+            json!({"protocol": "tcp", "host": "192.0.2.10", "port": 31401}),
+        ),
+        json!({"action": "no_route"}),
+    );
+}
+
+#[test]
+fn tls_terminated_on_a_tls_server_follows_tcp_rules() {
+    let y = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: db, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 5432, name: tls-db, protocol: TLS}\n    tls: {mode: SIMPLE, credentialName: db-cert}\n    hosts: [db.example.com]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db, namespace: data}\nspec:\n  hosts: [db.example.com]\n  gateways: [istio-system/db]\n  tcp:\n  - route:\n    - destination: {host: postgres, port: {number: 5432}}\n";
+    let want = json!({"action": "route", "virtual_service": "data/db", "route_index": 0,
+        "destinations": [dest_port("postgres.data.svc.cluster.local", None, 5432, 100)]});
+    let req = |sni: Value| {
+        at_gateway(
+            "istio-system/db",
+            json!({"protocol": "tcp", "host": "db.example.com", "sni": sni, "port": 5432}),
+        )
+    };
+    case(
+        "by the SNI's server",
+        "istio/istio pilot/pkg/networking/core/gateway.go createGatewayTCPFilterChainOpts",
+        y,
+        req(json!("db.example.com")),
+        want.clone(),
+    );
+    case(
+        "decrypted, without the SNI",
+        "istio/istio pilot/pkg/networking/core/gateway.go buildGatewayNetworkFiltersFromTCPRoutes",
+        y,
+        req(Value::Null),
+        want,
+    );
+}
+
+#[test]
+fn each_https_server_has_its_own_virtual_hosts() {
+    let y = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-a, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: a}
+    hosts: [a.example.com]
+  - port: {number: 443, name: https-wild, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: wild}
+    hosts: ["*.example.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: everything, namespace: default}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [istio-system/gw]
+  http:
+  - route:
+    - destination: {host: wild}
+"#;
+    let at = |sni: &str, host: &str| {
+        at_gateway(
+            "istio-system/gw",
+            json!({"host": host, "sni": sni, "scheme": "https", "port": 443}),
+        )
+    };
+    case(
+        "the server for the SNI: its virtual host a.example.com",
+        "istio/istio pilot/pkg/model/gateway.go gatewayRDSRouteName",
+        y,
+        at("a.example.com", "a.example.com"),
+        json!({"action": "route", "virtual_service": "default/everything"}),
+    );
+    case(
+        "another Host on that connection is not that server's",
+        "istio/istio pilot/pkg/model/gateway.go gatewayRDSRouteName",
+        y,
+        at("a.example.com", "b.example.com"),
+        json!({"action": "no_route", "status": 404}),
+    );
+}
+
+#[test]
+fn sidecar_tls_routes_by_sni() {
+    let y = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api, namespace: default}\nspec:\n  hosts: [api.example.com]\n  tls:\n  - match:\n    - port: 443\n      sniHosts: [api.example.com]\n    route:\n    - destination: {host: api-v2, port: {number: 443}}\n";
+    case(
+        "tls rule by SNI",
+        TLS_GO,
+        y,
+        json!({"protocol": "tcp", "host": "api.example.com", "sni": "api.example.com", "port": 443}),
+        json!({"action": "route", "virtual_service": "default/api", "route_index": 0,
+               "destinations": [dest_port("api-v2.default.svc.cluster.local", None, 443, 100)]}),
+    );
+    case(
+        "another SNI: no filter chain",
+        TLS_GO,
+        y,
+        json!({"protocol": "tcp", "host": "api.example.com", "sni": "web.example.com", "port": 443}),
+        json!({"action": "no_route", "virtual_service": "default/api"}),
+    );
+}
+
+#[test]
+fn gateway_servers_follow_the_selector_in_istio_order() {
+    let y = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: b, namespace: istio-system, creationTimestamp: "2024-01-02T00:00:00Z"}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    name: secure
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem, minProtocolVersion: TLSV1_2}
+    hosts: ["./b.example.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: a, namespace: apps, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: http}
+    hosts: ["*/a.example.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: egress, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: any, namespace: istio-system, creationTimestamp: "2024-01-03T00:00:00Z"}
+spec:
+  servers:
+  - port: {number: 15021, name: tcp, protocol: MONGO}
+    hosts: ["*"]
+"#;
+    let t = table(y);
+    let labels = BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]);
+    let servers = t.gateway_servers(&labels);
+    let names: Vec<&str> = servers.iter().map(|s| s.gateway.as_str()).collect();
+    // MODEL_GW: sorted by creation time, then name, then namespace; no selector: all.
+    assert_eq!(
+        names,
+        ["apps/a", "istio-system/b", "istio-system/any"],
+        "istio/istio pilot/pkg/model/push_context.go mergeGateways"
+    );
+    assert_eq!(servers[0].protocol, super::ServerProtocol::Http);
+    assert!(servers[0].serves_host("a.example.com") && !servers[0].serves_host("b.example.com"));
+    let b = &servers[1];
+    assert_eq!(b.name.as_deref(), Some("secure"));
+    assert_eq!((b.port, b.port_name.as_str(), b.index), (443, "https", 0));
+    assert_eq!(b.hosts, ["istio-system/b.example.com"]);
+    let tls = b.tls.as_ref().unwrap();
+    assert_eq!(tls.mode, super::TlsMode::Simple);
+    assert_eq!(tls.server_certificate.as_deref(), Some("/c.pem"));
+    assert_eq!(tls.min_protocol_version.as_deref(), Some("TLSV1_2"));
+    assert!(b.is_http() && !b.is_passthrough());
+    assert_eq!(servers[2].protocol, super::ServerProtocol::Tcp);
+    assert!(servers[2].serves_host("anything.example.org"));
+    let egress = t.gateway_servers(&BTreeMap::from([(
+        "istio".to_string(),
+        "egressgateway".to_string(),
+    )]));
+    assert_eq!(egress.len(), 2, "{egress:?}");
+}
+
+#[test]
+fn bad_gateways_are_refused_by_field() {
+    let bad = |servers: &str, field: &str, message: &str| {
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: g, namespace: default}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers: {servers}\n"
+        );
+        let set = crate::loader::load_str(Path::new("bad.yaml"), &yaml).unwrap();
+        let text = RouteTable::build(&set, TableOptions::default())
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            text.contains("Gateway default/g") && text.contains(field) && text.contains(message),
+            "{yaml}\n{text}"
+        );
+    };
+    bad(
+        "[{port: {number: 443, name: https, protocol: HTTPS}, hosts: [a.com], tls: {mode: SOMETIMES}}]",
+        "spec.servers[0].tls.mode",
+        "unknown variant `SOMETIMES`",
+    );
+    bad(
+        "[{port: {number: 80, name: http, protocol: HTTP}, hosts: [a.com]}, {port: {number: 81, name: x, protocol: QUIC}, hosts: [a.com]}]",
+        "spec.servers[1].port.protocol",
+        "not a gateway protocol",
+    );
+    bad(
+        "[{port: {number: 70000, name: http, protocol: HTTP}, hosts: [a.com]}]",
+        "spec.servers[0].port.number",
+        "1..65535",
+    );
+    bad(
+        "[{hosts: [a.com]}]",
+        "spec.servers[0]",
+        "missing field `port`",
     );
 }

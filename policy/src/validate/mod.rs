@@ -1,6 +1,7 @@
 //! `warden validate`: the checks Istio's validation webhook applies to the security
-//! resources (and to VirtualServices and DestinationRules, in `networking`), so a file that passes here is one `kubectl apply` would accept (and one
-//! that fails names the file, line, resource, field and reason).
+//! resources (and to VirtualServices, DestinationRules and Gateways, in `networking`),
+//! so a file that passes here is one `kubectl apply` would accept (and one that fails
+//! names the file, line, resource, field and reason).
 //!
 //! The rules are those of istio/istio `pkg/config/validation/validation.go`
 //! (`ValidateAuthorizationPolicy`, `ValidatePeerAuthentication`,
@@ -70,7 +71,7 @@ pub struct Problem {
     pub file: PathBuf,
     /// 1-based line of the field (of the document when the field is not written).
     pub line: usize,
-    /// `AuthorizationPolicy`, `PeerAuthentication` or `RequestAuthentication`.
+    /// The resource's kind, e.g. `AuthorizationPolicy` or `Gateway`.
     pub kind: String,
     /// `namespace/name`.
     pub name: String,
@@ -122,8 +123,9 @@ impl Default for Options {
     }
 }
 
-/// Checks every AuthorizationPolicy, PeerAuthentication and RequestAuthentication of
-/// `set`; `lines` locates fields in the files. Problems are sorted by file and line.
+/// Checks every AuthorizationPolicy, PeerAuthentication, RequestAuthentication,
+/// VirtualService, DestinationRule and Gateway of `set`; `lines` locates fields in the
+/// files. Problems are sorted by file and line.
 pub fn validate(set: &ConfigSet, lines: &SourceLines, options: &Options) -> Vec<Problem> {
     let mut out = Vec::new();
     for p in &set.authorization_policies {
@@ -146,6 +148,24 @@ pub fn validate(set: &ConfigSet, lines: &SourceLines, options: &Options) -> Vec<
     }
     for d in &set.destination_rules {
         out.extend(problems(d, networking::destination_rule(d), lines));
+    }
+    for g in &set.gateways {
+        out.extend(problems(g, networking::gateway(g), lines));
+    }
+    // Local rate limits: what the proxy's compiler refuses.
+    for r in &set.local_rate_limits {
+        let mut f = Findings::default();
+        if let Some((path, message)) = crate::ratelimit::check_local_rate_limit(r) {
+            f.error(path, message);
+        }
+        out.extend(problems(r, f, lines));
+    }
+    for r in &set.envoy_filters {
+        let mut f = Findings::default();
+        if let Some((path, message)) = crate::ratelimit::check_envoy_filter(r) {
+            f.error(path, message);
+        }
+        out.extend(problems(r, f, lines));
     }
     out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     out
@@ -178,6 +198,8 @@ impl Summary {
             ("VirtualService", set.virtual_services.len()),
             ("DestinationRule", set.destination_rules.len()),
             ("Gateway", set.gateways.len()),
+            ("EnvoyFilter", set.envoy_filters.len()),
+            ("LocalRateLimit", set.local_rate_limits.len()),
         ];
         let files: std::collections::BTreeSet<&Path> = set
             .authorization_policies
@@ -202,6 +224,12 @@ impl Summary {
                     .map(|l| l.origin.file.as_path()),
             )
             .chain(set.gateways.iter().map(|l| l.origin.file.as_path()))
+            .chain(set.envoy_filters.iter().map(|l| l.origin.file.as_path()))
+            .chain(
+                set.local_rate_limits
+                    .iter()
+                    .map(|l| l.origin.file.as_path()),
+            )
             .collect();
         Self {
             resources: kinds.iter().map(|(_, n)| n).sum(),

@@ -1,8 +1,8 @@
-//! VirtualService and DestinationRule (`ValidateVirtualService`,
-//! `ValidateDestinationRule` in istio/istio `pkg/config/validation/validation.go` and
-//! the helpers they call): the fields the route table reads, with the webhook's
-//! messages; and, as Istio's analyzer does (IST0101), a warning for a subset no
-//! DestinationRule defines.
+//! VirtualService, DestinationRule and Gateway (`ValidateVirtualService`,
+//! `ValidateDestinationRule`, `ValidateGateway` in istio/istio
+//! `pkg/config/validation/validation.go` and the helpers they call): the fields the
+//! route table reads, with the webhook's messages; and, as Istio's analyzer does
+//! (IST0101), a warning for a subset no DestinationRule defines.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,8 +12,10 @@ use super::Findings;
 use crate::loader::{ConfigSet, Loaded};
 use crate::route::duration;
 use crate::route::model::{
-    Destination, DestinationRuleSpec, HttpMatch, StringMatch, VirtualServiceSpec,
+    Destination, DestinationRuleSpec, GatewaySpec, HttpMatch, Server, ServerTlsSettings,
+    StringMatch, VirtualServiceSpec,
 };
+use crate::route::{ServerProtocol, TlsMode};
 
 /// Envoy's `retry_on` conditions Istio accepts (`pkg/config/validation/agent`
 /// `supportedRetryOnPolicies`); HTTP status codes are accepted too.
@@ -678,6 +680,368 @@ pub(super) fn destination_rule(r: &Loaded<Value>) -> Findings {
         }
         if let Some(p) = &s.traffic_policy {
             traffic_policy(&mut f, &format!("spec.subsets[{i}].trafficPolicy"), p);
+        }
+    }
+    f
+}
+
+/// Istio's `labels.IsDNS1123Label`.
+fn dns1123_label(s: &str) -> bool {
+    dns_label(s)
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+/// The DNS part of a gateway server host (`validateSidecarOrGatewayHostnamePart` with
+/// `isGateway`): a FQDN whose first label may be `*`, `*`, or an IP address; no short
+/// names, no partial wildcards.
+fn gateway_host_name_problems(host: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if host != "*" && !host.contains('.') {
+        out.push("short names (non FQDN) are not allowed".to_string());
+    }
+    let domain_ok = || {
+        if host.is_empty() || host.len() > 255 {
+            return false;
+        }
+        let (first, rest) = match host.split_once('.') {
+            Some((f, r)) => (f, Some(r)),
+            None => (host, None),
+        };
+        (first == "*" || dns1123_label(first))
+            && rest.is_none_or(|r| r.split('.').all(dns1123_label))
+    };
+    if !domain_ok() && host.parse::<std::net::IpAddr>().is_err() {
+        out.push(if host.is_empty() {
+            "empty domain name not allowed".to_string()
+        } else {
+            format!("domain name {host:?} invalid")
+        });
+    }
+    if host.contains('*') && host.len() != 1 && !host.starts_with("*.") {
+        out.push(format!("partial wildcard {host:?} not allowed"));
+    }
+    out
+}
+
+/// `ValidateNamespaceSlashWildcardHostname` for a gateway: `host`, or `ns/host` with
+/// `ns` one of `*`, `.` or a DNS label.
+fn gateway_host(f: &mut Findings, path: String, host: &str) {
+    let name = match host.split_once('/') {
+        None => host,
+        Some((ns, name)) => {
+            if ns.is_empty() || name.is_empty() {
+                f.error(
+                    path.clone(),
+                    "config namespace and dnsName in host entry cannot be empty",
+                );
+            }
+            if ns != "*" && ns != "." && !dns1123_label(ns) {
+                f.error(
+                    path.clone(),
+                    format!("invalid namespace value {ns:?} in gateway"),
+                );
+            }
+            name
+        }
+    };
+    for problem in gateway_host_name_problems(name) {
+        f.error(path.clone(), problem);
+    }
+}
+
+/// `validateServerPort` and `validateServerBind`.
+fn server_port(f: &mut Findings, at: &dyn Fn(&str) -> String, s: &Server) {
+    let p = &s.port;
+    let known =
+        ServerProtocol::parse(&p.protocol).is_some() || p.protocol.eq_ignore_ascii_case("udp");
+    if !known {
+        f.error(
+            at("port.protocol"),
+            format!(
+                "invalid protocol {:?}, supported protocols are HTTP, HTTP2, GRPC, GRPC-WEB, MONGO, REDIS, MYSQL, TCP",
+                p.protocol
+            ),
+        );
+    }
+    let unix = s.bind.as_deref().and_then(|b| b.strip_prefix("unix://"));
+    if (p.number > 0 || unix.is_none()) && !(1..=65535).contains(&p.number) {
+        f.error(
+            at("port.number"),
+            format!("port number {} must be in the range 1..65535", p.number),
+        );
+    }
+    if p.target_port.is_some_and(|t| t > 0) {
+        f.error(
+            at("port.targetPort"),
+            "targetPort has no impact on Gateways",
+        );
+    }
+    if p.name.is_empty() {
+        f.error(at("port.name"), "port name must be set");
+    }
+    match (unix, s.bind.as_deref()) {
+        (Some(path), _) => {
+            if path.is_empty() {
+                f.error(at("bind"), "unix address must not be empty");
+            } else if !path.starts_with('@') && (!path.starts_with('/') || path.ends_with('/')) {
+                f.error(
+                    at("bind"),
+                    format!("{path} is not an absolute path to a file"),
+                );
+            }
+            if p.number != 0 {
+                f.error(
+                    at("port.number"),
+                    "port number must be 0 for unix domain socket",
+                );
+            }
+        }
+        (None, Some(bind)) if !bind.is_empty() && bind.parse::<std::net::IpAddr>().is_err() => {
+            f.error(at("bind"), format!("{bind} is not a valid IP"));
+        }
+        _ => {}
+    }
+}
+
+/// `validateTLSOptions`.
+fn server_tls(f: &mut Findings, at: &dyn Fn(&str) -> String, tls: &ServerTlsSettings) {
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+    if matches!(
+        tls.min_protocol_version.as_deref(),
+        Some("TLSV1_0" | "TLSV1_1")
+    ) && tls.cipher_suites.is_empty()
+    {
+        f.warning(
+            at("tls.minProtocolVersion"),
+            "TLS version below TLSV1_2 require setting compatible ciphers as by default they no longer include compatible ciphers.",
+        );
+    }
+    for (field, v) in [
+        ("tls.minProtocolVersion", &tls.min_protocol_version),
+        ("tls.maxProtocolVersion", &tls.max_protocol_version),
+    ] {
+        if let Some(v) = v
+            && !["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"].contains(&v.as_str())
+        {
+            f.error(
+                at(field),
+                format!(
+                    "{v:?} is not a TLS version (TLS_AUTO, TLSV1_0, TLSV1_1, TLSV1_2, TLSV1_3)"
+                ),
+            );
+        }
+    }
+    if tls.mode == TlsMode::IstioMutual {
+        for (field, present, what) in [
+            (
+                "tls.serverCertificate",
+                set(&tls.server_certificate),
+                "server certificate",
+            ),
+            ("tls.privateKey", set(&tls.private_key), "private key"),
+            ("tls.caCertificates", set(&tls.ca_certificates), "CA bundle"),
+            (
+                "tls.tlsCertificates",
+                !tls.tls_certificates.is_empty(),
+                "tlsCertificates",
+            ),
+            (
+                "tls.credentialName",
+                set(&tls.credential_name),
+                "credentialName",
+            ),
+            (
+                "tls.credentialNames",
+                !tls.credential_names.is_empty(),
+                "credentialNames",
+            ),
+        ] {
+            if present {
+                f.error(
+                    at(field),
+                    format!("ISTIO_MUTUAL TLS cannot have associated {what}"),
+                );
+            }
+        }
+        return;
+    }
+    let passthrough = tls.mode.is_passthrough();
+    let has_certs = set(&tls.ca_crl)
+        || set(&tls.server_certificate)
+        || set(&tls.private_key)
+        || set(&tls.ca_certificates)
+        || !tls.tls_certificates.is_empty()
+        || set(&tls.credential_name)
+        || !tls.credential_names.is_empty();
+    if passthrough && has_certs {
+        let mode = if tls.mode == TlsMode::Passthrough {
+            "PASSTHROUGH"
+        } else {
+            "AUTO_PASSTHROUGH"
+        };
+        f.warning(
+            at("tls"),
+            format!("{mode} mode does not use certificates, they will be ignored"),
+        );
+    }
+    let sources = [
+        set(&tls.server_certificate) && set(&tls.private_key),
+        set(&tls.credential_name),
+        !tls.credential_names.is_empty(),
+        !tls.tls_certificates.is_empty(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if sources > 1 {
+        f.error(
+            at("tls"),
+            "only one of credential_name, credential_names, server_certificate/private_key, tls_certificates should be specified",
+        );
+    }
+    let terminating = matches!(
+        tls.mode,
+        TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual
+    );
+    // Certificates from a secret are not looked at further (nor the CRL, as Istio).
+    if terminating && (set(&tls.credential_name) || !tls.credential_names.is_empty()) {
+        return;
+    }
+    if terminating {
+        let prefix = if tls.mode == TlsMode::Simple {
+            "SIMPLE TLS"
+        } else {
+            "MUTUAL TLS"
+        };
+        if tls.mode != TlsMode::Simple && !set(&tls.ca_certificates) {
+            f.error(
+                at("tls.caCertificates"),
+                format!("{prefix} requires a client CA bundle"),
+            );
+        }
+        if tls.tls_certificates.len() > 2 {
+            f.warning(
+                at("tls.tlsCertificates"),
+                format!("{prefix} can support up to 2 server certificates"),
+            );
+        }
+        if tls.tls_certificates.is_empty() {
+            if !set(&tls.server_certificate) {
+                f.error(
+                    at("tls.serverCertificate"),
+                    format!("{prefix} requires a server certificate"),
+                );
+            }
+            if !set(&tls.private_key) {
+                f.error(
+                    at("tls.privateKey"),
+                    format!("{prefix} requires a private key"),
+                );
+            }
+        }
+        for (j, c) in tls.tls_certificates.iter().enumerate() {
+            if !set(&c.server_certificate) {
+                f.error(
+                    at(&format!("tls.tlsCertificates[{j}].serverCertificate")),
+                    format!("{prefix} requires a server certificate"),
+                );
+            }
+            if !set(&c.private_key) {
+                f.error(
+                    at(&format!("tls.tlsCertificates[{j}].privateKey")),
+                    format!("{prefix} requires a private key"),
+                );
+            }
+        }
+    }
+    if set(&tls.ca_crl) {
+        if set(&tls.credential_name) {
+            f.error(
+                at("tls.caCrl"),
+                "CRL is not supported with credentialName. CRL has to be specified in the credential",
+            );
+        }
+        if tls.mode == TlsMode::Simple {
+            f.error(at("tls.caCrl"), "CRL is not supported with SIMPLE TLS");
+        }
+    }
+}
+
+/// `ValidateGateway`, `validateServer`, `validateServerPort`, `validateServerBind`,
+/// `validateTLSOptions`; and a warning for a Gateway without a selector (accepted by
+/// the webhook, it then applies to every gateway workload of the mesh).
+pub(super) fn gateway(r: &Loaded<Value>) -> Findings {
+    let mut f = Findings::default();
+    let name = &r.resource.metadata.name;
+    if !dns1123_label(name) {
+        f.error("metadata.name", format!("invalid gateway name: {name:?}"));
+    }
+    let Some(spec) = parse::<GatewaySpec>(&r.resource.spec, &mut f) else {
+        return f;
+    };
+    if spec.selector.as_ref().is_none_or(BTreeMap::is_empty) {
+        f.warning(
+            "spec.selector",
+            "no selector: the Gateway applies to every gateway workload of the mesh, in every namespace",
+        );
+    }
+    if spec.servers.is_empty() {
+        f.error("spec.servers", "gateway must have at least one server");
+    }
+    let mut port_names = BTreeSet::new();
+    for (i, s) in spec.servers.iter().enumerate() {
+        let at = |x: &str| format!("spec.servers[{i}].{x}");
+        if s.hosts.is_empty() {
+            f.error(at("hosts"), "server config must contain at least one host");
+        }
+        for (k, h) in s.hosts.iter().enumerate() {
+            gateway_host(&mut f, at(&format!("hosts[{k}]")), h);
+        }
+        server_port(&mut f, &at, s);
+        if let Some(tls) = &s.tls {
+            server_tls(&mut f, &at, tls);
+        }
+        if let Some(p) = ServerProtocol::parse(&s.port.protocol) {
+            let is_tls = matches!(p, ServerProtocol::Https | ServerProtocol::Tls);
+            match &s.tls {
+                None if is_tls => f.error(
+                    at("tls"),
+                    "server must have TLS settings for HTTPS/TLS protocols",
+                ),
+                Some(t) if !is_tls && p.is_http() => {
+                    let certs = [&t.ca_certificates, &t.private_key, &t.server_certificate]
+                        .iter()
+                        .any(|v| v.as_deref().is_some_and(|v| !v.is_empty()));
+                    if !t.mode.is_passthrough() || certs {
+                        f.error(
+                            at("tls"),
+                            "server cannot have TLS settings for plain text HTTP ports",
+                        );
+                    }
+                }
+                Some(_) if !is_tls => f.error(
+                    at("tls"),
+                    "server cannot have TLS settings for non HTTPS/TLS ports",
+                ),
+                _ => {}
+            }
+            if !p.is_http() && s.tls.as_ref().is_some_and(|t| t.https_redirect) {
+                f.warning(
+                    at("tls.httpsRedirect"),
+                    "tls.httpsRedirect should only be used with http servers",
+                );
+            }
+        }
+        if !port_names.insert(s.port.name.as_str()) {
+            f.error(
+                at("port.name"),
+                format!(
+                    "port names in servers must be unique: duplicate name {}",
+                    s.port.name
+                ),
+            );
         }
     }
     f
