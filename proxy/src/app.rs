@@ -29,10 +29,12 @@ use crate::sds::{NodeInfo, Sds, SdsConfig};
 /// A running proxy.
 #[derive(Debug)]
 pub struct Bound {
-    /// The inbound (mutual TLS) listener.
-    pub inbound_addr: SocketAddr,
-    /// The outbound HTTP proxy listener.
-    pub outbound_addr: SocketAddr,
+    /// The inbound (mutual TLS) listener (sidecar mode).
+    pub inbound_addr: Option<SocketAddr>,
+    /// The outbound HTTP proxy listener (sidecar mode).
+    pub outbound_addr: Option<SocketAddr>,
+    /// The Gateway server ports bound at start (gateway mode; more follow the config).
+    pub gateway_ports: Vec<u16>,
     /// `/ready` (and `/stats/prometheus` when the ports are the same).
     pub health_addr: SocketAddr,
     /// `/stats/prometheus`, when it has a port of its own.
@@ -176,34 +178,48 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
     let (drain_tx, drain) = Drain::new();
     let mut context = Context::new(first, sds.identity(), drain, ip, args.limits);
     context.accept_http10 = args.accept_http10;
+    context.num_trusted_proxies = args.num_trusted_proxies;
     let ctx = Arc::new(context);
     let stats = watch_handle.stats();
 
-    let inbound_port = args.inbound_port.unwrap_or(local.inbound_port);
-    if inbound_port != local.inbound_port {
-        tracing::warn!(
-            flag = inbound_port,
-            registry = local.inbound_port,
-            "--inbound-port differs from the port peers find in the registry; set the warden.io/inbound-port annotation on the WorkloadEntry instead"
-        );
-    }
-    let inbound = bind(ip, inbound_port, "inbound").await?;
-    let outbound = bind(ip, args.outbound_port, "outbound").await?;
+    let gateway = args.mode == crate::config::Mode::Gateway;
+    let (inbound, outbound) = if gateway {
+        (None, None)
+    } else {
+        let inbound_port = args.inbound_port.unwrap_or(local.inbound_port);
+        if inbound_port != local.inbound_port {
+            tracing::warn!(
+                flag = inbound_port,
+                registry = local.inbound_port,
+                "--inbound-port differs from the port peers find in the registry; set the warden.io/inbound-port annotation on the WorkloadEntry instead"
+            );
+        }
+        (
+            Some(bind(ip, inbound_port, "inbound").await?),
+            Some(bind(ip, args.outbound_port, "outbound").await?),
+        )
+    };
     let health = bind(ip, args.health_port, "health").await?;
     let stats_listener = if args.stats_port == args.health_port {
         None
     } else {
         Some(bind(ip, args.stats_port, "stats").await?)
     };
-    let inbound_addr = inbound.local_addr()?;
-    let outbound_addr = outbound.local_addr()?;
+    let inbound_addr = inbound.as_ref().map(TcpListener::local_addr).transpose()?;
+    let outbound_addr = outbound.as_ref().map(TcpListener::local_addr).transpose()?;
     let health_addr = health.local_addr()?;
     let stats_addr = stats_listener
         .as_ref()
         .map(TcpListener::local_addr)
         .transpose()?;
     let mut tcp = TcpListeners::default();
-    tcp.reconcile(&ctx).await;
+    let mut gateway_listeners = crate::gateway::GatewayListeners::default();
+    if gateway {
+        gateway_listeners.reconcile(&ctx).await;
+    } else {
+        tcp.reconcile(&ctx).await;
+    }
+    let gateway_ports = gateway_listeners.ports();
 
     let (admin_stop_tx, admin_stop) = watch::channel(false);
     tokio::spawn(monitoring::serve(
@@ -218,17 +234,22 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
             admin_stop,
         ));
     }
-    let listeners = vec![
-        tokio::spawn(crate::inbound::serve(ctx.clone(), inbound)),
-        tokio::spawn(crate::outbound::serve_http(ctx.clone(), outbound)),
-    ];
+    let mut listeners = Vec::new();
+    if let Some(l) = inbound {
+        listeners.push(tokio::spawn(crate::inbound::serve(ctx.clone(), l)));
+    }
+    if let Some(l) = outbound {
+        listeners.push(tokio::spawn(crate::outbound::serve_http(ctx.clone(), l)));
+    }
     tracing::info!(
         workload = %local.name,
         namespace = %local.namespace,
         spiffe_id = %local.spiffe_id,
         address = %ip,
-        inbound = inbound_addr.port(),
-        outbound = outbound_addr.port(),
+        mode = if gateway { "gateway" } else { "sidecar" },
+        inbound = inbound_addr.map(|a| a.port()),
+        outbound = outbound_addr.map(|a| a.port()),
+        gateway_ports = ?gateway_ports,
         health = health_addr.port(),
         stats = stats_addr.map_or(health_addr.port(), |a| a.port()),
         "serving"
@@ -286,13 +307,18 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
                     );
                 }
                 ctx.apply(next);
-                tcp.reconcile(&ctx).await;
+                if gateway {
+                    gateway_listeners.reconcile(&ctx).await;
+                } else {
+                    tcp.reconcile(&ctx).await;
+                }
             }
         })
     };
     Ok(Bound {
         inbound_addr,
         outbound_addr,
+        gateway_ports,
         health_addr,
         stats_addr,
         context: ctx,
@@ -317,19 +343,28 @@ mod tests {
     #[test]
     fn the_example_mesh_in_deploy_loads() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/mesh");
-        for workload in ["sleep", "httpbin"] {
+        for (workload, namespace) in [
+            ("sleep", "demo"),
+            ("httpbin", "demo"),
+            ("ingressgateway", "istio-system"),
+        ] {
             let opts = ConfigOptions {
                 dir: dir.clone(),
                 root_namespace: "istio-system".into(),
                 trust_domain: "cluster.local".into(),
                 workload: workload.into(),
-                namespace: "demo".into(),
+                namespace: namespace.into(),
                 settings: crate::mesh::config::MeshSettings::default(),
             };
             let mesh = crate::mesh::config::load(&opts, 1).unwrap();
+            let sa = if workload == "ingressgateway" {
+                "istio-ingressgateway"
+            } else {
+                workload
+            };
             assert_eq!(
                 mesh.local.spiffe_id.as_str(),
-                format!("spiffe://cluster.local/ns/demo/sa/{workload}")
+                format!("spiffe://cluster.local/ns/{namespace}/sa/{sa}")
             );
         }
     }
@@ -531,13 +566,14 @@ spec:
         let server = build(args(&server_dir, "server", &server_sock))
             .await
             .unwrap();
-        assert_ne!(server.inbound_addr.port(), 0, "the real port is reported");
-        assert_eq!(server.inbound_addr.ip().to_string(), SERVER_IP);
+        let server_inbound = server.inbound_addr.unwrap();
+        assert_ne!(server_inbound.port(), 0, "the real port is reported");
+        assert_eq!(server_inbound.ip().to_string(), SERVER_IP);
         let client_dir = tmp.path().join("client");
         std::fs::create_dir(&client_dir).unwrap();
         std::fs::write(
             client_dir.join("mesh.yaml"),
-            mesh_yaml(app_port, server.inbound_addr.port()),
+            mesh_yaml(app_port, server_inbound.port()),
         )
         .unwrap();
         let client = build(args(&client_dir, "client", &client_sock))
@@ -548,7 +584,7 @@ spec:
 
         // Allowed, and the app gets the path that was decided on.
         let answer = exchange(
-            client.outbound_addr,
+            client.outbound_addr.unwrap(),
             "GET /public/../admin/%7Eme HTTP/1.1\r\nHost: app.demo.svc.cluster.local\r\nConnection: close\r\n\r\n",
         )
         .await;
@@ -564,7 +600,7 @@ spec:
 
         // Denied by the policy: nothing reaches the app.
         let answer = exchange(
-            client.outbound_addr,
+            client.outbound_addr.unwrap(),
             "POST /x HTTP/1.1\r\nHost: app.demo.svc.cluster.local\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         )
         .await;

@@ -94,7 +94,27 @@ pub struct RunArgs {
     /// Accept HTTP/1.0 requests (Istio's HTTP10 proxy metadata); 426 otherwise.
     #[arg(long)]
     pub accept_http10: bool,
+    /// `sidecar` (inbound and outbound listeners for one workload) or `gateway` (an
+    /// ingress gateway: listeners for the servers of the Gateways that select the
+    /// workload, routed by the VirtualServices bound to them) [default: sidecar].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Gateway mode: proxies in front of the gateway whose `X-Forwarded-For` entries
+    /// are trusted for the client address (Istio's `numTrustedProxies`) [default: 0].
+    #[arg(long)]
+    pub num_trusted_proxies: Option<usize>,
 }
+}
+
+/// What the proxy serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A workload's sidecar.
+    #[default]
+    Sidecar,
+    /// An ingress gateway.
+    Gateway,
 }
 
 /// The proxy's effective configuration.
@@ -132,6 +152,10 @@ pub struct Config {
     pub limits: Limits,
     /// Whether HTTP/1.0 requests are accepted.
     pub accept_http10: bool,
+    /// Sidecar or gateway.
+    pub mode: Mode,
+    /// Trusted `X-Forwarded-For` hops in front of a gateway.
+    pub num_trusted_proxies: usize,
 }
 
 impl Config {
@@ -185,6 +209,8 @@ impl Config {
                     .unwrap_or(defaults.max_request_headers),
             },
             accept_http10: args.accept_http10,
+            mode: args.mode.unwrap_or_default(),
+            num_trusted_proxies: args.num_trusted_proxies.unwrap_or(0),
         })
     }
 }

@@ -115,6 +115,13 @@ impl<IO> Rewind<IO> {
     }
 }
 
+impl<IO> Rewind<IO> {
+    /// A stream from which `prefix` was already read.
+    pub(crate) fn with_prefix(prefix: Vec<u8>, io: IO) -> Self {
+        Self { prefix, pos: 0, io }
+    }
+}
+
 impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -74,6 +74,13 @@ pub struct Snapshot {
     pub outbound_tcp: HashMap<u16, (Arc<Service>, ServicePortInfo)>,
     /// Whether any RequestAuthentication applies to this workload.
     pub jwt_applies: bool,
+    /// Load-balancing state of this generation: turns, requests in flight per
+    /// endpoint, consistent-hash rings.
+    pub balance: crate::balance::Tables,
+    /// The local rate limits of this workload.
+    pub rate_limits: Vec<Arc<warden_policy::ratelimit::Limit>>,
+    /// The servers of the Gateways that select this workload (served in gateway mode).
+    pub gateway_servers: Vec<warden_policy::route::GatewayServer>,
     /// PeerAuthentication mode by app port (0: the workload level).
     modes: HashMap<u16, MtlsMode>,
     /// The mode for ports not in `modes`.
@@ -157,6 +164,11 @@ impl Snapshot {
         ));
         Self {
             jwt_applies: mesh.request_authn.applies_to(&local.policy),
+            balance: crate::balance::Tables::new(mesh.registry.services()),
+            gateway_servers: mesh.routes.gateway_servers(&local.labels),
+            rate_limits: mesh
+                .rate_limits
+                .for_workload(&local.namespace, &local.labels),
             local_peer,
             outbound_labels,
             unknown_outbound,
@@ -240,6 +252,8 @@ pub struct Context {
     pub circuits: crate::circuit::Circuits,
     /// Endpoint health by outlier detection (DestinationRule `outlierDetection`).
     pub outliers: crate::outlier::Outliers,
+    /// Local rate limit buckets.
+    pub ratelimits: crate::ratelimit::Buckets,
     /// Metrics.
     pub metrics: Metrics,
     /// Drain.
@@ -252,6 +266,9 @@ pub struct Context {
     pub accept_http10: bool,
     /// Round-robin position over endpoints.
     next_endpoint: AtomicU64,
+    /// Proxies in front of a gateway whose `X-Forwarded-For` entries are trusted
+    /// (Istio's `numTrustedProxies`, Envoy's `xff_num_trusted_hops`).
+    pub num_trusted_proxies: usize,
     /// The address the listeners are bound to (the workload's).
     pub local_ip: IpAddr,
 }
@@ -285,12 +302,14 @@ impl Context {
             mesh_pool: Pool::default(),
             circuits: crate::circuit::Circuits::default(),
             outliers: crate::outlier::Outliers::default(),
+            ratelimits: crate::ratelimit::Buckets::default(),
             metrics: Metrics::new(),
             drain,
             connection_permits: connection_permits(&limits),
             limits,
             accept_http10: false,
             next_endpoint: AtomicU64::new(0),
+            num_trusted_proxies: 0,
             identity,
             local_ip,
         }

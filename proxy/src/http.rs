@@ -28,6 +28,9 @@ pub struct Body {
     active: Option<ActiveGuard>,
     /// A circuit breaker's slot for the upstream connection, freed with the body.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The endpoint's request-in-flight mark for least-request balancing, ended
+    /// with the body.
+    in_flight: Option<crate::balance::InFlight>,
 }
 
 #[derive(Debug)]
@@ -43,6 +46,7 @@ impl Body {
             inner: Inner::Upstream(body),
             active: None,
             permit: None,
+            in_flight: None,
         }
     }
 
@@ -53,6 +57,7 @@ impl Body {
             inner: Inner::Local((!bytes.is_empty()).then_some(bytes)),
             active: None,
             permit: None,
+            in_flight: None,
         }
     }
 
@@ -64,6 +69,11 @@ impl Body {
     /// Holds a circuit breaker's slot until the body has been read from upstream.
     pub(crate) fn hold_permit(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
         self.permit = Some(permit);
+    }
+
+    /// Holds the endpoint's in-flight mark until the body has been read from upstream.
+    pub(crate) fn hold_in_flight(&mut self, mark: crate::balance::InFlight) {
+        self.in_flight = Some(mark);
     }
 }
 
@@ -82,6 +92,7 @@ impl hyper::body::Body for Body {
         if matches!(r, Poll::Ready(None | Some(Err(_)))) {
             self.active = None;
             self.permit = None;
+            self.in_flight = None;
         }
         r
     }

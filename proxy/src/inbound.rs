@@ -450,8 +450,16 @@ async fn request(
     let mut ex = Exchange::new(req);
     let grpc = ex.grpc;
     let mut target = None;
-    let result = match stages(ctx, conn, &snap, &mut ex, &mut target) {
-        Ok(()) => forward(ctx, conn, &snap, ex, target.as_ref()).await,
+    let mut added = Vec::new();
+    let result = match stages(ctx, conn, &snap, &mut ex, &mut target, &mut added) {
+        Ok(()) => forward(ctx, conn, &snap, ex, target.as_ref())
+            .await
+            .map(|mut resp| {
+                for (name, value) in added {
+                    resp.headers_mut().insert(name, value);
+                }
+                resp
+            }),
         Err(stop) => Err(stop),
     };
     let labels = conn.labels(&snap, target.as_ref());
@@ -471,6 +479,7 @@ fn stages(
     snap: &Snapshot,
     ex: &mut Exchange,
     target: &mut Option<InboundTarget>,
+    added: &mut Vec<(http::HeaderName, HeaderValue)>,
 ) -> Result<(), Stop> {
     pipeline::validate(ex, &ctx.limits, ctx.accept_http10)?;
     pipeline::normalize_path(ex, snap.mesh.settings.path_normalization)?;
@@ -482,6 +491,15 @@ fn stages(
         refuse_plaintext(snap, conn.peer, Some(t.app_port));
         return Err(Stop::Close);
     }
+    // Local rate limits first, as Istio's EnvoyFilter inserts the filter.
+    *added = crate::ratelimit::check_exchange(
+        ctx,
+        &snap.rate_limits,
+        ex,
+        t.app_port,
+        conn.principal.as_deref(),
+        Some(conn.peer.ip()),
+    )?;
     authenticate(conn, snap, ex)?;
     authorize(ctx, conn, snap, ex, t)?;
     Ok(())

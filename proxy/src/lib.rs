@@ -21,7 +21,13 @@
 //!   decision, then the app; HTTP/1.1, HTTP/2, gRPC, WebSocket and opaque TCP.
 //! - [`outbound`] (port 15001): an HTTP proxy (absolute form or `Host`) and a TCP
 //!   listener per TCP service port, each sending mutual TLS with Istio's SNI to an
-//!   endpoint of the resolved service and refusing a server with the wrong identity.
+//!   endpoint of the resolved service and refusing a server with the wrong identity;
+//!   [`balance`] chooses the endpoint by the DestinationRule's `loadBalancer`;
+//!   [`routing`] applies the route table; [`circuit`] and [`outlier`] are the
+//!   DestinationRule's connection pool and outlier detection.
+//! - [`gateway`] (`--mode gateway`): an ingress gateway serving `Gateway` servers
+//!   (HTTP, HTTPS with files, passthrough by SNI, TCP) through the same routing.
+//! - [`ratelimit`]: local rate limits (token buckets) on inbound and gateway requests.
 //! - [`listener`]: accepting within the connection limit, the header, idle and
 //!   handshake timeouts, tunnels, the drain; [`pool`]: upstream connections;
 //!   [`http`]: the response body and local replies in Envoy's words.
@@ -31,10 +37,12 @@
 //!   15020) and the SIGTERM drain; [`context`]: the state the listeners share.
 
 pub mod app;
+pub mod balance;
 pub mod circuit;
 pub mod config;
 pub mod conn;
 pub mod context;
+pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod inbound;
@@ -45,6 +53,7 @@ pub mod outbound;
 pub mod outlier;
 pub mod pipeline;
 pub mod pool;
+pub mod ratelimit;
 pub mod routing;
 pub mod sds;
 pub mod tls;

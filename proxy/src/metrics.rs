@@ -374,6 +374,7 @@ pub struct Metrics {
     tcp_sent: Family<TcpLabels, Counter>,
     tcp_received: Family<TcpLabels, Counter>,
     decisions: Family<DecisionLabels, Counter>,
+    rate_limited: Family<Vec<(&'static str, &'static str)>, Counter>,
     config_generation: Gauge,
     config_applied: Counter,
     config_rejected: Counter,
@@ -407,6 +408,12 @@ impl Metrics {
         let tcp_sent = Family::<TcpLabels, Counter>::default();
         let tcp_received = Family::<TcpLabels, Counter>::default();
         let decisions = Family::<DecisionLabels, Counter>::default();
+        let rate_limited = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        registry.register(
+            "warden_local_rate_limited",
+            "Requests over a local rate limit (enforced: refused; shadow: counted only)",
+            rate_limited.clone(),
+        );
         registry.register("istio_requests", "Requests", requests.clone());
         registry.register(
             "istio_request_duration_milliseconds",
@@ -495,6 +502,7 @@ impl Metrics {
             tcp_sent,
             tcp_received,
             decisions,
+            rate_limited,
             config_generation,
             config_applied,
             config_rejected,
@@ -546,6 +554,14 @@ impl Metrics {
         let protocol = if tcp { "tcp" } else { "http" };
         self.decisions
             .get_or_create(&DecisionLabels { decision, protocol })
+            .inc();
+    }
+
+    /// Counts a request over a local rate limit: refused (`enforced`) or only counted.
+    pub fn rate_limited(&self, enforced: bool) {
+        let outcome = if enforced { "enforced" } else { "shadow" };
+        self.rate_limited
+            .get_or_create(&vec![("outcome", outcome)])
             .inc();
     }
 

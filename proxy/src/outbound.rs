@@ -17,6 +17,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::balance::{self, Downstream, Held, Hint, Picked};
 use crate::conn::{Activity, Watched, copy_both, sniff_version};
 use crate::context::{Context, Snapshot};
 use crate::http::{self as h, Body, split_host_port};
@@ -25,7 +26,7 @@ use crate::mesh::model::{Endpoint, Service, ServicePortInfo};
 use crate::mesh::traffic_policy::upstream_protocol;
 use crate::metrics::TcpLabels;
 use crate::pipeline::{self, Exchange, Reply, Xfcc};
-use crate::pool::{UpBody, UpstreamError, UpstreamProtocol};
+use crate::pool::{Buffered, UpBody, UpstreamError, UpstreamProtocol};
 use crate::tls::{TlsClient, VerifyError};
 use warden_common::backoff::random_unit;
 
@@ -44,6 +45,11 @@ pub async fn serve_http(ctx: Arc<Context>, listener: TcpListener) {
 }
 
 async fn http_conn(ctx: &Arc<Context>, stream: TcpStream) {
+    // The connection's addresses, for a source-IP hash or a generated hash cookie.
+    let conn = match (stream.peer_addr(), stream.local_addr()) {
+        (Ok(remote), Ok(local)) => Some(Downstream { remote, local }),
+        _ => None,
+    };
     let Some((version, io)) = sniff_version(stream, ctx.limits.request_headers_timeout).await
     else {
         return;
@@ -56,7 +62,7 @@ async fn http_conn(ctx: &Arc<Context>, stream: TcpStream) {
             let ctx = ctx.clone();
             let active = activity.begin();
             async move {
-                let mut resp = request(&ctx, req).await;
+                let mut resp = request(&ctx, req, conn).await;
                 resp.body_mut().hold(active);
                 Ok::<_, std::convert::Infallible>(resp)
             }
@@ -74,15 +80,21 @@ async fn http_conn(ctx: &Arc<Context>, stream: TcpStream) {
 
 /// Where a request goes: the service, its port and the endpoint chosen (borrowed from
 /// the snapshot the request holds).
-struct Route<'a> {
-    service: &'a Arc<Service>,
-    port: &'a ServicePortInfo,
-    endpoint: &'a Endpoint,
+pub(crate) struct Route<'a> {
+    pub(crate) service: &'a Arc<Service>,
+    pub(crate) port: &'a ServicePortInfo,
+    pub(crate) endpoint: &'a Endpoint,
     /// The endpoint's index in the service.
-    index: usize,
-    host: &'a str,
+    pub(crate) index: usize,
+    pub(crate) host: &'a str,
     /// Outlier detection for the destination, when its DestinationRule sets it.
-    outlier: Option<crate::outlier::Policy>,
+    pub(crate) outlier: Option<crate::outlier::Policy>,
+    /// The destination's DestinationRule policy, when it was looked up for the
+    /// request's subset to choose the endpoint (inner `None`: no DestinationRule);
+    /// `None` when not looked up.
+    policy: Option<Option<serde_json::Value>>,
+    /// What the endpoint choice leaves for the response (in-flight mark, cookie).
+    held: Held,
 }
 
 /// Resolves `host:port` for a caller in this workload's namespace and picks an endpoint.
@@ -90,6 +102,7 @@ fn route<'a>(
     ctx: &Context,
     snap: &'a Snapshot,
     authority: &str,
+    hint: &Hint<'_>,
 ) -> Result<Route<'a>, (StatusCode, &'static str, String)> {
     let Some((host, port)) = split_host_port(authority, 80) else {
         return Err((
@@ -98,17 +111,34 @@ fn route<'a>(
             format!("warden: cannot read a host and port from {authority:?}"),
         ));
     };
-    route_to(ctx, snap, host, port, None)
+    route_with(ctx, snap, host, port, None, None, hint)
 }
 
 /// Resolves `host:port` and picks an endpoint, among those with `labels` (a
-/// DestinationRule subset) when given.
-fn route_to<'a>(
+/// DestinationRule subset) when given, by the load balancer of the destination's
+/// top-level traffic policy, reading nothing of the request (a consistent hash takes a
+/// random point): [`route_with`] names the subset and the request.
+pub(crate) fn route_to<'a>(
     ctx: &Context,
     snap: &'a Snapshot,
     host: &str,
     port: u16,
     labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Route<'a>, (StatusCode, &'static str, String)> {
+    route_with(ctx, snap, host, port, None, labels, &Hint::default())
+}
+
+/// Resolves `host:port` and picks an endpoint, among those of `subset` (its name, for
+/// the traffic policy, and its `labels`) and not ejected, by the destination's
+/// `loadBalancer` (see [`crate::balance`]) reading the request through `hint`.
+pub(crate) fn route_with<'a>(
+    ctx: &Context,
+    snap: &'a Snapshot,
+    host: &str,
+    port: u16,
+    subset: Option<&str>,
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+    hint: &Hint<'_>,
 ) -> Result<Route<'a>, (StatusCode, &'static str, String)> {
     let mesh = &snap.mesh;
     let Some((service, port_info)) = mesh.registry.resolve(host, port, &mesh.local.namespace)
@@ -158,7 +188,21 @@ fn route_to<'a>(
             "no healthy upstream".to_string(),
         ));
     }
-    let index = candidates[ctx.pick(candidates.len())];
+    // The policy is looked up only when some DestinationRule exists; it is the
+    // request's own when the subset is named or there is none (else the caller looks
+    // it up again for the circuit breaker and outlier detection).
+    let routes = &mesh.routes;
+    let policy = routes.has_destination_rules().then(|| {
+        routes.traffic_policy(
+            service.host(),
+            subset,
+            port_info.number,
+            &mesh.local.namespace,
+        )
+    });
+    let lb = balance::Policy::from_policy(policy.as_ref().and_then(Option::as_ref));
+    let Picked { index, held } = snap.balance.choose(service, &candidates, &lb, hint);
+    let exact = subset.is_some() || labels.is_none();
     Ok(Route {
         service,
         host: service.host(),
@@ -166,12 +210,14 @@ fn route_to<'a>(
         endpoint: &service.endpoints[index],
         index,
         outlier: None,
+        policy: if exact { Some(policy.flatten()) } else { None },
+        held,
     })
 }
 
 /// Opens mutual TLS to `route`'s endpoint, offering the ALPN of `protocol` (`None`:
 /// opaque TCP) and sending Istio's SNI; secure naming is in the snapshot's config.
-async fn connect_tls(
+pub(crate) async fn connect_tls(
     ctx: &Context,
     snap: &Snapshot,
     route: &Route<'_>,
@@ -191,7 +237,7 @@ async fn connect_tls(
 
 /// Explains a failed upstream connection: secure naming and certificate problems in
 /// full, the rest as Envoy words them.
-fn connect_error(route: &Route<'_>, e: &std::io::Error) -> String {
+pub(crate) fn connect_error(route: &Route<'_>, e: &std::io::Error) -> String {
     let who = format!(
         "{}:{} ({} at {})",
         route.host,
@@ -216,36 +262,19 @@ fn connect_error(route: &Route<'_>, e: &std::io::Error) -> String {
 /// One outbound request through the pipeline (see [`crate::pipeline`]): validated,
 /// normalized and sanitized as on the inbound side, then routed and sent over mutual
 /// TLS in the HTTP version the destination is configured for.
-async fn request(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Body> {
+async fn request(
+    ctx: &Arc<Context>,
+    req: Request<Incoming>,
+    conn: Option<Downstream>,
+) -> Response<Body> {
     let started = Instant::now();
     let snap = ctx.snapshot.load_full();
     let mut ex = Exchange::new(req);
     let grpc = ex.grpc;
     // Until the request is routed, it is counted as to an unknown destination.
     let mut labels = snap.unknown_outbound.clone();
-    let result = match stages(ctx, &snap, &mut ex) {
-        Ok((mut route, routed)) => {
-            labels = snap.outbound_labels(route.service, route.index);
-            let policy = destination_policy(&snap, &route, routed.as_ref());
-            route.outlier = policy
-                .as_ref()
-                .and_then(crate::outlier::Policy::from_policy);
-            match admit(ctx, &snap, &route, routed.as_ref(), policy.as_ref(), &ex).await {
-                Err(r) => Err(r),
-                Ok(permit) => {
-                    let result = match routed {
-                        None => forward(ctx, &snap, ex, &route).await,
-                        Some(routed) => forward_routed(ctx, &snap, ex, &route, routed).await,
-                    };
-                    result.map(|mut resp| {
-                        if let Some(p) = permit {
-                            resp.body_mut().hold_permit(p);
-                        }
-                        resp
-                    })
-                }
-            }
-        }
+    let result = match stages(ctx, &snap, &mut ex, conn) {
+        Ok((route, routed)) => deliver(ctx, &snap, ex, route, routed, &mut labels).await,
         Err(r) => Err(r),
     };
     let (resp, flags) = match result {
@@ -254,6 +283,40 @@ async fn request(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Body> {
     };
     ctx.metrics.response(&labels, grpc, &resp, flags, started);
     resp
+}
+
+/// Sends a request to `route` (chosen by the route table when `routed` is set): the
+/// destination's DestinationRule policy, its circuit breaker, then the forwarding.
+/// `labels` become the destination's metric labels.
+pub(crate) async fn deliver(
+    ctx: &Arc<Context>,
+    snap: &Arc<Snapshot>,
+    ex: Exchange,
+    mut route: Route<'_>,
+    routed: Option<crate::routing::Routed>,
+    labels: &mut Arc<crate::metrics::ConnLabels>,
+) -> Result<Response<Body>, Reply> {
+    *labels = snap.outbound_labels(route.service, route.index);
+    let policy = match route.policy.take() {
+        Some(p) => p,
+        None => destination_policy(snap, &route, routed.as_ref()),
+    };
+    let held = std::mem::take(&mut route.held);
+    route.outlier = policy
+        .as_ref()
+        .and_then(crate::outlier::Policy::from_policy);
+    let permit = admit(ctx, snap, &route, routed.as_ref(), policy.as_ref(), &ex).await?;
+    let result = match routed {
+        None => forward(ctx, snap, ex, &route).await,
+        Some(routed) => forward_routed(ctx, snap, ex, &route, routed).await,
+    };
+    result.map(|mut resp| {
+        if let Some(p) = permit {
+            resp.body_mut().hold_permit(p);
+        }
+        held.finish(&mut resp);
+        resp
+    })
 }
 
 /// The DestinationRule traffic policy of the request's destination (its subset and
@@ -326,13 +389,40 @@ async fn forward_routed(
     if let Some(d) = routed.delay {
         tokio::time::sleep(d).await;
     }
+    let mut ex = ex;
+    // A body to be sent more than once (a retry, a mirror) is read in full first, as
+    // Envoy buffers it, when its declared length is within the limit; otherwise it is
+    // streamed once and neither retried nor mirrored.
+    let ended = hyper::body::Body::is_end_stream(ex.req.body());
+    let buffered = if !ended && (routed.retries.is_some() || routed.mirror.is_some()) {
+        match Buffered::read(ex.req.body_mut(), RETRY_BUFFER_LIMIT).await {
+            Ok(b) => b,
+            Err(e) => {
+                return Err(Reply {
+                    flags: "DC",
+                    ..ex.reply(
+                        StatusCode::BAD_REQUEST,
+                        format!("warden: the request body could not be read: {e}"),
+                    )
+                });
+            }
+        }
+    } else {
+        None
+    };
     if let Some(mirror) = &routed.mirror
-        && hyper::body::Body::is_end_stream(ex.req.body())
+        && (ended || buffered.is_some())
     {
-        spawn_mirror(ctx.clone(), snap.clone(), &ex, mirror.clone());
+        spawn_mirror(
+            ctx.clone(),
+            snap.clone(),
+            &ex,
+            mirror.clone(),
+            buffered.clone(),
+        );
     }
     let grpc = ex.grpc;
-    let sent = send_with_retries(ctx, snap, ex, route, &routed);
+    let sent = send_with_retries(ctx, snap, ex, route, &routed, buffered);
     let result = match routed.timeout {
         None => sent.await,
         Some(t) => match tokio::time::timeout(t, sent).await {
@@ -356,7 +446,7 @@ async fn forward_routed(
     })
 }
 
-/// Sends a copy of a body-less request to the mirror, fire and forget: its answer is
+/// Sends a copy of the request (body-less, or its body read in full) to the mirror, fire and forget: its answer is
 /// read and dropped, its failure only logged. The copy's authority gets Envoy's
 /// `-shadow` suffix on the host, so the mirror can tell shadow traffic apart.
 fn spawn_mirror(
@@ -364,6 +454,7 @@ fn spawn_mirror(
     snap: Arc<Snapshot>,
     ex: &Exchange,
     crate::routing::Mirror { host, port, labels }: crate::routing::Mirror,
+    body: Option<Buffered>,
 ) {
     let authority = match split_host_port(&ex.authority, 80) {
         Some((h, p)) => format!("{h}-shadow:{p}"),
@@ -382,7 +473,7 @@ fn spawn_mirror(
             tracing::debug!(%host, "mirror: no endpoint");
             return;
         };
-        let mut shadow = Exchange::new(req.map(|()| UpBody::Empty));
+        let mut shadow = Exchange::new(req.map(|()| body.map_or(UpBody::Empty, |b| b.body())));
         shadow.authority = authority;
         shadow.downstream = downstream;
         let protocol = protocol_for_parts(&snap, &route, downstream);
@@ -405,7 +496,12 @@ fn spawn_mirror(
 
 type Staged<'a> = (Route<'a>, Option<crate::routing::Routed>);
 
-fn stages<'a>(ctx: &Context, snap: &'a Snapshot, ex: &mut Exchange) -> Result<Staged<'a>, Reply> {
+fn stages<'a>(
+    ctx: &Context,
+    snap: &'a Snapshot,
+    ex: &mut Exchange,
+    conn: Option<Downstream>,
+) -> Result<Staged<'a>, Reply> {
     pipeline::validate(ex, &ctx.limits, ctx.accept_http10)?;
     pipeline::normalize_path(ex, snap.mesh.settings.path_normalization)?;
     // The app's own XFCC means nothing to the peer: Envoy's outbound default
@@ -418,9 +514,18 @@ fn stages<'a>(ctx: &Context, snap: &'a Snapshot, ex: &mut Exchange) -> Result<St
         ));
     }
     let routed = crate::routing::apply(snap, ex)?;
+    let hint = Hint::http(ex.req.headers(), ex.req.uri(), conn);
     let found = match &routed {
-        None => route(ctx, snap, &ex.authority),
-        Some(r) => route_to(ctx, snap, &r.host, r.port, r.subset_labels.as_ref()),
+        None => route(ctx, snap, &ex.authority, &hint),
+        Some(r) => route_with(
+            ctx,
+            snap,
+            &r.host,
+            r.port,
+            r.subset.as_deref(),
+            r.subset_labels.as_ref(),
+            &hint,
+        ),
     };
     match found {
         Ok(route) => Ok((route, routed)),
@@ -535,9 +640,9 @@ async fn send_once(
     }
 }
 
-/// A body-less request again, for a retry.
-fn copy_request(req: &Request<UpBody>) -> Request<UpBody> {
-    let mut out = Request::new(UpBody::Empty);
+/// The request again, for a retry, with `body`.
+fn copy_request(req: &Request<()>, body: UpBody) -> Request<UpBody> {
+    let mut out = Request::new(body);
     *out.method_mut() = req.method().clone();
     *out.uri_mut() = req.uri().clone();
     *out.version_mut() = req.version();
@@ -545,17 +650,22 @@ fn copy_request(req: &Request<UpBody>) -> Request<UpBody> {
     out
 }
 
-/// Sends a routed request with its retry policy: a body-less request is tried again,
-/// on the next endpoint of the destination, after Envoy's jittered backoff (25 ms
-/// doubling, at most 250 ms), while the answer is one `retry_on` names and tries
-/// remain; each try is bounded by `per_try_timeout`. A request with a body is sent
-/// once (Envoy would buffer it to retry; Warden streams it).
+/// The largest request body read in full to be retried or mirrored (Envoy's default
+/// per-connection buffer limit, 1 MiB).
+pub const RETRY_BUFFER_LIMIT: u64 = 1024 * 1024;
+
+/// Sends a routed request with its retry policy: the request (body-less, or with its
+/// body in `buffered`) is tried again, on the next endpoint of the destination, after
+/// Envoy's jittered backoff (25 ms doubling, at most 250 ms), while the answer is one
+/// `retry_on` names and tries remain; each try is bounded by `per_try_timeout`. A body
+/// that was not buffered is streamed once.
 async fn send_with_retries(
     ctx: &Context,
     snap: &Snapshot,
     mut ex: Exchange,
     first: &Route<'_>,
     routed: &crate::routing::Routed,
+    buffered: Option<Buffered>,
 ) -> Result<Response<Body>, Reply> {
     if ex.websocket {
         return forward_websocket(ctx, snap, ex, first).await;
@@ -563,36 +673,55 @@ async fn send_with_retries(
     let protocol = protocol_for(snap, first, &ex);
     pipeline::shape_upstream(&mut ex, protocol);
     let (req, ex) = ex.send_off();
-    let retries = routed
-        .retries
-        .as_ref()
-        .filter(|_| hyper::body::Body::is_end_stream(req.body()));
+    let repeatable = buffered.is_some() || hyper::body::Body::is_end_stream(req.body());
+    let retries = routed.retries.as_ref().filter(|_| repeatable);
+    let body_of =
+        |buffered: &Option<Buffered>| buffered.as_ref().map_or(UpBody::Empty, Buffered::body);
     let Some(policy) = retries else {
-        return send_once(ctx, snap, &ex, req.map(UpBody::Stream), first, protocol).await;
+        let req = match &buffered {
+            Some(b) => req.map(|_| b.body()),
+            None => req.map(UpBody::Stream),
+        };
+        return send_once(ctx, snap, &ex, req, first, protocol).await;
     };
-    let template = req.map(|_| UpBody::Empty);
+    let template = req.map(|_| ());
     let mut attempt = 0u32;
+    // Endpoints tried so far, which a retry avoids (allocated at the first retry).
+    let mut tried: Vec<usize> = Vec::new();
     loop {
-        let next;
+        let mut next = None;
         let route = if attempt == 0 {
             first
         } else {
-            match route_to(
+            let hint = Hint {
+                avoid: &tried,
+                ..Hint::http(template.headers(), template.uri(), None)
+            };
+            match route_with(
                 ctx,
                 snap,
                 &routed.host,
                 routed.port,
+                routed.subset.as_deref(),
                 routed.subset_labels.as_ref(),
+                &hint,
             ) {
                 Ok(mut r) => {
                     r.outlier = first.outlier;
-                    next = r;
-                    &next
+                    &*next.insert(r)
                 }
                 Err(_) => first,
             }
         };
-        let sent = send_once(ctx, snap, &ex, copy_request(&template), route, protocol);
+        let used = route.index;
+        let sent = send_once(
+            ctx,
+            snap,
+            &ex,
+            copy_request(&template, body_of(&buffered)),
+            route,
+            protocol,
+        );
         let result = match policy.per_try_timeout {
             None => sent.await,
             Some(t) => tokio::time::timeout(t, sent).await.unwrap_or_else(|_| {
@@ -603,8 +732,15 @@ async fn send_with_retries(
             }),
         };
         if attempt >= policy.attempts || !policy.retriable(&result) {
-            return result;
+            // A retry's endpoint keeps its in-flight mark until the body ends.
+            return result.map(|mut resp| {
+                if let Some(r) = next.take() {
+                    r.held.without_cookie().finish(&mut resp);
+                }
+                resp
+            });
         }
+        tried.push(used);
         attempt += 1;
         let ceiling = (25u64 << (attempt - 1).min(4)).min(250);
         let wait = std::time::Duration::from_millis((random_unit() * ceiling as f64) as u64);
@@ -729,12 +865,22 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
     let route = match crate::routing::tcp(&snap, service.host(), port) {
         // A VirtualService's tcp rule: its destination and subset.
         Some(Ok(target)) => {
-            match route_to(
+            // The connection's addresses, for a source-IP hash.
+            let hint = Hint {
+                conn: match (stream.peer_addr(), stream.local_addr()) {
+                    (Ok(remote), Ok(local)) => Some(Downstream { remote, local }),
+                    _ => None,
+                },
+                ..Hint::default()
+            };
+            match route_with(
                 ctx,
                 &snap,
                 &target.host,
                 target.port,
+                None,
                 target.labels.as_ref(),
+                &hint,
             ) {
                 Ok(r) => r,
                 Err((_, _, why)) => {
@@ -760,6 +906,8 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
                 index,
                 host: service.host(),
                 outlier: None,
+                policy: None,
+                held: Held::default(),
             }
         }
     };

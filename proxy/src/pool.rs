@@ -28,14 +28,69 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
-/// A request body sent upstream: the client's, streamed as it comes, or none (a
-/// body-less request the route table may send again, on a retry).
+/// A request body sent upstream: the client's, streamed as it comes, none, or a copy
+/// of a body read in full (a request the route table may send again, on a retry or to
+/// a mirror).
 #[derive(Debug)]
 pub enum UpBody {
     /// The client's body.
     Stream(Incoming),
     /// No body.
     Empty,
+    /// A body read in full: its bytes, then its trailers.
+    Full(Option<Bytes>, Option<http::HeaderMap>),
+}
+
+/// A request body read in full, to be sent more than once.
+#[derive(Debug, Clone, Default)]
+pub struct Buffered {
+    /// The bytes.
+    pub data: Bytes,
+    /// Trailers, if the client sent any.
+    pub trailers: Option<http::HeaderMap>,
+}
+
+impl Buffered {
+    /// A body to send with these bytes and trailers.
+    pub fn body(&self) -> UpBody {
+        UpBody::Full(
+            (!self.data.is_empty()).then(|| self.data.clone()),
+            self.trailers.clone(),
+        )
+    }
+
+    /// Reads `body` to its end when its declared length is at most `limit` bytes
+    /// (`Ok(None)` otherwise, nothing read: a body of unknown length may be a stream
+    /// that only ends after the answer, as gRPC's do, and is never held back).
+    pub async fn read(body: &mut Incoming, limit: u64) -> Result<Option<Self>, hyper::Error> {
+        if body.size_hint().exact().is_none_or(|n| n > limit) {
+            return Ok(None);
+        }
+        let mut data = bytes::BytesMut::new();
+        let mut trailers = None;
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+        {
+            let frame = frame?;
+            match frame.into_data() {
+                Ok(d) => {
+                    if data.len() as u64 + d.len() as u64 > limit {
+                        // More than declared: hyper refuses it before this; keep the bound.
+                        return Ok(None);
+                    }
+                    data.extend_from_slice(&d);
+                }
+                Err(f) => {
+                    if let Ok(t) = f.into_trailers() {
+                        trailers = Some(t);
+                    }
+                }
+            }
+        }
+        Ok(Some(Self {
+            data: data.freeze(),
+            trailers,
+        }))
+    }
 }
 
 impl HttpBody for UpBody {
@@ -49,6 +104,11 @@ impl HttpBody for UpBody {
         match self.get_mut() {
             Self::Stream(b) => Pin::new(b).poll_frame(cx),
             Self::Empty => Poll::Ready(None),
+            Self::Full(data, trailers) => Poll::Ready(
+                data.take()
+                    .map(|d| Ok(Frame::data(d)))
+                    .or_else(|| trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            ),
         }
     }
 
@@ -56,6 +116,7 @@ impl HttpBody for UpBody {
         match self {
             Self::Stream(b) => b.is_end_stream(),
             Self::Empty => true,
+            Self::Full(data, trailers) => data.is_none() && trailers.is_none(),
         }
     }
 
@@ -63,6 +124,9 @@ impl HttpBody for UpBody {
         match self {
             Self::Stream(b) => b.size_hint(),
             Self::Empty => SizeHint::with_exact(0),
+            Self::Full(data, _) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

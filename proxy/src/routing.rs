@@ -4,9 +4,10 @@
 //! route, the weighted destination and its subset's endpoints, the rewrite, the header
 //! operations, an injected abort or delay, and the request timeout.
 //!
-//! Retries and mirrors are applied by `outbound` (body-less requests only), and
-//! [`tcp`] routes TCP connections by the `tcp` rules. Not applied yet: CORS, TLS
-//! routes (by SNI).
+//! Retries and mirrors are applied by `outbound` (a body is buffered for them when its
+//! declared length is within 1 MiB), and [`tcp`] routes TCP connections by the `tcp`
+//! rules. [`apply_gateway`] decides for an ingress gateway (`crate::gateway`): only
+//! the VirtualServices bound to its Gateways route. Not applied yet: CORS.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -139,8 +140,21 @@ impl RetryPolicy {
     }
 }
 
-fn route_request(snap: &Snapshot, ex: &Exchange) -> Option<RouteRequest> {
-    let (_, port) = split_host_port(&ex.authority, 80)?;
+/// A request an ingress gateway's server accepted: the Gateways whose server on its
+/// port serves the request's host, that port, and whether the connection was TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct Via<'a> {
+    /// `ns/name` of those Gateways.
+    pub gateways: &'a [String],
+    /// The gateway server's port.
+    pub port: u16,
+    /// HTTPS (the scheme redirects keep).
+    pub tls: bool,
+}
+
+fn route_request(snap: &Snapshot, ex: &Exchange, via: Option<Via<'_>>) -> Option<RouteRequest> {
+    let (_, port) = split_host_port(&ex.authority, via.map_or(80, |v| v.port))?;
+    let port = via.map_or(port, |v| v.port);
     let mut headers = BTreeMap::new();
     for (k, v) in ex.req.headers() {
         if let Ok(v) = v.to_str() {
@@ -162,8 +176,14 @@ fn route_request(snap: &Snapshot, ex: &Exchange) -> Option<RouteRequest> {
         method: ex.req.method().as_str().to_string(),
         path: path_and_query(ex.req.uri()).to_string(),
         headers,
-        scheme: "http".into(),
+        scheme: if via.is_some_and(|v| v.tls) {
+            "https".into()
+        } else {
+            "http".into()
+        },
         skip_policy: true,
+        gateways: via.map(|v| v.gateways.to_vec()).unwrap_or_default(),
+        ..Default::default()
     })
 }
 
@@ -173,10 +193,46 @@ pub fn apply(snap: &Snapshot, ex: &mut Exchange<Incoming>) -> Result<Option<Rout
     if !snap.mesh.routes.has_virtual_services() {
         return Ok(None);
     }
-    let Some(req) = route_request(snap, ex) else {
+    let Some(req) = route_request(snap, ex, None) else {
         return Ok(None);
     };
-    let d = snap.mesh.routes.decide(&req, None);
+    decided(snap, ex, &req, None)
+}
+
+/// Decides a request an ingress gateway accepted: only VirtualServices bound to its
+/// Gateways route it; without one the gateway answers 404 (`NR`), as Envoy does for a
+/// host with no virtual host.
+pub fn apply_gateway(
+    snap: &Snapshot,
+    ex: &mut Exchange<Incoming>,
+    via: Via<'_>,
+) -> Result<Routed, Reply> {
+    let no_route = |ex: &Exchange<Incoming>, why: String| {
+        tracing::debug!(authority = %ex.authority, gateways = ?via.gateways, %why, "gateway: no route");
+        Reply {
+            flags: "NR",
+            ..ex.reply(StatusCode::NOT_FOUND, "")
+        }
+    };
+    let Some(req) = route_request(snap, ex, Some(via)) else {
+        return Err(no_route(ex, "the authority has no host".into()));
+    };
+    match decided(snap, ex, &req, Some(via))? {
+        Some(r) => Ok(r),
+        None => Err(no_route(
+            ex,
+            "no VirtualService bound to the gateway names the host".into(),
+        )),
+    }
+}
+
+fn decided(
+    snap: &Snapshot,
+    ex: &mut Exchange<Incoming>,
+    req: &RouteRequest,
+    via: Option<Via<'_>>,
+) -> Result<Option<Routed>, Reply> {
+    let d = snap.mesh.routes.decide(req, None);
     let Some(vs) = d.virtual_service.clone() else {
         return Ok(None);
     };
@@ -201,7 +257,7 @@ pub fn apply(snap: &Snapshot, ex: &mut Exchange<Incoming>) -> Result<Option<Rout
                 flags: "-",
             })
         }
-        "route" => routed(snap, ex, &d, vs),
+        "route" => routed(snap, ex, &d, vs, via),
         _ => {
             tracing::debug!(virtual_service = %vs, authority = %ex.authority, "no route of the VirtualService matches");
             Err(Reply {
@@ -237,6 +293,7 @@ fn routed(
     ex: &mut Exchange<Incoming>,
     d: &Decision,
     vs: String,
+    via: Option<Via<'_>>,
 ) -> Result<Option<Routed>, Reply> {
     let Some(dest) = pick_weighted(&d.destinations) else {
         return Err(Reply {
@@ -245,10 +302,28 @@ fn routed(
         });
     };
     let (_, req_port) = split_host_port(&ex.authority, 80).unwrap_or(("", 80));
-    let port = dest
-        .port
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or(req_port);
+    let port = dest.port.and_then(|p| u16::try_from(p).ok());
+    let port = match (port, via) {
+        (Some(p), _) => p,
+        (None, None) => req_port,
+        // A gateway's destination without a port: the service's only port (Istio
+        // refuses the route when the service has several).
+        (None, Some(_)) => match snap.mesh.registry.only_port(&dest.host) {
+            Some(p) => p,
+            None => {
+                return Err(Reply {
+                    flags: "NR",
+                    ..ex.reply(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "warden: VirtualService {vs} sends to {} without a port, and the service does not have exactly one",
+                            dest.host
+                        ),
+                    )
+                });
+            }
+        },
+    };
     let subset_labels = match subset_labels(snap, dest, &vs) {
         Ok(l) => l,
         Err(why) => {
@@ -359,7 +434,7 @@ fn routed(
 
 /// The endpoint labels of `dest`'s subset (`None` without one); an error naming the
 /// VirtualService when no DestinationRule defines the subset.
-fn subset_labels(
+pub(crate) fn subset_labels(
     snap: &Snapshot,
     dest: &DestinationOut,
     vs: &str,
@@ -380,7 +455,7 @@ fn subset_labels(
 }
 
 /// One destination, drawn by weight.
-fn pick_weighted(destinations: &[DestinationOut]) -> Option<&DestinationOut> {
+pub(crate) fn pick_weighted(destinations: &[DestinationOut]) -> Option<&DestinationOut> {
     let total: i64 = destinations.iter().map(|x| x.weight.max(0)).sum();
     if destinations.len() == 1 || total <= 0 {
         return destinations.first();

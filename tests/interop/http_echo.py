@@ -4,13 +4,16 @@ request exactly as it arrived (method, raw request target, version, headers in o
 body length) and logs the same as one JSON line on stderr, so a test can check both
 what reached the app and how many requests did.
 
-    python http_echo.py ADDR:PORT [NAME]
+    python http_echo.py ADDR:PORT [NAME [DELAY_MS]]
+
+With DELAY_MS it answers each request that much later (a slow endpoint).
 
 It speaks HTTP/1.1 with keep-alive and nothing else: an HTTP/2 request is a protocol
 error to it, as to any HTTP/1.1-only server.
 """
 import json
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -47,6 +50,8 @@ class Handler(BaseHTTPRequestHandler):
             "body": len(body),
         }
         log(**seen)
+        if DELAY_MS:
+            time.sleep(DELAY_MS / 1000)
         out = json.dumps(seen).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -63,6 +68,7 @@ class Handler(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     host, port = sys.argv[1].rsplit(":", 1)
     NAME = sys.argv[2] if len(sys.argv) > 2 else "http.server"
+    DELAY_MS = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     server = ThreadingHTTPServer((host, int(port)), Handler)
     server.daemon_threads = True
     log(message="serving", addr=sys.argv[1])

@@ -167,6 +167,19 @@ fn virtual_services_route_in_the_data_path() {
         "{failed_once} of 60 failed without retries"
     );
     assert_eq!(failed_retried, 0);
+    // A request with a body of declared length is read in full and retried the same
+    // way, each try carrying the whole body (curl sends it).
+    let body = "b".repeat(20_000);
+    let failed_with_body = (0..30)
+        .filter(|_| {
+            let r = curl(&["--proxy", &proxy, "--data-binary", &body, &url("/all/post")]);
+            r.status != 200 || r.json()["body"].as_str().map(str::len) != Some(20_000)
+        })
+        .count();
+    assert_eq!(
+        failed_with_body, 0,
+        "POSTs with a body were not retried whole"
+    );
 
     // Mirroring: every answer is v1's; v2 receives the copies (as its proxy counts
     // them, reporter=destination).

@@ -135,6 +135,8 @@ pub struct MeshConfig {
     pub destination_rules: DestinationRules,
     /// VirtualServices and DestinationRules as the client side routes by them.
     pub routes: warden_policy::route::RouteTable,
+    /// Local rate limits (EnvoyFilter `local_ratelimit`, LocalRateLimit).
+    pub rate_limits: warden_policy::ratelimit::RateLimits,
     /// The mesh-wide settings.
     pub settings: MeshSettings,
     /// How many YAML/JSON files were read.
@@ -160,6 +162,8 @@ pub enum Stage {
     DestinationRules,
     /// Compiling VirtualServices (and DestinationRules) into the route table.
     Routes,
+    /// Compiling local rate limits (EnvoyFilters, LocalRateLimits).
+    RateLimits,
     /// Finding the proxy's own WorkloadEntry.
     LocalWorkload,
 }
@@ -174,6 +178,7 @@ impl fmt::Display for Stage {
             Self::Registry => "building the service registry",
             Self::DestinationRules => "reading DestinationRules",
             Self::Routes => "compiling VirtualServices",
+            Self::RateLimits => "compiling local rate limits",
             Self::LocalWorkload => "finding the proxy's own WorkloadEntry",
         })
     }
@@ -294,6 +299,18 @@ pub(super) fn load_with_refs(
             .for_each(|e| problem(Stage::Routes, e.to_string()))
     })
     .ok();
+    let rate_limits = warden_policy::ratelimit::RateLimits::build(&set, &opts.root_namespace)
+        .map(|(limits, notes)| {
+            for note in notes {
+                tracing::debug!("{note}");
+            }
+            limits
+        })
+        .map_err(|e| {
+            e.into_iter()
+                .for_each(|e| problem(Stage::RateLimits, e.to_string()))
+        })
+        .ok();
     let local = registry.as_ref().and_then(|r| {
         let local = r.workload(&opts.namespace, &opts.workload).cloned();
         if local.is_none() {
@@ -316,6 +333,7 @@ pub(super) fn load_with_refs(
         local,
         destination_rules,
         routes,
+        rate_limits,
     ) {
         (
             Some(authz),
@@ -324,8 +342,10 @@ pub(super) fn load_with_refs(
             Some(local),
             Some(destination_rules),
             Some(routes),
+            Some(rate_limits),
         ) if problems.is_empty() => Ok(MeshConfig {
             routes,
+            rate_limits,
             generation,
             registry,
             local,
@@ -351,6 +371,8 @@ pub(super) fn resources(set: &ConfigSet) -> usize {
         + set.virtual_services.len()
         + set.destination_rules.len()
         + set.gateways.len()
+        + set.envoy_filters.len()
+        + set.local_rate_limits.len()
 }
 
 /// The YAML/JSON files under `dir`, recursively, sorted; names starting with `.` are

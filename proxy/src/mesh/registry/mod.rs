@@ -111,6 +111,21 @@ impl Registry {
         self.lookup(host, port, from_namespace, true)
     }
 
+    /// The port of the service `host` names (a fully qualified host, as the route
+    /// table writes destinations) when it has exactly one; what a gateway's route
+    /// without `destination.port` goes to.
+    pub fn only_port(&self, host: &str) -> Option<u16> {
+        let host = lookup_key(host);
+        let i = self
+            .hosts
+            .get(host.as_ref())
+            .or_else(|| self.aliases.get(host.as_ref()))?;
+        match self.services.get(*i)?.ports.as_slice() {
+            [only] => Some(only.number),
+            _ => None,
+        }
+    }
+
     /// [`Self::resolve`] for an Istio SNI `outbound_.<port>_.<subset>_.<host>`.
     pub fn resolve_sni(
         &self,
