@@ -95,6 +95,9 @@ pub(crate) struct Route<'a> {
     policy: Option<Option<serde_json::Value>>,
     /// What the endpoint choice leaves for the response (in-flight mark, cookie).
     held: Held,
+    /// How the destination's connections are reused (DestinationRule
+    /// `connectionPool.http`).
+    pub(crate) reuse: crate::pool::Reuse,
 }
 
 /// Resolves `host:port` for a caller in this workload's namespace and picks an endpoint.
@@ -212,6 +215,7 @@ pub(crate) fn route_with<'a>(
         outlier: None,
         policy: if exact { Some(policy.flatten()) } else { None },
         held,
+        reuse: crate::pool::Reuse::default(),
     })
 }
 
@@ -305,6 +309,9 @@ pub(crate) async fn deliver(
     route.outlier = policy
         .as_ref()
         .and_then(crate::outlier::Policy::from_policy);
+    if let Some(p) = &policy {
+        route.reuse = crate::pool::Reuse::from_policy(p);
+    }
     let permit = admit(ctx, snap, &route, routed.as_ref(), policy.as_ref(), &ex).await?;
     let result = match routed {
         None => forward(ctx, snap, ex, &route).await,
@@ -595,7 +602,7 @@ async fn send_once(
     );
     let result = ctx
         .mesh_pool
-        .send(key, protocol, req, || {
+        .send_limited(key, protocol, req, route.reuse, || {
             connect_tls(ctx, snap, route, Some(protocol))
         })
         .await;
@@ -908,6 +915,7 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
                 outlier: None,
                 policy: None,
                 held: Held::default(),
+                reuse: crate::pool::Reuse::default(),
             }
         }
     };

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, Version};
@@ -142,8 +143,68 @@ pub struct Pool<K, B = Incoming> {
 
 #[derive(Debug)]
 struct PoolInner<K, B> {
-    h1: HashMap<K, Vec<http1::SendRequest<B>>>,
-    h2: HashMap<K, http2::SendRequest<B>>,
+    h1: HashMap<K, Vec<Pooled<http1::SendRequest<B>>>>,
+    h2: HashMap<K, Pooled<http2::SendRequest<B>>>,
+}
+
+/// A pooled connection's sender, with the requests it carried and when it was last
+/// used.
+#[derive(Debug)]
+struct Pooled<S> {
+    sender: S,
+    used: u32,
+    last: Instant,
+}
+
+/// How long and how much an upstream connection is reused: the DestinationRule's
+/// `connectionPool.http.maxRequestsPerConnection` (none: unlimited) and `idleTimeout`
+/// (Envoy's default, one hour).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reuse {
+    /// Requests a connection carries before it is retired.
+    pub max_requests: Option<u32>,
+    /// A connection idle this long is not used again.
+    pub idle_timeout: Duration,
+}
+
+/// Envoy's default upstream idle timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+impl Default for Reuse {
+    fn default() -> Self {
+        Self {
+            max_requests: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl Reuse {
+    /// From a DestinationRule traffic policy (the proto's field names); defaults for
+    /// what it leaves out (`maxRequestsPerConnection: 0` is unlimited, as in Istio).
+    pub fn from_policy(policy: &serde_json::Value) -> Self {
+        let http = &policy["connectionPool"]["http"];
+        let max_requests = http["maxRequestsPerConnection"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0);
+        let idle_timeout = http["idleTimeout"]
+            .as_str()
+            .and_then(|t| warden_policy::route::duration::parse(t).ok())
+            .filter(|t| !t.is_zero())
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        Self {
+            max_requests,
+            idle_timeout,
+        }
+    }
+
+    /// Whether a connection that carried `used` requests, last at `last`, may carry
+    /// another now.
+    fn allows(&self, used: u32, last: Instant, now: Instant) -> bool {
+        self.max_requests.is_none_or(|m| used < m)
+            && now.saturating_duration_since(last) < self.idle_timeout
+    }
 }
 
 impl<K, B> Default for Pool<K, B> {
@@ -182,28 +243,39 @@ where
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn idle_h1(&self, key: &K) -> Option<http1::SendRequest<B>> {
+    fn idle_h1(&self, key: &K, reuse: Reuse) -> Option<Pooled<http1::SendRequest<B>>> {
         let mut inner = self.lock();
         let list = inner.h1.get_mut(key)?;
+        let now = Instant::now();
         // Newest first: the likeliest to be warm and still open. Busy senders (a body
-        // still streaming) stay for later; closed ones go.
+        // still streaming) stay for later; closed, idle-expired and used-up ones go.
         let mut i = list.len();
         while i > 0 {
             i -= 1;
-            if list[i].is_closed() {
+            let p = &list[i];
+            if p.sender.is_closed() || !reuse.allows(p.used, p.last, now) {
                 list.swap_remove(i);
-            } else if list[i].is_ready() {
+            } else if p.sender.is_ready() {
                 return Some(list.swap_remove(i));
             }
         }
         None
     }
 
-    fn put_h1(&self, key: K, sender: http1::SendRequest<B>) {
+    fn put_h1(&self, key: K, sender: http1::SendRequest<B>, used: u32, reuse: Reuse) {
+        if reuse.max_requests.is_some_and(|m| used >= m) {
+            // Retired: dropping the sender closes the connection once its response
+            // has been read.
+            return;
+        }
         let mut inner = self.lock();
         let list = inner.h1.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_KEY {
-            list.push(sender);
+            list.push(Pooled {
+                sender,
+                used,
+                last: Instant::now(),
+            });
         }
     }
 
@@ -223,9 +295,27 @@ where
         F: Future<Output = io::Result<IO>>,
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        self.send_limited(key, protocol, req, Reuse::default(), connect)
+            .await
+    }
+
+    /// [`Pool::send`] with the destination's connection reuse limits.
+    pub async fn send_limited<C, F, IO>(
+        &self,
+        key: K,
+        protocol: UpstreamProtocol,
+        req: Request<B>,
+        reuse: Reuse,
+        connect: C,
+    ) -> Result<Response<Incoming>, UpstreamError>
+    where
+        C: FnOnce() -> F,
+        F: Future<Output = io::Result<IO>>,
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         match protocol {
-            UpstreamProtocol::Http2 => self.send_h2(key, req, connect).await,
-            UpstreamProtocol::Http1 => self.send_h1(key, req, connect).await,
+            UpstreamProtocol::Http2 => self.send_h2(key, req, reuse, connect).await,
+            UpstreamProtocol::Http1 => self.send_h1(key, req, reuse, connect).await,
         }
     }
 
@@ -233,6 +323,7 @@ where
         &self,
         key: K,
         mut req: Request<B>,
+        reuse: Reuse,
         connect: C,
     ) -> Result<Response<Incoming>, UpstreamError>
     where
@@ -241,10 +332,13 @@ where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         *req.version_mut() = Version::HTTP_11;
-        if let Some(mut sender) = self.idle_h1(&key) {
+        if let Some(Pooled {
+            mut sender, used, ..
+        }) = self.idle_h1(&key, reuse)
+        {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    self.put_h1(key, sender);
+                    self.put_h1(key, sender, used + 1, reuse);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -258,7 +352,7 @@ where
         let (mut sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
         spawn_connection("HTTP/1.1", conn);
         let resp = sender.send_request(req).await?;
-        self.put_h1(key, sender);
+        self.put_h1(key, sender, 1, reuse);
         Ok(resp)
     }
 
@@ -266,6 +360,7 @@ where
         &self,
         key: K,
         mut req: Request<B>,
+        reuse: Reuse,
         connect: C,
     ) -> Result<Response<Incoming>, UpstreamError>
     where
@@ -275,8 +370,22 @@ where
     {
         *req.version_mut() = Version::HTTP_2;
         let cached = {
-            let inner = self.lock();
-            inner.h2.get(&key).filter(|s| !s.is_closed()).cloned()
+            let mut inner = self.lock();
+            let now = Instant::now();
+            match inner.h2.get_mut(&key) {
+                Some(p) if !p.sender.is_closed() && reuse.allows(p.used, p.last, now) => {
+                    p.used += 1;
+                    p.last = now;
+                    Some(p.sender.clone())
+                }
+                Some(_) => {
+                    // Closed, idle too long or used up: retired (streams in flight
+                    // finish; the connection closes when the last sender goes).
+                    inner.h2.remove(&key);
+                    None
+                }
+                None => None,
+            }
         };
         if let Some(mut sender) = cached {
             match sender.try_send_request(req).await {
@@ -292,7 +401,14 @@ where
             .handshake(TokioIo::new(io))
             .await?;
         spawn_connection("HTTP/2", conn);
-        self.lock().h2.insert(key, sender.clone());
+        self.lock().h2.insert(
+            key,
+            Pooled {
+                sender: sender.clone(),
+                used: 1,
+                last: Instant::now(),
+            },
+        );
         Ok(sender.send_request(req).await?)
     }
 
@@ -314,4 +430,116 @@ where
             tracing::debug!(connection = what, error = %e, "upstream connection ended");
         }
     });
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn reuse_from_a_destination_rule() {
+        let p = serde_json::json!({"connectionPool": {"http": {"maxRequestsPerConnection": 2, "idleTimeout": "30s"}}});
+        assert_eq!(
+            Reuse::from_policy(&p),
+            Reuse {
+                max_requests: Some(2),
+                idle_timeout: Duration::from_secs(30)
+            }
+        );
+        let unlimited =
+            serde_json::json!({"connectionPool": {"http": {"maxRequestsPerConnection": 0}}});
+        assert_eq!(Reuse::from_policy(&unlimited), Reuse::default());
+        let r = Reuse::from_policy(&p);
+        let t = Instant::now();
+        assert!(r.allows(1, t, t));
+        assert!(!r.allows(2, t, t), "used up");
+        assert!(
+            !r.allows(0, t, t + Duration::from_secs(30)),
+            "idle too long"
+        );
+    }
+
+    /// An HTTP/1.1 server answering every request with an empty 200, counting the
+    /// connections it accepted.
+    async fn counting_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                seen.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        let n = conn.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let _ = conn
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, count)
+    }
+
+    async fn get(pool: &Pool<u8, UpBody>, addr: std::net::SocketAddr, reuse: Reuse) {
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "x")
+            .body(UpBody::Empty)
+            .unwrap();
+        let resp = pool
+            .send_limited(0, UpstreamProtocol::Http1, req, reuse, || {
+                tokio::net::TcpStream::connect(addr)
+            })
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        // The (empty) body read to its end: the connection is free again.
+        let mut body = resp.into_body();
+        while std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+            .await
+            .is_some()
+        {}
+        tokio::task::yield_now().await;
+    }
+
+    #[tokio::test]
+    async fn max_requests_per_connection_retires_connections() {
+        let (addr, count) = counting_server().await;
+        let pool: Pool<u8, UpBody> = Pool::default();
+        let reuse = Reuse {
+            max_requests: Some(2),
+            ..Reuse::default()
+        };
+        for _ in 0..5 {
+            get(&pool, addr, reuse).await;
+        }
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            3,
+            "5 requests, 2 per connection"
+        );
+        // Unlimited: one connection carries them all.
+        let pool: Pool<u8, UpBody> = Pool::default();
+        let (addr, count) = counting_server().await;
+        for _ in 0..5 {
+            get(&pool, addr, Reuse::default()).await;
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
 }
