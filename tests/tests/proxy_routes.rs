@@ -47,6 +47,12 @@ spec:
     match:
     - uri: {prefix: /old}
     redirect: {uri: /new, redirectCode: 302}
+  - name: bad-rewrite
+    match:
+    - uri: {prefix: /broken}
+    rewrite: {uri: "/a b"}
+    route:
+    - destination: {host: reviews, subset: v1}
   - name: api
     match:
     - uri: {prefix: /api/}
@@ -204,6 +210,16 @@ fn virtual_services_route_in_the_data_path() {
         },
     );
     assert_eq!(after, before + 10.0);
+
+    // A rewrite to something that is not a request target is refused by the client's
+    // proxy, naming the VirtualService, and never sent as another path.
+    let r = mesh.get("client", &url("/broken/x"));
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(
+        r.text().contains("VirtualService default/reviews") && r.text().contains("/a b"),
+        "{}",
+        r.text()
+    );
 
     // A redirect answered by the client's proxy; curl reads Location.
     let r = curl(&["--proxy", &proxy, "-i", &url("/old/page?q=1")]);
