@@ -7,7 +7,9 @@
 //! Retries and mirrors are applied by `outbound` (a body is buffered for them when its
 //! declared length is within 1 MiB), and [`tcp`] routes TCP connections by the `tcp`
 //! rules. [`apply_gateway`] decides for an ingress gateway (`crate::gateway`): only
-//! the VirtualServices bound to its Gateways route. Not applied yet: CORS.
+//! the VirtualServices bound to its Gateways route. A route's `corsPolicy` is applied
+//! by [`crate::cors`] once the route is chosen: a preflight it answers ends here, and
+//! the CORS headers for the answer travel in [`Routed::cors`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -41,6 +43,8 @@ pub struct Routed {
     pub timeout: Option<Duration>,
     /// Header operations on the response.
     pub response_headers: Option<HeaderOperations>,
+    /// The CORS headers the answer gets (the request's origin is allowed).
+    pub cors: Option<crate::cors::Allowed>,
     /// `ns/name` of the VirtualService, for errors and logs.
     pub virtual_service: String,
     /// The retry policy (`None`: no retries).
@@ -257,7 +261,17 @@ fn decided(
                 flags: "-",
             })
         }
-        "route" => routed(snap, ex, &d, vs, via),
+        "route" => {
+            // Envoy's CORS filter runs before the fault filter and the router: its
+            // headers go on their local replies too.
+            let cors = crate::cors::filter(d.cors.as_deref(), &ex.req)?;
+            routed(snap, ex, &d, vs, via, cors.as_ref()).map_err(|mut r| {
+                if let Some(c) = &cors {
+                    c.apply(r.resp.headers_mut());
+                }
+                r
+            })
+        }
         _ => {
             tracing::debug!(virtual_service = %vs, authority = %ex.authority, "no route of the VirtualService matches");
             Err(Reply {
@@ -294,6 +308,7 @@ fn routed(
     d: &Decision,
     vs: String,
     via: Option<Via<'_>>,
+    cors: Option<&crate::cors::Allowed>,
 ) -> Result<Option<Routed>, Reply> {
     let Some(dest) = pick_weighted(&d.destinations) else {
         return Err(Reply {
@@ -427,9 +442,37 @@ fn routed(
         delay,
         timeout: d.timeout.as_deref().and_then(|t| duration::parse(t).ok()),
         response_headers: d.response_headers.clone(),
+        cors: cors.cloned(),
         virtual_service: vs,
         retries: d.retries.as_ref().and_then(RetryPolicy::from_decision),
     }))
+}
+
+impl Routed {
+    /// The route's edits to the answer: the response header operations on the app's
+    /// answer, then the CORS headers on it or on the proxy's own reply (Envoy's
+    /// router applies the former, the CORS filter's `encodeHeaders` the latter).
+    pub fn finish(
+        &self,
+        result: Result<http::Response<crate::http::Body>, Reply>,
+    ) -> Result<http::Response<crate::http::Body>, Reply> {
+        let cors = |h: &mut http::HeaderMap| {
+            if let Some(c) = &self.cors {
+                c.apply(h);
+            }
+        };
+        match result {
+            Ok(mut resp) => {
+                headers(resp.headers_mut(), self.response_headers.as_ref());
+                cors(resp.headers_mut());
+                Ok(resp)
+            }
+            Err(mut r) => {
+                cors(r.resp.headers_mut());
+                Err(r)
+            }
+        }
+    }
 }
 
 /// The endpoint labels of `dest`'s subset (`None` without one); an error naming the

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use super::model::{GatewaySpec, L4Match, RouteDestination};
 use super::table::{
     CompiledMatch, CompiledVs, Decision, DestinationOut, RouteError, RouteRequest, RouteTable,
-    bare_host, err_at, export_group, name_of, request_matches, typed, weighted,
+    bare_host, err_at, export_group, inherit, name_of, request_matches, typed, weighted,
 };
 use crate::loader::Loaded;
 
@@ -831,7 +831,9 @@ impl RouteTable {
                 match hit {
                     Some(dm) => {
                         say(&|| format!("{dkey} http[{j}]{}: matches", name_of(droute)));
-                        return self.act(dvs, &dkey, j, droute, dm.or(block), req);
+                        let mut d = self.act(dvs, &dkey, j, droute, dm.or(block), req);
+                        inherit(&mut d, route);
+                        return d;
                     }
                     None => say(&|| {
                         format!(

@@ -69,10 +69,50 @@ pub struct HttpRoute {
     /// Several mirrors.
     #[serde(default)]
     pub mirrors: Vec<HttpMirrorPolicy>,
-    /// CORS (carried, not interpreted offline).
-    pub cors_policy: Option<serde_json::Value>,
+    /// CORS, applied by the client's proxy (or the gateway) as Envoy's CORS filter.
+    pub cors_policy: Option<CorsPolicy>,
     /// Header operations.
     pub headers: Option<Headers>,
+}
+
+/// `CorsPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicy {
+    /// Deprecated: exact origins, used when `allowOrigins` is empty.
+    #[serde(default)]
+    pub allow_origin: Vec<String>,
+    /// Origins allowed (any matcher matching).
+    #[serde(default)]
+    pub allow_origins: Vec<StringMatch>,
+    /// `Access-Control-Allow-Methods`.
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    /// `Access-Control-Allow-Headers`.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// `Access-Control-Expose-Headers`.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// `Access-Control-Max-Age` (a duration, whole seconds).
+    pub max_age: Option<String>,
+    /// `Access-Control-Allow-Credentials`.
+    pub allow_credentials: Option<bool>,
+    /// What happens to a preflight from an origin not allowed (Istio 1.22 on).
+    pub unmatched_preflights: Option<UnmatchedPreflights>,
+}
+
+/// `CorsPolicy.UnmatchedPreflights`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum UnmatchedPreflights {
+    /// Unset: forwarded.
+    Unspecified,
+    /// Forwarded to the app (Envoy's default).
+    #[default]
+    Forward,
+    /// Answered by the proxy, without `Access-Control-Allow-Origin`.
+    Ignore,
 }
 
 /// `HTTPMatchRequest`.

@@ -3,11 +3,13 @@
 //! `gateway`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use regex::Regex;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::cors::{self, Cors};
 use super::duration;
 use super::gateway::{GatewayConfig, compile_gateway, resolve_gateway_name};
 use super::model::{
@@ -125,7 +127,7 @@ impl Matcher {
 }
 
 /// RE2 syntax, matched against the whole value (Envoy's `safe_regex`).
-fn full_regex(r: &str) -> Result<Regex, String> {
+pub(super) fn full_regex(r: &str) -> Result<Regex, String> {
     regex::RegexBuilder::new(&format!("^(?:{r})$"))
         .size_limit(1 << 20)
         .build()
@@ -155,6 +157,8 @@ pub(super) struct CompiledRoute {
     pub(super) spec: HttpRoute,
     pub(super) matches: Vec<CompiledMatch>,
     pub(super) regex_rewrite: Option<(Regex, String)>,
+    /// The compiled `corsPolicy`, shared by every decision of the route.
+    pub(super) cors: Option<Arc<Cors>>,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +298,10 @@ pub struct Decision {
     pub request_headers: Option<HeaderOperations>,
     /// Response header operations.
     pub response_headers: Option<HeaderOperations>,
+    /// The route's CORS policy, as Envoy's CORS filter applies it (`route` only: the
+    /// filter passes redirects and direct responses by).
+    #[serde(serialize_with = "cors::serialize_shared")]
+    pub cors: Option<Arc<Cors>>,
     /// Labels of the chosen destination's subset.
     pub subset_labels: Option<BTreeMap<String, String>>,
     /// The effective DestinationRule traffic policy for the chosen destination.
@@ -781,7 +789,9 @@ impl RouteTable {
                                     say(&|| {
                                         format!("{dkey} http[{j}]{}: matches", name_of(droute))
                                     });
-                                    decision = Some(self.act(dvs, &dkey, j, droute, dm.or(m), req));
+                                    let mut d = self.act(dvs, &dkey, j, droute, dm.or(m), req);
+                                    inherit(&mut d, route);
+                                    decision = Some(d);
                                     break;
                                 }
                             }
@@ -1051,6 +1061,7 @@ impl RouteTable {
                 "percent": percent,
             }));
         }
+        d.cors = route.cors.clone();
         let lone: Vec<&Headers> = if spec.route.len() == 1 {
             spec.route[0].headers.iter().collect()
         } else {
@@ -1177,6 +1188,14 @@ fn default_retries() -> Value {
         "per_try_timeout": null,
         "retry_on": DEFAULT_RETRY_ON,
     })
+}
+
+/// What a delegate's rule takes from the root rule that delegated to it when it does
+/// not set it (Istio's `mergeHTTPRoute`): here, the CORS policy.
+pub(super) fn inherit(d: &mut Decision, root: &CompiledRoute) {
+    if d.action == "route" && d.cors.is_none() {
+        d.cors = root.cors.clone();
+    }
 }
 
 pub(super) fn name_of(route: &CompiledRoute) -> String {
@@ -1502,10 +1521,21 @@ fn compile_vs(res: &Loaded<Value>, options: &TableOptions) -> Result<CompiledVs,
             },
             None => None,
         };
+        let cors = match &route.cors_policy {
+            Some(c) => match Cors::compile(c, &at("corsPolicy".into())) {
+                Ok(c) => Some(Arc::new(c)),
+                Err((f, msg)) => {
+                    errors.push(err_at(res, KIND, f, msg));
+                    None
+                }
+            },
+            None => None,
+        };
         http.push(CompiledRoute {
             spec: route.clone(),
             matches,
             regex_rewrite,
+            cors,
         });
     }
     if !errors.is_empty() {

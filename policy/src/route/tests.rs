@@ -26,6 +26,11 @@ const HTTPROUTE_GO: &str = "istio/istio pilot/pkg/networking/core/httproute.go";
 const RETRY_GO: &str = "istio/istio pilot/pkg/networking/core/route/retry/retry.go";
 const DR_GO: &str = "istio/istio pilot/pkg/model/destination_rule.go MergeTrafficPolicy";
 const PUSH_GO: &str = "istio/istio pilot/pkg/model/push_context.go destinationRule";
+const CORS_REF: &str =
+    "istio.io/latest/docs/reference/config/networking/virtual-service/#CorsPolicy";
+const CORS_GO: &str = "istio/istio pilot/pkg/networking/core/route/route.go TranslateCORSPolicy";
+const ENVOY_CORS: &str = "envoyproxy/envoy source/extensions/filters/http/cors/cors_filter.cc";
+const MERGE_GO: &str = "istio/istio pilot/pkg/model/virtualservice.go mergeHTTPRoute";
 
 /// Bookinfo's reviews VirtualService and DestinationRule (samples/bookinfo).
 const BOOKINFO: &str = r#"
@@ -1014,6 +1019,118 @@ fn delegates_decide_inside_the_root_match() {
     );
 }
 
+/// `corsPolicy` in the decision, in the form istiod hands Envoy's CORS filter.
+#[test]
+fn cors_policies() {
+    // The reference page's example.
+    let reference = vs(
+        "[ratings]",
+        "  - route:\n    - destination: {host: ratings, subset: v1}\n    corsPolicy:\n      allowOrigins:\n      - exact: https://example.com\n      allowMethods: [POST, GET]\n      allowCredentials: false\n      allowHeaders: [X-Foo-Bar]\n      maxAge: \"24h\"\n",
+    );
+    case(
+        "the reference example",
+        CORS_GO,
+        &reference,
+        json!({"host": "ratings"}),
+        json!({"action": "route", "cors": {
+            "allow_origins": [{"exact": "https://example.com"}],
+            "allow_methods": "POST,GET", "allow_headers": "X-Foo-Bar", "expose_headers": null,
+            "max_age": "86400", "allow_credentials": false, "unmatched_preflights": "FORWARD"}}),
+    );
+    case(
+        "no corsPolicy",
+        CORS_REF,
+        &vs(
+            "[ratings]",
+            "  - route:\n    - destination: {host: ratings}\n",
+        ),
+        json!({"host": "ratings"}),
+        json!({"action": "route", "cors": null}),
+    );
+    // `allowOrigin` (deprecated) counts only without `allowOrigins`; an `allowOrigins`
+    // entry with no match type is left out; IGNORE and credentials carried.
+    let both = vs(
+        "[ratings]",
+        "  - match:\n    - uri: {prefix: /old}\n    route:\n    - destination: {host: ratings}\n    corsPolicy: {allowOrigin: ['*', 'https://a.example']}\n  - route:\n    - destination: {host: ratings}\n    corsPolicy:\n      allowOrigin: ['https://a.example']\n      allowOrigins: [{regex: 'https://[a-z]+\\.example'}, {}]\n      exposeHeaders: [x-a, x-b]\n      allowCredentials: true\n      unmatchedPreflights: IGNORE\n",
+    );
+    case(
+        "allowOrigin as exact matches",
+        CORS_GO,
+        &both,
+        json!({"host": "ratings", "path": "/old"}),
+        json!({"cors": {"allow_origins": [{"exact": "*"}, {"exact": "https://a.example"}],
+               "allow_methods": null, "allow_headers": null, "expose_headers": null,
+               "max_age": null, "allow_credentials": false, "unmatched_preflights": "FORWARD"}}),
+    );
+    case(
+        "allowOrigins over allowOrigin",
+        CORS_GO,
+        &both,
+        json!({"host": "ratings", "path": "/new"}),
+        json!({"cors": {"allow_origins": [{"regex": "https://[a-z]+\\.example"}],
+               "allow_methods": null, "allow_headers": null, "expose_headers": "x-a,x-b",
+               "max_age": null, "allow_credentials": true, "unmatched_preflights": "IGNORE"}}),
+    );
+    // Envoy's CORS filter acts only on a route that forwards (`routeEntry()` is null
+    // for redirects and direct responses): no policy in those decisions.
+    case(
+        "a redirect has no CORS",
+        ENVOY_CORS,
+        &vs(
+            "[ratings]",
+            "  - redirect: {uri: /x}\n    corsPolicy: {allowOrigins: [{exact: a}]}\n",
+        ),
+        json!({"host": "ratings"}),
+        json!({"action": "redirect", "cors": null}),
+    );
+    case(
+        "a direct response has no CORS",
+        ENVOY_CORS,
+        &vs(
+            "[ratings]",
+            "  - directResponse: {status: 204}\n    corsPolicy: {allowOrigins: [{exact: a}]}\n",
+        ),
+        json!({"host": "ratings"}),
+        json!({"action": "direct_response", "cors": null}),
+    );
+    // A delegate's rule without a corsPolicy takes the root rule's; its own wins.
+    let delegated = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: root, namespace: default}\nspec:\n  hosts: [bookinfo.com]\n  http:\n  - match:\n    - uri: {prefix: /productpage}\n    delegate: {name: productpage, namespace: nsA}\n    corsPolicy: {allowOrigins: [{exact: https://root.example}]}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: productpage, namespace: nsA}\nspec:\n  http:\n  - match:\n    - uri: {prefix: /productpage/v1/}\n    route:\n    - destination: {host: productpage-v1.nsA.svc.cluster.local}\n    corsPolicy: {allowOrigins: [{exact: https://own.example}]}\n  - route:\n    - destination: {host: productpage.nsA.svc.cluster.local}\n";
+    let origins = |o: &str| json!([{ "exact": o }]);
+    for (path, origin) in [
+        ("/productpage/v1/x", "https://own.example"),
+        ("/productpage/x", "https://root.example"),
+    ] {
+        let t = table(delegated);
+        let d = serde_json::to_value(t.decide(
+            &request(&json!({"host": "bookinfo.com", "path": path})),
+            None,
+        ))
+        .unwrap();
+        assert_eq!(
+            d["cors"]["allow_origins"],
+            origins(origin),
+            "{MERGE_GO}: {path}: {d:#}"
+        );
+    }
+    // A gateway's route carries its policy the same way.
+    let gw = HTTPBIN_GATEWAY.replace(
+        "    route:\n",
+        "    corsPolicy: {allowOrigins: [{prefix: 'https://'}], allowMethods: ['*']}\n    route:\n",
+    );
+    case(
+        "at a gateway",
+        CORS_GO,
+        &gw,
+        at_gateway(
+            "default/httpbin-gateway",
+            json!({"host": "httpbin.example.com", "port": 80, "path": "/status/200"}),
+        ),
+        json!({"action": "route", "cors": {"allow_origins": [{"prefix": "https://"}],
+               "allow_methods": "*", "allow_headers": null, "expose_headers": null,
+               "max_age": null, "allow_credentials": false, "unmatched_preflights": "FORWARD"}}),
+    );
+}
+
 #[test]
 fn bad_resources_are_refused_by_field() {
     let bad = |yaml: &str, field: &str, message: &str| {
@@ -1053,6 +1170,22 @@ fn bad_resources_are_refused_by_field() {
         ),
         "spec.http[0].match[0].uri.regex",
         "RE2",
+    );
+    bad(
+        &vs(
+            "[a]",
+            "  - route:\n    - destination: {host: a}\n    corsPolicy:\n      allowOrigins: [{exact: b}, {regex: '(https://x'}]\n",
+        ),
+        "spec.http[0].corsPolicy.allowOrigins[1].regex",
+        "RE2",
+    );
+    bad(
+        &vs(
+            "[a]",
+            "  - route:\n    - destination: {host: a}\n    corsPolicy: {maxAge: soon}\n",
+        ),
+        "spec.http[0].corsPolicy.maxAge",
+        "not a duration",
     );
     bad(
         &vs(

@@ -12,8 +12,8 @@ use super::Findings;
 use crate::loader::{ConfigSet, Loaded};
 use crate::route::duration;
 use crate::route::model::{
-    Destination, DestinationRuleSpec, GatewaySpec, HttpMatch, Server, ServerTlsSettings,
-    StringMatch, VirtualServiceSpec,
+    CorsPolicy, Destination, DestinationRuleSpec, GatewaySpec, HttpMatch, Server,
+    ServerTlsSettings, StringMatch, VirtualServiceSpec,
 };
 use crate::route::{ServerProtocol, TlsMode};
 
@@ -47,6 +47,11 @@ const SIMPLE_LB: [&str; 6] = [
     "PASSTHROUGH",
     "ROUND_ROBIN",
     "LEAST_REQUEST",
+];
+/// Methods `corsPolicy.allowMethods` may name (`supportedCORSMethods`: Go's
+/// `net/http` method constants, and `*`).
+const CORS_METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE", "*",
 ];
 /// `tls.mode`.
 const TLS_MODES: [&str; 4] = ["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"];
@@ -153,6 +158,89 @@ fn string_match(f: &mut Findings, path: String, m: &StringMatch) {
             format!("{path}.regex"),
             format!("{r:?} is not an RE2 regular expression: {e}"),
         );
+    }
+}
+
+/// `validateCORSPolicy`: origins with a non-empty match (a valid RE2 regex), known
+/// methods, header names of RFC 7230 `tchar`s (or `*`), a `maxAge` of whole seconds.
+fn cors_policy(f: &mut Findings, path: &str, c: &CorsPolicy) {
+    for (i, m) in c.allow_origins.iter().enumerate() {
+        let p = format!("{path}.allowOrigins[{i}]");
+        let value = m.exact.as_ref().or(m.prefix.as_ref()).or(m.regex.as_ref());
+        if value.is_none_or(String::is_empty) {
+            f.error(
+                p.clone(),
+                "'' is not a valid match type for CORS allow origins",
+            );
+        }
+        if [&m.exact, &m.prefix, &m.regex]
+            .iter()
+            .filter(|v| v.is_some())
+            .count()
+            > 1
+        {
+            f.error(p.clone(), "only one of exact, prefix and regex may be set");
+        }
+        // No `*` shorthand here: istiod hands the regex to Envoy as written.
+        if let Some(r) = m.regex.as_ref().filter(|r| !r.is_empty()) {
+            if r.len() > 1024 {
+                f.error(
+                    format!("{p}.regex"),
+                    "regex is too large, max length allowed is 1024",
+                );
+            } else if let Err(e) = regex::Regex::new(r) {
+                f.error(
+                    format!("{p}.regex"),
+                    format!("{r:?} is not an RE2 regular expression: {e}"),
+                );
+            }
+        }
+    }
+    for (i, m) in c.allow_methods.iter().enumerate() {
+        if !CORS_METHODS.contains(&m.as_str()) {
+            f.error(
+                format!("{path}.allowMethods[{i}]"),
+                format!("{m:?} is not a supported HTTP method"),
+            );
+        }
+    }
+    for (list, names) in [
+        ("allowHeaders", &c.allow_headers),
+        ("exposeHeaders", &c.expose_headers),
+    ] {
+        for (i, name) in names.iter().enumerate() {
+            let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            let problem = if name.is_empty() {
+                Some("header name cannot be empty".to_string())
+            } else if name != "*" && !name.bytes().all(tchar) {
+                Some(format!("header name {name} is not a valid header name"))
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                f.error(format!("{path}.{list}[{i}]"), message);
+            }
+        }
+    }
+    if let Some(t) = &c.max_age {
+        let p = format!("{path}.maxAge");
+        match (
+            duration::parse(t),
+            super::request_authentication::go_duration(t),
+        ) {
+            (Err(e), _) => f.error(p, e),
+            (Ok(_), None) => f.error(p, format!("{t:?} is not a duration")),
+            (Ok(_), Some(nanos)) => {
+                if nanos < 1_000_000 {
+                    f.error(p.clone(), "duration must be greater than 1ms");
+                } else if nanos % 1_000_000 != 0 {
+                    f.error(p.clone(), "only durations to ms precision are supported");
+                }
+                if nanos % 1_000_000_000 != 0 {
+                    f.error(p, "max_age duration is accurate only to seconds precision");
+                }
+            }
+        }
     }
 }
 
@@ -374,6 +462,9 @@ pub(super) fn virtual_service(
             }
         }
         duration_at(&mut f, at(".timeout"), route.timeout.as_ref());
+        if let Some(c) = &route.cors_policy {
+            cors_policy(&mut f, &at(".corsPolicy"), c);
+        }
         if let Some(r) = &route.retries {
             if let Some(a) = r.attempts
                 && a < 0

@@ -389,6 +389,9 @@ fn virtual_services_and_destination_rules() {
     };
     let ok_route = "{hosts: [r], http: [{route: [{destination: {host: r}}]}]}";
     assert!(run(&vs(ok_route)).is_empty(), "{:?}", run(&vs(ok_route)));
+    // Istio's reference example, with every CORS field.
+    let ok_cors = "{hosts: [r], http: [{route: [{destination: {host: r}}], corsPolicy: {allowOrigins: [{exact: 'https://example.com'}, {prefix: 'https://a.'}, {regex: 'https://.*[.]b[.]com'}], allowMethods: [POST, GET, '*'], allowHeaders: [X-Foo-Bar, '*'], exposeHeaders: [x-e], maxAge: 24h, allowCredentials: false, unmatchedPreflights: IGNORE}}]}";
+    assert!(run(&vs(ok_cors)).is_empty(), "{:?}", run(&vs(ok_cors)));
     let cases: &[(String, &str, &str)] = &[
         (
             vs("{hosts: [r]}"),
@@ -517,6 +520,83 @@ fn virtual_services_and_destination_rules() {
             ),
             "spec.http[0].rewrite",
             "only contain one of uri or uriRegexRewrite",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], corsPolicy: {allowOrigins: [{regex: '(https://x'}]}}]}",
+            ),
+            "spec.http[0].corsPolicy.allowOrigins[0].regex",
+            "not an RE2 regular expression",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], corsPolicy: {allowOrigins: [{regex: '*'}]}}]}",
+            ),
+            "spec.http[0].corsPolicy.allowOrigins[0].regex",
+            "not an RE2 regular expression",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], corsPolicy: {allowOrigins: [{exact: ''}]}}]}",
+            ),
+            "spec.http[0].corsPolicy.allowOrigins[0]",
+            "is not a valid match type for CORS allow origins",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], corsPolicy: {allowOrigins: [{exact: a}], allowMethods: [GET, FETCH]}}]}",
+            ),
+            "spec.http[0].corsPolicy.allowMethods[1]",
+            "\"FETCH\" is not a supported HTTP method",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], corsPolicy: {allowHeaders: ['x y']}}]}",
+            ),
+            "spec.http[0].corsPolicy.allowHeaders[0]",
+            "header name x y is not a valid header name",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], corsPolicy: {exposeHeaders: ['']}}]}",
+            ),
+            "spec.http[0].corsPolicy.exposeHeaders[0]",
+            "header name cannot be empty",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], corsPolicy: {maxAge: 1.5s}}]}",
+            ),
+            "spec.http[0].corsPolicy.maxAge",
+            "accurate only to seconds precision",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], corsPolicy: {maxAge: 0s}}]}",
+            ),
+            "spec.http[0].corsPolicy.maxAge",
+            "duration must be greater than 1ms",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], corsPolicy: {maxAge: a day}}]}",
+            ),
+            "spec.http[0].corsPolicy.maxAge",
+            "not a duration",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], corsPolicy: {unmatchedPreflights: DROP}}]}",
+            ),
+            "spec.http[0].corsPolicy.unmatchedPreflights",
+            "unknown variant `DROP`",
+        ),
+        (
+            vs(
+                "{hosts: [r], http: [{route: [{destination: {host: r}}], corsPolicy: {allowOrigin: [a], maxAgeSeconds: 5}}]}",
+            ),
+            "spec.http[0].corsPolicy.maxAgeSeconds",
+            "unknown field `maxAgeSeconds`",
         ),
         (
             vs("{hosts: [r], http: [{route: [{destination: {host: r}}], retrys: {attempts: 1}}]}"),
