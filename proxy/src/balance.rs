@@ -623,6 +623,7 @@ mod tests {
                 .unwrap(),
                 ports: BTreeMap::new(),
                 labels: BTreeMap::new(),
+                dial: crate::mesh::model::Dial::Address,
             });
         }
         s

@@ -137,9 +137,21 @@ impl Snapshot {
         );
         let mut outbound_labels = HashMap::new();
         for svc in mesh.registry.services() {
-            let service = ServiceLabels::new(svc.host(), &svc.namespace);
+            // A MESH_EXTERNAL service is named by its host, as istiod names a
+            // ServiceEntry's service (`destination_service_name` is the host), and its
+            // endpoints are no known workload.
+            let service = if svc.mesh_internal {
+                ServiceLabels::new(svc.host(), &svc.namespace)
+            } else {
+                Arc::new(ServiceLabels {
+                    host: Arc::from(svc.host()),
+                    name: Arc::from(svc.host()),
+                    namespace: Arc::from(svc.namespace.as_str()),
+                })
+            };
             for (i, ep) in svc.endpoints.iter().enumerate() {
                 let destination = match &ep.workload {
+                    _ if !svc.mesh_internal => Peer::unknown(),
                     Some(w) => {
                         Peer::workload(w, &ep.namespace, Some(ep.spiffe_id.as_str()), &ep.labels)
                     }
@@ -248,6 +260,8 @@ pub struct Context {
     pub app_pool: Pool<(u16, UpstreamProtocol)>,
     /// Outbound → peer proxy connections.
     pub mesh_pool: Pool<MeshKey, crate::pool::UpBody>,
+    /// Outbound → `MESH_EXTERNAL` endpoints: connections and TLS configs.
+    pub egress: crate::egress::Egress,
     /// Circuit breakers by destination (DestinationRule `connectionPool`).
     pub circuits: crate::circuit::Circuits,
     /// Endpoint health by outlier detection (DestinationRule `outlierDetection`).
@@ -300,6 +314,7 @@ impl Context {
             tls_client,
             app_pool: Pool::default(),
             mesh_pool: Pool::default(),
+            egress: crate::egress::Egress::default(),
             circuits: crate::circuit::Circuits::default(),
             outliers: crate::outlier::Outliers::default(),
             ratelimits: crate::ratelimit::Buckets::default(),
@@ -316,11 +331,13 @@ impl Context {
     }
 
     /// Puts a new config in force for new requests; pooled connections to peers made
-    /// under the old one are dropped (their secure naming may have changed).
+    /// under the old one are dropped (their secure naming may have changed), and so
+    /// are egress connections and TLS configs (their DestinationRule may have).
     pub fn apply(&self, mesh: Arc<MeshConfig>) {
         self.snapshot
             .store(Arc::new(Snapshot::new(mesh, &self.tls_client)));
         self.mesh_pool.clear();
+        self.egress.clear();
     }
 
     /// Whether the proxy has an SVID and a bundle.

@@ -820,7 +820,14 @@ async fn tcp<IO>(
         flags: "-",
     };
     ctx.metrics.tcp_open(&labels);
-    let mut upstream = match crate::outbound::connect_tls(ctx, &snap, &route, None).await {
+    // Mesh mutual TLS, or to a MESH_EXTERNAL service what its egress plan says.
+    let upstream = match &route.egress {
+        None => crate::outbound::connect_tls(ctx, &snap, &route, None)
+            .await
+            .map(|t| crate::egress::Stream::Tls(Box::new(t))),
+        Some(plan) => crate::egress::connect(ctx, &snap, &route, plan, None).await,
+    };
+    let mut upstream = match upstream {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(error = %crate::outbound::connect_error(&route, &e), "gateway TCP connection failed");
@@ -875,6 +882,10 @@ async fn auto_passthrough(ctx: &Arc<Context>, conn: Conn, mut stream: TcpStream,
             return;
         }
     };
+    if !route.service.mesh_internal {
+        tracing::info!(peer = %conn.peer, sni, "gateway AUTO_PASSTHROUGH refused: the SNI names a MESH_EXTERNAL service, which has no proxy to take the client's mutual TLS");
+        return;
+    }
     let tcp_labels = TcpLabels {
         conn: snap.outbound_labels(route.service, route.index),
         flags: "-",

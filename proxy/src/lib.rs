@@ -23,8 +23,11 @@
 //!   listener per TCP service port, each sending mutual TLS with Istio's SNI to an
 //!   endpoint of the resolved service and refusing a server with the wrong identity;
 //!   [`balance`] chooses the endpoint by the DestinationRule's `loadBalancer`;
-//!   [`routing`] applies the route table; [`circuit`] and [`outlier`] are the
-//!   DestinationRule's connection pool and outlier detection.
+//!   [`routing`] applies the route table ([`cors`]: a route's CORS policy, as Envoy's
+//!   CORS filter applies it); [`circuit`] and [`outlier`] are the
+//!   DestinationRule's connection pool and outlier detection; [`egress`] reaches
+//!   `MESH_EXTERNAL` services: plaintext, TLS originated by the DestinationRule's
+//!   `tls` (`SIMPLE`, `MUTUAL`), or mesh mutual TLS (`ISTIO_MUTUAL`).
 //! - [`gateway`] (`--mode gateway`): an ingress gateway serving `Gateway` servers
 //!   (HTTP, HTTPS with files, passthrough by SNI, TCP) through the same routing.
 //! - [`ratelimit`]: local rate limits (token buckets) on inbound and gateway requests.
@@ -42,6 +45,8 @@ pub mod circuit;
 pub mod config;
 pub mod conn;
 pub mod context;
+pub mod cors;
+pub mod egress;
 pub mod gateway;
 pub mod http;
 pub mod identity;

@@ -3,7 +3,9 @@
 //! knowledge for gRPC clients pointed at it) and one TCP listener per `TCP` service
 //! port. Each request or connection is resolved in the registry, sent over mutual TLS
 //! to one of the service's endpoints, and refused unless the server proves a SPIFFE ID
-//! the service runs as (secure naming).
+//! the service runs as (secure naming). A `MESH_EXTERNAL` service is routed the same
+//! way, and its connections are made as [`crate::egress`] plans them (plaintext, TLS
+//! originated by its DestinationRule, or mesh mutual TLS).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -98,6 +100,9 @@ pub(crate) struct Route<'a> {
     /// How the destination's connections are reused (DestinationRule
     /// `connectionPool.http`).
     pub(crate) reuse: crate::pool::Reuse,
+    /// How to connect when the service is `MESH_EXTERNAL`; `None`: mesh mutual TLS.
+    /// (Boxed: a `MESH_INTERNAL` route carries one null pointer.)
+    pub(crate) egress: Option<Box<crate::egress::Plan>>,
 }
 
 /// Resolves `host:port` for a caller in this workload's namespace and picks an endpoint.
@@ -150,20 +155,10 @@ pub(crate) fn route_with<'a>(
             StatusCode::NOT_FOUND,
             "NR",
             format!(
-                "warden: no route to {host}:{port}: no MESH_INTERNAL ServiceEntry in the registry has this host and port"
+                "warden: no route to {host}:{port}: no ServiceEntry in the registry has this host and port"
             ),
         ));
     };
-    if !service.mesh_internal {
-        return Err((
-            StatusCode::BAD_GATEWAY,
-            "NR",
-            format!(
-                "warden: {host}:{port} is ServiceEntry {}/{} with location MESH_EXTERNAL; Warden proxies only MESH_INTERNAL services",
-                service.namespace, service.name
-            ),
-        ));
-    }
     let mut candidates: Vec<usize> = (0..service.endpoints.len())
         .filter(|&i| {
             labels.is_none_or(|l| {
@@ -206,16 +201,41 @@ pub(crate) fn route_with<'a>(
     let lb = balance::Policy::from_policy(policy.as_ref().and_then(Option::as_ref));
     let Picked { index, held } = snap.balance.choose(service, &candidates, &lb, hint);
     let exact = subset.is_some() || labels.is_none();
+    let endpoint = &service.endpoints[index];
+    let egress = egress_plan(
+        service,
+        port_info,
+        endpoint,
+        host,
+        policy.as_ref().and_then(Option::as_ref),
+    );
     Ok(Route {
         service,
         host: service.host(),
         port: port_info,
-        endpoint: &service.endpoints[index],
+        endpoint,
         index,
         outlier: None,
         policy: if exact { Some(policy.flatten()) } else { None },
         held,
         reuse: crate::pool::Reuse::default(),
+        egress,
+    })
+}
+
+/// How to reach `endpoint` of a `MESH_EXTERNAL` service asked for as `host`, under its
+/// traffic `policy` ([`crate::egress::Plan`]); `None` for a `MESH_INTERNAL` service.
+fn egress_plan(
+    service: &Service,
+    port: &ServicePortInfo,
+    endpoint: &Endpoint,
+    host: &str,
+    policy: Option<&serde_json::Value>,
+) -> Option<Box<crate::egress::Plan>> {
+    (!service.mesh_internal).then(|| {
+        Box::new(crate::egress::Plan::new(
+            service, port, endpoint, host, policy,
+        ))
     })
 }
 
@@ -242,6 +262,9 @@ pub(crate) async fn connect_tls(
 /// Explains a failed upstream connection: secure naming and certificate problems in
 /// full, the rest as Envoy words them.
 pub(crate) fn connect_error(route: &Route<'_>, e: &std::io::Error) -> String {
+    if let Some(plan) = &route.egress {
+        return crate::egress::connect_error(route, plan, e);
+    }
     let who = format!(
         "{}:{} ({} at {})",
         route.host,
@@ -385,7 +408,8 @@ async fn admit(
 }
 
 /// [`forward`] with what the route table added: an injected delay first, the request
-/// timeout around it (504, `UT`), the response's header operations after.
+/// timeout around it (504, `UT`), the response's header operations and CORS headers
+/// after ([`crate::routing::Routed::finish`]).
 async fn forward_routed(
     ctx: &Arc<Context>,
     snap: &Arc<Snapshot>,
@@ -447,10 +471,7 @@ async fn forward_routed(
             }
         },
     };
-    result.map(|mut resp| {
-        crate::routing::headers(resp.headers_mut(), routed.response_headers.as_ref());
-        resp
-    })
+    routed.finish(result)
 }
 
 /// Sends a copy of the request (body-less, or its body read in full) to the mirror, fire and forget: its answer is
@@ -593,19 +614,23 @@ async fn send_once(
     route: &Route<'_>,
     protocol: UpstreamProtocol,
 ) -> Result<Response<Body>, Reply> {
-    let key = (
-        snap.mesh.generation,
-        route.service.id,
-        route.port.number,
-        route.endpoint.inbound,
-        protocol,
-    );
-    let result = ctx
-        .mesh_pool
-        .send_limited(key, protocol, req, route.reuse, || {
-            connect_tls(ctx, snap, route, Some(protocol))
-        })
-        .await;
+    let result = match &route.egress {
+        None => {
+            let key = (
+                snap.mesh.generation,
+                route.service.id,
+                route.port.number,
+                route.endpoint.inbound,
+                protocol,
+            );
+            ctx.mesh_pool
+                .send_limited(key, protocol, req, route.reuse, || {
+                    connect_tls(ctx, snap, route, Some(protocol))
+                })
+                .await
+        }
+        Some(plan) => crate::egress::send(ctx, snap, route, plan, protocol, req).await,
+    };
     if let Some(policy) = route.outlier {
         // A failed connection or reset counts as a 503 (Envoy's local-origin errors,
         // not split from the upstream's by default).
@@ -756,28 +781,48 @@ async fn send_with_retries(
     }
 }
 
-/// A WebSocket upgrade over a mutual TLS connection of its own; spliced on `101`.
+/// A WebSocket upgrade over a mutual TLS connection of its own (to a `MESH_EXTERNAL`
+/// service, one [`crate::egress`] opens); spliced on `101`.
 async fn forward_websocket(
     ctx: &Context,
     snap: &Snapshot,
-    mut ex: Exchange,
+    ex: Exchange,
     route: &Route<'_>,
 ) -> Result<Response<Body>, Reply> {
-    let tls = match connect_tls(ctx, snap, route, Some(UpstreamProtocol::Http1)).await {
-        Ok(tls) => tls,
-        Err(e) => {
-            let msg = connect_error(route, &e);
-            tracing::warn!(error = %msg, "outbound connection failed");
-            return Err(Reply {
-                flags: "UF",
-                ..ex.reply(StatusCode::SERVICE_UNAVAILABLE, msg)
-            });
-        }
+    let h1 = Some(UpstreamProtocol::Http1);
+    let failed = |ex: &Exchange, e: std::io::Error| {
+        let msg = connect_error(route, &e);
+        tracing::warn!(error = %msg, "outbound connection failed");
+        Err(Reply {
+            flags: "UF",
+            ..ex.reply(StatusCode::SERVICE_UNAVAILABLE, msg)
+        })
     };
+    match &route.egress {
+        None => match connect_tls(ctx, snap, route, h1).await {
+            Ok(tls) => websocket_over(ctx, ex, tls).await,
+            Err(e) => failed(&ex, e),
+        },
+        Some(plan) => match crate::egress::connect(ctx, snap, route, plan, h1).await {
+            Ok(stream) => websocket_over(ctx, ex, stream).await,
+            Err(e) => failed(&ex, e),
+        },
+    }
+}
+
+/// Sends the upgrade request on `io` and splices the two sides on `101`.
+async fn websocket_over<IO>(
+    ctx: &Context,
+    mut ex: Exchange,
+    io: IO,
+) -> Result<Response<Body>, Reply>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     pipeline::shape_upstream(&mut ex, UpstreamProtocol::Http1);
     let downstream = hyper::upgrade::on(&mut ex.req);
     let (req, ex) = ex.send_off();
-    match h::send_upgrade(tls, req).await {
+    match h::send_upgrade(io, req).await {
         Ok(mut resp) => {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 h::splice_upgrade(
@@ -906,16 +951,41 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
                 return;
             }
             let index = ctx.pick(service.endpoints.len());
+            let endpoint = &service.endpoints[index];
+            // A TCP connection names no host: an external one gets the service's.
+            let egress = (!service.mesh_internal).then(|| {
+                let routes = &snap.mesh.routes;
+                let policy = routes
+                    .has_destination_rules()
+                    .then(|| {
+                        routes.traffic_policy(
+                            service.host(),
+                            None,
+                            port,
+                            &snap.mesh.local.namespace,
+                        )
+                    })
+                    .flatten();
+                let host = service.exact_host().unwrap_or(service.host());
+                Box::new(crate::egress::Plan::new(
+                    service,
+                    port_info,
+                    endpoint,
+                    host,
+                    policy.as_ref(),
+                ))
+            });
             Route {
                 service,
                 port: port_info,
-                endpoint: &service.endpoints[index],
+                endpoint,
                 index,
                 host: service.host(),
                 outlier: None,
                 policy: None,
                 held: Held::default(),
                 reuse: crate::pool::Reuse::default(),
+                egress,
             }
         }
     };
@@ -925,14 +995,22 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
         flags: "-",
     };
     ctx.metrics.tcp_open(&labels);
-    let mut tls = match connect_tls(ctx, &snap, &route, None).await {
-        Ok(tls) => tls,
+    let idle = ctx.limits.idle_timeout;
+    let copied = match &route.egress {
+        None => match connect_tls(ctx, &snap, &route, None).await {
+            Ok(mut tls) => Ok(copy_both(&mut stream, &mut tls, idle).await),
+            Err(e) => Err(e),
+        },
+        Some(plan) => match crate::egress::connect(ctx, &snap, &route, plan, None).await {
+            Ok(mut up) => Ok(copy_both(&mut stream, &mut up, idle).await),
+            Err(e) => Err(e),
+        },
+    };
+    match copied {
+        Ok((sent, received)) => ctx.metrics.tcp_close(&labels, received, sent),
         Err(e) => {
             tracing::warn!(error = %connect_error(&route, &e), "outbound TCP connection failed");
             ctx.metrics.tcp_close(&labels, 0, 0);
-            return;
         }
-    };
-    let (sent, received) = copy_both(&mut stream, &mut tls, ctx.limits.idle_timeout).await;
-    ctx.metrics.tcp_close(&labels, received, sent);
+    }
 }

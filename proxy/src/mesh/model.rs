@@ -146,6 +146,21 @@ pub struct ServicePortInfo {
     pub target_port: Option<u16>,
 }
 
+/// How the proxy reaches an endpoint. Every `MESH_INTERNAL` endpoint is
+/// [`Dial::Address`]; the other two only occur in `MESH_EXTERNAL` services (see
+/// [`crate::egress`]), whose [`Endpoint::address`] is then unspecified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dial {
+    /// Its IP [`Endpoint::address`].
+    Address,
+    /// A DNS name, resolved at each new connection (`resolution: DNS` or
+    /// `DNS_ROUND_ROBIN`, an endpoint given by name).
+    Name(String),
+    /// The host the client asked for: `resolution: NONE` and `DYNAMIC_DNS` (at the
+    /// port asked for), `DNS` without endpoints (at the endpoint port).
+    AsRequested,
+}
+
 /// One endpoint of a service: a `WorkloadEntry` it selects, or an inline endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -164,6 +179,8 @@ pub struct Endpoint {
     pub ports: BTreeMap<String, u16>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// How the proxy reaches it.
+    pub dial: Dial,
 }
 
 impl Endpoint {
@@ -204,6 +221,8 @@ pub struct Service {
     /// (allows nobody) for a service with neither.
     pub allowed_ids: AllowedIds,
     /// `location: MESH_INTERNAL`: its endpoints run proxies and speak mTLS.
+    /// `MESH_EXTERNAL` (the default): reached as its DestinationRule's `tls` says,
+    /// plaintext without one ([`crate::egress`]).
     pub mesh_internal: bool,
     /// `resolution`.
     pub resolution: Resolution,
@@ -232,6 +251,15 @@ impl Service {
     /// The first host, as Istio names a service in telemetry.
     pub fn host(&self) -> &str {
         self.hosts.first().map_or("", String::as_str)
+    }
+
+    /// The first host that is not a wildcard: the name to resolve or send as SNI
+    /// when the client named none (a TCP connection to a `MESH_EXTERNAL` service).
+    pub fn exact_host(&self) -> Option<&str> {
+        self.hosts
+            .iter()
+            .map(String::as_str)
+            .find(|h| !h.starts_with('*'))
     }
 
     /// The port numbered `number`.
@@ -298,6 +326,7 @@ impl LocalWorkload {
             spiffe_id: self.spiffe_id.clone(),
             ports: self.ports.clone(),
             labels: self.labels.clone(),
+            dial: Dial::Address,
         }
     }
 }

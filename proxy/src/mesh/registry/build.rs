@@ -61,8 +61,11 @@ impl Registry {
                 let si = r.services.len();
                 r.index_hosts(&s, si, &service_origins, &mut e);
                 if e.list.is_empty() {
+                    // Endpoints known by name or by the request have no address yet.
                     for (ei, ep) in s.endpoints.iter().enumerate() {
-                        r.backed_by.entry(ep.address).or_default().push((si, ei));
+                        if ep.dial == Dial::Address {
+                            r.backed_by.entry(ep.address).or_default().push((si, ei));
+                        }
                     }
                     r.services.push(Arc::new(s));
                     service_origins.push(se);
@@ -140,10 +143,26 @@ fn port_number(n: u32) -> Result<u16, String> {
         .ok_or_else(|| format!("{n} is not a port: expected 1-65535"))
 }
 
+/// What an entry's `address` may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AddressRule {
+    /// An IP literal: a `WorkloadEntry`, an endpoint of a `MESH_INTERNAL` service (a
+    /// proxy listens at that address).
+    Ip,
+    /// An IP literal: an endpoint of a `MESH_EXTERNAL` service with `resolution: STATIC`.
+    Static,
+    /// An IP literal or a DNS name: `MESH_EXTERNAL` with `resolution: DNS` or
+    /// `DNS_ROUND_ROBIN`.
+    IpOrName,
+}
+
 /// The fields a `WorkloadEntry` and an inline endpoint share, checked; `prefix` is the
 /// field path of the entry (`spec`, `spec.endpoints[2]`).
 struct EntryFields {
+    /// The address; unspecified when the entry gives a name.
     address: IpAddr,
+    /// The DNS name given instead of an address ([`AddressRule::IpOrName`]).
+    name: Option<String>,
     ports: BTreeMap<String, u16>,
     service_account: String,
     spiffe_id: SpiffeId,
@@ -154,9 +173,11 @@ fn entry_fields(
     prefix: &str,
     namespace: &str,
     trust_domain: &str,
+    rule: AddressRule,
     e: &mut Errors,
 ) -> Option<EntryFields> {
     let before = e.list.len();
+    let mut name = None;
     let address = if spec.address.is_empty() {
         e.push(
             format!("{prefix}.address"),
@@ -164,13 +185,39 @@ fn entry_fields(
         );
         None
     } else {
-        match spec.address.parse::<IpAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
+        match (spec.address.parse::<IpAddr>(), rule) {
+            (Ok(a), _) => Some(a),
+            (Err(_), AddressRule::IpOrName) => match normalize_host(&spec.address) {
+                Ok(h) if !h.starts_with('*') => {
+                    name = Some(h);
+                    Some(IpAddr::from([0, 0, 0, 0]))
+                }
+                _ => {
+                    e.push(
+                        format!("{prefix}.address"),
+                        format!(
+                            "{:?} is neither an IP address nor a DNS name (FQDN, no wildcard)",
+                            spec.address
+                        ),
+                    );
+                    None
+                }
+            },
+            (Err(_), AddressRule::Static) => {
                 e.push(
                     format!("{prefix}.address"),
                     format!(
-                        "{:?} is not an IP address: Warden resolves no host names; expected an IPv4 or IPv6 literal",
+                        "{:?} is not an IP address: resolution STATIC takes IP literals; a name needs resolution DNS",
+                        spec.address
+                    ),
+                );
+                None
+            }
+            (Err(_), AddressRule::Ip) => {
+                e.push(
+                    format!("{prefix}.address"),
+                    format!(
+                        "{:?} is not an IP address: Warden resolves no host names for mesh workloads; expected an IPv4 or IPv6 literal",
                         spec.address
                     ),
                 );
@@ -216,6 +263,7 @@ fn entry_fields(
     }
     Some(EntryFields {
         address: address?,
+        name,
         ports,
         service_account: service_account.to_string(),
         spiffe_id: spiffe_id?,
@@ -229,7 +277,14 @@ fn workload_entry(
 ) -> Option<LocalWorkload> {
     let meta = &we.resource.metadata;
     let namespace = we.resource.namespace();
-    let fields = entry_fields(&we.resource.spec, "spec", namespace, trust_domain, e);
+    let fields = entry_fields(
+        &we.resource.spec,
+        "spec",
+        namespace,
+        trust_domain,
+        AddressRule::Ip,
+        e,
+    );
     let inbound_port = match meta.annotations.get(INBOUND_PORT_ANNOTATION) {
         None => Some(DEFAULT_INBOUND_PORT),
         Some(v) => match v.trim().parse::<u16>() {
@@ -417,10 +472,16 @@ fn service_entry(
             false
         }
     };
-    let resolution = Resolution::parse(spec.resolution.as_deref())
+    let parsed_resolution = Resolution::parse(spec.resolution.as_deref())
         .map_err(|m| e.push("spec.resolution", m))
-        .unwrap_or(Resolution::None);
+        .ok();
+    let resolution = parsed_resolution.unwrap_or(Resolution::None);
     let export_to = export_to(&spec.export_to, namespace, e);
+    let address_rule = match (mesh_internal, resolution) {
+        (true, _) => AddressRule::Ip,
+        (false, Resolution::Dns | Resolution::DnsRoundRobin) => AddressRule::IpOrName,
+        (false, _) => AddressRule::Static,
+    };
 
     let mut endpoints = Vec::new();
     match &spec.workload_selector {
@@ -442,7 +503,8 @@ fn service_entry(
         None => {
             for (i, ep) in spec.endpoints.iter().enumerate() {
                 let prefix = format!("spec.endpoints[{i}]");
-                let Some(f) = entry_fields(ep, &prefix, namespace, trust_domain, e) else {
+                let Some(f) = entry_fields(ep, &prefix, namespace, trust_domain, address_rule, e)
+                else {
                     continue;
                 };
                 let inbound_port = r
@@ -456,6 +518,7 @@ fn service_entry(
                     spiffe_id: f.spiffe_id,
                     ports: f.ports,
                     labels: ep.labels.clone(),
+                    dial: f.name.map_or(Dial::Address, Dial::Name),
                 });
             }
         }
@@ -476,6 +539,19 @@ fn service_entry(
         }
     }
 
+    if !mesh_internal && let Some(resolution) = parsed_resolution {
+        let selected = spec.workload_selector.is_some();
+        external_endpoints(
+            &mut endpoints,
+            resolution,
+            &hosts,
+            selected,
+            namespace,
+            trust_domain,
+            e,
+        );
+    }
+
     if !e.list.is_empty() {
         return None;
     }
@@ -491,4 +567,67 @@ fn service_entry(
         resolution,
         export_to,
     })
+}
+
+/// Istio's rules for the endpoints of a `MESH_EXTERNAL` service, by `resolution`
+/// (`pkg/config/validation` `ValidateServiceEntry`): `NONE` and `DYNAMIC_DNS` take no
+/// inline endpoints and connect to the host asked for; `DNS` and `DNS_ROUND_ROBIN`
+/// without endpoints resolve the host itself, which must then be a name, not a
+/// wildcard. Either way the service gets one [`Dial::AsRequested`] endpoint (added
+/// after secure naming's identities were taken: it names no workload).
+fn external_endpoints(
+    endpoints: &mut Vec<Endpoint>,
+    resolution: Resolution,
+    hosts: &[String],
+    selected: bool,
+    namespace: &str,
+    trust_domain: &str,
+    e: &mut Errors,
+) {
+    let as_requested = match resolution {
+        Resolution::Static => false,
+        Resolution::None | Resolution::DynamicDns => {
+            if !endpoints.is_empty() && !selected {
+                e.push(
+                    "spec.endpoints",
+                    "no endpoints should be provided for resolution NONE (or DYNAMIC_DNS): the proxy connects to the host the client asked for",
+                );
+            }
+            endpoints.is_empty()
+        }
+        Resolution::Dns | Resolution::DnsRoundRobin => {
+            if endpoints.is_empty() && !selected {
+                for (i, h) in hosts.iter().enumerate() {
+                    if h.starts_with('*') {
+                        e.push(
+                            format!("spec.hosts[{i}]"),
+                            format!(
+                                "{h:?}: hosts must be FQDNs when resolution DNS has no endpoints (the proxy resolves the host itself); use resolution NONE for a wildcard"
+                            ),
+                        );
+                    }
+                }
+            }
+            endpoints.is_empty()
+        }
+    };
+    if !as_requested {
+        return;
+    }
+    match SpiffeId::for_service_account(trust_domain, namespace, DEFAULT_SERVICE_ACCOUNT) {
+        Ok(spiffe_id) => endpoints.push(Endpoint {
+            workload: None,
+            namespace: namespace.to_string(),
+            address: IpAddr::from([0, 0, 0, 0]),
+            inbound: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), DEFAULT_INBOUND_PORT),
+            spiffe_id,
+            ports: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            dial: Dial::AsRequested,
+        }),
+        Err(err) => e.push(
+            "metadata.namespace",
+            format!("namespace {namespace:?} makes no valid SPIFFE ID: {err}"),
+        ),
+    }
 }

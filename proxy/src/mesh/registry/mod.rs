@@ -19,12 +19,19 @@
 //! `reviews.ns.svc.cluster.local`, as Istio's `GenerateAltVirtualHosts`), then wildcard
 //! hosts (`*.example.com`, longest suffix first).
 //!
+//! `MESH_EXTERNAL` services (the default `location`) follow Istio's `resolution` rules:
+//! `STATIC` endpoints are IP literals; `DNS` and `DNS_ROUND_ROBIN` endpoints may be DNS
+//! names ([`Dial::Name`]), and without endpoints the host itself is resolved; `NONE` and
+//! `DYNAMIC_DNS` take no inline endpoints and connect to the host the client asked for
+//! ([`Dial::AsRequested`]). See [`crate::egress`] for how they are reached.
+//!
 //! Deliberate differences from Istio, each refused with an error naming the resource and
 //! field rather than half-applied:
-//! - Addresses must be IP literals (the proxy resolves no DNS names), also for
-//!   `resolution: DNS`.
+//! - `WorkloadEntry` addresses and the endpoints of `MESH_INTERNAL` services must be IP
+//!   literals (a proxy listens at each), whatever the `resolution`.
 //! - `subjectAltNames` must be SPIFFE IDs: the TLS client checks the server's SPIFFE ID,
-//!   and a bare DNS SAN could never match one.
+//!   and a bare DNS SAN could never match one. (TLS origination to a `MESH_EXTERNAL`
+//!   service takes its names from the DestinationRule's `tls.subjectAltNames`.)
 //! - One `ServiceEntry` per host: Istio merges or picks between `ServiceEntry`s that
 //!   share a host (by namespace and age); Warden refuses the ambiguity.
 //! - Two `WorkloadEntry`s cannot share an address (two pods cannot share an IP).
@@ -233,10 +240,11 @@ impl Registry {
     }
 
     /// The TCP ports the proxy of `w` listens on (at `w`'s address) for outbound TCP:
-    /// every TCP port of every `MESH_INTERNAL` service exported to `w`'s namespace, one
-    /// listener per port number. Ports `w` itself uses (its application ports, its
-    /// inbound port) and second services on a taken number are in
-    /// [`OutboundTcp::skipped`].
+    /// every TCP port of every service exported to `w`'s namespace, one listener per
+    /// port number, except `MESH_EXTERNAL` services that connect to the host asked for
+    /// and have no host but wildcards (a TCP connection names no host). Ports `w` itself
+    /// uses (its application ports, its inbound port) and second services on a taken
+    /// number are in [`OutboundTcp::skipped`].
     pub fn outbound_tcp_ports(&self, w: &LocalWorkload) -> OutboundTcp<'_> {
         let own: BTreeSet<u16> = w
             .ports
@@ -247,7 +255,14 @@ impl Registry {
         let mut taken: BTreeMap<u16, OutboundTcpPort<'_>> = BTreeMap::new();
         let mut skipped = Vec::new();
         for service in &self.services {
-            if !service.mesh_internal || !service.visible_from(&w.namespace) {
+            if !service.visible_from(&w.namespace) {
+                continue;
+            }
+            let needs_host = service
+                .endpoints
+                .iter()
+                .any(|ep| ep.dial == Dial::AsRequested);
+            if needs_host && service.exact_host().is_none() {
                 continue;
             }
             for sp in service

@@ -475,15 +475,30 @@ fn outbound_tcp_ports_skip_conflicts() {
         (listen, skipped)
     };
     // productpage (front) uses 9080 itself; the private vault is not exported to it;
-    // external services get no TCP listener.
+    // the external `example` gets one on 443 (its host api.example.com is dialled);
+    // `deep`, only a wildcard with resolution NONE, has no host to dial: none.
     let (listen, skipped) = plan(r.workload("front", "productpage").unwrap());
-    assert_eq!(listen, [(9090, "reviews".into()), (27017, "mongo".into())]);
+    assert_eq!(
+        listen,
+        [
+            (443, "example".into()),
+            (9090, "reviews".into()),
+            (27017, "mongo".into())
+        ]
+    );
     assert_eq!(skipped.len(), 1);
     assert_eq!((skipped[0].0, skipped[0].1.as_str()), (9080, "mongo"));
     assert!(skipped[0].2.contains("application"), "{}", skipped[0].2);
     // reviews-v1: 9090 is its own (it backs reviews:9090), 9080 goes to mongo.
     let (listen, skipped) = plan(r.workload("default", "reviews-v1").unwrap());
-    assert_eq!(listen, [(9080, "mongo".into()), (27017, "mongo".into())]);
+    assert_eq!(
+        listen,
+        [
+            (443, "example".into()),
+            (9080, "mongo".into()),
+            (27017, "mongo".into())
+        ]
+    );
     assert_eq!(skipped[0].0, 9090);
 }
 
@@ -614,6 +629,7 @@ kind: ServiceEntry
 metadata: {name: s, namespace: foo}
 spec:
   hosts: [s.example.com]
+  location: MESH_INTERNAL
   ports: [{number: 80, name: http}]
   resolution: DNS
   endpoints:
@@ -621,7 +637,7 @@ spec:
   - {address: 10.0.0.1, ports: {http: 0}, serviceAccount: "bad/sa"}
 "#,
             &[
-                "ServiceEntry foo/s: spec.endpoints[0].address: \"backend.example.com\" is not an IP address: Warden resolves no host names",
+                "ServiceEntry foo/s: spec.endpoints[0].address: \"backend.example.com\" is not an IP address: Warden resolves no host names for mesh workloads",
                 "ServiceEntry foo/s: spec.endpoints[1].ports.http: 0 is not a port",
                 "ServiceEntry foo/s: spec.endpoints[1].serviceAccount: service account \"bad/sa\" in namespace \"foo\" makes no valid SPIFFE ID",
             ],
@@ -763,4 +779,143 @@ fn lookup_key_borrows_lower_case_hosts() {
     ));
     assert!(matches!(lookup_key("reviews."), Cow::Borrowed("reviews")));
     assert_eq!(lookup_key("Reviews"), "reviews");
+}
+
+#[test]
+fn external_services_follow_istio_resolution_rules() {
+    let r = registry(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: by-name, namespace: egress}
+spec:
+  hosts: [api.example.com]
+  resolution: DNS
+  ports: [{number: 443, name: https, protocol: TLS}]
+  endpoints:
+  - {address: backend.example.net}
+  - {address: 192.0.2.7, ports: {https: 8443}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: the-host, namespace: egress}
+spec:
+  hosts: [edition.cnn.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports:
+  - {number: 80, name: http-port, protocol: HTTP, targetPort: 443}
+  - {number: 443, name: https-port, protocol: HTTPS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wild, namespace: egress}
+spec:
+  hosts: ["*.wikipedia.org"]
+  resolution: NONE
+  ports: [{number: 443, name: tls, protocol: TLS}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: static, namespace: egress}
+spec:
+  hosts: [db.example.com]
+  resolution: STATIC
+  ports: [{number: 5432, name: pg, protocol: TCP}]
+  endpoints: [{address: 192.0.2.9}]
+"#,
+    );
+    let dials = |host: &str, port: u16| {
+        let (s, _) = r.resolve(host, port, "default").unwrap();
+        assert!(!s.mesh_internal, "{host}");
+        s.endpoints
+            .iter()
+            .map(|e| (e.dial.clone(), e.address.to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        dials("api.example.com", 443),
+        [
+            (Dial::Name("backend.example.net".into()), "0.0.0.0".into()),
+            (Dial::Address, "192.0.2.7".into()),
+        ]
+    );
+    // DNS without endpoints, and NONE: the host the client names, one endpoint.
+    assert_eq!(
+        dials("edition.cnn.com", 80),
+        [(Dial::AsRequested, "0.0.0.0".into())]
+    );
+    assert_eq!(
+        dials("en.wikipedia.org", 443),
+        [(Dial::AsRequested, "0.0.0.0".into())]
+    );
+    assert_eq!(
+        dials("db.example.com", 5432),
+        [(Dial::Address, "192.0.2.9".into())]
+    );
+    // Endpoints without an address are nobody's inbound target.
+    let unspecified = LocalWorkload {
+        name: "x".into(),
+        namespace: "egress".into(),
+        address: "0.0.0.0".parse().unwrap(),
+        inbound_port: DEFAULT_INBOUND_PORT,
+        labels: Default::default(),
+        service_account: DEFAULT_SERVICE_ACCOUNT.into(),
+        spiffe_id: id("spiffe://cluster.local/ns/egress/sa/default"),
+        ports: Default::default(),
+        policy: warden_policy::authz::Workload {
+            namespace: "egress".into(),
+            labels: Default::default(),
+        },
+    };
+    assert!(r.services_of(&unspecified).is_empty());
+
+    let got = errors(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: none-with-endpoints, namespace: egress}
+spec:
+  hosts: [a.example.com]
+  resolution: NONE
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 192.0.2.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: dns-wildcard, namespace: egress}
+spec:
+  hosts: [b.example.com, "*.example.org"]
+  resolution: DNS
+  ports: [{number: 80, name: http}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: static-name, namespace: egress}
+spec:
+  hosts: [c.example.com]
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: c.internal.example}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: dns-bad-name, namespace: egress}
+spec:
+  hosts: [d.example.com]
+  resolution: DNS
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: "*.example.net"}]
+"#,
+    );
+    let want = [
+        "ServiceEntry egress/none-with-endpoints: spec.endpoints: no endpoints should be provided for resolution NONE",
+        "ServiceEntry egress/dns-wildcard: spec.hosts[1]: \"*.example.org\": hosts must be FQDNs when resolution DNS has no endpoints",
+        "ServiceEntry egress/static-name: spec.endpoints[0].address: \"c.internal.example\" is not an IP address: resolution STATIC takes IP literals",
+        "ServiceEntry egress/dns-bad-name: spec.endpoints[0].address: \"*.example.net\" is neither an IP address nor a DNS name",
+    ];
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    for (g, w) in got.iter().zip(want) {
+        assert!(g.contains(w), "got:\n{g}\nwant it to contain:\n{w}");
+    }
 }
