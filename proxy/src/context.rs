@@ -354,6 +354,16 @@ impl Context {
     /// A TCP connection from this workload's address (so the peer sees the caller's
     /// address, as pods do) to `addr`.
     pub async fn connect_from_local(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        self.connect_from_local_within(addr, CONNECT_TIMEOUT).await
+    }
+
+    /// [`Context::connect_from_local`] giving up after `limit` (a DestinationRule's
+    /// `connectionPool.tcp.connectTimeout`).
+    pub async fn connect_from_local_within(
+        &self,
+        addr: SocketAddr,
+        limit: Duration,
+    ) -> std::io::Result<TcpStream> {
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
             SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -361,12 +371,12 @@ impl Context {
         if self.local_ip.is_ipv4() == addr.is_ipv4() && !self.local_ip.is_unspecified() {
             socket.bind(SocketAddr::new(self.local_ip, 0))?;
         }
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
+        let stream = tokio::time::timeout(limit, socket.connect(addr))
             .await
             .map_err(|_| {
                 std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("connecting to {addr} timed out after {CONNECT_TIMEOUT:?}"),
+                    format!("connecting to {addr} timed out after {limit:?}"),
                 )
             })??;
         stream.set_nodelay(true)?;

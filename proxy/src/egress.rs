@@ -49,6 +49,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 use std::time::SystemTime;
 
 use http::{Request, Response};
@@ -891,16 +892,16 @@ fn settings_failure(e: SettingsError) -> io::Error {
 
 /// A TCP connection to `addr`: from the workload's address (as mesh connections), unless
 /// that is loopback and `addr` is not, where the system picks the source.
-async fn dial_addr(ctx: &Context, addr: SocketAddr) -> io::Result<TcpStream> {
+async fn dial_addr(ctx: &Context, addr: SocketAddr, limit: Duration) -> io::Result<TcpStream> {
     if !ctx.local_ip.is_loopback() || addr.ip().is_loopback() {
-        return ctx.connect_from_local(addr).await;
+        return ctx.connect_from_local_within(addr, limit).await;
     }
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    let stream = tokio::time::timeout(limit, TcpStream::connect(addr))
         .await
         .map_err(|_| {
             io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("connecting to {addr} timed out after {CONNECT_TIMEOUT:?}"),
+                format!("connecting to {addr} timed out after {limit:?}"),
             )
         })??;
     stream.set_nodelay(true)?;
@@ -908,9 +909,9 @@ async fn dial_addr(ctx: &Context, addr: SocketAddr) -> io::Result<TcpStream> {
 }
 
 /// A TCP connection to `target`, resolving a name first (see the module docs).
-async fn dial(ctx: &Context, target: &Target) -> io::Result<TcpStream> {
+async fn dial(ctx: &Context, target: &Target, limit: Duration) -> io::Result<TcpStream> {
     let (host, port, first_only) = match target {
-        Target::Addr(a) => return dial_addr(ctx, *a).await,
+        Target::Addr(a) => return dial_addr(ctx, *a, limit).await,
         Target::Name {
             host,
             port,
@@ -938,7 +939,7 @@ async fn dial(ctx: &Context, target: &Target) -> io::Result<TcpStream> {
     let tries = if first_only { 1 } else { addrs.len() };
     let mut last = None;
     for i in 0..tries {
-        match dial_addr(ctx, addrs[(start + i) % addrs.len()]).await {
+        match dial_addr(ctx, addrs[(start + i) % addrs.len()], limit).await {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(e),
         }
@@ -956,7 +957,9 @@ pub(crate) async fn connect(
     protocol: Option<UpstreamProtocol>,
 ) -> io::Result<Stream> {
     match &plan.tls {
-        Tls::Disable => Ok(Stream::Plain(dial(ctx, &plan.target).await?)),
+        Tls::Disable => Ok(Stream::Plain(
+            dial(ctx, &plan.target, route.connect_timeout).await?,
+        )),
         Tls::Invalid(e) => Err(settings_failure(e.clone())),
         Tls::IstioMutual { sni } => {
             let config = snap
@@ -969,7 +972,7 @@ pub(crate) async fn connect(
                 .unwrap_or_else(|| sni_for(route.host, route.port.number));
             let name = ServerName::try_from(sni.clone())
                 .map_err(|_| settings_failure(SettingsError::Sni(sni)))?;
-            let tcp = dial(ctx, &plan.target).await?;
+            let tcp = dial(ctx, &plan.target, route.connect_timeout).await?;
             let tls = TlsClient::connect_named(config, name, tcp).await?;
             Ok(Stream::Tls(Box::new(tls)))
         }
@@ -981,7 +984,7 @@ pub(crate) async fn connect(
             let name = plan
                 .server_name(o.sni.as_deref())
                 .map_err(settings_failure)?;
-            let tcp = dial(ctx, &plan.target).await?;
+            let tcp = dial(ctx, &plan.target, route.connect_timeout).await?;
             let tls = TlsConnector::from(config).connect(name, tcp).await?;
             Ok(Stream::Tls(Box::new(tls)))
         }

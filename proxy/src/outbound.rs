@@ -103,6 +103,8 @@ pub(crate) struct Route<'a> {
     /// How to connect when the service is `MESH_EXTERNAL`; `None`: mesh mutual TLS.
     /// (Boxed: a `MESH_INTERNAL` route carries one null pointer.)
     pub(crate) egress: Option<Box<crate::egress::Plan>>,
+    /// The DestinationRule's `connectionPool.tcp.connectTimeout` (Istio's 10 s default).
+    pub(crate) connect_timeout: std::time::Duration,
 }
 
 /// Resolves `host:port` for a caller in this workload's namespace and picks an endpoint.
@@ -219,6 +221,7 @@ pub(crate) fn route_with<'a>(
         policy: if exact { Some(policy.flatten()) } else { None },
         held,
         reuse: crate::pool::Reuse::default(),
+        connect_timeout: crate::context::CONNECT_TIMEOUT,
         egress,
     })
 }
@@ -252,7 +255,9 @@ pub(crate) async fn connect_tls(
         .get(&route.service.id)
         .map(|t| t.for_protocol(protocol))
         .ok_or_else(|| std::io::Error::other("no TLS config for the service"))?;
-    let tcp = ctx.connect_from_local(route.endpoint.inbound).await?;
+    let tcp = ctx
+        .connect_from_local_within(route.endpoint.inbound, route.connect_timeout)
+        .await?;
     let name = ServerName::try_from(sni_for(route.host, route.port.number))
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let tls = TlsClient::connect_named(config, name, tcp).await?;
@@ -312,6 +317,15 @@ async fn request(
     resp
 }
 
+/// A DestinationRule's `connectionPool.tcp.connectTimeout`, else Istio's 10 s.
+pub(crate) fn connect_timeout(policy: &serde_json::Value) -> std::time::Duration {
+    policy["connectionPool"]["tcp"]["connectTimeout"]
+        .as_str()
+        .and_then(|t| warden_policy::route::duration::parse(t).ok())
+        .filter(|t| !t.is_zero())
+        .unwrap_or(crate::context::CONNECT_TIMEOUT)
+}
+
 /// Sends a request to `route` (chosen by the route table when `routed` is set): the
 /// destination's DestinationRule policy, its circuit breaker, then the forwarding.
 /// `labels` become the destination's metric labels.
@@ -334,6 +348,7 @@ pub(crate) async fn deliver(
         .and_then(crate::outlier::Policy::from_policy);
     if let Some(p) = &policy {
         route.reuse = crate::pool::Reuse::from_policy(p);
+        route.connect_timeout = connect_timeout(p);
     }
     let permit = admit(ctx, snap, &route, routed.as_ref(), policy.as_ref(), &ex).await?;
     let result = match routed {
@@ -985,6 +1000,7 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
                 policy: None,
                 held: Held::default(),
                 reuse: crate::pool::Reuse::default(),
+                connect_timeout: crate::context::CONNECT_TIMEOUT,
                 egress,
             }
         }
@@ -996,6 +1012,17 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
     };
     ctx.metrics.tcp_open(&labels);
     let idle = ctx.limits.idle_timeout;
+    let mut route = route;
+    if snap.mesh.routes.has_destination_rules()
+        && let Some(policy) = snap.mesh.routes.traffic_policy(
+            route.host,
+            None,
+            route.port.number,
+            &snap.mesh.local.namespace,
+        )
+    {
+        route.connect_timeout = connect_timeout(&policy);
+    }
     let copied = match &route.egress {
         None => match connect_tls(ctx, &snap, &route, None).await {
             Ok(mut tls) => Ok(copy_both(&mut stream, &mut tls, idle).await),
@@ -1011,6 +1038,23 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
         Err(e) => {
             tracing::warn!(error = %connect_error(&route, &e), "outbound TCP connection failed");
             ctx.metrics.tcp_close(&labels, 0, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_timeout_comes_from_the_destination_rule() {
+        let p = serde_json::json!({"connectionPool": {"tcp": {"connectTimeout": "250ms"}}});
+        assert_eq!(connect_timeout(&p), std::time::Duration::from_millis(250));
+        for none in [
+            serde_json::json!({}),
+            serde_json::json!({"connectionPool": {"tcp": {"connectTimeout": "0s"}}}),
+        ] {
+            assert_eq!(connect_timeout(&none), crate::context::CONNECT_TIMEOUT);
         }
     }
 }
