@@ -34,7 +34,6 @@ use std::time::{Instant, SystemTime};
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -48,10 +47,10 @@ use warden_policy::request_authn::Outcome as JwtOutcome;
 use warden_policy::route::{GatewayServer, RouteRequest, ServerProtocol, TlsMode};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use crate::conn::{Activity, Rewind, Watched, copy_both, sniff_version};
+use crate::conn::{Rewind, copy_both};
 use crate::context::{Context, Snapshot};
 use crate::http::{self as h, Body, split_host_port};
-use crate::listener::{Ended, accept_loop, drive_http};
+use crate::listener::{accept_loop, serve_http_connection};
 use crate::metrics::TcpLabels;
 use crate::pipeline::{self, Exchange, Reply, Xfcc};
 use crate::routing::Via;
@@ -434,39 +433,14 @@ async fn http<IO>(ctx: &Arc<Context>, conn: Arc<Conn>, io: IO, version: Option<V
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (version, io) = match version {
-        Some(v) => (v, Rewind::new(io)),
-        None => match sniff_version(io, ctx.limits.request_headers_timeout).await {
-            Some(found) => found,
-            None => return,
-        },
-    };
-    let activity = Activity::new(version != Version::HTTP_2);
     let peer = conn.peer;
-    let svc = {
-        let ctx = ctx.clone();
-        let activity = activity.clone();
-        hyper::service::service_fn(move |req| {
-            let ctx = ctx.clone();
-            let conn = conn.clone();
-            let active = activity.begin();
-            async move {
-                let mut resp = request(&ctx, &conn, req).await;
-                resp.body_mut().hold(active);
-                Ok::<_, std::convert::Infallible>(resp)
-            }
-        })
-    };
-    let io = TokioIo::new(Watched::new(io, activity.clone()));
-    match drive_http(ctx, io, svc, Some(version), &activity).await {
-        Ended::Finished(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "gateway HTTP connection ended")
-        }
-        Ended::HeaderTimeout => {
-            tracing::info!(%peer, timeout = ?ctx.limits.request_headers_timeout, "gateway connection closed: the request headers did not arrive in time")
-        }
-        Ended::Finished(Ok(())) => {}
-    }
+    let handler = ctx.clone();
+    serve_http_connection(ctx, io, version, "gateway", Some(peer), move |req| {
+        let ctx = handler.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(request(&ctx, &conn, req).await) }
+    })
+    .await;
 }
 
 /// One request: the pipeline, the server for its host, `httpsRedirect`, the gateway

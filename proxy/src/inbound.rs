@@ -14,7 +14,6 @@ use std::time::{Instant, SystemTime};
 
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
@@ -24,10 +23,10 @@ use warden_policy::request_authn::Outcome as JwtOutcome;
 use warden_policy::resources::MtlsMode;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::conn::{Activity, Rewind, Watched, copy_both, sniff_version};
+use crate::conn::copy_both;
 use crate::context::{Context, Snapshot};
 use crate::http::{self as h, Body, local_reply, split_host_port};
-use crate::listener::{Ended, accept_loop, drive_http};
+use crate::listener::{accept_loop, serve_http_connection};
 use crate::mesh::model::{InboundTarget, PortProtocol, ServiceId};
 use crate::mesh::registry::parse_sni;
 use crate::mesh::traffic_policy::upstream_protocol;
@@ -386,39 +385,14 @@ async fn http<IO>(ctx: &Arc<Context>, conn: Arc<Conn>, io: IO, version: Option<V
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (version, io) = match version {
-        Some(v) => (v, Rewind::new(io)),
-        None => match sniff_version(io, ctx.limits.request_headers_timeout).await {
-            Some(found) => found,
-            None => return,
-        },
-    };
-    let activity = Activity::new(version != Version::HTTP_2);
     let peer = conn.peer;
-    let svc = {
-        let ctx = ctx.clone();
-        let activity = activity.clone();
-        hyper::service::service_fn(move |req| {
-            let ctx = ctx.clone();
-            let conn = conn.clone();
-            let active = activity.begin();
-            async move {
-                let mut resp = request(&ctx, &conn, req).await?;
-                resp.body_mut().hold(active);
-                Ok::<_, PlaintextRefused>(resp)
-            }
-        })
-    };
-    let io = TokioIo::new(Watched::new(io, activity.clone()));
-    match drive_http(ctx, io, svc, Some(version), &activity).await {
-        Ended::Finished(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "inbound HTTP connection ended")
-        }
-        Ended::HeaderTimeout => {
-            tracing::info!(%peer, timeout = ?ctx.limits.request_headers_timeout, "inbound connection closed: the request headers did not arrive in time")
-        }
-        Ended::Finished(Ok(())) => {}
-    }
+    let handler = ctx.clone();
+    serve_http_connection(ctx, io, version, "inbound", Some(peer), move |req| {
+        let ctx = handler.clone();
+        let conn = conn.clone();
+        async move { request(&ctx, &conn, req).await }
+    })
+    .await;
 }
 
 /// A request refused by PeerAuthentication: closes the connection.

@@ -66,6 +66,58 @@ pub(crate) async fn accept_loop<F, Fut>(
     }
 }
 
+/// Serves HTTP on `io` (HTTP/2 or HTTP/1.1 as `version` says, else as the first bytes
+/// show) within the downstream limits until it ends, drains or times out. Each request
+/// goes to `handle`; its response holds the connection's activity until its body
+/// ends, so the idle timeout never closes a connection with a response in flight.
+/// `listener` names the side in logs.
+pub(crate) async fn serve_http_connection<IO, H, Fut, E>(
+    ctx: &Context,
+    io: IO,
+    version: Option<http::Version>,
+    listener: &'static str,
+    peer: Option<SocketAddr>,
+    handle: H,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    H: Fn(http::Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<http::Response<crate::http::Body>, E>> + Send + 'static,
+    E: Into<BoxError> + Send + 'static,
+{
+    let (version, io) = match version {
+        Some(v) => (v, crate::conn::Rewind::new(io)),
+        None => match crate::conn::sniff_version(io, ctx.limits.request_headers_timeout).await {
+            Some(found) => found,
+            None => return,
+        },
+    };
+    let activity = Activity::new(version != http::Version::HTTP_2);
+    let handle = Arc::new(handle);
+    let svc = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req| {
+            let handle = handle.clone();
+            let active = activity.begin();
+            async move {
+                let mut resp = handle(req).await?;
+                resp.body_mut().hold(active);
+                Ok::<_, E>(resp)
+            }
+        })
+    };
+    let io = hyper_util::rt::TokioIo::new(crate::conn::Watched::new(io, activity.clone()));
+    let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+    match drive_http(ctx, io, svc, Some(version), &activity).await {
+        Ended::Finished(Err(e)) => {
+            tracing::debug!(listener, %peer, error = %e, "HTTP connection ended");
+        }
+        Ended::HeaderTimeout => {
+            tracing::info!(listener, %peer, timeout = ?ctx.limits.request_headers_timeout, "connection closed: the request headers did not arrive in time");
+        }
+        Ended::Finished(Ok(())) => {}
+    }
+}
+
 /// Why [`serve_connection`] stopped a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ended<T> {

@@ -14,16 +14,15 @@ use std::time::Instant;
 
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::balance::{self, Downstream, Held, Hint, Picked};
-use crate::conn::{Activity, Watched, copy_both, sniff_version};
+use crate::conn::copy_both;
 use crate::context::{Context, Snapshot};
 use crate::http::{self as h, Body, split_host_port};
-use crate::listener::{Ended, accept_loop, drive_http};
+use crate::listener::{accept_loop, serve_http_connection};
 use crate::mesh::model::{Endpoint, Service, ServicePortInfo};
 use crate::mesh::traffic_policy::upstream_protocol;
 use crate::metrics::TcpLabels;
@@ -52,32 +51,19 @@ async fn http_conn(ctx: &Arc<Context>, stream: TcpStream) {
         (Ok(remote), Ok(local)) => Some(Downstream { remote, local }),
         _ => None,
     };
-    let Some((version, io)) = sniff_version(stream, ctx.limits.request_headers_timeout).await
-    else {
-        return;
-    };
-    let activity = Activity::new(version != Version::HTTP_2);
-    let svc = {
-        let ctx = ctx.clone();
-        let activity = activity.clone();
-        hyper::service::service_fn(move |req| {
-            let ctx = ctx.clone();
-            let active = activity.begin();
-            async move {
-                let mut resp = request(&ctx, req, conn).await;
-                resp.body_mut().hold(active);
-                Ok::<_, std::convert::Infallible>(resp)
-            }
-        })
-    };
-    let io = TokioIo::new(Watched::new(io, activity.clone()));
-    match drive_http(ctx, io, svc, Some(version), &activity).await {
-        Ended::Finished(Err(e)) => tracing::debug!(error = %e, "outbound HTTP connection ended"),
-        Ended::HeaderTimeout => {
-            tracing::info!(timeout = ?ctx.limits.request_headers_timeout, "outbound connection closed: the request headers did not arrive in time")
-        }
-        Ended::Finished(Ok(())) => {}
-    }
+    let handler = ctx.clone();
+    serve_http_connection(
+        ctx,
+        stream,
+        None,
+        "outbound",
+        conn.map(|c| c.remote),
+        move |req| {
+            let ctx = handler.clone();
+            async move { Ok::<_, std::convert::Infallible>(request(&ctx, req, conn).await) }
+        },
+    )
+    .await;
 }
 
 /// Where a request goes: the service, its port and the endpoint chosen (borrowed from
