@@ -478,10 +478,14 @@ async fn request(ctx: &Arc<Context>, conn: &Conn, req: Request<Incoming>) -> Res
                 }
                 Err((status, flags, body)) => {
                     tracing::info!(authority = %ex.authority, %status, reason = %body, virtual_service = %routed.virtual_service, "gateway request refused");
-                    Err(Reply {
+                    let mut reply = Reply {
                         flags,
                         ..ex.reply(status, body)
-                    })
+                    };
+                    if let Some(c) = &routed.cors {
+                        c.apply(reply.resp.headers_mut());
+                    }
+                    Err(reply)
                 }
             }
         }

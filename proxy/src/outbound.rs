@@ -336,7 +336,14 @@ pub(crate) async fn deliver(
         route.reuse = crate::pool::Reuse::from_policy(p);
         route.connect_timeout = connect_timeout(p);
     }
-    let permit = admit(ctx, snap, &route, routed.as_ref(), policy.as_ref(), &ex).await?;
+    let permit = admit(ctx, snap, &route, routed.as_ref(), policy.as_ref(), &ex)
+        .await
+        .map_err(|mut reply| {
+            if let Some(c) = routed.as_ref().and_then(|r| r.cors.as_ref()) {
+                c.apply(reply.resp.headers_mut());
+            }
+            reply
+        })?;
     let result = match routed {
         None => forward(ctx, snap, ex, &route).await,
         Some(routed) => forward_routed(ctx, snap, ex, &route, routed).await,
@@ -560,10 +567,15 @@ fn stages<'a>(
         Ok(route) => Ok((route, routed)),
         Err((status, flags, body)) => {
             tracing::info!(authority = %ex.authority, %status, reason = %body, "outbound request refused");
-            Err(Reply {
+            let mut reply = Reply {
                 flags,
                 ..ex.reply(status, body)
-            })
+            };
+            // The route's CORS headers go on the proxy's own error replies too.
+            if let Some(c) = routed.as_ref().and_then(|r| r.cors.as_ref()) {
+                c.apply(reply.resp.headers_mut());
+            }
+            Err(reply)
         }
     }
 }

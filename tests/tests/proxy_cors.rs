@@ -20,6 +20,14 @@ metadata: {name: web, namespace: default}
 spec:
   hosts: [web]
   http:
+  - name: down
+    match:
+    - uri: {prefix: /down}
+    route:
+    - destination: {host: empty, port: {number: 8000}}
+    corsPolicy:
+      allowOrigins:
+      - exact: https://app.example
   - name: strict
     match:
     - uri: {prefix: /strict}
@@ -43,6 +51,15 @@ spec:
       exposeHeaders: [x-served-by]
       maxAge: 24h
       allowCredentials: true
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: empty, namespace: default}
+spec:
+  hosts: [empty.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: nothing}}
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -268,4 +285,19 @@ fn cors_policies_are_applied_by_the_client_proxy_and_the_gateway() {
     let r = edge("GET", &["Origin: http://plain.example"]);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(header(&r, "access-control-allow-origin"), None, "{r:?}");
+
+    // The proxy's own error reply for a route with no endpoint carries the route's
+    // CORS headers too, as Envoy's does, so a browser can read the 503.
+    let r = send(
+        &proxy,
+        "GET",
+        &url("/down/x"),
+        &["Origin: https://app.example"],
+    );
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(
+        header(&r, "access-control-allow-origin").as_deref(),
+        Some("https://app.example"),
+        "{r:?}"
+    );
 }
