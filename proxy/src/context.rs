@@ -67,6 +67,9 @@ pub struct Snapshot {
     outbound_labels: HashMap<(ServiceId, usize), Arc<ConnLabels>>,
     /// Outbound metric labels of a request that was not routed.
     pub unknown_outbound: Arc<ConnLabels>,
+    /// Outbound metric labels of a request passed through (`ALLOW_ANY`): Istio's
+    /// `PassthroughCluster`.
+    pub passthrough_labels: Arc<ConnLabels>,
     /// The workload's inbound target when it has exactly one (for connections that
     /// name no service port).
     pub only_target: Option<InboundTarget>,
@@ -167,6 +170,13 @@ impl Snapshot {
                 outbound_labels.insert((svc.id, i), Arc::new(labels));
             }
         }
+        let passthrough_labels = Arc::new(ConnLabels::new(
+            Reporter::Source,
+            local_peer.clone(),
+            Peer::unknown(),
+            ServiceLabels::new("PassthroughCluster", "unknown"),
+            "unknown",
+        ));
         let unknown_outbound = Arc::new(ConnLabels::new(
             Reporter::Source,
             local_peer.clone(),
@@ -184,6 +194,7 @@ impl Snapshot {
             local_peer,
             outbound_labels,
             unknown_outbound,
+            passthrough_labels,
             only_target,
             outbound_tcp,
             tls,
@@ -260,6 +271,8 @@ pub struct Context {
     pub app_pool: Pool<(u16, UpstreamProtocol)>,
     /// Outbound → peer proxy connections.
     pub mesh_pool: Pool<MeshKey, crate::pool::UpBody>,
+    /// Outbound connections to hosts outside the registry (`ALLOW_ANY`).
+    pub passthrough_pool: Pool<(String, u16), crate::pool::UpBody>,
     /// Outbound → `MESH_EXTERNAL` endpoints: connections and TLS configs.
     pub egress: crate::egress::Egress,
     /// Circuit breakers by destination (DestinationRule `connectionPool`).
@@ -314,6 +327,7 @@ impl Context {
             tls_client,
             app_pool: Pool::default(),
             mesh_pool: Pool::default(),
+            passthrough_pool: Pool::default(),
             egress: crate::egress::Egress::default(),
             circuits: crate::circuit::Circuits::default(),
             outliers: crate::outlier::Outliers::default(),

@@ -23,6 +23,7 @@ use crate::conn::copy_both;
 use crate::context::{Context, Snapshot};
 use crate::http::{self as h, Body, split_host_port};
 use crate::listener::{accept_loop, serve_http_connection};
+use crate::mesh::config::OutboundTrafficPolicy;
 use crate::mesh::model::{Endpoint, Service, ServicePortInfo};
 use crate::mesh::traffic_policy::upstream_protocol;
 use crate::metrics::TcpLabels;
@@ -292,7 +293,11 @@ async fn request(
     // Until the request is routed, it is counted as to an unknown destination.
     let mut labels = snap.unknown_outbound.clone();
     let result = match stages(ctx, &snap, &mut ex, conn) {
-        Ok((route, routed)) => deliver(ctx, &snap, ex, route, routed, &mut labels).await,
+        Ok(Some((route, routed))) => deliver(ctx, &snap, ex, route, routed, &mut labels).await,
+        Ok(None) => {
+            labels = snap.passthrough_labels.clone();
+            passthrough(ctx, ex).await
+        }
         Err(r) => Err(r),
     };
     let (resp, flags) = match result {
@@ -532,12 +537,14 @@ fn spawn_mirror(
 
 type Staged<'a> = (Route<'a>, Option<crate::routing::Routed>);
 
+/// The stages before forwarding: `Ok(None)` when the host is not in the registry and
+/// the outbound traffic policy (`ALLOW_ANY`) passes it through.
 fn stages<'a>(
     ctx: &Context,
     snap: &'a Snapshot,
     ex: &mut Exchange,
     conn: Option<Downstream>,
-) -> Result<Staged<'a>, Reply> {
+) -> Result<Option<Staged<'a>>, Reply> {
     pipeline::validate(ex, &ctx.limits, ctx.accept_http10)?;
     pipeline::normalize_path(ex, snap.mesh.settings.path_normalization)?;
     // The app's own XFCC means nothing to the peer: Envoy's outbound default
@@ -564,7 +571,23 @@ fn stages<'a>(
         ),
     };
     match found {
-        Ok(route) => Ok((route, routed)),
+        Ok(route) => Ok(Some((route, routed))),
+        // Not in the registry (and no VirtualService): the outbound traffic policy.
+        Err((StatusCode::NOT_FOUND, "NR", body)) if routed.is_none() => {
+            match snap.mesh.settings.outbound_traffic_policy {
+                OutboundTrafficPolicy::AllowAny => Ok(None),
+                OutboundTrafficPolicy::RegistryOnly => {
+                    tracing::info!(authority = %ex.authority, reason = %body, "outbound request refused: outboundTrafficPolicy REGISTRY_ONLY");
+                    Err(Reply {
+                        flags: "NR",
+                        ..ex.reply(
+                            StatusCode::BAD_GATEWAY,
+                            format!("{body} (outboundTrafficPolicy REGISTRY_ONLY)"),
+                        )
+                    })
+                }
+            }
+        }
         Err((status, flags, body)) => {
             tracing::info!(authority = %ex.authority, %status, reason = %body, "outbound request refused");
             let mut reply = Reply {
@@ -576,6 +599,116 @@ fn stages<'a>(
                 c.apply(reply.resp.headers_mut());
             }
             Err(reply)
+        }
+    }
+}
+
+/// `ALLOW_ANY`: a request for a host the registry does not know goes, in plaintext
+/// HTTP/1.1, to that host and port (resolved here), as Istio's `PassthroughCluster`
+/// sends it to the original destination; no mutual TLS, no routing.
+async fn passthrough(ctx: &Context, mut ex: Exchange) -> Result<Response<Body>, Reply> {
+    let Some((host, port)) = split_host_port(&ex.authority, 80) else {
+        return Err(ex.reply(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "warden: cannot read a host and port from {:?}",
+                ex.authority
+            ),
+        ));
+    };
+    let (host, port) = (host.to_string(), port);
+    let own = ctx.local_ip;
+    let dial = || {
+        let (host, port) = (host.clone(), port);
+        async move {
+            let limit = crate::context::CONNECT_TIMEOUT;
+            let timed_out = || {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to {host}:{port} timed out after {limit:?}"),
+                )
+            };
+            let addrs: Vec<SocketAddr> =
+                tokio::time::timeout(limit, tokio::net::lookup_host((host.as_str(), port)))
+                    .await
+                    .map_err(|_| timed_out())??
+                    .collect();
+            // This workload's own address would loop through its own proxy.
+            let Some(addr) = addrs.iter().copied().find(|a| a.ip() != own) else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    format!(
+                        "{host}:{port} is this workload's own address (or has none): not passed through"
+                    ),
+                ));
+            };
+            let s = tokio::time::timeout(limit, TcpStream::connect(addr))
+                .await
+                .map_err(|_| timed_out())??;
+            s.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(s)
+        }
+    };
+    if ex.websocket {
+        let stream = dial().await.map_err(|e| Reply {
+            flags: "UF",
+            ..ex.reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream connect error: passthrough to {host}:{port}: {e}"),
+            )
+        })?;
+        pipeline::shape_upstream(&mut ex, UpstreamProtocol::Http1);
+        let downstream = hyper::upgrade::on(&mut ex.req);
+        let (req, ex) = ex.send_off();
+        return match h::send_upgrade(stream, req).await {
+            Ok(mut resp) => {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    h::splice_upgrade(
+                        downstream,
+                        hyper::upgrade::on(&mut resp),
+                        ctx.limits.idle_timeout,
+                    );
+                }
+                pipeline::sanitize_response(&ex, resp)
+            }
+            Err(e) => Err(Reply {
+                flags: "UC",
+                ..ex.reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("upstream reset: {e}"),
+                )
+            }),
+        };
+    }
+    pipeline::shape_upstream(&mut ex, UpstreamProtocol::Http1);
+    let (req, ex) = ex.send_off();
+    let result = ctx
+        .passthrough_pool
+        .send(
+            (host.clone(), port),
+            UpstreamProtocol::Http1,
+            req.map(UpBody::Stream),
+            dial,
+        )
+        .await;
+    match result {
+        Ok(resp) => pipeline::sanitize_response(&ex, resp),
+        Err(e) => {
+            let flags = if matches!(e, UpstreamError::Connect(_)) {
+                "UF"
+            } else {
+                "UC"
+            };
+            tracing::info!(%host, port, error = %e, "outbound passthrough failed");
+            Err(Reply {
+                flags,
+                ..ex.reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "upstream connect error or disconnect/reset before headers: passthrough to {host}:{port}: {e}"
+                    ),
+                )
+            })
         }
     }
 }

@@ -443,3 +443,58 @@ fn a_sidecar_reaches_external_services_and_originates_tls() {
     );
     assert_eq!(tcp_opened, 1.0);
 }
+
+/// Istio's outbound traffic policy for hosts outside the registry: `ALLOW_ANY` (the
+/// default) passes the request through to the host and port asked for, counted as
+/// `PassthroughCluster`; `REGISTRY_ONLY` refuses it with 502.
+#[test]
+fn hosts_outside_the_registry_follow_the_outbound_traffic_policy() {
+    let Some(py) = grpcio_python("http.server outside the mesh") else {
+        return;
+    };
+    let mesh = Mesh::builder()
+        .workload_spec(WorkloadSpec::new("client", "default", "client").without_apps())
+        .start();
+    let port = free_port();
+    let mut cmd = Command::new(&py);
+    cmd.arg(interop_script("http_echo.py"))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("outside");
+    mesh.spawn_app(cmd);
+    let proxy = format!("http://{}", mesh.workload("client").outbound());
+    let url = format!("http://127.0.0.1:{port}/passed?x=1");
+
+    let r = curl(&["--proxy", &proxy, &url]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["path"], "/passed?x=1", "{r:?}");
+    let through = mesh.metric(
+        "client",
+        "istio_requests_total",
+        &[("destination_service_name", "PassthroughCluster")],
+    );
+    assert_eq!(through, 1.0);
+    // The workload's own address is never passed through (it would loop through its
+    // own proxy).
+    let own = format!("http://{}/", mesh.workload("client").outbound());
+    let r = curl(&["--proxy", &proxy, &own]);
+    assert_eq!(r.status, 503, "{r:?}");
+
+    // REGISTRY_ONLY: 502, nothing reaches the server.
+    let mesh_config = mesh.dir.path().join("registry-only.yaml");
+    std::fs::write(
+        &mesh_config,
+        "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n",
+    )
+    .unwrap();
+    let path = mesh_config.display().to_string();
+    mesh.spawn_proxy("client", &["--mesh-config", &path]);
+    mesh.wait_proxy_ready("client");
+    let _ = mesh.app_log(); // what the server logged so far
+    let r = curl(&["--proxy", &proxy, &url]);
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("REGISTRY_ONLY"), "{r:?}");
+    assert!(
+        mesh.app_log().iter().all(|v| v["message"] != "request"),
+        "a refused request reached the server"
+    );
+}

@@ -180,9 +180,11 @@ fn http_grpc_tcp_and_websocket_are_allowed_and_denied_by_policy() {
 
     // The app's own status codes pass through.
     assert_eq!(mesh.get("client", &url("/status/418")).status, 418);
-    // A host the mesh does not know.
+    // A host the mesh does not know: passed through (ALLOW_ANY), and this one does
+    // not resolve.
     let r = mesh.get("client", "http://nowhere.default.svc.cluster.local:8080/");
-    assert!(matches!(r.status, 404 | 502), "{} {}", r.status, r.text());
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("passthrough to nowhere"), "{}", r.text());
 
     // Another principal is refused, over HTTP/1.1 and h2c.
     let r = mesh.get("other", &url("/hello"));

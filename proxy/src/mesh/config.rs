@@ -51,6 +51,19 @@ pub struct MeshSettings {
     pub path_normalization: PathNormalization,
     /// `h2UpgradePolicy` (`DO_NOT_UPGRADE` by default).
     pub h2_upgrade_policy: H2UpgradePolicy,
+    /// `outboundTrafficPolicy.mode` (`ALLOW_ANY` by default, as Istio).
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// What the outbound side does with a host the registry does not know.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutboundTrafficPolicy {
+    /// Passed through in plaintext to the host and port asked for (Istio's
+    /// `PassthroughCluster`).
+    #[default]
+    AllowAny,
+    /// Refused with 502 (Istio's `BlackHoleCluster`).
+    RegistryOnly,
 }
 
 impl MeshSettings {
@@ -108,6 +121,26 @@ impl MeshSettings {
                             ));
                         }
                     };
+                }
+                "outboundTrafficPolicy" => {
+                    let mode = v.get("mode").unwrap_or(&serde_json::Value::Null);
+                    settings.outbound_traffic_policy = match mode.as_str() {
+                        _ if mode.is_null() => OutboundTrafficPolicy::AllowAny,
+                        Some("ALLOW_ANY") => OutboundTrafficPolicy::AllowAny,
+                        Some("REGISTRY_ONLY") => OutboundTrafficPolicy::RegistryOnly,
+                        _ => {
+                            return Err(format!(
+                                "outboundTrafficPolicy.mode: {mode} is not ALLOW_ANY or REGISTRY_ONLY"
+                            ));
+                        }
+                    };
+                    if let Some(obj) = v.as_object() {
+                        unused.extend(
+                            obj.keys()
+                                .filter(|k| *k != "mode")
+                                .map(|k| format!("outboundTrafficPolicy.{k}")),
+                        );
+                    }
                 }
                 other => unused.push(other.to_string()),
             }
