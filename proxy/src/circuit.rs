@@ -63,9 +63,57 @@ pub struct Circuits {
     breakers: Mutex<HashMap<(String, Limits), Arc<Breaker>>>,
     /// Requests refused with `UO`.
     pub overflows: AtomicU64,
+    /// Retries in flight by destination (`connectionPool.http.maxRetries`).
+    retries: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Retries not made because the destination's retry budget was spent (Envoy's
+    /// `upstream_rq_retry_overflow`).
+    pub retry_overflows: AtomicU64,
+}
+
+/// One retry in flight toward a destination; the budget is given back on drop.
+#[derive(Debug)]
+pub struct RetryGuard(Arc<AtomicUsize>);
+
+impl Drop for RetryGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A traffic policy's `connectionPool.http.maxRetries`: retries in flight toward the
+/// destination at once; `None` (unset or 0) is Istio's default, unlimited.
+pub fn max_retries(policy: &Value) -> Option<usize> {
+    policy
+        .pointer("/connectionPool/http/maxRetries")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 0)
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 impl Circuits {
+    /// A retry toward `destination` if fewer than `max` are in flight; `None`: the
+    /// retry budget is spent (counted), and the last answer stands.
+    pub fn retry(&self, destination: &str, max: usize) -> Option<RetryGuard> {
+        let count = {
+            let mut map = self
+                .retries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.entry(destination.to_string()).or_default().clone()
+        };
+        let ok = count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if ok {
+            Some(RetryGuard(count))
+        } else {
+            self.retry_overflows.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
     /// A slot toward `destination` under `limits`, waiting as a pending request when
     /// the slots are taken and the queue is not full; `None`: overflow.
     pub async fn admit(&self, destination: &str, limits: Limits) -> Option<OwnedSemaphorePermit> {
@@ -132,6 +180,29 @@ mod tests {
             None
         );
         assert_eq!(Limits::from_policy(&json!({}), true), None);
+    }
+
+    #[test]
+    fn the_retry_budget_bounds_retries_in_flight() {
+        assert_eq!(
+            max_retries(&json!({"connectionPool": {"http": {"maxRetries": 2}}})),
+            Some(2)
+        );
+        assert_eq!(
+            max_retries(&json!({"connectionPool": {"http": {"maxRetries": 0}}})),
+            None
+        );
+        let c = Circuits::default();
+        let a = c.retry("d", 2).unwrap();
+        let _b = c.retry("d", 2).unwrap();
+        assert!(c.retry("d", 2).is_none(), "two in flight: spent");
+        assert_eq!(c.retry_overflows.load(Ordering::Relaxed), 1);
+        assert!(
+            c.retry("e", 2).is_some(),
+            "another destination has its own budget"
+        );
+        drop(a);
+        assert!(c.retry("d", 2).is_some(), "given back on drop");
     }
 
     #[tokio::test]

@@ -92,6 +92,8 @@ pub(crate) struct Route<'a> {
     pub(crate) egress: Option<Box<crate::egress::Plan>>,
     /// The DestinationRule's `connectionPool.tcp.connectTimeout` (Istio's 10 s default).
     pub(crate) connect_timeout: std::time::Duration,
+    /// The DestinationRule's `connectionPool.http.maxRetries` (`None`: unlimited).
+    pub(crate) max_retries: Option<usize>,
 }
 
 /// Resolves `host:port` for a caller in this workload's namespace and picks an endpoint.
@@ -209,6 +211,7 @@ pub(crate) fn route_with<'a>(
         held,
         reuse: crate::pool::Reuse::default(),
         connect_timeout: crate::context::CONNECT_TIMEOUT,
+        max_retries: None,
         egress,
     })
 }
@@ -340,6 +343,7 @@ pub(crate) async fn deliver(
     if let Some(p) = &policy {
         route.reuse = crate::pool::Reuse::from_policy(p);
         route.connect_timeout = connect_timeout(p);
+        route.max_retries = crate::circuit::max_retries(p);
     }
     let permit = admit(ctx, snap, &route, routed.as_ref(), policy.as_ref(), &ex)
         .await
@@ -866,6 +870,8 @@ async fn send_with_retries(
     let mut attempt = 0u32;
     // Endpoints tried so far, which a retry avoids (allocated at the first retry).
     let mut tried: Vec<usize> = Vec::new();
+    // The retry in flight, counted against the destination's budget.
+    let mut _retrying: Option<crate::circuit::RetryGuard> = None;
     loop {
         let mut next = None;
         let route = if attempt == 0 {
@@ -886,6 +892,9 @@ async fn send_with_retries(
             ) {
                 Ok(mut r) => {
                     r.outlier = first.outlier;
+                    r.reuse = first.reuse;
+                    r.connect_timeout = first.connect_timeout;
+                    r.max_retries = first.max_retries;
                     &*next.insert(r)
                 }
                 Err(_) => first,
@@ -909,7 +918,25 @@ async fn send_with_retries(
                 })
             }),
         };
-        if attempt >= policy.attempts || !policy.retriable(&result) {
+        let retry = attempt < policy.attempts && policy.retriable(&result);
+        // The destination's retry budget (`maxRetries` retries in flight at once).
+        let budget = match (retry, first.max_retries) {
+            (true, Some(max)) => {
+                let key = format!(
+                    "outbound|{}|{}|{}",
+                    first.port.number,
+                    routed.subset.as_deref().unwrap_or_default(),
+                    first.host
+                );
+                let guard = ctx.circuits.retry(&key, max);
+                if guard.is_none() {
+                    tracing::info!(virtual_service = %routed.virtual_service, destination = %key, max_retries = max, "retry budget spent: the answer is not retried");
+                }
+                Some(guard)
+            }
+            _ => None,
+        };
+        if !retry || matches!(budget, Some(None)) {
             // A retry's endpoint keeps its in-flight mark until the body ends.
             return result.map(|mut resp| {
                 if let Some(r) = next.take() {
@@ -918,6 +945,7 @@ async fn send_with_retries(
                 resp
             });
         }
+        _retrying = budget.flatten();
         tried.push(used);
         attempt += 1;
         let ceiling = (25u64 << (attempt - 1).min(4)).min(250);
@@ -1132,6 +1160,7 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
                 held: Held::default(),
                 reuse: crate::pool::Reuse::default(),
                 connect_timeout: crate::context::CONNECT_TIMEOUT,
+                max_retries: None,
                 egress,
             }
         }
