@@ -220,6 +220,7 @@ impl ConfigWatch {
         opts: ConfigOptions,
     ) -> Result<(ConfigWatch, watch::Receiver<Arc<MeshConfig>>), ConfigError> {
         let mut poller = Poller::new(opts);
+        let started = std::time::Instant::now();
         let first = match poller.poll() {
             Outcome::Applied(config) => config,
             Outcome::Rejected(e) => return Err(e),
@@ -234,6 +235,7 @@ impl ConfigWatch {
             resources = first.resources,
             workload = %format_args!("{}/{}", first.local.namespace, first.local.name),
             spiffe_id = %first.local.spiffe_id,
+            load_ms = started.elapsed().as_millis() as u64,
             "config applied"
         );
         let stats = Arc::new(ConfigStats::default());
@@ -267,6 +269,7 @@ async fn run(mut poller: Poller, tx: watch::Sender<Arc<MeshConfig>>, stats: Arc<
             _ = tick.tick() => {}
             () = tx.closed() => break,
         }
+        let started = std::time::Instant::now();
         let polled = tokio::task::spawn_blocking(move || {
             let outcome = poller.poll();
             (poller, outcome)
@@ -291,6 +294,7 @@ async fn run(mut poller: Poller, tx: watch::Sender<Arc<MeshConfig>>, stats: Arc<
                     generation,
                     files = config.files,
                     resources = config.resources,
+                    load_ms = started.elapsed().as_millis() as u64,
                     "config applied"
                 );
                 if tx.send(config).is_err() {
