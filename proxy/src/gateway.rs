@@ -43,7 +43,6 @@ use tokio::task::JoinHandle;
 use tokio_rustls::LazyConfigAcceptor;
 
 use warden_policy::authz::{Protocol, Request as PolicyRequest};
-use warden_policy::request_authn::Outcome as JwtOutcome;
 use warden_policy::route::{GatewayServer, RouteRequest, ServerProtocol, TlsMode};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -258,26 +257,12 @@ async fn client_hello(
 /// The server on the port for `sni`: the most specific of those whose hosts serve it
 /// (an exact host before a wildcard); without SNI, one serving `*`.
 fn server_for<'a>(servers: &[&'a GatewayServer], sni: Option<&str>) -> Option<&'a GatewayServer> {
-    let specificity = |s: &GatewayServer, host: &str| {
-        s.hosts
-            .iter()
-            .map(|h| h.rsplit_once('/').map_or(h.as_str(), |(_, h)| h))
-            .filter(|h| host_matches(h, host))
-            .map(|h| {
-                if h.starts_with('*') {
-                    h.len()
-                } else {
-                    usize::MAX
-                }
-            })
-            .max()
-    };
     match sni {
         Some(name) => servers
             .iter()
-            .filter(|s| s.serves_host(name))
-            .max_by_key(|s| specificity(s, name))
-            .copied(),
+            .filter_map(|s| Some((s.host_score(name)?, *s)))
+            .max_by_key(|(score, _)| *score)
+            .map(|(_, s)| s),
         None => servers
             .iter()
             .find(|s| {
@@ -286,17 +271,6 @@ fn server_for<'a>(servers: &[&'a GatewayServer], sni: Option<&str>) -> Option<&'
                     .any(|h| h.rsplit_once('/').map_or(h.as_str(), |(_, h)| h) == "*")
             })
             .copied(),
-    }
-}
-
-/// Whether host pattern `pattern` (`*`, `*.example.com`, exact) covers `host`.
-fn host_matches(pattern: &str, host: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    match pattern.strip_prefix('*') {
-        Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
-        None => pattern.eq_ignore_ascii_case(host),
     }
 }
 
@@ -569,7 +543,8 @@ fn stages(
         conn.principal.as_deref(),
         Some(remote),
     )?;
-    authenticate(conn, snap, ex)?;
+    // RequestAuthentication as on a sidecar's inbound side (Envoy's jwt_authn replies).
+    crate::inbound::authenticate(conn.principal.as_deref(), snap, ex)?;
     authorize(ctx, conn, snap, ex, remote)?;
     let mut gateways: Vec<String> = servers.iter().map(|s| s.gateway.clone()).collect();
     gateways.dedup();
@@ -634,45 +609,6 @@ fn https_redirect(ex: &Exchange, host: &str) -> Reply {
         resp: Box::new(resp),
         flags: "-",
     }
-}
-
-fn authenticate(conn: &Conn, snap: &Snapshot, ex: &mut Exchange) -> Result<(), Reply> {
-    if !snap.jwt_applies {
-        return Ok(());
-    }
-    let mesh = &snap.mesh;
-    let view = h::policy_request(&ex.req, &ex.authority, None);
-    match mesh
-        .request_authn
-        .authenticate(&mesh.local.policy, &view, SystemTime::now())
-    {
-        JwtOutcome::NoToken { edits } => h::apply_jwt_edits(&mut ex.req, &edits),
-        JwtOutcome::Authenticated(a) => {
-            h::apply_jwt_edits(&mut ex.req, &a.edits);
-            ex.jwt = Some(a.claims);
-        }
-        JwtOutcome::Rejected(r) => {
-            tracing::info!(
-                peer = %conn.peer,
-                destination = %ex.authority,
-                path = %ex.req.uri().path(),
-                reason = %r.reason(),
-                status = r.status,
-                "gateway: request authentication refused"
-            );
-            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNAUTHORIZED);
-            let body = if status == StatusCode::FORBIDDEN {
-                "Audiences in Jwt are not allowed"
-            } else {
-                "Jwt verification fails"
-            };
-            return Err(Reply {
-                flags: "UAEX",
-                ..ex.reply(status, body)
-            });
-        }
-    }
-    Ok(())
 }
 
 fn authorize(

@@ -474,7 +474,7 @@ fn stages(
         conn.principal.as_deref(),
         Some(conn.peer.ip()),
     )?;
-    authenticate(conn, snap, ex)?;
+    authenticate(conn.principal.as_deref(), snap, ex)?;
     authorize(ctx, conn, snap, ex, t)?;
     Ok(())
 }
@@ -507,7 +507,11 @@ fn route(snap: &Snapshot, conn: &Conn, ex: &Exchange) -> Result<InboundTarget, R
 
 /// RequestAuthentication (Envoy's `jwt_authn`): a bad token ends the request; a good
 /// one leaves its claims; the header edits are made on the request itself.
-fn authenticate(conn: &Conn, snap: &Snapshot, ex: &mut Exchange) -> Result<(), Reply> {
+pub(crate) fn authenticate(
+    principal: Option<&str>,
+    snap: &Snapshot,
+    ex: &mut Exchange,
+) -> Result<(), Reply> {
     if !snap.jwt_applies {
         return Ok(());
     }
@@ -524,7 +528,7 @@ fn authenticate(conn: &Conn, snap: &Snapshot, ex: &mut Exchange) -> Result<(), R
         }
         JwtOutcome::Rejected(r) => {
             tracing::info!(
-                source_principal = conn.principal.as_deref().unwrap_or(""),
+                source_principal = principal.unwrap_or(""),
                 destination = %ex.authority,
                 method = %ex.req.method(),
                 path = %ex.req.uri().path(),

@@ -625,3 +625,83 @@ fn interop_python(what: &str, module: &str) -> Option<PathBuf> {
     );
     None
 }
+
+/// Runs the openssl command line in `dir` (a program no one here wrote), panicking
+/// with its stderr when it fails.
+pub fn openssl_in(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl runs (./test.sh installs it)");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A small PKI made by the openssl command line in `dir`: a CA (`ca.pem`,
+/// `ca-key.pem`, subject `/CN=<ca_name>`) and, for each `(name, common name,
+/// extension line)`, `<name>.pem` and `<name>-key.pem` signed by it (EC P-256, two
+/// days; the extension line is an `-extfile` entry such as `subjectAltName=DNS:x`).
+pub fn openssl_pki(dir: &Path, ca_name: &str, leaves: &[(&str, &str, &str)]) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let subject = format!("/CN={ca_name}");
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend(["-keyout", "ca-key.pem", "-out", "ca.pem", "-subj", &subject]);
+    args.extend(["-days", "2"]);
+    openssl_in(dir, &args);
+    for (name, cn, extension) in leaves {
+        let (key, csr, cert, ext) = (
+            format!("{name}-key.pem"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let subject = format!("/CN={cn}");
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+        openssl_in(dir, &args);
+        std::fs::write(dir.join(&ext), extension).unwrap();
+        openssl_in(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-out",
+                &cert,
+                "-extfile",
+                &ext,
+                "-days",
+                "2",
+            ],
+        );
+    }
+}
+
+/// A child process killed and reaped when this is dropped.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -13,108 +13,31 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use warden_tests::mesh::{Mesh, WorkloadSpec};
-use warden_tests::{curl, grpcio_python, interop_script};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let o = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs (./test.sh installs it)");
-    assert!(
-        o.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+use warden_tests::{KillOnDrop, curl, grpcio_python, interop_script};
 
 /// A CA, the external server's certificate (api.example.com, mtls.example.com) and the
 /// client certificate the sidecar presents for `MUTUAL`, all by the openssl command line.
 fn make_certs(dir: &Path) {
-    openssl(
+    warden_tests::openssl_pki(
         dir,
+        "Egress Test CA",
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca-key.pem",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=Egress Test CA",
-            "-days",
-            "2",
+            (
+                "server",
+                "api.example.com",
+                "subjectAltName=DNS:api.example.com,DNS:mtls.example.com",
+            ),
+            (
+                "client",
+                "sleep client",
+                "subjectAltName=DNS:sleep.example.com",
+            ),
         ],
     );
-    for (name, cn, san) in [
-        (
-            "server",
-            "api.example.com",
-            "subjectAltName=DNS:api.example.com,DNS:mtls.example.com",
-        ),
-        (
-            "client",
-            "sleep client",
-            "subjectAltName=DNS:sleep.example.com",
-        ),
-    ] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &format!("{name}-key.pem"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        );
-        std::fs::write(dir.join(format!("{name}.ext")), san).unwrap();
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca-key.pem",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.pem"),
-                "-extfile",
-                &format!("{name}.ext"),
-                "-days",
-                "2",
-            ],
-        );
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A port nothing listens on now, on 127.0.0.1 (outside every mesh's subnet).

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use warden_tests::mesh::{Mesh, ServiceSpec, WorkloadSpec};
-use warden_tests::{Curl, curl, grpcio_python, interop_script};
+use warden_tests::{Curl, KillOnDrop, curl, grpcio_python, interop_script};
 
 /// Istio's samples/bookinfo/networking/bookinfo-gateway.yaml, unchanged.
 const BOOKINFO_GATEWAY: &str = r#"
@@ -165,94 +165,25 @@ spec:
     )
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let o = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs (./test.sh installs it)");
-    assert!(
-        o.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 /// A CA, a server certificate for the gateway's hosts and a client certificate with a
 /// SPIFFE URI SAN, all by the openssl command line.
 fn make_certs(dir: &Path) {
-    let days = ["-days", "2"];
-    openssl(
+    warden_tests::openssl_pki(
         dir,
+        "Edge Test CA",
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca-key.pem",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=Edge Test CA",
-            days[0],
-            days[1],
+            (
+                "server",
+                "bookinfo.example.com",
+                "subjectAltName=DNS:bookinfo.example.com,DNS:secure.example.com,DNS:*.apps.example.com,DNS:nginx.example.com",
+            ),
+            (
+                "client",
+                "partner client",
+                "subjectAltName=URI:spiffe://partner.example/ns/x/sa/client",
+            ),
         ],
     );
-    for (name, cn, san) in [
-        (
-            "server",
-            "bookinfo.example.com",
-            "subjectAltName=DNS:bookinfo.example.com,DNS:secure.example.com,DNS:*.apps.example.com,DNS:nginx.example.com",
-        ),
-        (
-            "client",
-            "partner client",
-            "subjectAltName=URI:spiffe://partner.example/ns/x/sa/client",
-        ),
-    ] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &format!("{name}-key.pem"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        );
-        std::fs::write(dir.join(format!("{name}.ext")), san).unwrap();
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca-key.pem",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.pem"),
-                "-extfile",
-                &format!("{name}.ext"),
-                days[0],
-                days[1],
-            ],
-        );
-    }
 }
 
 struct Edge {
@@ -260,15 +191,6 @@ struct Edge {
     certs: tempfile::TempDir,
     ip: String,
     _server: KillOnDrop,
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 impl Edge {
@@ -544,6 +466,36 @@ fn an_ingress_gateway_serves_gateways_with_curl_outside_and_real_apps_behind() {
         &["-k", "--cert", &cert, "--key", &key],
     );
     assert_eq!(r.status, 0, "{r:?}");
+
+    // As an attacker would: with both Content-Length and Transfer-Encoding (CL.TE
+    // smuggling), Transfer-Encoding wins and the connection closes after the one
+    // answer, as on the sidecars: the hidden "GET /admin" (a 403 here) is never parsed;
+    // bytes that are not a ClientHello on a TLS port, and plaintext HTTP there, get
+    // nothing; the gateway serves on afterwards.
+    let http_port: std::net::SocketAddr = format!("{}:8080", edge.ip).parse().unwrap();
+    let smuggled = warden_tests::mesh::raw_http(
+        http_port,
+        b"POST /productpage HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_millis(1500),
+    );
+    assert_eq!(smuggled.statuses(), [200], "{}", smuggled.text);
+    assert!(
+        smuggled
+            .text
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{}",
+        smuggled.text
+    );
+    let tls_port: std::net::SocketAddr = format!("{}:8443", edge.ip).parse().unwrap();
+    for junk in [
+        &b"\x16\x03\x01\x00\x05hello-not-a-client-hello"[..],
+        b"GET / HTTP/1.1\r\nHost: bookinfo.example.com\r\n\r\n",
+    ] {
+        let r = warden_tests::mesh::raw_http(tls_port, junk, Duration::from_millis(1500));
+        assert!(r.statuses().is_empty(), "{}", r.text);
+    }
+    assert_eq!(edge.curl(8080, "x", "/productpage", &[]).status, 200);
 
     // The gateway counts what it sent, as a source reporter.
     let sent = mesh.metric(
