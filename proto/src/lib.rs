@@ -33,6 +33,34 @@ pub mod workload {
     tonic::include_proto!("_");
 }
 
+/// OpenTelemetry's OTLP trace protos (package `opentelemetry.proto`, a subset), for the
+/// proxy's span export: `otlp::collector::trace::v1::trace_service_client`.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod otlp {
+    pub mod common {
+        pub mod v1 {
+            tonic::include_proto!("opentelemetry.proto.common.v1");
+        }
+    }
+    pub mod resource {
+        pub mod v1 {
+            tonic::include_proto!("opentelemetry.proto.resource.v1");
+        }
+    }
+    pub mod trace {
+        pub mod v1 {
+            tonic::include_proto!("opentelemetry.proto.trace.v1");
+        }
+    }
+    pub mod collector {
+        pub mod trace {
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
+            }
+        }
+    }
+}
+
 /// The gRPC metadata every Workload API request must carry (`workload.spiffe.io: true`).
 pub const WORKLOAD_API_HEADER: &str = "workload.spiffe.io";
 

@@ -22,9 +22,10 @@ use crate::conn::Drain;
 use crate::context::Context;
 use crate::mesh::config::{ConfigOptions, MeshConfig, MeshSettings};
 use crate::mesh::watch::{ConfigStats, ConfigWatch};
-use crate::metrics::Gauges;
+use crate::metrics::{Gauges, Metrics};
 use crate::outbound::TcpListeners;
 use crate::sds::{NodeInfo, Sds, SdsConfig};
+use crate::telemetry::{AccessLog, Telemetry, TelemetrySettings};
 
 /// A running proxy.
 #[derive(Debug)]
@@ -39,6 +40,8 @@ pub struct Bound {
     pub health_addr: SocketAddr,
     /// `/stats/prometheus`, when it has a port of its own.
     pub stats_addr: Option<SocketAddr>,
+    /// The admin port, when on.
+    pub admin_addr: Option<SocketAddr>,
     /// The state the listeners share.
     pub context: Arc<Context>,
     /// `/ready`'s guards: `sds-certificate` until the first SVID and bundle arrive,
@@ -79,6 +82,10 @@ impl Bound {
                 open = left,
                 "drain grace period over; closing the connections still open"
             );
+        }
+        if let Some(t) = &self.context.telemetry.tracer {
+            // The spans of the last requests, within a bound.
+            t.flush(Duration::from_secs(2)).await;
         }
         let _ = self.admin_stop.send(true);
         self.identity_task.abort();
@@ -132,6 +139,91 @@ impl warden_common::process::Serving for Bound {
     }
 }
 
+/// The telemetry settings: MeshConfig's, then the flags over them.
+fn telemetry_settings(args: &Config) -> anyhow::Result<TelemetrySettings> {
+    let from_mesh = match &args.mesh_config {
+        None => TelemetrySettings::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read the mesh config", path.display()))?;
+            let value: serde_json::Value = if text.trim().is_empty() {
+                serde_json::Value::Object(serde_json::Map::new())
+            } else {
+                serde_saphyr::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: not YAML: {e}", path.display()))?
+            };
+            TelemetrySettings::from_mesh(&value)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+    };
+    from_mesh
+        .with_flags(&args.telemetry)
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Who this proxy is on its spans: the workload's canonical service and revision
+/// (Istio's label rules), namespace and Envoy-style node id.
+fn span_identity(
+    local: &crate::mesh::model::LocalWorkload,
+    args: &Config,
+) -> crate::telemetry::spans::SpanIdentity {
+    let peer = crate::metrics::Peer::workload(
+        &local.name,
+        &local.namespace,
+        Some(local.spiffe_id.as_str()),
+        &local.labels,
+    );
+    let kind = if args.mode == crate::config::Mode::Gateway {
+        "router"
+    } else {
+        "sidecar"
+    };
+    crate::telemetry::spans::SpanIdentity {
+        canonical_service: peer.canonical_service.to_string(),
+        canonical_revision: peer.canonical_revision.to_string(),
+        namespace: local.namespace.clone(),
+        node_id: format!(
+            "{kind}~{}~{}.{}~{}.svc.cluster.local",
+            local.address, local.name, local.namespace, local.namespace
+        ),
+        mesh_id: args.trust_domain.clone(),
+    }
+}
+
+/// The metrics, and the access log and tracer when they are on, with their own
+/// counters registered.
+fn start_telemetry(
+    settings: &TelemetrySettings,
+    identity: crate::telemetry::spans::SpanIdentity,
+) -> anyhow::Result<Telemetry> {
+    let mut metrics = Metrics::new();
+    let access_log = match settings.access_log().map_err(|e| anyhow::anyhow!(e))? {
+        None => None,
+        Some((format, sink)) => {
+            let log = AccessLog::start(format, sink).map_err(|e| anyhow::anyhow!(e))?;
+            let (dropped, written) = (log.dropped.clone(), log.written.clone());
+            metrics.register_counter(
+                "warden_access_log_dropped",
+                "Access log lines dropped: the writer fell behind or could not write",
+                move || dropped.load(Ordering::Relaxed),
+            );
+            metrics.register_counter(
+                "warden_access_log_written",
+                "Access log lines written",
+                move || written.load(Ordering::Relaxed),
+            );
+            Some(log)
+        }
+    };
+    let tracer = crate::telemetry::spans::Tracer::start(settings, identity, &mut metrics)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Telemetry {
+        metrics: Arc::new(metrics),
+        access_log,
+        tracer,
+    })
+}
+
 /// Loads the config, starts the SDS client and binds and serves every listener.
 pub async fn build(args: Config) -> anyhow::Result<Bound> {
     let settings = match &args.mesh_config {
@@ -144,6 +236,7 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
         }
         None => MeshSettings::default(),
     };
+    let telemetry_settings = telemetry_settings(&args)?;
     tracing::info!(
         path_normalization = %settings.path_normalization,
         h2_upgrade_policy = ?settings.h2_upgrade_policy,
@@ -176,7 +269,9 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
     let sds = Sds::start(sds_config);
 
     let (drain_tx, drain) = Drain::new();
-    let mut context = Context::new(first, sds.identity(), drain, ip, args.limits);
+    let identity = span_identity(&local, &args);
+    let telemetry = Arc::new(start_telemetry(&telemetry_settings, identity)?);
+    let mut context = Context::new(first, sds.identity(), drain, ip, args.limits, telemetry);
     context.accept_http10 = args.accept_http10;
     context.num_trusted_proxies = args.num_trusted_proxies;
     let ctx = Arc::new(context);
@@ -222,6 +317,24 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
     let gateway_ports = gateway_listeners.ports();
 
     let (admin_stop_tx, admin_stop) = watch::channel(false);
+    let admin_addr = if args.admin_port == 0 {
+        None
+    } else {
+        let l = bind(ip, args.admin_port, "admin").await?;
+        let addr = l.local_addr()?;
+        tokio::spawn(crate::admin::serve(
+            l,
+            crate::admin::Admin {
+                ctx: ctx.clone(),
+                stats: stats.clone(),
+                ready: ready.clone(),
+                telemetry: telemetry_settings.clone(),
+                mode: if gateway { "gateway" } else { "sidecar" },
+            },
+            admin_stop.clone(),
+        ));
+        Some(addr)
+    };
     tokio::spawn(monitoring::serve(
         health,
         admin_handler(ctx.clone(), stats.clone(), ready.clone()),
@@ -252,6 +365,9 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
         gateway_ports = ?gateway_ports,
         health = health_addr.port(),
         stats = stats_addr.map_or(health_addr.port(), |a| a.port()),
+        admin = admin_addr.map(|a| a.port()),
+        access_log = telemetry_settings.access_log_file.as_deref(),
+        tracing = telemetry_settings.otlp_endpoint.as_deref(),
         "serving"
     );
 
@@ -321,6 +437,7 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
         gateway_ports,
         health_addr,
         stats_addr,
+        admin_addr,
         context: ctx,
         ready,
         drain: drain_tx,

@@ -103,6 +103,37 @@ pub struct RunArgs {
     /// are trusted for the client address (Istio's `numTrustedProxies`) [default: 0].
     #[arg(long)]
     pub num_trusted_proxies: Option<usize>,
+    /// Admin port (Envoy's 15000): `/config_dump`, `/certs`, `/stats`, `/ready`,
+    /// `/logging`; 0 turns it off [default: 15000].
+    #[arg(long)]
+    pub admin_port: Option<u16>,
+    /// Access log: a file, `/dev/stdout`, or empty for none (MeshConfig's
+    /// `accessLogFile`, which this overrides) [default: none].
+    #[arg(long, env = "WARDEN_ACCESS_LOG_FILE")]
+    pub access_log_file: Option<String>,
+    /// Access log encoding: TEXT or JSON (MeshConfig's `accessLogEncoding`)
+    /// [default: TEXT].
+    #[arg(long)]
+    pub access_log_encoding: Option<String>,
+    /// Access log format with Envoy's command operators (MeshConfig's
+    /// `accessLogFormat`; for JSON, an object of field names to format strings)
+    /// [default: Istio's].
+    #[arg(long)]
+    pub access_log_format: Option<String>,
+    /// A file access log is rotated past this many bytes; 0 never [default: 104857600].
+    #[arg(long)]
+    pub access_log_max_bytes: Option<u64>,
+    /// Rotated access log files kept (`<file>.1` ...) [default: 5].
+    #[arg(long)]
+    pub access_log_keep: Option<usize>,
+    /// OTLP/gRPC collector for trace spans, `http://host:port`; empty for none
+    /// (MeshConfig's opentelemetry `extensionProviders` entry) [default: none].
+    #[arg(long, env = "WARDEN_TRACING_OTLP_ENDPOINT")]
+    pub tracing_otlp_endpoint: Option<String>,
+    /// Percentage of new traces sampled, 0 to 100 (MeshConfig's
+    /// `defaultConfig.tracing.sampling`) [default: 1].
+    #[arg(long)]
+    pub tracing_sampling: Option<f64>,
 }
 }
 
@@ -156,6 +187,10 @@ pub struct Config {
     pub mode: Mode,
     /// Trusted `X-Forwarded-For` hops in front of a gateway.
     pub num_trusted_proxies: usize,
+    /// Admin port (0: off).
+    pub admin_port: u16,
+    /// Telemetry flags, applied over MeshConfig's.
+    pub telemetry: crate::telemetry::settings::TelemetryFlags,
 }
 
 impl Config {
@@ -211,6 +246,16 @@ impl Config {
             accept_http10: args.accept_http10,
             mode: args.mode.unwrap_or_default(),
             num_trusted_proxies: args.num_trusted_proxies.unwrap_or(0),
+            admin_port: args.admin_port.unwrap_or(15000),
+            telemetry: crate::telemetry::settings::TelemetryFlags {
+                access_log_file: args.access_log_file,
+                access_log_encoding: args.access_log_encoding,
+                access_log_format: args.access_log_format,
+                access_log_max_bytes: args.access_log_max_bytes,
+                access_log_keep: args.access_log_keep,
+                otlp_endpoint: args.tracing_otlp_endpoint,
+                sampling: args.tracing_sampling,
+            },
         })
     }
 }

@@ -282,7 +282,9 @@ pub struct Context {
     /// Local rate limit buckets.
     pub ratelimits: crate::ratelimit::Buckets,
     /// Metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// Metrics, access log and spans, completed per exchange.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// Drain.
     pub drain: Drain,
     /// Downstream limits and timeouts.
@@ -308,6 +310,7 @@ impl Context {
         drain: Drain,
         local_ip: IpAddr,
         limits: Limits,
+        telemetry: Arc<crate::telemetry::Telemetry>,
     ) -> Self {
         let tls_client = TlsClient::new(identity.clone(), alpn(ALPN_H1));
         let server = |client_auth| {
@@ -332,7 +335,8 @@ impl Context {
             circuits: crate::circuit::Circuits::default(),
             outliers: crate::outlier::Outliers::default(),
             ratelimits: crate::ratelimit::Buckets::default(),
-            metrics: Metrics::new(),
+            metrics: telemetry.metrics.clone(),
+            telemetry,
             drain,
             connection_permits: connection_permits(&limits),
             limits,

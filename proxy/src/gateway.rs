@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
@@ -420,15 +420,38 @@ where
 /// One request: the pipeline, the server for its host, `httpsRedirect`, the gateway
 /// workload's RequestAuthentication and AuthorizationPolicy, then the route.
 async fn request(ctx: &Arc<Context>, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
     let snap = ctx.snapshot.load_full();
-    let mut ex = Exchange::new(req);
-    let grpc = ex.grpc;
+    let mut record = ctx.telemetry.record(crate::telemetry::Direction::Gateway);
+    let mut ex = record.exchange(req);
+    if let Some(d) = record.detail() {
+        d.downstream_local = Some(conn.local);
+        d.downstream_remote = Some(conn.peer);
+        d.sni = conn.sni.clone();
+    }
     let mut labels = snap.unknown_outbound.clone();
     let mut added = Vec::new();
-    let result = match stages(ctx, conn, &snap, &mut ex) {
+    let staged = stages(ctx, conn, &snap, &mut ex, &mut record);
+    crate::telemetry::ensure_request_id(ex.req.headers_mut());
+    record.request_head(
+        &ex.req,
+        &ex.authority,
+        ctx.telemetry.logged_request_headers(),
+    );
+    let result = match staged {
         Ok((routed, limited)) => {
             added = limited;
+            if let Some(d) = record.detail() {
+                // The port the gateway's policies saw.
+                d.destination_port = Some(conn.port);
+                d.route_name = Some(routed.route_name.clone());
+            }
+            let name = format!("{}:{}/*", routed.host, routed.port);
+            ctx.telemetry.start_span(
+                &mut record,
+                ex.req.headers_mut(),
+                crate::telemetry::SpanKind::Server,
+                Some(name),
+            );
             let hint = crate::balance::Hint::http(
                 ex.req.headers(),
                 ex.req.uri(),
@@ -472,7 +495,7 @@ async fn request(ctx: &Arc<Context>, conn: &Conn, req: Request<Incoming>) -> Res
     for (name, value) in added {
         resp.headers_mut().insert(name, value);
     }
-    ctx.metrics.response(&labels, grpc, &resp, flags, started);
+    ctx.telemetry.attach(&mut resp, record, labels, flags);
     resp
 }
 
@@ -484,6 +507,7 @@ fn stages(
     conn: &Conn,
     snap: &Snapshot,
     ex: &mut Exchange,
+    record: &mut crate::telemetry::Record,
 ) -> Result<(crate::routing::Routed, Added), Reply> {
     pipeline::validate(ex, &ctx.limits, ctx.accept_http10)?;
     pipeline::normalize_path(ex, snap.mesh.settings.path_normalization)?;
@@ -545,7 +569,7 @@ fn stages(
     )?;
     // RequestAuthentication as on a sidecar's inbound side (Envoy's jwt_authn replies).
     crate::inbound::authenticate(conn.principal.as_deref(), snap, ex)?;
-    authorize(ctx, conn, snap, ex, remote)?;
+    authorize(ctx, conn, snap, ex, remote, record)?;
     let mut gateways: Vec<String> = servers.iter().map(|s| s.gateway.clone()).collect();
     gateways.dedup();
     let routed = crate::routing::apply_gateway(
@@ -617,6 +641,7 @@ fn authorize(
     snap: &Snapshot,
     ex: &mut Exchange,
     remote: IpAddr,
+    record: &mut crate::telemetry::Record,
 ) -> Result<(), Reply> {
     let mesh = &snap.mesh;
     let view = h::policy_request(&ex.req, &ex.authority, Some(mesh.authz.header_names()));
@@ -632,7 +657,13 @@ fn authorize(
         jwt: ex.jwt.take(),
     };
     let decision = mesh.authz.evaluate(&mesh.local.policy, &policy_req);
-    if crate::inbound::record_decision(ctx, &decision, &policy_req, &ex.authority, false) {
+    let allowed =
+        crate::inbound::record_decision(ctx, &decision, &policy_req, &ex.authority, false);
+    record.authz(&decision, allowed, policy_req.jwt.as_ref());
+    if let Some(d) = record.detail() {
+        d.authz_workload = Some(format!("{}/{}", mesh.local.namespace, mesh.local.name));
+    }
+    if allowed {
         Ok(())
     } else {
         Err(Reply {

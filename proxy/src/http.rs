@@ -3,6 +3,8 @@
 //! engine's view of a request, and WebSocket splicing.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -31,6 +33,8 @@ pub struct Body {
     /// The endpoint's request-in-flight mark for least-request balancing, ended
     /// with the body.
     in_flight: Option<crate::balance::InFlight>,
+    /// The exchange's telemetry, completed when the body ends (or is dropped).
+    pending: Option<Box<crate::telemetry::Pending>>,
 }
 
 #[derive(Debug)]
@@ -47,6 +51,7 @@ impl Body {
             active: None,
             permit: None,
             in_flight: None,
+            pending: None,
         }
     }
 
@@ -58,6 +63,7 @@ impl Body {
             active: None,
             permit: None,
             in_flight: None,
+            pending: None,
         }
     }
 
@@ -75,6 +81,35 @@ impl Body {
     pub(crate) fn hold_in_flight(&mut self, mark: crate::balance::InFlight) {
         self.in_flight = Some(mark);
     }
+
+    /// Counts the body into `pending` and completes it when the body ends.
+    pub(crate) fn complete_with(&mut self, pending: Box<crate::telemetry::Pending>) {
+        self.pending = Some(pending);
+        if self.is_end_stream_now() {
+            self.finish(true);
+        }
+    }
+
+    fn is_end_stream_now(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => hyper::body::Body::is_end_stream(b),
+            Inner::Local(b) => b.is_none(),
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(p) = self.pending.take() {
+            (*p).finish(complete);
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        // A body dropped before its end: the downstream went away (Envoy's `DC`).
+        let complete = self.is_end_stream_now();
+        self.finish(complete);
+    }
 }
 
 impl hyper::body::Body for Body {
@@ -89,6 +124,17 @@ impl hyper::body::Body for Body {
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
             Inner::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         };
+        if let (Some(p), Poll::Ready(Some(Ok(frame)))) = (&mut self.pending, &r) {
+            p.frame(frame);
+        }
+        match &r {
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            // The last frame: complete before it is written, so whoever reads the
+            // answer sees the exchange counted.
+            Poll::Ready(Some(Ok(_))) if self.is_end_stream_now() => self.finish(true),
+            _ => {}
+        }
         if matches!(r, Poll::Ready(None | Some(Err(_)))) {
             self.active = None;
             self.permit = None;
@@ -109,6 +155,112 @@ impl hyper::body::Body for Body {
             Inner::Upstream(b) => b.size_hint(),
             Inner::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
+    }
+}
+
+/// Bytes and gRPC messages of one body, as it streams through.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Data bytes.
+    pub bytes: AtomicU64,
+    /// gRPC messages whose 5-byte prefix went by.
+    pub messages: AtomicU64,
+}
+
+/// Finds gRPC's length-prefixed messages in a byte stream split anywhere: a 1-byte
+/// flag and a 4-byte big-endian length, then that many bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GrpcFramer {
+    /// Prefix bytes seen of the current message (0..5).
+    prefix: usize,
+    /// The length being read from the prefix.
+    len: u32,
+    /// Message bytes still to skip.
+    skip: u64,
+}
+
+impl GrpcFramer {
+    /// Reads `data`; returns how many message prefixes completed in it.
+    pub fn feed(&mut self, mut data: &[u8]) -> u64 {
+        let mut started = 0;
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = usize::try_from(self.skip)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                self.skip -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let byte = data[0];
+            data = &data[1..];
+            if self.prefix > 0 {
+                self.len = (self.len << 8) | u32::from(byte);
+            }
+            self.prefix += 1;
+            if self.prefix == 5 {
+                started += 1;
+                self.skip = u64::from(self.len);
+                self.prefix = 0;
+                self.len = 0;
+            }
+        }
+        started
+    }
+}
+
+/// A downstream request's body, its bytes (and for gRPC its messages) counted into a
+/// [`Tally`] the request's telemetry reads when the exchange ends.
+#[derive(Debug)]
+pub struct ReqBody {
+    inner: Incoming,
+    tally: Arc<Tally>,
+    grpc: Option<GrpcFramer>,
+}
+
+impl ReqBody {
+    /// Counts `inner` into `tally`; gRPC messages too when `grpc`.
+    pub fn new(inner: Incoming, tally: Arc<Tally>, grpc: bool) -> Self {
+        Self {
+            inner,
+            tally,
+            grpc: grpc.then(GrpcFramer::default),
+        }
+    }
+}
+
+impl hyper::body::Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &r
+            && let Some(data) = frame.data_ref()
+        {
+            let this = &mut *self;
+            this.tally
+                .bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            if let Some(f) = &mut this.grpc {
+                let n = f.feed(data);
+                if n > 0 {
+                    this.tally.messages.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -278,7 +430,7 @@ pub fn policy_request<B>(
 /// connection never goes back to a pool.
 pub async fn send_upgrade<IO>(
     io: IO,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Incoming>, UpstreamError>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,

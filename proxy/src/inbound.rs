@@ -33,6 +33,7 @@ use crate::mesh::traffic_policy::upstream_protocol;
 use crate::metrics::{ConnLabels, Outcome, Reporter, ServiceLabels, TcpLabels};
 use crate::pipeline::{self, Exchange, Reply, Xfcc};
 use crate::pool::{UpstreamError, UpstreamProtocol};
+use crate::telemetry::{Direction, Record, SpanKind, UpstreamInfo};
 use crate::tls::{VerifyError, peer_spiffe_id};
 
 /// What is known of a downstream connection once TLS (if any) is done.
@@ -412,20 +413,47 @@ impl From<Reply> for Stop {
     }
 }
 
-/// One inbound request through the pipeline (see [`crate::pipeline`]), counted in the
-/// metrics whatever its outcome.
+/// One inbound request through the pipeline (see [`crate::pipeline`]), its telemetry
+/// (metrics, access log, span) completed when the answer has been sent, whatever its
+/// outcome.
 async fn request(
     ctx: &Context,
     conn: &Conn,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, PlaintextRefused> {
-    let started = Instant::now();
     let snap = ctx.snapshot.load_full();
-    let mut ex = Exchange::new(req);
-    let grpc = ex.grpc;
+    let mut record = ctx.telemetry.record(Direction::Inbound);
+    let mut ex = record.exchange(req);
+    if let Some(d) = record.detail() {
+        d.sni.clone_from(&conn.sni);
+        d.downstream_local = Some(conn.local);
+        d.downstream_remote = Some(conn.peer);
+    }
     let mut target = None;
     let mut added = Vec::new();
-    let result = match stages(ctx, conn, &snap, &mut ex, &mut target, &mut added) {
+    let staged = stages(
+        ctx,
+        conn,
+        &snap,
+        &mut ex,
+        &mut target,
+        &mut added,
+        &mut record,
+    );
+    record.request_head(
+        &ex.req,
+        &ex.authority,
+        ctx.telemetry.logged_request_headers(),
+    );
+    if let Some(d) = record.detail() {
+        d.destination_port = target.as_ref().map(|t| t.app_port);
+    }
+    let name = target
+        .as_ref()
+        .map(|t| format!("{}:{}/*", t.service.host(), t.service_port));
+    ctx.telemetry
+        .start_span(&mut record, ex.req.headers_mut(), SpanKind::Server, name);
+    let result = match staged {
         Ok(()) => forward(ctx, conn, &snap, ex, target.as_ref())
             .await
             .map(|mut resp| {
@@ -437,12 +465,15 @@ async fn request(
         Err(stop) => Err(stop),
     };
     let labels = conn.labels(&snap, target.as_ref());
-    let (resp, flags) = match result {
+    let (mut resp, flags) = match result {
         Ok(resp) => (resp, "-"),
         Err(Stop::Reply(r)) => (*r.resp, r.flags),
-        Err(Stop::Close) => return Err(PlaintextRefused),
+        Err(Stop::Close) => {
+            ctx.telemetry.closed(record, labels, "-");
+            return Err(PlaintextRefused);
+        }
     };
-    ctx.metrics.response(&labels, grpc, &resp, flags, started);
+    ctx.telemetry.attach(&mut resp, record, labels, flags);
     Ok(resp)
 }
 
@@ -454,6 +485,7 @@ fn stages(
     ex: &mut Exchange,
     target: &mut Option<InboundTarget>,
     added: &mut Vec<(http::HeaderName, HeaderValue)>,
+    record: &mut Record,
 ) -> Result<(), Stop> {
     pipeline::validate(ex, &ctx.limits, ctx.accept_http10)?;
     pipeline::normalize_path(ex, snap.mesh.settings.path_normalization)?;
@@ -475,7 +507,7 @@ fn stages(
         Some(conn.peer.ip()),
     )?;
     authenticate(conn.principal.as_deref(), snap, ex)?;
-    authorize(ctx, conn, snap, ex, t)?;
+    authorize(ctx, conn, snap, ex, t, record)?;
     Ok(())
 }
 
@@ -554,12 +586,18 @@ fn authorize(
     snap: &Snapshot,
     ex: &mut Exchange,
     target: &InboundTarget,
+    record: &mut Record,
 ) -> Result<(), Reply> {
     let mesh = &snap.mesh;
     let view = h::policy_request(&ex.req, &ex.authority, Some(mesh.authz.header_names()));
     let policy_req = conn.policy_request(target.app_port, Some(view), ex.jwt.take());
     let decision = mesh.authz.evaluate(&mesh.local.policy, &policy_req);
-    if record_decision(ctx, &decision, &policy_req, target.service.host(), false) {
+    let allowed = record_decision(ctx, &decision, &policy_req, target.service.host(), false);
+    record.authz(&decision, allowed, policy_req.jwt.as_ref());
+    if let Some(d) = record.detail() {
+        d.authz_workload = Some(format!("{}/{}", mesh.local.namespace, mesh.local.name));
+    }
+    if allowed {
         Ok(())
     } else {
         Err(Reply {
@@ -600,6 +638,7 @@ async fn forward(
     );
     pipeline::shape_upstream(&mut ex, protocol);
     let (req, ex) = ex.send_off();
+    let sent = Instant::now();
     let result = ctx
         .app_pool
         .send((target.app_port, protocol), protocol, req, || async move {
@@ -609,7 +648,15 @@ async fn forward(
         })
         .await;
     match result {
-        Ok(resp) => Ok(pipeline::sanitize_response(&ex, resp)?),
+        Ok(resp) => {
+            let mut resp = pipeline::sanitize_response(&ex, resp)?;
+            resp.extensions_mut().insert(UpstreamInfo {
+                host: Some(app),
+                cluster: Some(inbound_cluster(target.app_port)),
+                service_time: Some(sent.elapsed()),
+            });
+            Ok(resp)
+        }
         Err(e) => {
             tracing::warn!(%app, error = %e, "inbound: the app did not answer");
             let flags = if matches!(e, UpstreamError::Connect(_)) {
@@ -628,6 +675,11 @@ async fn forward(
             }))
         }
     }
+}
+
+/// Envoy's name for the inbound cluster of an app port.
+fn inbound_cluster(port: u16) -> Arc<str> {
+    Arc::from(format!("inbound|{port}||"))
 }
 
 /// The app listens on the workload's address (the one the caller connected to).
@@ -780,11 +832,23 @@ where
         conn: conn.labels(&snap, Some(&target)),
         flags: "-",
     };
+    let mut record = ctx.telemetry.record(Direction::Inbound);
+    if let Some(d) = record.detail() {
+        d.sni.clone_from(&conn.sni);
+        d.downstream_local = Some(conn.local);
+        d.downstream_remote = Some(conn.peer);
+        d.destination_port = Some(target.app_port);
+    }
     let policy_req = conn.policy_request(target.app_port, None, None);
     let decision = mesh.authz.evaluate(&mesh.local.policy, &policy_req);
     ctx.metrics.tcp_open(&labels);
-    if !record_decision(ctx, &decision, &policy_req, &host, true) {
-        ctx.metrics.tcp_close(&labels, 0, 0);
+    let allowed = record_decision(ctx, &decision, &policy_req, &host, true);
+    record.authz(&decision, allowed, None);
+    if let Some(d) = record.detail() {
+        d.authz_workload = Some(format!("{}/{}", mesh.local.namespace, mesh.local.name));
+    }
+    if !allowed {
+        ctx.telemetry.tcp_closed(record, &labels, 0, 0);
         // Envoy's network RBAC closes without flushing: the client sees the close.
         return;
     }
@@ -793,13 +857,17 @@ where
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%app, error = %e, "inbound TCP: the app refused the connection");
-            ctx.metrics.tcp_close(&labels, 0, 0);
+            ctx.telemetry.tcp_closed(record, &labels, 0, 0);
             return;
         }
     };
     let _ = upstream.set_nodelay(true);
+    if let Some(d) = record.detail() {
+        d.upstream.host = Some(app);
+        d.upstream.cluster = Some(inbound_cluster(target.app_port));
+    }
     let (received, sent) = copy_both(&mut io, &mut upstream, ctx.limits.idle_timeout).await;
-    ctx.metrics.tcp_close(&labels, sent, received);
+    ctx.telemetry.tcp_closed(record, &labels, sent, received);
 }
 
 #[cfg(test)]

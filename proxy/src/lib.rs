@@ -39,6 +39,7 @@
 //!   bound addresses), the admin endpoints (`/ready` on 15021, `/stats/prometheus` on
 //!   15020) and the SIGTERM drain; [`context`]: the state the listeners share.
 
+pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod circuit;
@@ -54,6 +55,7 @@ pub mod inbound;
 pub mod listener;
 pub mod mesh;
 pub mod metrics;
+pub mod otlp;
 pub mod outbound;
 pub mod outlier;
 pub mod pipeline;
@@ -61,7 +63,9 @@ pub mod pool;
 pub mod ratelimit;
 pub mod routing;
 pub mod sds;
+pub mod telemetry;
 pub mod tls;
+pub mod trace;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

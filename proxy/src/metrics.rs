@@ -363,12 +363,27 @@ pub struct Gauges {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Where a registered counter's value comes from at scrape time.
+struct CounterSource(Box<dyn Fn() -> u64 + Send + Sync>);
+
+impl fmt::Debug for CounterSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CounterSource")
+    }
+}
+
 /// The proxy's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: HistogramFamily<RequestLabels>,
+    request_bytes: HistogramFamily<RequestLabels>,
+    response_bytes: HistogramFamily<RequestLabels>,
+    request_messages: Family<RequestLabels, Counter>,
+    response_messages: Family<RequestLabels, Counter>,
+    health: Family<Vec<(&'static str, &'static str)>, Counter>,
+    telemetry_counters: Vec<(Counter, CounterSource)>,
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_closed: Family<TcpLabels, Counter>,
     tcp_sent: Family<TcpLabels, Counter>,
@@ -403,6 +418,37 @@ impl Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let duration: HistogramFamily<RequestLabels> = Family::new_with_constructor(histogram);
+        let request_bytes: HistogramFamily<RequestLabels> = Family::new_with_constructor(histogram);
+        let response_bytes: HistogramFamily<RequestLabels> =
+            Family::new_with_constructor(histogram);
+        let request_messages = Family::<RequestLabels, Counter>::default();
+        let response_messages = Family::<RequestLabels, Counter>::default();
+        let health = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        registry.register(
+            "istio_request_bytes",
+            "Request body sizes (bytes)",
+            request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "Response body sizes (bytes)",
+            response_bytes.clone(),
+        );
+        registry.register(
+            "istio_request_messages",
+            "gRPC messages sent by the client",
+            request_messages.clone(),
+        );
+        registry.register(
+            "istio_response_messages",
+            "gRPC messages sent by the server",
+            response_messages.clone(),
+        );
+        registry.register(
+            "warden_upstream_events",
+            "Upstream health events: connect failures, resets, timeouts, circuit-breaker overflows, outlier ejections, retries",
+            health.clone(),
+        );
         let tcp_opened = Family::<TcpLabels, Counter>::default();
         let tcp_closed = Family::<TcpLabels, Counter>::default();
         let tcp_sent = Family::<TcpLabels, Counter>::default();
@@ -497,6 +543,12 @@ impl Metrics {
             registry,
             requests,
             duration,
+            request_bytes,
+            response_bytes,
+            request_messages,
+            response_messages,
+            health,
+            telemetry_counters: Vec::new(),
             tcp_opened,
             tcp_closed,
             tcp_sent,
@@ -521,32 +573,44 @@ impl Metrics {
         self.duration.get_or_create(labels).observe(millis);
     }
 
-    /// Counts one finished HTTP request from its response: the status, and for gRPC the
-    /// `grpc-status` of a trailers-only reply (a status sent in trailers is not seen).
-    pub fn response<B>(
-        &self,
-        conn: &Arc<ConnLabels>,
-        grpc: bool,
-        resp: &http::Response<B>,
-        flags: &'static str,
-        started: std::time::Instant,
+    /// The body sizes of one finished HTTP request.
+    pub fn sizes(&self, labels: &RequestLabels, received: u64, sent: u64) {
+        self.request_bytes
+            .get_or_create(labels)
+            .observe(received as f64);
+        self.response_bytes
+            .get_or_create(labels)
+            .observe(sent as f64);
+        if let Some(kind) = upstream_event(labels.flags) {
+            self.upstream_event(kind);
+        }
+    }
+
+    /// The gRPC messages of one finished request, each way.
+    pub fn grpc_messages(&self, labels: &RequestLabels, sent: u64, received: u64) {
+        self.request_messages.get_or_create(labels).inc_by(sent);
+        self.response_messages
+            .get_or_create(labels)
+            .inc_by(received);
+    }
+
+    /// Counts an upstream health event (`connect_failure`, `reset`, `timeout`,
+    /// `overflow`, `no_healthy_upstream`, `ejection`, `retry`, `retry_overflow`).
+    pub fn upstream_event(&self, kind: &'static str) {
+        self.health.get_or_create(&vec![("event", kind)]).inc();
+    }
+
+    /// Registers a counter read at scrape time from `source` (a sink's own count).
+    pub fn register_counter(
+        &mut self,
+        name: &str,
+        help: &str,
+        source: impl Fn() -> u64 + Send + Sync + 'static,
     ) {
-        let grpc_status = grpc
-            .then(|| {
-                resp.headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-            })
-            .flatten();
-        let labels = RequestLabels {
-            conn: conn.clone(),
-            grpc,
-            code: resp.status().as_u16(),
-            grpc_status,
-            flags,
-        };
-        self.request(&labels, started.elapsed().as_secs_f64() * 1000.0);
+        let c = Counter::default();
+        self.registry.register(name, help, c.clone());
+        self.telemetry_counters
+            .push((c, CounterSource(Box::new(source))));
     }
 
     /// Counts an authorization outcome.
@@ -593,13 +657,62 @@ impl Metrics {
             let now = source.load(Ordering::Relaxed);
             counter.inc_by(now.saturating_sub(counter.get()));
         }
+        for (counter, source) in &self.telemetry_counters {
+            let now = (source.0)();
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
         self.svid_expiry.set(get(&g.svid_expiry));
         self.connections.set(get(&g.connections));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        to_text_format(&out)
     }
+}
+
+/// OpenMetrics (what `prometheus-client` writes) as Prometheus's text format 0.0.4,
+/// the content type the proxy serves and Envoy writes: a counter's `# HELP` and
+/// `# TYPE` name its samples' `_total` name, and there is no `# EOF` or `# UNIT`.
+fn to_text_format(open_metrics: &str) -> String {
+    let mut out = String::with_capacity(open_metrics.len() + 1024);
+    let mut counters = std::collections::HashSet::new();
+    for line in open_metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(l.trim_end()),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The upstream health event a response flag stands for.
+fn upstream_event(flags: &str) -> Option<&'static str> {
+    Some(match flags {
+        "UF" => "connect_failure",
+        "UC" | "UR" => "reset",
+        "UT" => "timeout",
+        "UO" => "overflow",
+        "UH" => "no_healthy_upstream",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use crate::mesh::traffic_policy::upstream_protocol;
 use crate::metrics::TcpLabels;
 use crate::pipeline::{self, Exchange, Reply, Xfcc};
 use crate::pool::{Buffered, UpBody, UpstreamError, UpstreamProtocol};
+use crate::telemetry::{Direction, SpanKind};
 use crate::tls::{TlsClient, VerifyError};
 use warden_common::backoff::random_unit;
 
@@ -289,25 +290,62 @@ async fn request(
     req: Request<Incoming>,
     conn: Option<Downstream>,
 ) -> Response<Body> {
-    let started = Instant::now();
     let snap = ctx.snapshot.load_full();
-    let mut ex = Exchange::new(req);
-    let grpc = ex.grpc;
+    let mut record = ctx.telemetry.record(Direction::Outbound);
+    let mut ex = record.exchange(req);
+    if let (Some(d), Some(c)) = (record.detail(), conn) {
+        d.downstream_local = Some(c.local);
+        d.downstream_remote = Some(c.remote);
+    }
     // Until the request is routed, it is counted as to an unknown destination.
     let mut labels = snap.unknown_outbound.clone();
-    let result = match stages(ctx, &snap, &mut ex, conn) {
-        Ok(Some((route, routed))) => deliver(ctx, &snap, ex, route, routed, &mut labels).await,
+    let staged = stages(ctx, &snap, &mut ex, conn);
+    crate::telemetry::ensure_request_id(ex.req.headers_mut());
+    record.request_head(
+        &ex.req,
+        &ex.authority,
+        ctx.telemetry.logged_request_headers(),
+    );
+    let result = match staged {
+        Ok(Some((route, routed))) => {
+            if let Some(d) = record.detail() {
+                d.destination_port = Some(route.port.number);
+                d.route_name = Some(
+                    routed
+                        .as_ref()
+                        .map_or_else(|| "default".to_string(), |r| r.route_name.clone()),
+                );
+            }
+            let name = format!("{}:{}/*", route.host, route.port.number);
+            ctx.telemetry.start_span(
+                &mut record,
+                ex.req.headers_mut(),
+                SpanKind::Client,
+                Some(name),
+            );
+            deliver(ctx, &snap, ex, route, routed, &mut labels).await
+        }
         Ok(None) => {
             labels = snap.passthrough_labels.clone();
+            if let Some(d) = record.detail() {
+                d.upstream.cluster = Some(Arc::from("PassthroughCluster"));
+            }
+            let name = format!("{}/*", ex.authority);
+            ctx.telemetry.start_span(
+                &mut record,
+                ex.req.headers_mut(),
+                SpanKind::Client,
+                Some(name),
+            );
             passthrough(ctx, ex).await
         }
         Err(r) => Err(r),
     };
-    let (resp, flags) = match result {
+    let (mut resp, flags) = match result {
         Ok(resp) => (resp, "-"),
         Err(r) => (*r.resp, r.flags),
     };
-    ctx.metrics.response(&labels, grpc, &resp, flags, started);
+    ctx.telemetry.attach(&mut resp, record, labels, flags);
     resp
 }
 
@@ -353,17 +391,39 @@ pub(crate) async fn deliver(
             }
             reply
         })?;
+    let cluster: Arc<str> = Arc::from(format!(
+        "outbound|{}|{}|{}",
+        route.port.number,
+        routed
+            .as_ref()
+            .and_then(|r| r.subset.as_deref())
+            .unwrap_or_default(),
+        route.host
+    ));
     let result = match routed {
         None => forward(ctx, snap, ex, &route).await,
         Some(routed) => forward_routed(ctx, snap, ex, &route, routed).await,
     };
-    result.map(|mut resp| {
-        if let Some(p) = permit {
-            resp.body_mut().hold_permit(p);
+    let with_cluster = |resp: &mut Response<Body>| {
+        let info = resp
+            .extensions_mut()
+            .get_or_insert_with(crate::telemetry::UpstreamInfo::default);
+        info.cluster = Some(cluster.clone());
+    };
+    match result {
+        Ok(mut resp) => {
+            if let Some(p) = permit {
+                resp.body_mut().hold_permit(p);
+            }
+            held.finish(&mut resp);
+            with_cluster(&mut resp);
+            Ok(resp)
         }
-        held.finish(&mut resp);
-        resp
-    })
+        Err(mut r) => {
+            with_cluster(&mut r.resp);
+            Err(r)
+        }
+    }
 }
 
 /// The DestinationRule traffic policy of the request's destination (its subset and
@@ -764,6 +824,7 @@ async fn send_once(
     route: &Route<'_>,
     protocol: UpstreamProtocol,
 ) -> Result<Response<Body>, Reply> {
+    let sent = Instant::now();
     let result = match &route.egress {
         None => {
             let key = (
@@ -797,8 +858,16 @@ async fn send_once(
             tracing::info!(host = %route.host, endpoint = %route.endpoint.inbound, "outlier detection: endpoint ejected");
         }
     }
+    let info = crate::telemetry::UpstreamInfo {
+        host: Some(route.endpoint.inbound),
+        cluster: None,
+        service_time: Some(sent.elapsed()),
+    };
     match result {
-        Ok(resp) => pipeline::sanitize_response(ex, resp),
+        Ok(resp) => pipeline::sanitize_response(ex, resp).map(|mut resp| {
+            resp.extensions_mut().insert(info);
+            resp
+        }),
         Err(UpstreamError::Connect(e)) => {
             let msg = connect_error(route, &e);
             tracing::warn!(error = %msg, "outbound connection failed");

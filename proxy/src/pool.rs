@@ -35,7 +35,7 @@ pub enum UpstreamProtocol {
 #[derive(Debug)]
 pub enum UpBody {
     /// The client's body.
-    Stream(Incoming),
+    Stream(crate::http::ReqBody),
     /// No body.
     Empty,
     /// A body read in full: its bytes, then its trailers.
@@ -63,7 +63,10 @@ impl Buffered {
     /// Reads `body` to its end when its declared length is at most `limit` bytes
     /// (`Ok(None)` otherwise, nothing read: a body of unknown length may be a stream
     /// that only ends after the answer, as gRPC's do, and is never held back).
-    pub async fn read(body: &mut Incoming, limit: u64) -> Result<Option<Self>, hyper::Error> {
+    pub async fn read(
+        body: &mut crate::http::ReqBody,
+        limit: u64,
+    ) -> Result<Option<Self>, hyper::Error> {
         if body.size_hint().exact().is_none_or(|n| n > limit) {
             return Ok(None);
         }
@@ -137,7 +140,7 @@ const MAX_IDLE_PER_KEY: usize = 256;
 
 /// Upstream connections by key: idle HTTP/1.1 senders, one shared HTTP/2 sender.
 #[derive(Debug)]
-pub struct Pool<K, B = Incoming> {
+pub struct Pool<K, B = crate::http::ReqBody> {
     inner: Mutex<PoolInner<K, B>>,
 }
 

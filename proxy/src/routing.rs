@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
-use hyper::body::Incoming;
 
 use warden_common::backoff::random_unit;
 use warden_policy::route::model::HeaderOperations;
@@ -47,6 +46,8 @@ pub struct Routed {
     pub cors: Option<crate::cors::Allowed>,
     /// `ns/name` of the VirtualService, for errors and logs.
     pub virtual_service: String,
+    /// The route's `name` (Envoy's `%ROUTE_NAME%`), else `default`.
+    pub route_name: String,
     /// The retry policy (`None`: no retries).
     pub retries: Option<RetryPolicy>,
     /// Where to mirror this request (already drawn by the mirror percentage).
@@ -193,7 +194,7 @@ fn route_request(snap: &Snapshot, ex: &Exchange, via: Option<Via<'_>>) -> Option
 
 /// Decides `ex` by the route table. `Ok(None)`: no VirtualService owns the host, the
 /// request goes where its authority says. `Err`: answered here.
-pub fn apply(snap: &Snapshot, ex: &mut Exchange<Incoming>) -> Result<Option<Routed>, Reply> {
+pub fn apply(snap: &Snapshot, ex: &mut Exchange) -> Result<Option<Routed>, Reply> {
     if !snap.mesh.routes.has_virtual_services() {
         return Ok(None);
     }
@@ -206,12 +207,8 @@ pub fn apply(snap: &Snapshot, ex: &mut Exchange<Incoming>) -> Result<Option<Rout
 /// Decides a request an ingress gateway accepted: only VirtualServices bound to its
 /// Gateways route it; without one the gateway answers 404 (`NR`), as Envoy does for a
 /// host with no virtual host.
-pub fn apply_gateway(
-    snap: &Snapshot,
-    ex: &mut Exchange<Incoming>,
-    via: Via<'_>,
-) -> Result<Routed, Reply> {
-    let no_route = |ex: &Exchange<Incoming>, why: String| {
+pub fn apply_gateway(snap: &Snapshot, ex: &mut Exchange, via: Via<'_>) -> Result<Routed, Reply> {
+    let no_route = |ex: &Exchange, why: String| {
         tracing::debug!(authority = %ex.authority, gateways = ?via.gateways, %why, "gateway: no route");
         Reply {
             flags: "NR",
@@ -232,7 +229,7 @@ pub fn apply_gateway(
 
 fn decided(
     snap: &Snapshot,
-    ex: &mut Exchange<Incoming>,
+    ex: &mut Exchange,
     req: &RouteRequest,
     via: Option<Via<'_>>,
 ) -> Result<Option<Routed>, Reply> {
@@ -282,7 +279,7 @@ fn decided(
     }
 }
 
-fn redirect(ex: &Exchange<Incoming>, d: &Decision) -> Reply {
+fn redirect(ex: &Exchange, d: &Decision) -> Reply {
     let status = d
         .status
         .and_then(|s| u16::try_from(s).ok())
@@ -304,7 +301,7 @@ fn redirect(ex: &Exchange<Incoming>, d: &Decision) -> Reply {
 
 fn routed(
     snap: &Snapshot,
-    ex: &mut Exchange<Incoming>,
+    ex: &mut Exchange,
     d: &Decision,
     vs: String,
     via: Option<Via<'_>>,
@@ -444,6 +441,10 @@ fn routed(
         response_headers: d.response_headers.clone(),
         cors: cors.cloned(),
         virtual_service: vs,
+        route_name: d
+            .route_name
+            .clone()
+            .unwrap_or_else(|| "default".to_string()),
         retries: d.retries.as_ref().and_then(RetryPolicy::from_decision),
     }))
 }

@@ -142,6 +142,8 @@ impl MeshSettings {
                         );
                     }
                 }
+                // Read by the telemetry settings.
+                k if crate::telemetry::settings::MESH_KEYS.contains(&k) => {}
                 other => unused.push(other.to_string()),
             }
         }
@@ -176,6 +178,45 @@ pub struct MeshConfig {
     pub files: usize,
     /// How many resources of the kinds Warden reads they held.
     pub resources: usize,
+    /// Every resource in force: kind, `namespace/name` and where it was read (the
+    /// admin port's `/config_dump`).
+    pub inventory: Vec<InventoryItem>,
+}
+
+/// One resource in force.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InventoryItem {
+    /// Kind.
+    pub kind: String,
+    /// `namespace/name`.
+    pub name: String,
+    /// File and line.
+    pub origin: String,
+}
+
+pub(super) fn inventory(set: &ConfigSet) -> Vec<InventoryItem> {
+    fn items<S>(out: &mut Vec<InventoryItem>, list: &[loader::Loaded<S>]) {
+        for l in list {
+            let m = &l.resource.metadata;
+            out.push(InventoryItem {
+                kind: l.resource.kind.clone(),
+                name: format!("{}/{}", m.namespace.as_deref().unwrap_or("default"), m.name),
+                origin: format!("{}:{}", l.origin.file.display(), l.origin.line),
+            });
+        }
+    }
+    let mut out = Vec::with_capacity(resources(set));
+    items(&mut out, &set.authorization_policies);
+    items(&mut out, &set.peer_authentications);
+    items(&mut out, &set.request_authentications);
+    items(&mut out, &set.service_entries);
+    items(&mut out, &set.workload_entries);
+    items(&mut out, &set.virtual_services);
+    items(&mut out, &set.destination_rules);
+    items(&mut out, &set.gateways);
+    items(&mut out, &set.envoy_filters);
+    items(&mut out, &set.local_rate_limits);
+    out
 }
 
 /// What was being done when a problem was found.
@@ -389,6 +430,7 @@ pub(super) fn load_with_refs(
             settings: opts.settings,
             files: files.len(),
             resources: resources(&set),
+            inventory: inventory(&set),
         }),
         _ => Err(err(problems)),
     };
@@ -629,7 +671,7 @@ spec:
     #[test]
     fn mesh_settings_read_istios_mesh_config() {
         let (s, unused) = MeshSettings::parse(
-            "pathNormalization:\n  normalization: DECODE_AND_MERGE_SLASHES\nh2UpgradePolicy: UPGRADE\naccessLogFile: /dev/stdout\n",
+            "pathNormalization:\n  normalization: DECODE_AND_MERGE_SLASHES\nh2UpgradePolicy: UPGRADE\naccessLogFile: /dev/stdout\nenableAutoMtls: true\n",
         )
         .unwrap();
         assert_eq!(
@@ -637,7 +679,8 @@ spec:
             PathNormalization::DecodeAndMergeSlashes
         );
         assert_eq!(s.h2_upgrade_policy, H2UpgradePolicy::Upgrade);
-        assert_eq!(unused, ["accessLogFile"]);
+        // accessLogFile is the telemetry settings' to read.
+        assert_eq!(unused, ["enableAutoMtls"]);
         assert_eq!(MeshSettings::parse("").unwrap().0, MeshSettings::default());
         let e = MeshSettings::parse("pathNormalization: {normalization: base}").unwrap_err();
         assert!(

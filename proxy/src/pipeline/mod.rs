@@ -35,7 +35,7 @@ use crate::pool::UpstreamProtocol;
 /// One request on its way through the proxy: the request (the one value every stage
 /// reads and edits, and the one forwarded) and what the stages learned about it.
 #[derive(Debug)]
-pub struct Exchange<B = Incoming> {
+pub struct Exchange<B = crate::http::ReqBody> {
     /// The request.
     pub req: Request<B>,
     /// `content-type: application/grpc*`: local replies take gRPC's form.

@@ -1,0 +1,1046 @@
+//! The access log: one line per request or TCP connection, in Istio's default TEXT or
+//! JSON form or a custom `accessLogFormat` written with Envoy's command operators
+//! (`%START_TIME%`, `%REQ(:METHOD)%`, `%RESPONSE_CODE%`...), plus Warden's own
+//! (`%WARDEN_AUTHZ_DECISION%`...).
+//!
+//! Lines are formatted where the exchange ends and handed to a writer thread through
+//! a bounded queue: a slow disk never slows a request, and a line that does not fit
+//! is dropped and counted (`warden_access_log_dropped_total`). A file log is rotated
+//! by size (`<file>.1` ... `<file>.<keep>`).
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, SystemTime};
+
+use http::Version;
+use http::header::HeaderName;
+
+use super::Record;
+use crate::metrics::ConnLabels;
+
+/// Istio's default TEXT format (`EnvoyTextLogFormat`).
+pub const ISTIO_TEXT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%";
+
+/// Istio's default JSON fields, then Warden's.
+const ISTIO_JSON_FIELDS: &[(&str, &str)] = &[
+    ("start_time", "%START_TIME%"),
+    ("route_name", "%ROUTE_NAME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+    (
+        "connection_termination_details",
+        "%CONNECTION_TERMINATION_DETAILS%",
+    ),
+    (
+        "upstream_transport_failure_reason",
+        "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    ),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("duration", "%DURATION%"),
+    (
+        "upstream_service_time",
+        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    ),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+    ("direction", "%WARDEN_DIRECTION%"),
+    ("source_principal", "%WARDEN_SOURCE_PRINCIPAL%"),
+    ("destination_principal", "%WARDEN_DESTINATION_PRINCIPAL%"),
+    ("source_workload", "%WARDEN_SOURCE_WORKLOAD%"),
+    ("source_namespace", "%WARDEN_SOURCE_NAMESPACE%"),
+    ("destination_workload", "%WARDEN_DESTINATION_WORKLOAD%"),
+    ("destination_namespace", "%WARDEN_DESTINATION_NAMESPACE%"),
+    ("destination_service", "%WARDEN_DESTINATION_SERVICE%"),
+    ("destination_port", "%WARDEN_DESTINATION_PORT%"),
+    ("request_principal", "%WARDEN_REQUEST_PRINCIPAL%"),
+    ("authz_decision", "%WARDEN_AUTHZ_DECISION%"),
+    ("authz_policy", "%WARDEN_AUTHZ_POLICY%"),
+    ("authz_rule", "%WARDEN_AUTHZ_RULE%"),
+    ("authz_workload", "%WARDEN_AUTHZ_WORKLOAD%"),
+    ("trace_id", "%TRACE_ID%"),
+];
+
+/// An Envoy command operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    StartTime,
+    Method,
+    Path,
+    Authority,
+    Protocol,
+    ResponseCode,
+    ResponseFlags,
+    ResponseCodeDetails,
+    ConnectionTerminationDetails,
+    UpstreamTransportFailureReason,
+    BytesReceived,
+    BytesSent,
+    Duration,
+    UpstreamServiceTime,
+    /// A request header, with an alternative.
+    Req(HeaderName, Option<HeaderName>),
+    /// A response header.
+    Resp(HeaderName),
+    UpstreamHost,
+    UpstreamCluster,
+    UpstreamLocalAddress,
+    DownstreamLocalAddress,
+    DownstreamRemoteAddress,
+    DownstreamRemoteAddressWithoutPort,
+    RequestedServerName,
+    RouteName,
+    TraceId,
+    Direction,
+    SourcePrincipal,
+    DestinationPrincipal,
+    SourceWorkload,
+    SourceNamespace,
+    DestinationWorkload,
+    DestinationNamespace,
+    DestinationService,
+    DestinationPort,
+    RequestPrincipal,
+    AuthzDecision,
+    AuthzPolicy,
+    AuthzRule,
+    AuthzWorkload,
+}
+
+/// A piece of a format: text, or an operator with an optional maximum length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Text(String),
+    Op(Op, Option<usize>),
+}
+
+/// A value an operator gives.
+enum Val<'a> {
+    None,
+    Str(Cow<'a, str>),
+    Num(u64),
+}
+
+/// A compiled access-log format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Format(Layout);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Layout {
+    /// A line of text.
+    Text(Vec<Segment>),
+    /// A JSON object per line.
+    Json(Vec<(String, Vec<Segment>)>),
+}
+
+fn header(name: &str, what: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| format!("{what}: {name:?} is not a header name"))
+}
+
+fn op_of(name: &str, arg: Option<&str>) -> Result<Op, String> {
+    let simple = match name {
+        "START_TIME" => Some(Op::StartTime),
+        "PROTOCOL" => Some(Op::Protocol),
+        "RESPONSE_CODE" => Some(Op::ResponseCode),
+        "RESPONSE_FLAGS" => Some(Op::ResponseFlags),
+        "RESPONSE_CODE_DETAILS" => Some(Op::ResponseCodeDetails),
+        "CONNECTION_TERMINATION_DETAILS" => Some(Op::ConnectionTerminationDetails),
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => Some(Op::UpstreamTransportFailureReason),
+        "BYTES_RECEIVED" => Some(Op::BytesReceived),
+        "BYTES_SENT" => Some(Op::BytesSent),
+        "DURATION" => Some(Op::Duration),
+        "UPSTREAM_HOST" => Some(Op::UpstreamHost),
+        "UPSTREAM_CLUSTER" => Some(Op::UpstreamCluster),
+        "UPSTREAM_LOCAL_ADDRESS" => Some(Op::UpstreamLocalAddress),
+        "DOWNSTREAM_LOCAL_ADDRESS" => Some(Op::DownstreamLocalAddress),
+        "DOWNSTREAM_REMOTE_ADDRESS" => Some(Op::DownstreamRemoteAddress),
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Some(Op::DownstreamRemoteAddressWithoutPort),
+        "REQUESTED_SERVER_NAME" => Some(Op::RequestedServerName),
+        "ROUTE_NAME" => Some(Op::RouteName),
+        "TRACE_ID" => Some(Op::TraceId),
+        // Envoy's peer SANs: the caller's on a server, the server's on a client.
+        "DOWNSTREAM_PEER_URI_SAN" | "WARDEN_SOURCE_PRINCIPAL" => Some(Op::SourcePrincipal),
+        "UPSTREAM_PEER_URI_SAN" | "WARDEN_DESTINATION_PRINCIPAL" => Some(Op::DestinationPrincipal),
+        "WARDEN_DIRECTION" => Some(Op::Direction),
+        "WARDEN_SOURCE_WORKLOAD" => Some(Op::SourceWorkload),
+        "WARDEN_SOURCE_NAMESPACE" => Some(Op::SourceNamespace),
+        "WARDEN_DESTINATION_WORKLOAD" => Some(Op::DestinationWorkload),
+        "WARDEN_DESTINATION_NAMESPACE" => Some(Op::DestinationNamespace),
+        "WARDEN_DESTINATION_SERVICE" => Some(Op::DestinationService),
+        "WARDEN_DESTINATION_PORT" => Some(Op::DestinationPort),
+        "WARDEN_REQUEST_PRINCIPAL" => Some(Op::RequestPrincipal),
+        "WARDEN_AUTHZ_DECISION" => Some(Op::AuthzDecision),
+        "WARDEN_AUTHZ_POLICY" => Some(Op::AuthzPolicy),
+        "WARDEN_AUTHZ_RULE" => Some(Op::AuthzRule),
+        "WARDEN_AUTHZ_WORKLOAD" => Some(Op::AuthzWorkload),
+        _ => None,
+    };
+    match (simple, arg) {
+        (Some(op), None) => return Ok(op),
+        // START_TIME's strftime argument: Warden writes one form (RFC 3339, ms).
+        (Some(Op::StartTime), Some(_)) => return Ok(Op::StartTime),
+        (Some(_), Some(_)) => return Err(format!("%{name}% takes no argument")),
+        (None, _) => {}
+    }
+    let arg = arg.ok_or_else(|| format!("unknown command operator %{name}%"))?;
+    match name {
+        "REQ" => {
+            let (first, alt) = match arg.split_once('?') {
+                Some((a, b)) => (a, Some(b)),
+                None => (arg, None),
+            };
+            let pseudo = |h: &str| match h.to_ascii_uppercase().as_str() {
+                ":METHOD" => Some(Op::Method),
+                ":PATH" | "X-ENVOY-ORIGINAL-PATH" => Some(Op::Path),
+                ":AUTHORITY" | "HOST" => Some(Op::Authority),
+                _ => None,
+            };
+            if let Some(op) = pseudo(first) {
+                return Ok(op);
+            }
+            if let Some(op) = alt.and_then(pseudo) {
+                // `X-ENVOY-ORIGINAL-PATH?:PATH`: Warden never rewrites before logging.
+                return Ok(op);
+            }
+            let alt = alt.map(|a| header(a, "REQ")).transpose()?;
+            Ok(Op::Req(header(first, "REQ")?, alt))
+        }
+        "RESP" => {
+            if arg.eq_ignore_ascii_case("X-ENVOY-UPSTREAM-SERVICE-TIME") {
+                return Ok(Op::UpstreamServiceTime);
+            }
+            Ok(Op::Resp(header(arg, "RESP")?))
+        }
+        _ => Err(format!("unknown command operator %{name}({arg})%")),
+    }
+}
+
+/// Reads a format string into segments.
+fn compile(text: &str) -> Result<Vec<Segment>, String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    let mut literal = String::new();
+    while let Some(i) = rest.find('%') {
+        literal.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        if let Some(r) = rest.strip_prefix('%') {
+            // `%%` is a literal percent sign.
+            literal.push('%');
+            rest = r;
+            continue;
+        }
+        let end = rest.find('%').ok_or_else(|| {
+            format!(
+                "unterminated command operator at {:?}",
+                &text[text.len() - rest.len() - 1..]
+            )
+        })?;
+        let token = &rest[..end];
+        rest = &rest[end + 1..];
+        // NAME, NAME(ARG) or NAME(ARG):LEN
+        let (body, max) = match token.rsplit_once("):") {
+            Some((b, len)) => (
+                format!("{b})"),
+                Some(
+                    len.parse::<usize>()
+                        .map_err(|_| format!("%{token}%: {len:?} is not a length"))?,
+                ),
+            ),
+            None => (token.to_string(), None),
+        };
+        let (name, arg) = match body.split_once('(') {
+            Some((n, a)) => {
+                let a = a
+                    .strip_suffix(')')
+                    .ok_or_else(|| format!("%{token}%: expected a closing parenthesis"))?;
+                (n.to_string(), Some(a.to_string()))
+            }
+            None => (body.clone(), None),
+        };
+        if !literal.is_empty() {
+            out.push(Segment::Text(std::mem::take(&mut literal)));
+        }
+        out.push(Segment::Op(op_of(&name, arg.as_deref())?, max));
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        out.push(Segment::Text(literal));
+    }
+    Ok(out)
+}
+
+/// A JSON object's entries in the order written (lines keep the user's field order).
+struct Ordered(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = m.next_entry::<String, serde_json::Value>()? {
+                    out.push(entry);
+                }
+                Ok(Ordered(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The log's encoding (MeshConfig `accessLogEncoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// Istio's default.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Encoding {
+    /// `TEXT` or `JSON` (any case).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.to_ascii_uppercase().as_str() {
+            "TEXT" => Ok(Self::Text),
+            "JSON" => Ok(Self::Json),
+            _ => Err(format!("{s:?} is not TEXT or JSON")),
+        }
+    }
+}
+
+impl Format {
+    /// The format for `encoding` and an optional `accessLogFormat` (for JSON, an
+    /// object of field names to format strings, as Istio takes it).
+    pub fn new(encoding: Encoding, custom: Option<&str>) -> Result<Self, String> {
+        let layout = match (encoding, custom.map(str::trim).filter(|c| !c.is_empty())) {
+            (Encoding::Text, None) => Layout::Text(compile(ISTIO_TEXT_FORMAT)?),
+            (Encoding::Text, Some(c)) => Layout::Text(compile(c)?),
+            (Encoding::Json, None) => Layout::Json(
+                ISTIO_JSON_FIELDS
+                    .iter()
+                    .map(|(k, v)| Ok(((*k).to_string(), compile(v)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+            (Encoding::Json, Some(c)) => {
+                let Ordered(map) = serde_json::from_str(c).map_err(|e| {
+                    format!(
+                        "accessLogFormat: with JSON encoding, expected a JSON object of field names to format strings: {e}"
+                    )
+                })?;
+                let mut fields = Vec::with_capacity(map.len());
+                for (k, v) in map {
+                    let text = v.as_str().ok_or_else(|| {
+                        format!("accessLogFormat: field {k:?}: expected a format string")
+                    })?;
+                    let segments =
+                        compile(text).map_err(|e| format!("accessLogFormat: field {k:?}: {e}"))?;
+                    fields.push((k, segments));
+                }
+                Layout::Json(fields)
+            }
+        };
+        Ok(Self(layout))
+    }
+
+    /// Whether lines are JSON objects.
+    pub fn is_json(&self) -> bool {
+        matches!(self.0, Layout::Json(_))
+    }
+
+    fn segments(&self) -> impl Iterator<Item = &Segment> {
+        let (a, b) = match &self.0 {
+            Layout::Text(s) => (Some(s.iter()), None),
+            Layout::Json(f) => (None, Some(f.iter().flat_map(|(_, s)| s.iter()))),
+        };
+        a.into_iter().flatten().chain(b.into_iter().flatten())
+    }
+
+    fn headers(&self, response: bool) -> Vec<HeaderName> {
+        let mut out: Vec<HeaderName> = Vec::new();
+        for s in self.segments() {
+            let names: Vec<&HeaderName> = match s {
+                Segment::Op(Op::Req(a, b), _) if !response => {
+                    [Some(a), b.as_ref()].into_iter().flatten().collect()
+                }
+                Segment::Op(Op::Resp(a), _) if response => vec![a],
+                _ => vec![],
+            };
+            for n in names {
+                if !out.contains(n) {
+                    out.push(n.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What one line is made of.
+#[derive(Debug)]
+pub struct Entry<'a> {
+    /// The exchange.
+    pub record: &'a Record,
+    /// Its metric labels (the peers' identities).
+    pub labels: &'a ConnLabels,
+    /// Status (0 for TCP).
+    pub code: u16,
+    /// Response flags.
+    pub flags: &'a str,
+    /// Bytes from the downstream.
+    pub received: u64,
+    /// Bytes to the downstream.
+    pub sent: u64,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+fn known(s: &str) -> Val<'_> {
+    if s == "unknown" || s.is_empty() {
+        Val::None
+    } else {
+        Val::Str(Cow::Borrowed(s))
+    }
+}
+
+fn opt<'a>(s: Option<&'a str>) -> Val<'a> {
+    s.map_or(Val::None, |s| Val::Str(Cow::Borrowed(s)))
+}
+
+fn addr(a: Option<std::net::SocketAddr>) -> Val<'static> {
+    a.map_or(Val::None, |a| Val::Str(Cow::Owned(a.to_string())))
+}
+
+/// RFC 3339 in UTC with milliseconds, as Envoy's default `%START_TIME%`.
+pub fn rfc3339_ms(t: SystemTime) -> String {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let ms = since.subsec_millis();
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+impl Entry<'_> {
+    fn value(&self, op: &Op) -> Val<'_> {
+        let d = self.record.detail.as_deref();
+        let l = self.labels;
+        match op {
+            Op::StartTime => Val::Str(Cow::Owned(rfc3339_ms(self.record.start))),
+            Op::Method => opt(d.and_then(|d| d.method.as_deref())),
+            Op::Path => opt(d.and_then(|d| d.path.as_deref())),
+            Op::Authority => opt(d.and_then(|d| d.authority.as_deref())),
+            Op::Protocol => match d.and_then(|d| d.protocol) {
+                Some(Version::HTTP_2) => Val::Str(Cow::Borrowed("HTTP/2")),
+                Some(Version::HTTP_10) => Val::Str(Cow::Borrowed("HTTP/1.0")),
+                Some(Version::HTTP_11) => Val::Str(Cow::Borrowed("HTTP/1.1")),
+                Some(Version::HTTP_3) => Val::Str(Cow::Borrowed("HTTP/3")),
+                _ => Val::None,
+            },
+            Op::ResponseCode => Val::Num(u64::from(self.code)),
+            Op::ResponseFlags => Val::Str(Cow::Borrowed(self.flags)),
+            Op::ResponseCodeDetails => opt(d.and_then(|d| d.code_details.as_deref())),
+            Op::ConnectionTerminationDetails | Op::UpstreamTransportFailureReason => Val::None,
+            Op::BytesReceived => Val::Num(self.received),
+            Op::BytesSent => Val::Num(self.sent),
+            Op::Duration => Val::Num(u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX)),
+            Op::UpstreamServiceTime => d
+                .and_then(|d| d.upstream.service_time)
+                .map_or(Val::None, |t| {
+                    Val::Num(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+                }),
+            Op::Req(a, b) => {
+                let find = |n: &HeaderName| {
+                    d.and_then(|d| d.request_headers.iter().find(|(k, _)| k == n))
+                        .map(|(_, v)| v.as_str())
+                };
+                let v = find(a).or_else(|| b.as_ref().and_then(find));
+                let v = v.or_else(|| match a.as_str() {
+                    "user-agent" => d.and_then(|d| d.user_agent.as_deref()),
+                    "x-forwarded-for" => d.and_then(|d| d.forwarded_for.as_deref()),
+                    "x-request-id" => d.and_then(|d| d.request_id.as_deref()),
+                    _ => None,
+                });
+                opt(v)
+            }
+            Op::Resp(a) => opt(d
+                .and_then(|d| d.response_headers.iter().find(|(k, _)| k == a))
+                .map(|(_, v)| v.as_str())),
+            Op::UpstreamHost => addr(d.and_then(|d| d.upstream.host)),
+            Op::UpstreamCluster => opt(d.and_then(|d| d.upstream.cluster.as_deref())),
+            Op::UpstreamLocalAddress => Val::None,
+            Op::DownstreamLocalAddress => addr(d.and_then(|d| d.downstream_local)),
+            Op::DownstreamRemoteAddress => addr(d.and_then(|d| d.downstream_remote)),
+            Op::DownstreamRemoteAddressWithoutPort => d
+                .and_then(|d| d.downstream_remote)
+                .map_or(Val::None, |a| Val::Str(Cow::Owned(a.ip().to_string()))),
+            Op::RequestedServerName => opt(d.and_then(|d| d.sni.as_deref())),
+            Op::RouteName => opt(d.and_then(|d| d.route_name.as_deref())),
+            Op::TraceId => d
+                .and_then(|d| d.span.as_ref())
+                .map_or(Val::None, |s| Val::Str(Cow::Owned(s.trace_id_hex()))),
+            Op::Direction => Val::Str(Cow::Borrowed(self.record.direction.as_str())),
+            Op::SourcePrincipal => known(&l.source.principal),
+            Op::DestinationPrincipal => known(&l.destination.principal),
+            Op::SourceWorkload => known(&l.source.workload),
+            Op::SourceNamespace => known(&l.source.namespace),
+            Op::DestinationWorkload => known(&l.destination.workload),
+            Op::DestinationNamespace => known(&l.destination.namespace),
+            Op::DestinationService => known(&l.service.host),
+            Op::DestinationPort => d
+                .and_then(|d| d.destination_port)
+                .map_or(Val::None, |p| Val::Num(u64::from(p))),
+            Op::RequestPrincipal => opt(d.and_then(|d| d.request_principal.as_deref())),
+            Op::AuthzDecision => opt(d.and_then(|d| d.authz.as_ref()).map(|a| a.decision)),
+            Op::AuthzPolicy => opt(d
+                .and_then(|d| d.authz.as_ref())
+                .and_then(|a| a.policy.as_deref())),
+            Op::AuthzRule => d
+                .and_then(|d| d.authz.as_ref())
+                .and_then(|a| a.rule)
+                .map_or(Val::None, |r| Val::Num(r as u64)),
+            Op::AuthzWorkload => opt(d.and_then(|d| d.authz_workload.as_deref())),
+        }
+    }
+
+    fn text(&self, segments: &[Segment], out: &mut String) {
+        for s in segments {
+            match s {
+                Segment::Text(t) => out.push_str(t),
+                Segment::Op(op, max) => match self.value(op) {
+                    Val::None => out.push('-'),
+                    Val::Num(n) => {
+                        let _ = write!(out, "{n}");
+                    }
+                    Val::Str(v) => out.push_str(truncate(&v, *max)),
+                },
+            }
+        }
+    }
+
+    /// The line, without its newline.
+    pub fn render(&self, format: &Format) -> String {
+        let mut out = String::with_capacity(512);
+        match &format.0 {
+            Layout::Text(segments) => self.text(segments, &mut out),
+            Layout::Json(fields) => {
+                out.push('{');
+                for (i, (key, segments)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    json_string(key, &mut out);
+                    out.push(':');
+                    match segments.as_slice() {
+                        [Segment::Op(op, max)] => match self.value(op) {
+                            Val::None => out.push_str("null"),
+                            Val::Num(n) => {
+                                let _ = write!(out, "{n}");
+                            }
+                            Val::Str(v) => json_string(truncate(&v, *max), &mut out),
+                        },
+                        _ => {
+                            let mut s = String::new();
+                            self.text(segments, &mut s);
+                            json_string(&s, &mut out);
+                        }
+                    }
+                }
+                out.push('}');
+            }
+        }
+        out
+    }
+}
+
+fn truncate(s: &str, max: Option<usize>) -> &str {
+    match max {
+        Some(m) if s.len() > m => {
+            let mut end = m;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            &s[..end]
+        }
+        _ => s,
+    }
+}
+
+fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Where lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// The process's standard output (`/dev/stdout`).
+    Stdout,
+    /// Its standard error (`/dev/stderr`), beside its own log.
+    Stderr,
+    /// A file, rotated by size.
+    File {
+        /// Its path.
+        path: PathBuf,
+        /// Rotated past this many bytes (0: never).
+        max_bytes: u64,
+        /// Rotated files kept.
+        keep: usize,
+    },
+}
+
+/// Lines queued for the writer at most.
+const QUEUE: usize = 16_384;
+
+/// The access log: the compiled format and the queue to the writer thread.
+#[derive(Debug)]
+pub struct AccessLog {
+    format: Format,
+    request_headers: Vec<HeaderName>,
+    response_headers: Vec<HeaderName>,
+    tx: SyncSender<String>,
+    /// Lines dropped because the writer fell behind (or failed).
+    pub dropped: Arc<AtomicU64>,
+    /// Lines written.
+    pub written: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Opens `sink` (creating the file, 0600? no: 0640, as logs are not secrets but
+    /// carry identities) and starts the writer thread.
+    pub fn start(format: Format, sink: Sink) -> Result<Self, String> {
+        let mut out = Output::open(&sink)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(AtomicU64::new(0));
+        let (d, w) = (dropped.clone(), written.clone());
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer(&rx, &mut out, &d, &w))
+            .map_err(|e| format!("cannot start the access log writer: {e}"))?;
+        Ok(Self {
+            request_headers: format.headers(false),
+            response_headers: format.headers(true),
+            format,
+            tx,
+            dropped,
+            written,
+        })
+    }
+
+    /// Request headers the format reads.
+    pub fn request_headers(&self) -> &[HeaderName] {
+        &self.request_headers
+    }
+
+    /// Response headers the format reads.
+    pub fn response_headers(&self) -> &[HeaderName] {
+        &self.response_headers
+    }
+
+    /// Queues one line (never waits).
+    pub fn write(&self, entry: &Entry<'_>) {
+        let line = entry.render(&self.format);
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+enum Output {
+    Stdout(std::io::Stdout),
+    Stderr(std::io::Stderr),
+    File {
+        path: PathBuf,
+        file: std::io::BufWriter<std::fs::File>,
+        size: u64,
+        max_bytes: u64,
+        keep: usize,
+    },
+}
+
+fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+impl Output {
+    fn open(sink: &Sink) -> Result<Self, String> {
+        match sink {
+            Sink::Stdout => Ok(Self::Stdout(std::io::stdout())),
+            Sink::Stderr => Ok(Self::Stderr(std::io::stderr())),
+            Sink::File {
+                path,
+                max_bytes,
+                keep,
+            } => {
+                let file = open_file(path).map_err(|e| {
+                    format!(
+                        "access log {}: cannot open for appending: {e}",
+                        path.display()
+                    )
+                })?;
+                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                Ok(Self::File {
+                    path: path.clone(),
+                    file: std::io::BufWriter::with_capacity(64 * 1024, file),
+                    size,
+                    max_bytes: *max_bytes,
+                    keep: *keep,
+                })
+            }
+        }
+    }
+
+    fn line(&mut self, line: &str) -> std::io::Result<()> {
+        match self {
+            Self::Stdout(s) => {
+                let mut s = s.lock();
+                s.write_all(line.as_bytes())?;
+                s.write_all(b"\n")
+            }
+            Self::Stderr(s) => {
+                // One write per line: the process's own log lines never split it.
+                let mut l = String::with_capacity(line.len() + 1);
+                l.push_str(line);
+                l.push('\n');
+                s.lock().write_all(l.as_bytes())
+            }
+            Self::File {
+                path,
+                file,
+                size,
+                max_bytes,
+                keep,
+            } => {
+                if *max_bytes > 0 && *size > 0 && *size + line.len() as u64 + 1 > *max_bytes {
+                    file.flush()?;
+                    rotate(path, *keep)?;
+                    *file = std::io::BufWriter::with_capacity(64 * 1024, open_file(path)?);
+                    *size = 0;
+                }
+                file.write_all(line.as_bytes())?;
+                file.write_all(b"\n")?;
+                *size += line.len() as u64 + 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Stdout(s) => s.flush(),
+            Self::Stderr(s) => s.flush(),
+            Self::File { file, .. } => file.flush(),
+        }
+    }
+}
+
+/// `log` → `log.1` → ... → `log.<keep>` (the oldest dropped).
+fn rotate(path: &Path, keep: usize) -> std::io::Result<()> {
+    let numbered = |n: usize| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    };
+    if keep == 0 {
+        return std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_file(numbered(keep));
+    for n in (1..keep).rev() {
+        let from = numbered(n);
+        if from.exists() {
+            std::fs::rename(&from, numbered(n + 1))?;
+        }
+    }
+    std::fs::rename(path, numbered(1))
+}
+
+fn writer(rx: &Receiver<String>, out: &mut Output, dropped: &AtomicU64, written: &AtomicU64) {
+    let mut failing = false;
+    loop {
+        let line = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => l,
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = out.flush();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = out.flush();
+                return;
+            }
+        };
+        match out.line(&line) {
+            Ok(()) => {
+                written.fetch_add(1, Ordering::Relaxed);
+                if failing {
+                    failing = false;
+                    tracing::info!("access log: writing again");
+                }
+            }
+            Err(e) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                if !failing {
+                    failing = true;
+                    tracing::warn!(error = %e, "access log: a line could not be written; lines are dropped until writing works again");
+                }
+            }
+        }
+        // Flush when the queue is empty: lines reach the file promptly at low rates
+        // and in large writes at high ones.
+        if let Ok(next) = rx.try_recv() {
+            if out.line(&next).is_ok() {
+                written.fetch_add(1, Ordering::Relaxed);
+            } else {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            let _ = out.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Peer, Reporter, ServiceLabels};
+    use crate::telemetry::{AuthzNote, Detail, Direction, UpstreamInfo};
+
+    fn entry_parts() -> (Record, ConnLabels) {
+        let mut r = Record::new(Direction::Inbound, true);
+        r.start = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_605_323_456);
+        let d: &mut Detail = r.detail().unwrap();
+        d.method = Some("GET".into());
+        d.path = Some("/ratings/0".into());
+        d.protocol = Some(Version::HTTP_11);
+        d.authority = Some("ratings:9080".into());
+        d.user_agent = Some("curl/8 \"quoted\"".into());
+        d.downstream_remote = Some("127.0.0.2:4000".parse().unwrap());
+        d.upstream = UpstreamInfo {
+            host: Some("127.0.0.3:9080".parse().unwrap()),
+            cluster: Some(Arc::from("inbound|9080||")),
+            service_time: Some(Duration::from_millis(2)),
+        };
+        d.destination_port = Some(9080);
+        d.authz = Some(AuthzNote {
+            decision: "deny",
+            policy: Some("bookinfo/deny-ratings".into()),
+            rule: Some(0),
+        });
+        let labels = ConnLabels::new(
+            Reporter::Destination,
+            Peer::principal_only(Some("spiffe://cluster.local/ns/bookinfo/sa/reviews")),
+            Peer::unknown(),
+            ServiceLabels::new("ratings.bookinfo.svc.cluster.local", "bookinfo"),
+            "mutual_tls",
+        );
+        (r, labels)
+    }
+
+    #[test]
+    fn json_lines_have_istios_fields_typed() {
+        let (r, labels) = entry_parts();
+        let e = Entry {
+            record: &r,
+            labels: &labels,
+            code: 403,
+            flags: "-",
+            received: 0,
+            sent: 19,
+            duration: Duration::from_millis(3),
+        };
+        let line = e.render(&Format::new(Encoding::Json, None).unwrap());
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["start_time"], "2026-12-07T01:02:03.456Z");
+        assert_eq!(v["response_code"], 403);
+        assert_eq!(v["bytes_sent"], 19);
+        assert_eq!(v["upstream_service_time"], 2);
+        assert_eq!(v["protocol"], "HTTP/1.1");
+        assert_eq!(v["user_agent"], "curl/8 \"quoted\"");
+        assert_eq!(v["x_forwarded_for"], serde_json::Value::Null);
+        assert_eq!(v["upstream_cluster"], "inbound|9080||");
+        assert_eq!(
+            v["source_principal"],
+            "spiffe://cluster.local/ns/bookinfo/sa/reviews"
+        );
+        assert_eq!(v["source_namespace"], "bookinfo");
+        assert_eq!(v["destination_workload"], serde_json::Value::Null);
+        assert_eq!(v["authz_decision"], "deny");
+        assert_eq!(v["authz_policy"], "bookinfo/deny-ratings");
+        assert_eq!(v["authz_rule"], 0);
+        assert_eq!(v["destination_port"], 9080);
+        assert_eq!(v["direction"], "inbound");
+        // Istio's field order first.
+        assert!(line.starts_with("{\"start_time\":"), "{line}");
+    }
+
+    #[test]
+    fn text_lines_follow_istios_default_format() {
+        let (r, labels) = entry_parts();
+        let e = Entry {
+            record: &r,
+            labels: &labels,
+            code: 200,
+            flags: "-",
+            received: 5,
+            sent: 48,
+            duration: Duration::from_millis(7),
+        };
+        let line = e.render(&Format::new(Encoding::Text, None).unwrap());
+        assert_eq!(
+            line,
+            "[2026-12-07T01:02:03.456Z] \"GET /ratings/0 HTTP/1.1\" 200 - - - \"-\" 5 48 7 2 \"-\" \"curl/8 \"quoted\"\" \"-\" \"ratings:9080\" \"127.0.0.3:9080\" inbound|9080|| - - 127.0.0.2:4000 - -"
+        );
+    }
+
+    #[test]
+    fn custom_formats_compile_or_name_what_is_wrong() {
+        let f = Format::new(
+            Encoding::Text,
+            Some("%REQ(:METHOD)% %REQ(X-CUSTOM):3% %WARDEN_AUTHZ_DECISION% 100%%"),
+        )
+        .unwrap();
+        assert_eq!(f.headers(false), vec![HeaderName::from_static("x-custom")]);
+        let (mut r, labels) = entry_parts();
+        r.detail()
+            .unwrap()
+            .request_headers
+            .push((HeaderName::from_static("x-custom"), "abcdef".into()));
+        let e = Entry {
+            record: &r,
+            labels: &labels,
+            code: 200,
+            flags: "-",
+            received: 0,
+            sent: 0,
+            duration: Duration::ZERO,
+        };
+        assert_eq!(e.render(&f), "GET abc deny 100%");
+        for (bad, why) in [
+            ("%NOPE%", "unknown command operator %NOPE%"),
+            ("%REQ(:METHOD)", "unterminated"),
+            ("%BYTES_SENT(x)%", "takes no argument"),
+            ("%REQ(a b)%", "not a header name"),
+            ("%REQ(x):big%", "not a length"),
+        ] {
+            let e = Format::new(Encoding::Text, Some(bad)).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let e = Format::new(Encoding::Json, Some("[1]")).unwrap_err();
+        assert!(e.contains("JSON object"), "{e}");
+        let e = Format::new(Encoding::Json, Some("{\"a\": 1}")).unwrap_err();
+        assert!(e.contains("field \"a\""), "{e}");
+        let f = Format::new(
+            Encoding::Json,
+            Some("{\"m\": \"%REQ(:METHOD)%\", \"c\": \"code=%RESPONSE_CODE%\"}"),
+        )
+        .unwrap();
+        let line = e_render(&r, &labels, &f);
+        assert_eq!(line, "{\"m\":\"GET\",\"c\":\"code=200\"}");
+    }
+
+    fn e_render(r: &Record, labels: &ConnLabels, f: &Format) -> String {
+        Entry {
+            record: r,
+            labels,
+            code: 200,
+            flags: "-",
+            received: 0,
+            sent: 0,
+            duration: Duration::ZERO,
+        }
+        .render(f)
+    }
+
+    #[test]
+    fn files_rotate_by_size_and_keep_a_few() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let mut out = Output::open(&Sink::File {
+            path: path.clone(),
+            max_bytes: 100,
+            keep: 2,
+        })
+        .unwrap();
+        for i in 0..20 {
+            out.line(&format!("{i:040}")).unwrap();
+        }
+        out.flush().unwrap();
+        assert!(path.exists());
+        assert!(dir.path().join("access.log.1").exists());
+        assert!(dir.path().join("access.log.2").exists());
+        assert!(!dir.path().join("access.log.3").exists());
+        assert!(std::fs::metadata(&path).unwrap().len() <= 100);
+    }
+
+    #[test]
+    fn start_times_are_rfc3339_utc() {
+        assert_eq!(
+            rfc3339_ms(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(951_782_400_007);
+        assert_eq!(rfc3339_ms(t), "2000-02-29T00:00:00.007Z");
+    }
+}
