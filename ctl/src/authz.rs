@@ -15,6 +15,10 @@ use warden_policy::peer_authn::PeerAuthn;
 use warden_policy::request_authn::{self, Outcome, RequestAuthn};
 use warden_policy::resources::{Action, MtlsMode};
 
+mod accesslog;
+mod replay;
+mod suggest;
+
 /// `warden authz ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum AuthzCmd {
@@ -40,6 +44,16 @@ pub enum AuthzCmd {
         #[arg(long, default_value = "BASE", value_parser = PathNormalization::parse)]
         path_normalization: PathNormalization,
     },
+    /// Re-decide the requests in proxy access logs under a proposed policy set and
+    /// report what would change: allowed requests that would be denied and the reverse,
+    /// grouped by source principal, destination, method and path pattern; requests
+    /// whose decision depends on what the log does not record are "uncertain".
+    #[command(after_help = replay::EXIT_CODES)]
+    Replay(replay::ReplayArgs),
+    /// Write the least-privilege ALLOW AuthorizationPolicies (YAML) that allow exactly
+    /// the identity-to-identity traffic the access logs show as allowed.
+    #[command(after_help = suggest::EXIT_CODES)]
+    Suggest(suggest::SuggestArgs),
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,14 +296,25 @@ pub(crate) fn read_request(path: &std::path::Path) -> Result<String, String> {
 
 /// Runs `warden authz ...`.
 pub fn run(cmd: AuthzCmd) -> ExitCode {
-    let AuthzCmd::Check {
-        config,
-        request,
-        root_namespace,
-        trust_domain,
-        explain,
-        path_normalization,
-    } = cmd;
+    let (config, request, root_namespace, trust_domain, explain, path_normalization) = match cmd {
+        AuthzCmd::Check {
+            config,
+            request,
+            root_namespace,
+            trust_domain,
+            explain,
+            path_normalization,
+        } => (
+            config,
+            request,
+            root_namespace,
+            trust_domain,
+            explain,
+            path_normalization,
+        ),
+        AuthzCmd::Replay(args) => return replay::run(args),
+        AuthzCmd::Suggest(args) => return suggest::run(args),
+    };
     let text = match read_request(&request) {
         Ok(t) => t,
         Err(e) => return bad(e),
