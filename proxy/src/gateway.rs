@@ -745,7 +745,18 @@ async fn tcp<IO>(
         .mesh
         .authz
         .evaluate(&snap.mesh.local.policy, &policy_req);
-    if !crate::inbound::record_decision(ctx, &decision, &policy_req, &host, true) {
+    let allowed = crate::inbound::record_decision(ctx, &decision, &policy_req, &host, true);
+    let mut record = tcp_record(ctx, &conn);
+    record.authz(&decision, allowed, None);
+    if let Some(d) = record.detail() {
+        d.authz_workload = Some(format!(
+            "{}/{}",
+            snap.mesh.local.namespace, snap.mesh.local.name
+        ));
+    }
+    if !allowed {
+        ctx.telemetry
+            .closed(record, snap.unknown_outbound.clone(), "-");
         return;
     }
     let port = dest
@@ -765,6 +776,15 @@ async fn tcp<IO>(
         flags: "-",
     };
     ctx.metrics.tcp_open(&labels);
+    if let Some(d) = record.detail() {
+        d.upstream.host = Some(route.endpoint.inbound);
+        d.upstream.cluster = Some(Arc::from(format!(
+            "outbound|{}|{}|{}",
+            route.port.number,
+            dest.subset.as_deref().unwrap_or_default(),
+            route.host
+        )));
+    }
     // Mesh mutual TLS, or to a MESH_EXTERNAL service what its egress plan says.
     let upstream = match &route.egress {
         None => crate::outbound::connect_tls(ctx, &snap, &route, None)
@@ -776,17 +796,33 @@ async fn tcp<IO>(
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(error = %crate::outbound::connect_error(&route, &e), "gateway TCP connection failed");
-            ctx.metrics.tcp_close(&labels, 0, 0);
+            let failed = TcpLabels {
+                flags: "UF",
+                ..labels
+            };
+            ctx.telemetry.tcp_closed(record, &failed, 0, 0);
             return;
         }
     };
     if passthrough && upstream.write_all(&prefix).await.is_err() {
-        ctx.metrics.tcp_close(&labels, 0, 0);
+        ctx.telemetry.tcp_closed(record, &labels, 0, 0);
         return;
     }
     let (sent, received) = copy_both(&mut io, &mut upstream, ctx.limits.idle_timeout).await;
-    ctx.metrics
-        .tcp_close(&labels, received, sent + prefix.len() as u64);
+    ctx.telemetry
+        .tcp_closed(record, &labels, received, sent + prefix.len() as u64);
+}
+
+/// A gateway TCP connection's record: its addresses and SNI.
+fn tcp_record(ctx: &Context, conn: &Conn) -> crate::telemetry::Record {
+    let mut record = ctx.telemetry.record(crate::telemetry::Direction::Gateway);
+    if let Some(d) = record.detail() {
+        d.downstream_local = Some(conn.local);
+        d.downstream_remote = Some(conn.peer);
+        d.sni.clone_from(&conn.sni);
+        d.destination_port = Some(conn.port);
+    }
+    record
 }
 
 /// `AUTO_PASSTHROUGH`: the SNI names the service port in Istio's form; the client's
@@ -836,21 +872,30 @@ async fn auto_passthrough(ctx: &Arc<Context>, conn: Conn, mut stream: TcpStream,
         flags: "-",
     };
     ctx.metrics.tcp_open(&tcp_labels);
+    let mut record = tcp_record(ctx, &conn);
+    if let Some(d) = record.detail() {
+        d.upstream.host = Some(route.endpoint.inbound);
+        d.upstream.cluster = Some(Arc::from(format!("outbound|{port}|{}|{host}", subset.as_deref().unwrap_or(""))));
+    }
     let mut upstream = match ctx.connect_from_local(route.endpoint.inbound).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(endpoint = %route.endpoint.inbound, error = %e, "gateway AUTO_PASSTHROUGH: cannot reach the endpoint");
-            ctx.metrics.tcp_close(&tcp_labels, 0, 0);
+            let failed = TcpLabels {
+                flags: "UF",
+                ..tcp_labels
+            };
+            ctx.telemetry.tcp_closed(record, &failed, 0, 0);
             return;
         }
     };
     if upstream.write_all(&prefix).await.is_err() {
-        ctx.metrics.tcp_close(&tcp_labels, 0, 0);
+        ctx.telemetry.tcp_closed(record, &tcp_labels, 0, 0);
         return;
     }
     let (sent, received) = copy_both(&mut stream, &mut upstream, ctx.limits.idle_timeout).await;
-    ctx.metrics
-        .tcp_close(&tcp_labels, received, sent + prefix.len() as u64);
+    ctx.telemetry
+        .tcp_closed(record, &tcp_labels, received, sent + prefix.len() as u64);
 }
 
 /// TLS server configs made from a server's files, remade when a file changes (its

@@ -1240,6 +1240,17 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
         flags: "-",
     };
     ctx.metrics.tcp_open(&labels);
+    let mut record = ctx.telemetry.record(Direction::Outbound);
+    if let Some(d) = record.detail() {
+        d.downstream_local = stream.local_addr().ok();
+        d.downstream_remote = stream.peer_addr().ok();
+        d.destination_port = Some(route.port.number);
+        d.upstream.host = Some(route.endpoint.inbound);
+        d.upstream.cluster = Some(Arc::from(format!(
+            "outbound|{}||{}",
+            route.port.number, route.host
+        )));
+    }
     let idle = ctx.limits.idle_timeout;
     let mut route = route;
     if snap.mesh.routes.has_destination_rules()
@@ -1263,10 +1274,14 @@ async fn tcp_conn(ctx: &Context, mut stream: TcpStream, port: u16) {
         },
     };
     match copied {
-        Ok((sent, received)) => ctx.metrics.tcp_close(&labels, received, sent),
+        Ok((sent, received)) => ctx.telemetry.tcp_closed(record, &labels, received, sent),
         Err(e) => {
             tracing::warn!(error = %connect_error(&route, &e), "outbound TCP connection failed");
-            ctx.metrics.tcp_close(&labels, 0, 0);
+            let failed = TcpLabels {
+                flags: "UF",
+                ..labels
+            };
+            ctx.telemetry.tcp_closed(record, &failed, 0, 0);
         }
     }
 }

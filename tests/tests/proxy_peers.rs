@@ -340,7 +340,7 @@ fn decode_and_merge_slashes_decides_and_forwards_the_decoded_path() {
     let mesh = mesh_with(
         &[deny_admin()],
         Some(
-            "pathNormalization:\n  normalization: DECODE_AND_MERGE_SLASHES\naccessLogFile: /dev/stdout\n",
+            "pathNormalization:\n  normalization: DECODE_AND_MERGE_SLASHES\nenableAutoMtls: true\n",
         ),
     );
     start_http_server(&mesh, &py, "http");
@@ -362,7 +362,7 @@ fn decode_and_merge_slashes_decides_and_forwards_the_decoded_path() {
         v["message"]
             .as_str()
             .is_some_and(|m| m.contains("Warden does not use"))
-            && v.to_string().contains("accessLogFile")
+            && v.to_string().contains("enableAutoMtls")
     });
     assert!(warned, "the unused MeshConfig field is named in a warning");
 }
