@@ -9,8 +9,8 @@ use tonic::transport::Channel;
 
 use warden_proto::admin::admin_client::AdminClient;
 use warden_proto::admin::{
-    CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest, Entry, ListAuditRequest,
-    ListEntriesRequest, Selector, VerifyAuditRequest,
+    AuditRecord, CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest, Entry,
+    ListAuditRequest, ListEntriesRequest, Selector, VerifyAuditRequest,
 };
 
 /// `warden audit ...`
@@ -142,6 +142,43 @@ fn status_err(what: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error + '_ {
     move |s| anyhow!("{what}: {}", s.message())
 }
 
+/// Streams the audit rows `request` selects, oldest first, to `each`; the first error
+/// (the CA's or `each`'s) ends the listing. `warden audit list` and the console's audit
+/// panel both read the log through this.
+pub(crate) async fn list_audit(
+    client: &mut AdminClient<Channel>,
+    request: ListAuditRequest,
+    mut each: impl FnMut(AuditRecord) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut stream = client
+        .list_audit(request)
+        .await
+        .map_err(status_err("audit list"))?
+        .into_inner();
+    while let Some(row) = stream.message().await.map_err(status_err("audit list"))? {
+        each(row)?;
+    }
+    Ok(())
+}
+
+/// An audit row as `warden audit list --json` prints it (`detail` parsed).
+pub(crate) fn audit_json(row: &AuditRecord) -> serde_json::Value {
+    let detail: serde_json::Value =
+        serde_json::from_str(&row.detail_json).unwrap_or(serde_json::Value::Null);
+    serde_json::json!({
+        "seq": row.seq,
+        "time": row.time,
+        "event": row.event,
+        "outcome": row.outcome,
+        "identity": row.identity,
+        "requester": row.requester,
+        "peer_addr": row.peer_addr,
+        "detail": detail,
+        "prev_hash": row.prev_hash,
+        "hash": row.hash,
+    })
+}
+
 /// Runs `warden audit ...`.
 pub async fn audit(socket: &Path, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     let mut client = connect(socket).await?;
@@ -153,16 +190,12 @@ pub async fn audit(socket: &Path, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             limit,
             json,
         } => {
-            let mut stream = client
-                .list_audit(ListAuditRequest {
-                    identity: identity.unwrap_or_default(),
-                    outcome: outcome.unwrap_or_default(),
-                    since: since.unwrap_or_default(),
-                    limit: limit.unwrap_or(0),
-                })
-                .await
-                .map_err(status_err("audit list"))?
-                .into_inner();
+            let request = ListAuditRequest {
+                identity: identity.unwrap_or_default(),
+                outcome: outcome.unwrap_or_default(),
+                since: since.unwrap_or_default(),
+                limit: limit.unwrap_or(0),
+            };
             let mut out = std::io::stdout().lock();
             if !json {
                 writeln!(
@@ -171,23 +204,9 @@ pub async fn audit(socket: &Path, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     "SEQ", "TIME", "EVENT", "OUTCOME", "IDENTITY"
                 )?;
             }
-            while let Some(row) = stream.message().await.map_err(status_err("audit list"))? {
+            list_audit(&mut client, request, |row| {
                 if json {
-                    let detail: serde_json::Value =
-                        serde_json::from_str(&row.detail_json).unwrap_or(serde_json::Value::Null);
-                    let obj = serde_json::json!({
-                        "seq": row.seq,
-                        "time": row.time,
-                        "event": row.event,
-                        "outcome": row.outcome,
-                        "identity": row.identity,
-                        "requester": row.requester,
-                        "peer_addr": row.peer_addr,
-                        "detail": detail,
-                        "prev_hash": row.prev_hash,
-                        "hash": row.hash,
-                    });
-                    writeln!(out, "{obj}")?;
+                    writeln!(out, "{}", audit_json(&row))?;
                 } else {
                     writeln!(
                         out,
@@ -205,7 +224,9 @@ pub async fn audit(socket: &Path, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                         row.detail_json
                     )?;
                 }
-            }
+                Ok(())
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         AuditCmd::Verify { checkpoint, key_id } => {

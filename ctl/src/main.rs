@@ -8,7 +8,10 @@ mod authority;
 mod authz;
 mod ca;
 mod cert;
+mod console;
 mod route;
+mod status;
+mod up;
 mod validate;
 
 use std::path::PathBuf;
@@ -56,6 +59,15 @@ enum Command {
     /// DestinationRule).
     #[command(subcommand)]
     Route(route::RouteCmd),
+    /// The console alone (what `warden up` serves), for tests and hand-started meshes.
+    #[command(hide = true)]
+    Console(console::ConsoleArgs),
+    /// Run a whole mesh on this machine: a CA, an agent, bookinfo behind sidecars, an
+    /// ingress gateway (and Prometheus when installed); Ctrl-C stops it all.
+    Up(up::UpArgs),
+    /// What a running `warden up` started: state, identities, certificate expiry and
+    /// last rotation.
+    Status(status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +81,10 @@ fn main() -> ExitCode {
     }
     if let Command::Route(cmd) = cli.command {
         return route::run(cmd);
+    }
+    if let Command::Up(args) = cli.command {
+        // Its own multi-threaded runtime, signals and children.
+        return up::run(args);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -87,8 +103,12 @@ fn main() -> ExitCode {
             Command::Token(cmd) => admin::token(&cli.admin_socket, cmd).await,
             Command::Cert(cmd) => cert::run(&cli.admin_socket, cmd).await,
             Command::Ca(cmd) => ca::run(&cli.admin_socket, cmd).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Console(args) => console::run(cli.admin_socket, args).await,
             // Handled above, before the runtime starts.
-            Command::Authz(_) | Command::Validate(_) | Command::Route(_) => Ok(ExitCode::SUCCESS),
+            Command::Authz(_) | Command::Validate(_) | Command::Route(_) | Command::Up(_) => {
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {

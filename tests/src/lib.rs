@@ -5,6 +5,7 @@
 //! `./test.sh` builds them (`cargo build --workspace --bins`) before `cargo test`.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // test support: panics are failures
 
+pub mod browser;
 pub mod envoy;
 pub mod eventually;
 pub mod mesh;
