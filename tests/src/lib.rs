@@ -9,6 +9,7 @@ pub mod browser;
 pub mod envoy;
 pub mod eventually;
 pub mod mesh;
+pub mod otlp;
 
 pub use eventually::{POLL_INTERVAL, eventually, eventually_async, try_eventually};
 

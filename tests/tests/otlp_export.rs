@@ -7,9 +7,7 @@
 //! skipped loudly without it, a failure under CI=true.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests fail by panicking; env read here
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -17,56 +15,9 @@ use warden_proxy::otlp::{Exporter, ExporterConfig};
 use warden_proxy::trace::{
     self, IstioAttributes, Sampler, Span, SpanKind, hex, operation_name, service_name,
 };
-use warden_tests::KillOnDrop;
 use warden_tests::eventually::eventually;
 
-/// Python that can import grpcio and OpenTelemetry's generated TraceService stubs.
-fn otlp_python() -> Option<PathBuf> {
-    let py = std::env::var_os("WARDEN_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    let module = "opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc";
-    let found = Command::new(&py)
-        .args(["-c", &format!("import grpc, {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return Some(py);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "{} with grpcio and opentelemetry-proto is required under CI=true (tests/interop/requirements.txt)",
-            py.display()
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPING OTLP export interop: no Python grpcio + opentelemetry-proto at {} \
-         (pip install -r tests/interop/requirements.txt) ***\n",
-        py.display()
-    );
-    None
-}
-
-/// Starts the receiver on a free port; its port and the file it appends spans to.
-fn receiver(py: &PathBuf, dir: &std::path::Path) -> (KillOnDrop, u16, PathBuf) {
-    let out = dir.join("spans.jsonl");
-    let mut child = Command::new(py)
-        .arg(warden_tests::interop_script("otlp_receiver.py"))
-        .args(["--port", "0", "--out"])
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let child = KillOnDrop(child);
-    // The first line, or EOF if the receiver died (its stderr is the test's).
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line)
-        .unwrap_or_else(|e| panic!("receiver printed no port ({e}): {line:?}"));
-    let port = u16::try_from(v["port"].as_u64().unwrap()).unwrap();
-    (child, port, out)
-}
+use warden_tests::otlp::{python as otlp_python, receiver};
 
 #[tokio::test]
 async fn spans_reach_an_opentelemetry_receiver() {

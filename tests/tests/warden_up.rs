@@ -20,6 +20,7 @@ use warden_tests::{bin, curl, try_eventually};
 const GATEWAY: &str = "http://127.0.30.20:8080/productpage";
 const RATINGS_STATS: &str = "127.0.30.15:15020";
 const PROMETHEUS: &str = "127.0.30.1:9090";
+const CONSOLE: &str = "127.0.30.1:15100";
 
 /// A running `warden up` and what it printed.
 struct Up {
@@ -31,7 +32,7 @@ struct Up {
 
 impl Up {
     /// Starts `warden up` and waits for its summary (printed once everything is ready).
-    fn start(state_dir: &Path) -> Self {
+    fn start(state_dir: &Path, extra: &[&str]) -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let mut child = Command::new(bin("warden"))
             .arg("up")
@@ -39,6 +40,7 @@ impl Up {
             .arg(state_dir)
             .arg("--demo-dir")
             .arg(root.join("deploy/local/demo"))
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -184,7 +186,17 @@ fn requests(text: &str, labels: &[&str]) -> Vec<String> {
 fn up_runs_bookinfo_end_to_end_stops_cleanly_and_reuses_its_root() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut up = Up::start(&state);
+    // An OpenTelemetry receiver for the proxies' spans, when the tests' Python has it.
+    let receiver =
+        warden_tests::otlp::python().map(|py| warden_tests::otlp::receiver(&py, dir.path()));
+    let endpoint = receiver
+        .as_ref()
+        .map(|(_, port, _)| format!("http://127.0.0.1:{port}"));
+    let extra: Vec<&str> = endpoint
+        .as_deref()
+        .map(|e| vec!["--otlp-endpoint", e])
+        .unwrap_or_default();
+    let mut up = Up::start(&state, &extra);
     let out = up.output();
     for want in [
         "  starting ca",
@@ -283,6 +295,9 @@ fn up_runs_bookinfo_end_to_end_stops_cleanly_and_reuses_its_root() {
     );
 
     prometheus_scrapes_everything(&mut up);
+    traced_and_logged_at_every_hop(&state, receiver.as_ref().map(|r| r.2.as_path()));
+    replay_and_suggest_on_the_recorded_logs(&state, dir.path());
+    console_turns_the_denied_edge_red(&state);
 
     // SIGINT: warden up stops every child and exits 0; none is left.
     let pids = up.pids();
@@ -307,7 +322,7 @@ fn up_runs_bookinfo_end_to_end_stops_cleanly_and_reuses_its_root() {
         .unwrap()
         .to_string();
     drop(up);
-    let mut again = Up::start(&state);
+    let mut again = Up::start(&state, &[]);
     assert!(
         again.output().contains(&format!(
             "  reusing the root in {}",
@@ -376,4 +391,226 @@ fn prometheus_scrapes_everything(up: &mut Up) {
         }
         Err(e) => eprintln!("\n*** Prometheus did not scrape every component: {e} ***\n"),
     }
+}
+
+/// The access-log lines of workload `name` (JSON, one per request).
+fn access_log(state: &Path, name: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(state.join("logs").join(format!("access-{name}.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// One request with a W3C trace id through the gateway (retried with new ids until a
+/// reviews version that calls ratings answers): the trace reaches every hop and the
+/// collector, and every hop's access log has the request, inbound lines with their
+/// policy decision.
+fn traced_and_logged_at_every_hop(state: &Path, spans: Option<&Path>) {
+    let mut trace = String::new();
+    for i in 0..30u8 {
+        trace = format!("5b8efff798038103d269b633813fc6{i:02x}");
+        let page = curl(&[
+            "-H",
+            &format!("traceparent: 00-{trace}-eee19b7ec3c1b174-01"),
+            GATEWAY,
+        ]);
+        assert_eq!(page.status, 200, "{page:?}");
+        if page.body.contains('★') {
+            break;
+        }
+    }
+    // The gateway's line names the trace; its request id is every hop's.
+    let gateway = warden_tests::eventually(
+        "the gateway's access log line",
+        Duration::from_secs(10),
+        || {
+            access_log(state, "istio-ingressgateway")
+                .into_iter()
+                .find(|v| v["trace_id"] == trace.as_str())
+        },
+    );
+    assert_eq!(gateway["direction"], "gateway");
+    assert_eq!(gateway["path"], "/productpage");
+    let id = gateway["request_id"].as_str().unwrap().to_string();
+    for (workload, path) in [
+        ("productpage-v1", "/productpage"),
+        ("details-v1", "/details/0"),
+        ("ratings-v1", "/ratings/0"),
+    ] {
+        let line = warden_tests::eventually(
+            format!("{workload}'s inbound line for request {id}"),
+            Duration::from_secs(10),
+            || {
+                access_log(state, workload)
+                    .into_iter()
+                    .find(|v| v["request_id"] == id.as_str() && v["direction"] == "inbound")
+            },
+        );
+        assert_eq!(line["path"], path, "{line}");
+        assert_eq!(line["response_code"], 200, "{line}");
+        assert_eq!(line["authz_decision"], "allow", "{line}");
+        assert_eq!(line["trace_id"], trace.as_str(), "{line}");
+        assert!(line["authz_policy"].as_str().is_some(), "{line}");
+    }
+    let Some(out) = spans else {
+        eprintln!("SKIPPED: no OTLP receiver (the tests' Python lacks opentelemetry-proto)");
+        return;
+    };
+    // Every hop's proxy exported its spans of the trace.
+    let services = warden_tests::eventually("every hop's spans", Duration::from_secs(15), || {
+        let services: std::collections::BTreeSet<String> = warden_tests::otlp::spans(out)
+            .into_iter()
+            .filter(|s| s["trace_id"] == trace.as_str())
+            .filter_map(|s| s["resource"]["service.name"].as_str().map(str::to_string))
+            .collect();
+        let want = [
+            "istio-ingressgateway.istio-system",
+            "productpage.bookinfo",
+            "details.bookinfo",
+            "reviews.bookinfo",
+            "ratings.bookinfo",
+        ];
+        want.iter()
+            .all(|w| services.contains(*w))
+            .then_some(services)
+    });
+    assert!(services.len() >= 5, "{services:?}");
+}
+
+/// The recorded logs replayed against the step that denies reviews -> ratings: the
+/// change is reported (exit 1) and names ratings; the policies `suggest` writes from
+/// the same logs validate and, added to the demo's, change nothing.
+fn replay_and_suggest_on_the_recorded_logs(state: &Path, tmp: &Path) {
+    let logs: Vec<PathBuf> = std::fs::read_dir(state.join("logs"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("access-"))
+        })
+        .collect();
+    let proposed = tmp.join("proposed");
+    std::fs::create_dir_all(&proposed).unwrap();
+    for f in std::fs::read_dir(state.join("config")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, proposed.join(f.file_name().unwrap())).unwrap();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::copy(
+        root.join("deploy/local/demo-steps/deny-ratings.yaml"),
+        proposed.join("deny-ratings.yaml"),
+    )
+    .unwrap();
+    let mut replay = Command::new(bin("warden"));
+    replay.args(["authz", "replay", "--config"]).arg(&proposed);
+    for l in &logs {
+        replay.arg("--log").arg(l);
+    }
+    let out = replay.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("bookinfo-reviews") && text.contains("ratings"),
+        "{text}"
+    );
+
+    let mut suggest = Command::new(bin("warden"));
+    suggest
+        .args(["authz", "suggest", "--namespace", "bookinfo", "--config"])
+        .arg(state.join("config"));
+    for l in &logs {
+        suggest.arg("--log").arg(l);
+    }
+    let out = suggest.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(yaml.contains("kind: AuthorizationPolicy"), "{yaml}");
+    let suggested = tmp.join("suggested");
+    std::fs::create_dir_all(&suggested).unwrap();
+    std::fs::write(suggested.join("suggested.yaml"), &yaml).unwrap();
+    let v = Command::new(bin("warden"))
+        .args(["validate"])
+        .arg(&suggested)
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "{}{}\n{yaml}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+}
+
+/// The console in Chromium on the live mesh: the demo's edges drawn; after the step
+/// that denies reviews -> ratings is applied and traffic flows, that edge turns red.
+fn console_turns_the_denied_edge_red(state: &Path) {
+    use warden_tests::browser::{Chromium, tags};
+    let Some(browser) = Chromium::or_skip("the console on warden up's mesh") else {
+        return;
+    };
+    let url = format!("http://{CONSOLE}/");
+    let edge_state = |dom: &str, source: &str, destination: &str| {
+        tags(dom, "g")
+            .into_iter()
+            .find(|t| {
+                t.has_class("edge")
+                    && t.attr("data-source") == source
+                    && t.attr("data-destination") == destination
+            })
+            .map(|t| t.attr("data-state").to_string())
+    };
+    let dom = browser.dump_dom(&url, 5000);
+    for (s, d) in [
+        (
+            "istio-system/istio-ingressgateway",
+            "bookinfo/productpage-v1",
+        ),
+        ("bookinfo/productpage-v1", "bookinfo/details-v1"),
+        ("bookinfo/reviews-v2", "bookinfo/ratings-v1"),
+    ] {
+        assert!(
+            edge_state(&dom, s, d).is_some(),
+            "no edge {s} -> {d} in the console"
+        );
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::copy(
+        root.join("deploy/local/demo-steps/deny-ratings.yaml"),
+        state.join("config/deny-ratings.yaml"),
+    )
+    .unwrap();
+    // Traffic until reviews' calls to ratings are refused (the config is polled).
+    warden_tests::eventually("reviews -> ratings denied", Duration::from_secs(20), || {
+        let page = curl(&[GATEWAY]);
+        page.body
+            .contains("Ratings service is currently unavailable")
+            .then_some(())
+    });
+    for _ in 0..6 {
+        curl(&[GATEWAY]);
+    }
+    let artifacts = warden_tests::browser::artifacts_dir("warden-up");
+    let denied = warden_tests::eventually("the red edge", Duration::from_secs(20), || {
+        let dom = browser.dump_dom(&url, 5000);
+        ["bookinfo/reviews-v2", "bookinfo/reviews-v3"]
+            .iter()
+            .any(|s| edge_state(&dom, s, "bookinfo/ratings-v1").as_deref() == Some("denied"))
+            .then_some(dom)
+    });
+    assert_eq!(
+        edge_state(&denied, "bookinfo/productpage-v1", "bookinfo/details-v1").as_deref(),
+        Some("ok")
+    );
+    browser.screenshot(&url, &artifacts.join("denied.png"), (1400, 900), 5000);
+    std::fs::remove_file(state.join("config/deny-ratings.yaml")).unwrap();
 }
