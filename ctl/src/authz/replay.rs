@@ -54,8 +54,9 @@ pub struct ReplayArgs {
     /// (their policies are not used); repeatable.
     #[arg(long = "workloads")]
     workloads: Vec<PathBuf>,
-    /// The proxies' JSON access logs (- for stdin); repeatable.
-    #[arg(long = "log", required = true)]
+    /// The proxies' JSON access logs (- for stdin): several after one `--log`
+    /// (`--log logs/access-*.log`), or `--log` repeated.
+    #[arg(long = "log", required = true, num_args = 1..)]
     log: Vec<PathBuf>,
     /// Namespace whose policies apply mesh-wide.
     #[arg(long, default_value = "istio-system")]

@@ -26,8 +26,9 @@ pub const EXIT_CODES: &str = "Exit codes:
 /// `warden authz suggest`
 #[derive(Debug, clap::Args)]
 pub struct SuggestArgs {
-    /// The proxies' JSON access logs (- for stdin); repeatable.
-    #[arg(long = "log", required = true)]
+    /// The proxies' JSON access logs (- for stdin): several after one `--log`
+    /// (`--log logs/access-*.log`), or `--log` repeated.
+    #[arg(long = "log", required = true, num_args = 1..)]
     log: Vec<PathBuf>,
     /// Directories (or files) whose WorkloadEntries give destination workloads their
     /// labels, e.g. the mesh's config directory; repeatable.

@@ -150,9 +150,24 @@ enum Layout {
     Json(Vec<(String, Vec<Segment>)>),
 }
 
+/// Headers that carry credentials: never written to a log.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-forwarded-client-cert",
+];
+
 fn header(name: &str, what: &str) -> Result<HeaderName, String> {
-    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-        .map_err(|_| format!("{what}: {name:?} is not a header name"))
+    let h = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| format!("{what}: {name:?} is not a header name"))?;
+    if SECRET_HEADERS.contains(&h.as_str()) {
+        return Err(format!(
+            "{what}({name}): Warden does not write credentials to access logs"
+        ));
+    }
+    Ok(h)
 }
 
 fn op_of(name: &str, arg: Option<&str>) -> Result<Op, String> {
@@ -983,6 +998,9 @@ mod tests {
             ("%BYTES_SENT(x)%", "takes no argument"),
             ("%REQ(a b)%", "not a header name"),
             ("%REQ(x):big%", "not a length"),
+            ("%REQ(Authorization)%", "does not write credentials"),
+            ("%REQ(x-a?cookie)%", "does not write credentials"),
+            ("%RESP(set-cookie)%", "does not write credentials"),
         ] {
             let e = Format::new(Encoding::Text, Some(bad)).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
