@@ -18,6 +18,11 @@
 #   rate        bench/src/loadgen.rs: $RATE req/s open loop over $RATE_CONNS keep-alive
 #               connections, latency from the intended send time (no coordinated omission)
 #   oneconn     wrk -t1 -c1 --latency (closed loop): the latency a pair adds
+# Telemetry variants of the Warden pair (name them in PAIRS): warden-log (JSON access log
+# to a file on both proxies), warden-trace1 / warden-trace100 (spans at 1% / 100%
+# sampling, exported over OTLP/gRPC to bench/src/otlp_sink.rs, which counts and drops
+# them, on the load core), warden-all (both, 100%). Metrics are always on, as Envoy's
+# stats are.
 # VIRTUAL_SERVICES=N (and ENDPOINTS=N) give the Warden pair N VirtualServices and
 # DestinationRules, the first for the benchmarked host (see bench.py routes_yaml).
 # Printed per scenario: req/s, p50/p90/p99, added p50 vs direct, proxy CPU µs per
@@ -103,8 +108,8 @@ if [[ " ${PAIRS:-warden} " == *" warden "* ]]; then
   fi
 fi
 say "cargo build --release -p warden-bench (the load generator)"
-cargo build --release -q -p warden-bench --bin loadgen || die "building the load generator failed"
-cp target/release/loadgen target/bench-proxy/loadgen
+cargo build --release -q -p warden-bench --bin loadgen --bin otlp_sink || die "building the load generator failed"
+cp target/release/loadgen target/release/otlp_sink target/bench-proxy/
 
 # bench.py starts every process with a parent-death signal and stops them by pid on
 # exit (normal, error, SIGINT, SIGTERM); exec so signals reach it directly.

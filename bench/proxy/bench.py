@@ -78,6 +78,20 @@ APP_PORT = 8080
 HOST = f"nginx.{NS}.svc.cluster.local:{APP_PORT}"
 # Pair -> (client listener port, server listener port). Warden's are its defaults.
 PORTS = {"warden": (15001, 15006), "envoy": (16001, 16006), "haproxy": (17001, 17006)}
+# Telemetry variants of the Warden pair (issue 16), on Warden's ports, one after the
+# other: metrics are always on (as Envoy's stats are); `log` adds the JSON access log to
+# a file, `trace1`/`trace100` tracing at 1% / 100% sampling exported over OTLP/gRPC to
+# bench's otlp_sink (on the load core), `all` both at 100%.
+WARDEN_VARIANTS = {
+    "warden-log": ["log"],
+    "warden-trace1": ["trace1"],
+    "warden-trace100": ["trace100"],
+    "warden-all": ["log", "trace100"],
+}
+for _v in WARDEN_VARIANTS:
+    PORTS[_v] = PORTS["warden"]
+OTLP_SINK = Path(os.environ.get("OTLP_SINK_BIN", OUT / "otlp_sink"))
+OTLP_ADDR = "127.0.0.1:14317"
 WARDEN_HEALTH_PORT = 15021
 
 # CPU placement: load generator and app on one core, the two proxies on the other.
@@ -691,7 +705,7 @@ spec:
     return "---\n".join(docs)
 
 
-def start_warden_pair(procs, d, ctx):
+def start_warden_pair(procs, d, ctx, telemetry=()):
     cd = d / "warden-config"
     cd.mkdir(exist_ok=True)
     (cd / "bench.yaml").write_text(WARDEN_YAML)
@@ -701,14 +715,22 @@ def start_warden_pair(procs, d, ctx):
         say(f"warden: {VIRTUAL_SERVICES} VirtualServices, {ENDPOINTS} extra endpoints "
             f"(written in {time.monotonic() - started:.1f} s)")
     out_port = PORTS["warden"][0]  # inbound: the default 15006, which peers also assume
+    extra = []
+    if "trace1" in telemetry or "trace100" in telemetry:
+        procs.start("otlp-sink", [OTLP_SINK, OTLP_ADDR], cpu=LOAD_CPU)
+        extra += ["--tracing-otlp-endpoint", f"http://{OTLP_ADDR}",
+                  "--tracing-sampling", "1" if "trace1" in telemetry else "100"]
     pair = {}
     for role in ("server", "client"):
+        args = list(extra)
+        if "log" in telemetry:
+            args += ["--access-log-file", d / f"access-{role}.log", "--access-log-encoding", "JSON"]
         pair[role] = procs.start(
             f"warden-proxy-{role}",
             [BIN_DIR / "warden-proxy", "run", "--config-dir", cd, "--workload", role, "--namespace", NS,
              "--sds-socket", ctx["socket"], "--trust-domain", TD,
              "--outbound-port", out_port, "--health-port", WARDEN_HEALTH_PORT, "--concurrency", "1",
-             "--log-format", "json"],
+             "--log-format", "json", *args],
             cpu=PROXY_CPU,
         )
     for role, ip in (("server", SERVER_IP), ("client", CLIENT_IP)):
@@ -719,6 +741,8 @@ def start_warden_pair(procs, d, ctx):
 
 
 PAIR_START = {"warden": start_warden_pair, "envoy": start_envoy_pair, "haproxy": start_haproxy_pair}
+for _v, _t in WARDEN_VARIANTS.items():
+    PAIR_START[_v] = lambda procs, d, ctx, _t=tuple(_t): start_warden_pair(procs, d, ctx, _t)
 
 
 def target_of(pair):
@@ -930,8 +954,9 @@ def main():
         sys.exit("bench/proxy: missing: " + ", ".join(missing) + " (run bench/proxy.sh, which installs/builds them)")
     pairs = list(PAIRS)
     skipped = {}
-    if "warden" in pairs and (WARDEN_PROXY_SKIP or not (BIN_DIR / "warden-proxy").exists()):
-        skipped["warden"] = WARDEN_PROXY_SKIP or f"{BIN_DIR / 'warden-proxy'} not built"
+    for w in [p for p in pairs if p == "warden" or p in WARDEN_VARIANTS]:
+        if WARDEN_PROXY_SKIP or not (BIN_DIR / "warden-proxy").exists():
+            skipped[w] = WARDEN_PROXY_SKIP or f"{BIN_DIR / 'warden-proxy'} not built"
     d = Path(tempfile.mkdtemp(prefix="warden-bench-proxy-"))
     logdir = d / "logs"
     logdir.mkdir()
