@@ -128,7 +128,8 @@ struct Check {
     now: Option<u64>,
 }
 
-fn action(a: Action) -> &'static str {
+/// An AuthorizationPolicy action as Istio writes it.
+pub(crate) fn action(a: Action) -> &'static str {
     match a {
         Action::Allow => "ALLOW",
         Action::Deny => "DENY",
@@ -294,6 +295,15 @@ pub(crate) fn read_request(path: &std::path::Path) -> Result<String, String> {
         .map_err(|e| format!("cannot read --request {}: {e}", path.display()))
 }
 
+/// One policy's explanation as `warden authz check --explain` prints it (and the
+/// console's edge panel shows it).
+pub(crate) fn explanation_json(e: &warden_policy::authz::Explanation) -> serde_json::Value {
+    serde_json::json!({
+        "policy": e.policy, "action": action(e.action), "dry_run": e.dry_run,
+        "applies": e.applies, "matched_rule": e.matched_rule, "why": e.why,
+    })
+}
+
 /// Runs `warden authz ...`.
 pub fn run(cmd: AuthzCmd) -> ExitCode {
     let (config, request, root_namespace, trust_domain, explain, path_normalization) = match cmd {
@@ -417,13 +427,8 @@ pub fn run(cmd: AuthzCmd) -> ExitCode {
     if explain {
         out["explain"] = engine
             .explain(workload, req)
-            .into_iter()
-            .map(|e| {
-                serde_json::json!({
-                    "policy": e.policy, "action": action(e.action), "dry_run": e.dry_run,
-                    "applies": e.applies, "matched_rule": e.matched_rule, "why": e.why,
-                })
-            })
+            .iter()
+            .map(explanation_json)
             .collect();
     }
     print(&out)

@@ -1,10 +1,10 @@
 //! `details`: the book's details (bookinfo's Ruby `details` v1).
 
 use bytes::Bytes;
-use http::{Method, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use crate::http::{App, Req, json, not_found};
+use crate::http::{App, Req, get_or_health, json, not_found};
 
 /// The details service.
 #[derive(Debug)]
@@ -12,14 +12,8 @@ pub struct Details;
 
 impl App for Details {
     async fn handle(&self, req: Req) -> Response<Full<Bytes>> {
-        if req.method != Method::GET {
-            return not_found();
-        }
-        if req.path == "/health" {
-            return json(
-                StatusCode::OK,
-                &serde_json::json!({"status": "Details is healthy"}),
-            );
+        if let Some(early) = get_or_health(&req, "Details") {
+            return early;
         }
         match req.path.strip_prefix("/details/").map(str::parse::<u64>) {
             Some(Ok(id)) => json(

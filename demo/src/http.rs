@@ -170,6 +170,20 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 }
 
 /// 404 as bookinfo's apps answer it.
+/// What a JSON service answers before its own routes: 404 to anything but GET, and
+/// `{"status": "<Name> is healthy"}` on `/health`; `None`: the request is the service's.
+pub fn get_or_health(req: &Req, name: &str) -> Option<Response<Full<Bytes>>> {
+    if req.method != http::Method::GET {
+        return Some(not_found());
+    }
+    (req.path == "/health").then(|| {
+        json(
+            StatusCode::OK,
+            &serde_json::json!({"status": format!("{name} is healthy")}),
+        )
+    })
+}
+
 pub fn not_found() -> Response<Full<Bytes>> {
     json(
         StatusCode::NOT_FOUND,

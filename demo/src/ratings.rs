@@ -1,10 +1,10 @@
 //! `ratings`: the stars each reviewer gave a book (bookinfo's Node.js `ratings` v1).
 
 use bytes::Bytes;
-use http::{Method, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use crate::http::{App, Req, json, not_found};
+use crate::http::{App, Req, get_or_health, json, not_found};
 
 /// The ratings service.
 #[derive(Debug)]
@@ -12,14 +12,8 @@ pub struct Ratings;
 
 impl App for Ratings {
     async fn handle(&self, req: Req) -> Response<Full<Bytes>> {
-        if req.method != Method::GET {
-            return not_found();
-        }
-        if req.path == "/health" {
-            return json(
-                StatusCode::OK,
-                &serde_json::json!({"status": "Ratings is healthy"}),
-            );
+        if let Some(early) = get_or_health(&req, "Ratings") {
+            return early;
         }
         match req.path.strip_prefix("/ratings/").map(str::parse::<u64>) {
             Some(Ok(id)) => json(

@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use crate::http::{App, Req, Upstream, json, not_found};
+use crate::http::{App, Req, Upstream, get_or_health, json, not_found};
 
 /// Bookinfo's reviews versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -87,14 +87,8 @@ impl Reviews {
 
 impl App for Reviews {
     async fn handle(&self, req: Req) -> Response<Full<Bytes>> {
-        if req.method != Method::GET {
-            return not_found();
-        }
-        if req.path == "/health" {
-            return json(
-                StatusCode::OK,
-                &serde_json::json!({"status": "Reviews is healthy"}),
-            );
+        if let Some(early) = get_or_health(&req, "Reviews") {
+            return early;
         }
         let Some(Ok(id)) = req.path.strip_prefix("/reviews/").map(str::parse::<u64>) else {
             return not_found();

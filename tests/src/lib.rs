@@ -603,7 +603,7 @@ pub fn py_spiffe_python(what: &str) -> Option<PathBuf> {
 
 /// Python (`.venv`, or `$WARDEN_TEST_PYTHON`) that can import `module`, from
 /// `tests/interop/requirements.txt`.
-fn interop_python(what: &str, module: &str) -> Option<PathBuf> {
+pub(crate) fn interop_python(what: &str, module: &str) -> Option<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let py = std::env::var_os("WARDEN_TEST_PYTHON")
         .map(PathBuf::from)

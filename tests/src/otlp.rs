@@ -7,31 +7,13 @@ use std::process::{Command, Stdio};
 
 use crate::KillOnDrop;
 
-/// Python that can import grpcio and OpenTelemetry's generated TraceService stubs.
+/// Python that can import grpcio and OpenTelemetry's generated TraceService stubs
+/// (skipped loudly without, except under CI=true).
 pub fn python() -> Option<PathBuf> {
-    let py = std::env::var_os("WARDEN_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    let module = "opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc";
-    let found = Command::new(&py)
-        .args(["-c", &format!("import grpc, {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return Some(py);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "{} with grpcio and opentelemetry-proto is required under CI=true (tests/interop/requirements.txt)",
-            py.display()
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPING OTLP export interop: no Python grpcio + opentelemetry-proto at {} \
-         (pip install -r tests/interop/requirements.txt) ***\n",
-        py.display()
-    );
-    None
+    crate::interop_python(
+        "the OTLP export interop (opentelemetry-proto's receiver)",
+        "grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc",
+    )
 }
 
 /// Starts the receiver on a free port; its port and the file it appends spans to.

@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use warden_policy::authz::{Engine, HttpRequest, Protocol, Request, Workload};
-use warden_policy::resources::Action;
+
+use crate::authz::action;
 
 /// Whose policies apply mesh-wide (the proxies' `--root-namespace` default).
 const ROOT_NAMESPACE: &str = "istio-system";
@@ -23,15 +24,6 @@ pub struct Side {
     pub spiffe_id: Option<String>,
     /// Address.
     pub address: Option<IpAddr>,
-}
-
-fn action(a: Action) -> &'static str {
-    match a {
-        Action::Allow => "ALLOW",
-        Action::Deny => "DENY",
-        Action::Audit => "AUDIT",
-        Action::Custom => "CUSTOM",
-    }
 }
 
 /// The engine's decision and explanation for the edge `source` → `destination`.
@@ -116,13 +108,8 @@ fn explain(
     let d = engine.evaluate(&workload, &request);
     let explain: Vec<_> = engine
         .explain(&workload, &request)
-        .into_iter()
-        .map(|e| {
-            serde_json::json!({
-                "policy": e.policy, "action": action(e.action), "dry_run": e.dry_run,
-                "applies": e.applies, "matched_rule": e.matched_rule, "why": e.why,
-            })
-        })
+        .iter()
+        .map(crate::authz::explanation_json)
         .collect();
     Ok(serde_json::json!({
         "source": source.id,
