@@ -431,6 +431,9 @@ async fn request(ctx: &Arc<Context>, conn: &Conn, req: Request<Incoming>) -> Res
     let mut labels = snap.unknown_outbound.clone();
     let mut added = Vec::new();
     let staged = stages(ctx, conn, &snap, &mut ex, &mut record);
+    // An edge proxy: a client's own request id is not trusted (Envoy's
+    // `preserve_external_request_id: false`); every request gets a fresh one.
+    ex.req.headers_mut().remove("x-request-id");
     crate::telemetry::ensure_request_id(ex.req.headers_mut());
     record.request_head(
         &ex.req,

@@ -413,6 +413,8 @@ fn traced_and_logged_at_every_hop(state: &Path, spans: Option<&Path>) {
         let page = curl(&[
             "-H",
             &format!("traceparent: 00-{trace}-eee19b7ec3c1b174-01"),
+            "-H",
+            "x-request-id: chosen-by-the-client",
             GATEWAY,
         ]);
         assert_eq!(page.status, 200, "{page:?}");
@@ -433,6 +435,8 @@ fn traced_and_logged_at_every_hop(state: &Path, spans: Option<&Path>) {
     assert_eq!(gateway["direction"], "gateway");
     assert_eq!(gateway["path"], "/productpage");
     let id = gateway["request_id"].as_str().unwrap().to_string();
+    // The edge makes its own request id: a client's is not trusted (Envoy's default).
+    assert_eq!(id.len(), 36, "{gateway}");
     for (workload, path) in [
         ("productpage-v1", "/productpage"),
         ("details-v1", "/details/0"),
