@@ -87,6 +87,9 @@ impl Bound {
             // The spans of the last requests, within a bound.
             t.flush(Duration::from_secs(2)).await;
         }
+        if let Some(log) = &self.context.telemetry.access_log {
+            log.close();
+        }
         let _ = self.admin_stop.send(true);
         self.identity_task.abort();
         drop(self.watch);

@@ -878,7 +878,10 @@ async fn auto_passthrough(ctx: &Arc<Context>, conn: Conn, mut stream: TcpStream,
     let mut record = tcp_record(ctx, &conn);
     if let Some(d) = record.detail() {
         d.upstream.host = Some(route.endpoint.inbound);
-        d.upstream.cluster = Some(Arc::from(format!("outbound|{port}|{}|{host}", subset.as_deref().unwrap_or(""))));
+        d.upstream.cluster = Some(Arc::from(format!(
+            "outbound|{port}|{}|{host}",
+            subset.as_deref().unwrap_or("")
+        )));
     }
     let mut upstream = match ctx.connect_from_local(route.endpoint.inbound).await {
         Ok(s) => s,

@@ -650,11 +650,14 @@ async fn forward(
     match result {
         Ok(resp) => {
             let mut resp = pipeline::sanitize_response(&ex, resp)?;
-            resp.extensions_mut().insert(UpstreamInfo {
-                host: Some(app),
-                cluster: Some(inbound_cluster(target.app_port)),
-                service_time: Some(sent.elapsed()),
-            });
+            // Read by the access log and the span only.
+            if ctx.telemetry.detailed() {
+                resp.extensions_mut().insert(UpstreamInfo {
+                    host: Some(app),
+                    cluster: Some(inbound_cluster(target.app_port)),
+                    service_time: Some(sent.elapsed()),
+                });
+            }
             Ok(resp)
         }
         Err(e) => {

@@ -164,6 +164,23 @@ pub struct ConnLabels {
     /// `mutual_tls`, `none` or `unknown` (client side).
     pub security: &'static str,
     hash: u64,
+    /// The series the last request under these labels was counted in.
+    last: Arc<LastSeries>,
+}
+
+/// The metric handles of the last request counted under one [`ConnLabels`], with what
+/// else named its series (protocol, status, gRPC status, flags): the next request like
+/// it (nearly all of them) is counted without looking up four label families.
+#[derive(Debug, Default)]
+struct LastSeries(std::sync::Mutex<Option<Series>>);
+
+#[derive(Debug)]
+struct Series {
+    key: (bool, u16, Option<u16>, &'static str),
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
 }
 
 impl ConnLabels {
@@ -186,6 +203,7 @@ impl ConnLabels {
             service,
             security,
             hash: fixed.finish(),
+            last: Arc::default(),
         }
     }
 }
@@ -573,14 +591,32 @@ impl Metrics {
         self.duration.get_or_create(labels).observe(millis);
     }
 
-    /// The body sizes of one finished HTTP request.
-    pub fn sizes(&self, labels: &RequestLabels, received: u64, sent: u64) {
-        self.request_bytes
-            .get_or_create(labels)
-            .observe(received as f64);
-        self.response_bytes
-            .get_or_create(labels)
-            .observe(sent as f64);
+    /// Counts one finished HTTP request: `istio_requests_total`, its duration and its
+    /// body sizes each way.
+    pub fn complete(&self, labels: &RequestLabels, millis: f64, received: u64, sent: u64) {
+        let key = (labels.grpc, labels.code, labels.grpc_status, labels.flags);
+        let mut last = labels
+            .conn
+            .last
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let series = match last.take() {
+            Some(s) if s.key == key => s,
+            _ => Series {
+                key,
+                requests: self.requests.get_or_create(labels).clone(),
+                duration: self.duration.get_or_create(labels).clone(),
+                request_bytes: self.request_bytes.get_or_create(labels).clone(),
+                response_bytes: self.response_bytes.get_or_create(labels).clone(),
+            },
+        };
+        series.requests.inc();
+        series.duration.observe(millis);
+        series.request_bytes.observe(received as f64);
+        series.response_bytes.observe(sent as f64);
+        *last = Some(series);
+        drop(last);
         if let Some(kind) = upstream_event(labels.flags) {
             self.upstream_event(kind);
         }

@@ -391,24 +391,29 @@ pub(crate) async fn deliver(
             }
             reply
         })?;
-    let cluster: Arc<str> = Arc::from(format!(
-        "outbound|{}|{}|{}",
-        route.port.number,
-        routed
-            .as_ref()
-            .and_then(|r| r.subset.as_deref())
-            .unwrap_or_default(),
-        route.host
-    ));
+    // Envoy's cluster name, for the access log and the span only.
+    let cluster: Option<Arc<str>> = ctx.telemetry.detailed().then(|| {
+        Arc::from(format!(
+            "outbound|{}|{}|{}",
+            route.port.number,
+            routed
+                .as_ref()
+                .and_then(|r| r.subset.as_deref())
+                .unwrap_or_default(),
+            route.host
+        ))
+    });
     let result = match routed {
         None => forward(ctx, snap, ex, &route).await,
         Some(routed) => forward_routed(ctx, snap, ex, &route, routed).await,
     };
     let with_cluster = |resp: &mut Response<Body>| {
-        let info = resp
-            .extensions_mut()
-            .get_or_insert_with(crate::telemetry::UpstreamInfo::default);
-        info.cluster = Some(cluster.clone());
+        if let Some(cluster) = &cluster {
+            let info = resp
+                .extensions_mut()
+                .get_or_insert_with(crate::telemetry::UpstreamInfo::default);
+            info.cluster = Some(cluster.clone());
+        }
     };
     match result {
         Ok(mut resp) => {
@@ -865,7 +870,10 @@ async fn send_once(
     };
     match result {
         Ok(resp) => pipeline::sanitize_response(ex, resp).map(|mut resp| {
-            resp.extensions_mut().insert(info);
+            // Read by the access log and the span only.
+            if ctx.telemetry.detailed() {
+                resp.extensions_mut().insert(info);
+            }
             resp
         }),
         Err(UpstreamError::Connect(e)) => {

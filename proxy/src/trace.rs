@@ -79,8 +79,8 @@ const MAX_TRACESTATE_MEMBER: usize = 128;
 /// The B3 encoding a request came in with, which [`Span::inject`] writes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum B3Form {
-    /// No B3 headers: B3 multi is written beside `traceparent` for apps that forward
-    /// only B3 headers (Istio's bookinfo does).
+    /// No B3 headers: `traceparent` alone is written, as Envoy's OpenTelemetry tracer
+    /// propagates (bookinfo's apps forward it, beside the B3 headers).
     #[default]
     None,
     /// The `b3` header.
@@ -545,18 +545,20 @@ impl Span {
         if let Some(state) = &self.tracestate {
             put(TRACESTATE, state.clone());
         }
-        let trace_id = b3_trace_hex(&self.trace_id);
         let sampled = if self.sampled { "1" } else { "0" };
+        let trace_id = || b3_trace_hex(&self.trace_id);
         match self.b3 {
             B3Form::Single => {
-                let mut v = format!("{trace_id}-{}-{sampled}", hex(&self.span_id));
+                let mut v = format!("{}-{}-{sampled}", trace_id(), hex(&self.span_id));
                 if let Some(p) = &self.parent_span_id {
                     let _ = write!(v, "-{}", hex(p));
                 }
                 put(B3, v);
             }
-            B3Form::Multi | B3Form::None => {
-                put(X_B3_TRACEID, trace_id);
+            // No B3 came in: W3C alone, as Envoy's OpenTelemetry tracer propagates.
+            B3Form::None => {}
+            B3Form::Multi => {
+                put(X_B3_TRACEID, trace_id());
                 put(X_B3_SPANID, hex(&self.span_id));
                 put(X_B3_SAMPLED, sampled.to_owned());
                 if let Some(p) = &self.parent_span_id {
@@ -1094,7 +1096,7 @@ mod tests {
     }
 
     #[test]
-    fn inject_continues_w3c_and_adds_b3_multi() {
+    fn inject_continues_w3c_alone() {
         let tp = format!("00-{TRACE}-{SPAN}-01");
         let (span, out, next) = round_trip(&headers(&[
             ("traceparent", &tp),
@@ -1110,10 +1112,8 @@ mod tests {
             format!("00-{TRACE}-{}-01", hex(&span.span_id)).as_str()
         );
         assert_eq!(out["tracestate"], "rojo=1,congo=2");
-        assert_eq!(out["x-b3-traceid"], TRACE);
-        assert_eq!(out["x-b3-spanid"], hex(&span.span_id).as_str());
-        assert_eq!(out["x-b3-parentspanid"], SPAN);
-        assert_eq!(out["x-b3-sampled"], "1");
+        // W3C came in: W3C goes on, as Envoy's OpenTelemetry tracer propagates it.
+        assert!(!out.contains_key("x-b3-traceid") && !out.contains_key("b3"));
         assert_eq!(out["x-request-id"], "r1");
         assert_eq!(
             next.parent,
@@ -1162,26 +1162,23 @@ mod tests {
     }
 
     #[test]
-    fn a_new_trace_writes_w3c_and_b3_multi() {
+    fn a_new_trace_writes_w3c() {
         let (span, out, next) = round_trip(&headers(&[("b3", "garbage")]));
         // Not sampled at 0% and no parent; the malformed b3 header is removed and a
-        // new trace gets W3C and B3 multi.
+        // new trace gets W3C.
         assert!(!span.sampled);
         assert_eq!(span.parent_span_id, None);
         assert!(out["traceparent"].to_str().unwrap().ends_with("-00"));
-        assert!(!out.contains_key("b3"));
-        assert_eq!(out["x-b3-sampled"], "0");
+        assert!(!out.contains_key("b3") && !out.contains_key("x-b3-sampled"));
         assert_eq!(next.sampled, Some(false));
-        assert_eq!(next.b3, B3Form::Multi);
+        assert_eq!(next.b3, B3Form::None);
 
         let span = Span::start(SpanKind::Client, "a:80/*", None, &Sampler::new(100.0));
         let mut out = HeaderMap::new();
         span.inject(&mut out);
         assert!(span.sampled);
         assert!(out["traceparent"].to_str().unwrap().ends_with("-01"));
-        assert_eq!(out["x-b3-traceid"], hex(&span.trace_id).as_str());
-        assert_eq!(out["x-b3-sampled"], "1");
-        assert!(!out.contains_key("x-b3-parentspanid"));
+        assert!(!out.contains_key("x-b3-traceid"));
         assert!(!out.contains_key("b3"));
     }
 

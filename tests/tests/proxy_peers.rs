@@ -12,6 +12,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use warden_tests::mesh::metric_sum;
 use warden_tests::mesh::{Mesh, ServiceSpec, WorkloadSpec, authorization_policy};
 use warden_tests::{Curl, curl, grpcio_python, interop_script, run_json, websockets_python};
 
@@ -231,6 +232,44 @@ except grpc.RpcError as e:
     let v = call("no", true);
     assert_eq!(v["code"], "PERMISSION_DENIED", "{v}");
     assert_eq!(v["details"], "RBAC: access denied", "{v}");
+
+    // Istio's gRPC metrics on the server's proxy: the protocol, the status from the
+    // trailers (OK) and from the trailers-only refusal (PERMISSION_DENIED = 7), one
+    // message each way for the unary call.
+    let metrics = warden_tests::eventually(
+        "the server proxy's gRPC series",
+        std::time::Duration::from_secs(5),
+        || {
+            let m = mesh.metrics("server");
+            m.contains("grpc_response_status=\"7\"").then_some(m)
+        },
+    );
+    let ok = [
+        ("reporter", "destination"),
+        ("request_protocol", "grpc"),
+        ("grpc_response_status", "0"),
+    ];
+    assert_eq!(
+        metric_sum(&metrics, "istio_requests_total", &ok),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "istio_request_messages_total", &ok),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "istio_response_messages_total", &ok),
+        1.0,
+        "{metrics}"
+    );
+    let denied = [("request_protocol", "grpc"), ("grpc_response_status", "7")];
+    assert_eq!(
+        metric_sum(&metrics, "istio_requests_total", &denied),
+        1.0,
+        "{metrics}"
+    );
 
     // tonic (ours) to the grpcio server too.
     let r = mesh.grpc_say("client", &host, b"tonic");

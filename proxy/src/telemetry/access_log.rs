@@ -14,7 +14,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
 
 use http::Version;
@@ -136,6 +135,8 @@ enum Val<'a> {
     None,
     Str(Cow<'a, str>),
     Num(u64),
+    /// An address, written in place (no string made for it).
+    Addr(std::net::SocketAddr),
 }
 
 /// A compiled access-log format.
@@ -448,7 +449,7 @@ fn opt<'a>(s: Option<&'a str>) -> Val<'a> {
 }
 
 fn addr(a: Option<std::net::SocketAddr>) -> Val<'static> {
-    a.map_or(Val::None, |a| Val::Str(Cow::Owned(a.to_string())))
+    a.map_or(Val::None, Val::Addr)
 }
 
 /// RFC 3339 in UTC with milliseconds, as Envoy's default `%START_TIME%`.
@@ -567,6 +568,9 @@ impl Entry<'_> {
                     Val::Num(n) => {
                         let _ = write!(out, "{n}");
                     }
+                    Val::Addr(a) => {
+                        let _ = write!(out, "{a}");
+                    }
                     Val::Str(v) => out.push_str(truncate(&v, *max)),
                 },
             }
@@ -591,6 +595,10 @@ impl Entry<'_> {
                             Val::None => out.push_str("null"),
                             Val::Num(n) => {
                                 let _ = write!(out, "{n}");
+                            }
+                            // Digits, dots, colons and brackets: nothing to escape.
+                            Val::Addr(a) => {
+                                let _ = write!(out, "\"{a}\"");
                             }
                             Val::Str(v) => json_string(truncate(&v, *max), &mut out),
                         },
@@ -623,6 +631,12 @@ fn truncate(s: &str, max: Option<usize>) -> &str {
 
 fn json_string(s: &str, out: &mut String) {
     out.push('"');
+    // Nearly every value needs no escape: copied whole.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -657,16 +671,34 @@ pub enum Sink {
     },
 }
 
-/// Lines queued for the writer at most.
+/// Lines waiting for the writer at most; more are dropped (and counted).
 const QUEUE: usize = 16_384;
 
-/// The access log: the compiled format and the queue to the writer thread.
+/// How often the writer thread takes what is waiting. Lines are never handed over one
+/// by one: a wake-up per line would cost a context switch per request.
+const WRITE_EVERY: Duration = Duration::from_millis(100);
+
+/// Lines waiting for the writer: one buffer, appended to under a lock held for a copy.
+#[derive(Debug, Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    lines: usize,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    pending: std::sync::Mutex<Pending>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// The access log: the compiled format and the buffer the writer thread empties.
 #[derive(Debug)]
 pub struct AccessLog {
     format: Format,
     request_headers: Vec<HeaderName>,
     response_headers: Vec<HeaderName>,
-    tx: SyncSender<String>,
+    shared: Arc<Shared>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Lines dropped because the writer fell behind (or failed).
     pub dropped: Arc<AtomicU64>,
     /// Lines written.
@@ -674,23 +706,24 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Opens `sink` (creating the file, 0600? no: 0640, as logs are not secrets but
-    /// carry identities) and starts the writer thread.
+    /// Opens `sink` (a file is created 0640: logs are not secrets, but carry
+    /// identities) and starts the writer thread.
     pub fn start(format: Format, sink: Sink) -> Result<Self, String> {
         let mut out = Output::open(&sink)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        let shared = Arc::new(Shared::default());
         let dropped = Arc::new(AtomicU64::new(0));
         let written = Arc::new(AtomicU64::new(0));
-        let (d, w) = (dropped.clone(), written.clone());
-        std::thread::Builder::new()
+        let (sh, d, w) = (shared.clone(), dropped.clone(), written.clone());
+        let writer = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer(&rx, &mut out, &d, &w))
+            .spawn(move || writer(&sh, &mut out, &d, &w))
             .map_err(|e| format!("cannot start the access log writer: {e}"))?;
         Ok(Self {
             request_headers: format.headers(false),
             response_headers: format.headers(true),
             format,
-            tx,
+            shared,
+            writer: std::sync::Mutex::new(Some(writer)),
             dropped,
             written,
         })
@@ -706,15 +739,42 @@ impl AccessLog {
         &self.response_headers
     }
 
-    /// Queues one line (never waits).
+    /// Adds one line (never waits on the disk).
     pub fn write(&self, entry: &Entry<'_>) {
         let line = entry.render(&self.format);
-        match self.tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let mut p = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if p.lines >= QUEUE {
+            drop(p);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        p.bytes.extend_from_slice(line.as_bytes());
+        p.bytes.push(b'\n');
+        p.lines += 1;
+    }
+
+    /// Writes what is waiting and stops the writer (on shutdown).
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -767,19 +827,18 @@ impl Output {
         }
     }
 
-    fn line(&mut self, line: &str) -> std::io::Result<()> {
+    fn line(&mut self, line: &[u8]) -> std::io::Result<()> {
         match self {
             Self::Stdout(s) => {
                 let mut s = s.lock();
-                s.write_all(line.as_bytes())?;
+                s.write_all(line)?;
                 s.write_all(b"\n")
             }
             Self::Stderr(s) => {
-                // One write per line: the process's own log lines never split it.
-                let mut l = String::with_capacity(line.len() + 1);
-                l.push_str(line);
-                l.push('\n');
-                s.lock().write_all(l.as_bytes())
+                let mut l = Vec::with_capacity(line.len() + 1);
+                l.extend_from_slice(line);
+                l.push(b'\n');
+                s.lock().write_all(&l)
             }
             Self::File {
                 path,
@@ -794,9 +853,24 @@ impl Output {
                     *file = std::io::BufWriter::with_capacity(64 * 1024, open_file(path)?);
                     *size = 0;
                 }
-                file.write_all(line.as_bytes())?;
+                file.write_all(line)?;
                 file.write_all(b"\n")?;
                 *size += line.len() as u64 + 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `block`, whole lines each ending in a newline.
+    fn lines(&mut self, block: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Stdout(s) => s.lock().write_all(block),
+            // Stderr (beside the process's own log) and files: line by line, so a log
+            // line never lands inside one and a file rotates between lines.
+            Self::Stderr(_) | Self::File { .. } => {
+                for line in block.split_inclusive(|b| *b == b'\n') {
+                    self.line(line.strip_suffix(b"\n").unwrap_or(line))?;
+                }
                 Ok(())
             }
         }
@@ -831,46 +905,48 @@ fn rotate(path: &Path, keep: usize) -> std::io::Result<()> {
     std::fs::rename(path, numbered(1))
 }
 
-fn writer(rx: &Receiver<String>, out: &mut Output, dropped: &AtomicU64, written: &AtomicU64) {
+fn writer(shared: &Shared, out: &mut Output, dropped: &AtomicU64, written: &AtomicU64) {
     let mut failing = false;
+    let mut spare = Vec::new();
     loop {
-        let line = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(l) => l,
-            Err(RecvTimeoutError::Timeout) => {
-                let _ = out.flush();
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = out.flush();
-                return;
-            }
+        let closed = shared.closed.load(Ordering::Relaxed);
+        if !closed {
+            std::thread::park_timeout(WRITE_EVERY);
+        }
+        let (bytes, lines) = {
+            let mut p = shared
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let lines = std::mem::take(&mut p.lines);
+            // The emptied buffer of the last round takes the next lines.
+            spare.clear();
+            (
+                std::mem::replace(&mut p.bytes, std::mem::take(&mut spare)),
+                lines,
+            )
         };
-        match out.line(&line) {
-            Ok(()) => {
-                written.fetch_add(1, Ordering::Relaxed);
-                if failing {
-                    failing = false;
-                    tracing::info!("access log: writing again");
+        if lines > 0 {
+            match out.lines(&bytes).and_then(|()| out.flush()) {
+                Ok(()) => {
+                    written.fetch_add(lines as u64, Ordering::Relaxed);
+                    if failing {
+                        failing = false;
+                        tracing::info!("access log: writing again");
+                    }
                 }
-            }
-            Err(e) => {
-                dropped.fetch_add(1, Ordering::Relaxed);
-                if !failing {
-                    failing = true;
-                    tracing::warn!(error = %e, "access log: a line could not be written; lines are dropped until writing works again");
+                Err(e) => {
+                    dropped.fetch_add(lines as u64, Ordering::Relaxed);
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(error = %e, "access log: lines could not be written; they are dropped until writing works again");
+                    }
                 }
             }
         }
-        // Flush when the queue is empty: lines reach the file promptly at low rates
-        // and in large writes at high ones.
-        if let Ok(next) = rx.try_recv() {
-            if out.line(&next).is_ok() {
-                written.fetch_add(1, Ordering::Relaxed);
-            } else {
-                dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        } else {
-            let _ = out.flush();
+        spare = bytes;
+        if closed {
+            return;
         }
     }
 }
@@ -1042,7 +1118,7 @@ mod tests {
         })
         .unwrap();
         for i in 0..20 {
-            out.line(&format!("{i:040}")).unwrap();
+            out.line(format!("{i:040}").as_bytes()).unwrap();
         }
         out.flush().unwrap();
         assert!(path.exists());

@@ -439,8 +439,12 @@ impl Pending {
             grpc_status: self.grpc_status,
             flags,
         };
-        t.metrics.request(&labels, duration.as_secs_f64() * 1000.0);
-        t.metrics.sizes(&labels, received, self.bytes);
+        t.metrics.complete(
+            &labels,
+            duration.as_secs_f64() * 1000.0,
+            received,
+            self.bytes,
+        );
         if self.record.grpc {
             let sent_messages = self
                 .record
@@ -484,24 +488,29 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
         return;
     }
     let id = uuid_v4(random_u128());
-    if let Ok(v) = http::HeaderValue::from_str(&id) {
+    if let Ok(v) = http::HeaderValue::from_bytes(&id) {
         headers.insert(HeaderName::from_static("x-request-id"), v);
     }
 }
 
-/// A version-4 UUID from 128 random bits.
-fn uuid_v4(r: u128) -> String {
-    let r =
-        (r & !(0xf000u128 << 64) | (0x4000u128 << 64)) & !(0xc000u128 << 48) | (0x8000u128 << 48);
-    let h = format!("{r:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+/// A version-4 UUID from 128 random bits, in its 36-character text form (formatted in
+/// place: this runs for every outbound request).
+fn uuid_v4(r: u128) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Version 4 in bits 76..80, variant 10 in bits 62..64.
+    let r = (r & !(0xf_u128 << 76)) | (0x4_u128 << 76);
+    let r = (r & !(0x3_u128 << 62)) | (0x2_u128 << 62);
+    let mut out = [b'-'; 36];
+    let mut nibble = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        let shift = 124 - 4 * nibble;
+        *slot = HEX[((r >> shift) & 0xf) as usize];
+        nibble += 1;
+    }
+    out
 }
 
 /// 128 bits from a per-thread generator (xorshift128+) seeded from the system's
