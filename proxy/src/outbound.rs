@@ -861,6 +861,7 @@ async fn send_once(
             .observe(endpoint, status, route.service.endpoints.len(), policy)
         {
             tracing::info!(host = %route.host, endpoint = %route.endpoint.inbound, "outlier detection: endpoint ejected");
+            ctx.metrics.upstream_event("ejection");
         }
     }
     let info = crate::telemetry::UpstreamInfo {
@@ -1008,6 +1009,7 @@ async fn send_with_retries(
                 let guard = ctx.circuits.retry(&key, max);
                 if guard.is_none() {
                     tracing::info!(virtual_service = %routed.virtual_service, destination = %key, max_retries = max, "retry budget spent: the answer is not retried");
+                    ctx.metrics.upstream_event("retry_overflow");
                 }
                 Some(guard)
             }
@@ -1028,6 +1030,7 @@ async fn send_with_retries(
         let ceiling = (25u64 << (attempt - 1).min(4)).min(250);
         let wait = std::time::Duration::from_millis((random_unit() * ceiling as f64) as u64);
         tracing::debug!(virtual_service = %routed.virtual_service, attempt, ?wait, "retrying");
+        ctx.metrics.upstream_event("retry");
         tokio::time::sleep(wait).await;
     }
 }

@@ -361,6 +361,13 @@ spec:
     assert!(ok >= 2, "{statuses:?}");
     assert!(overflow >= 1, "{statuses:?}");
     assert_eq!(ok + overflow, 6, "{statuses:?}");
+    // Each refusal is a circuit-breaker trip on the client's health metrics.
+    let trips = warden_tests::mesh::metric_sum(
+        &mesh.metrics("client"),
+        "warden_upstream_events_total",
+        &[("event", "overflow")],
+    );
+    assert_eq!(trips, overflow as f64);
     // Once the burst is over, requests pass again.
     assert_eq!(
         mesh.get("client", &mesh.url("httpbin", "http", "/x"))
@@ -410,6 +417,15 @@ spec:
     let first = failures(20);
     eprintln!("outlier detection: {first} of 20 failed (one endpoint of two down)");
     assert_eq!(first, 1, "the down endpoint fails once, then sits out");
+    assert_eq!(
+        warden_tests::mesh::metric_sum(
+            &mesh.metrics("client"),
+            "warden_upstream_events_total",
+            &[("event", "ejection")],
+        ),
+        1.0,
+        "the ejection is counted"
+    );
     // After the 3 s ejection it is tried again, fails once, and is ejected for 6 s.
     std::thread::sleep(std::time::Duration::from_millis(3300));
     let again = failures(10);

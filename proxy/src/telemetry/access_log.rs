@@ -147,8 +147,16 @@ pub struct Format(Layout);
 enum Layout {
     /// A line of text.
     Text(Vec<Segment>),
-    /// A JSON object per line.
+    /// A JSON object per line: each field's `"name":` (escaped once, here) and value.
     Json(Vec<(String, Vec<Segment>)>),
+}
+
+/// `"name":`, escaped.
+fn json_key(name: &str) -> String {
+    let mut k = String::with_capacity(name.len() + 3);
+    json_string(name, &mut k);
+    k.push(':');
+    k
 }
 
 /// Headers that carry credentials: never written to a log.
@@ -360,7 +368,7 @@ impl Format {
             (Encoding::Json, None) => Layout::Json(
                 ISTIO_JSON_FIELDS
                     .iter()
-                    .map(|(k, v)| Ok(((*k).to_string(), compile(v)?)))
+                    .map(|(k, v)| Ok((json_key(k), compile(v)?)))
                     .collect::<Result<_, String>>()?,
             ),
             (Encoding::Json, Some(c)) => {
@@ -376,7 +384,7 @@ impl Format {
                     })?;
                     let segments =
                         compile(text).map_err(|e| format!("accessLogFormat: field {k:?}: {e}"))?;
-                    fields.push((k, segments));
+                    fields.push((json_key(&k), segments));
                 }
                 Layout::Json(fields)
             }
@@ -580,16 +588,21 @@ impl Entry<'_> {
     /// The line, without its newline.
     pub fn render(&self, format: &Format) -> String {
         let mut out = String::with_capacity(512);
+        self.render_into(format, &mut out);
+        out
+    }
+
+    /// Appends the line, without its newline, to `out`.
+    pub fn render_into(&self, format: &Format, out: &mut String) {
         match &format.0 {
-            Layout::Text(segments) => self.text(segments, &mut out),
+            Layout::Text(segments) => self.text(segments, out),
             Layout::Json(fields) => {
                 out.push('{');
                 for (i, (key, segments)) in fields.iter().enumerate() {
                     if i > 0 {
                         out.push(',');
                     }
-                    json_string(key, &mut out);
-                    out.push(':');
+                    out.push_str(key);
                     match segments.as_slice() {
                         [Segment::Op(op, max)] => match self.value(op) {
                             Val::None => out.push_str("null"),
@@ -600,19 +613,18 @@ impl Entry<'_> {
                             Val::Addr(a) => {
                                 let _ = write!(out, "\"{a}\"");
                             }
-                            Val::Str(v) => json_string(truncate(&v, *max), &mut out),
+                            Val::Str(v) => json_string(truncate(&v, *max), out),
                         },
                         _ => {
                             let mut s = String::new();
                             self.text(segments, &mut s);
-                            json_string(&s, &mut out);
+                            json_string(&s, out);
                         }
                     }
                 }
                 out.push('}');
             }
         }
-        out
     }
 }
 
@@ -681,7 +693,7 @@ const WRITE_EVERY: Duration = Duration::from_millis(100);
 /// Lines waiting for the writer: one buffer, appended to under a lock held for a copy.
 #[derive(Debug, Default)]
 struct Pending {
-    bytes: Vec<u8>,
+    text: String,
     lines: usize,
 }
 
@@ -741,7 +753,6 @@ impl AccessLog {
 
     /// Adds one line (never waits on the disk).
     pub fn write(&self, entry: &Entry<'_>) {
-        let line = entry.render(&self.format);
         let mut p = self
             .shared
             .pending
@@ -752,8 +763,9 @@ impl AccessLog {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        p.bytes.extend_from_slice(line.as_bytes());
-        p.bytes.push(b'\n');
+        // Rendered straight into the buffer: no line of its own to copy.
+        entry.render_into(&self.format, &mut p.text);
+        p.text.push('\n');
         p.lines += 1;
     }
 
@@ -867,6 +879,18 @@ impl Output {
             Self::Stdout(s) => s.lock().write_all(block),
             // Stderr (beside the process's own log) and files: line by line, so a log
             // line never lands inside one and a file rotates between lines.
+            Self::File {
+                file,
+                size,
+                max_bytes,
+                ..
+            } if *max_bytes == 0 || *size + block.len() as u64 <= *max_bytes => {
+                // No rotation due within the block: one write, no copy.
+                file.flush()?;
+                file.get_mut().write_all(block)?;
+                *size += block.len() as u64;
+                Ok(())
+            }
             Self::Stderr(_) | Self::File { .. } => {
                 for line in block.split_inclusive(|b| *b == b'\n') {
                     self.line(line.strip_suffix(b"\n").unwrap_or(line))?;
@@ -907,7 +931,7 @@ fn rotate(path: &Path, keep: usize) -> std::io::Result<()> {
 
 fn writer(shared: &Shared, out: &mut Output, dropped: &AtomicU64, written: &AtomicU64) {
     let mut failing = false;
-    let mut spare = Vec::new();
+    let mut spare = String::new();
     loop {
         let closed = shared.closed.load(Ordering::Relaxed);
         if !closed {
@@ -922,12 +946,12 @@ fn writer(shared: &Shared, out: &mut Output, dropped: &AtomicU64, written: &Atom
             // The emptied buffer of the last round takes the next lines.
             spare.clear();
             (
-                std::mem::replace(&mut p.bytes, std::mem::take(&mut spare)),
+                std::mem::replace(&mut p.text, std::mem::take(&mut spare)),
                 lines,
             )
         };
         if lines > 0 {
-            match out.lines(&bytes).and_then(|()| out.flush()) {
+            match out.lines(bytes.as_bytes()).and_then(|()| out.flush()) {
                 Ok(()) => {
                     written.fetch_add(lines as u64, Ordering::Relaxed);
                     if failing {
