@@ -48,6 +48,8 @@ pub mod conn;
 pub mod context;
 pub mod cors;
 pub mod egress;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod gateway;
 pub mod http;
 pub mod identity;

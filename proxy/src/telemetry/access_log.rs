@@ -3,17 +3,11 @@
 //! (`%START_TIME%`, `%REQ(:METHOD)%`, `%RESPONSE_CODE%`...), plus Warden's own
 //! (`%WARDEN_AUTHZ_DECISION%`...).
 //!
-//! Lines are formatted where the exchange ends and handed to a writer thread through
-//! a bounded queue: a slow disk never slows a request, and a line that does not fit
-//! is dropped and counted (`warden_access_log_dropped_total`). A file log is rotated
-//! by size (`<file>.1` ... `<file>.<keep>`).
+//! Lines are rendered where the exchange ends into the buffer of the writer
+//! ([`super::writer`]).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::Version;
@@ -405,7 +399,8 @@ impl Format {
         a.into_iter().flatten().chain(b.into_iter().flatten())
     }
 
-    fn headers(&self, response: bool) -> Vec<HeaderName> {
+    /// The request (or response) headers the format names.
+    pub(crate) fn headers(&self, response: bool) -> Vec<HeaderName> {
         let mut out: Vec<HeaderName> = Vec::new();
         for s in self.segments() {
             let names: Vec<&HeaderName> = match s {
@@ -665,316 +660,6 @@ fn json_string(s: &str, out: &mut String) {
     out.push('"');
 }
 
-/// Where lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sink {
-    /// The process's standard output (`/dev/stdout`).
-    Stdout,
-    /// Its standard error (`/dev/stderr`), beside its own log.
-    Stderr,
-    /// A file, rotated by size.
-    File {
-        /// Its path.
-        path: PathBuf,
-        /// Rotated past this many bytes (0: never).
-        max_bytes: u64,
-        /// Rotated files kept.
-        keep: usize,
-    },
-}
-
-/// Lines waiting for the writer at most; more are dropped (and counted).
-const QUEUE: usize = 16_384;
-
-/// How often the writer thread takes what is waiting. Lines are never handed over one
-/// by one: a wake-up per line would cost a context switch per request.
-const WRITE_EVERY: Duration = Duration::from_millis(100);
-
-/// Lines waiting for the writer: one buffer, appended to under a lock held for a copy.
-#[derive(Debug, Default)]
-struct Pending {
-    text: String,
-    lines: usize,
-}
-
-#[derive(Debug, Default)]
-struct Shared {
-    pending: std::sync::Mutex<Pending>,
-    closed: std::sync::atomic::AtomicBool,
-}
-
-/// The access log: the compiled format and the buffer the writer thread empties.
-#[derive(Debug)]
-pub struct AccessLog {
-    format: Format,
-    request_headers: Vec<HeaderName>,
-    response_headers: Vec<HeaderName>,
-    shared: Arc<Shared>,
-    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Lines dropped because the writer fell behind (or failed).
-    pub dropped: Arc<AtomicU64>,
-    /// Lines written.
-    pub written: Arc<AtomicU64>,
-}
-
-impl AccessLog {
-    /// Opens `sink` (a file is created 0640: logs are not secrets, but carry
-    /// identities) and starts the writer thread.
-    pub fn start(format: Format, sink: Sink) -> Result<Self, String> {
-        let mut out = Output::open(&sink)?;
-        let shared = Arc::new(Shared::default());
-        let dropped = Arc::new(AtomicU64::new(0));
-        let written = Arc::new(AtomicU64::new(0));
-        let (sh, d, w) = (shared.clone(), dropped.clone(), written.clone());
-        let writer = std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || writer(&sh, &mut out, &d, &w))
-            .map_err(|e| format!("cannot start the access log writer: {e}"))?;
-        Ok(Self {
-            request_headers: format.headers(false),
-            response_headers: format.headers(true),
-            format,
-            shared,
-            writer: std::sync::Mutex::new(Some(writer)),
-            dropped,
-            written,
-        })
-    }
-
-    /// Request headers the format reads.
-    pub fn request_headers(&self) -> &[HeaderName] {
-        &self.request_headers
-    }
-
-    /// Response headers the format reads.
-    pub fn response_headers(&self) -> &[HeaderName] {
-        &self.response_headers
-    }
-
-    /// Adds one line (never waits on the disk).
-    pub fn write(&self, entry: &Entry<'_>) {
-        let mut p = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if p.lines >= QUEUE {
-            drop(p);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        // Rendered straight into the buffer: no line of its own to copy.
-        entry.render_into(&self.format, &mut p.text);
-        p.text.push('\n');
-        p.lines += 1;
-    }
-
-    /// Writes what is waiting and stops the writer (on shutdown).
-    pub fn close(&self) {
-        self.shared.closed.store(true, Ordering::Relaxed);
-        let handle = self
-            .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(h) = handle {
-            h.thread().unpark();
-            let _ = h.join();
-        }
-    }
-}
-
-impl Drop for AccessLog {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-enum Output {
-    Stdout(std::io::Stdout),
-    Stderr(std::io::Stderr),
-    File {
-        path: PathBuf,
-        file: std::io::BufWriter<std::fs::File>,
-        size: u64,
-        max_bytes: u64,
-        keep: usize,
-    },
-}
-
-fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
-}
-
-impl Output {
-    fn open(sink: &Sink) -> Result<Self, String> {
-        match sink {
-            Sink::Stdout => Ok(Self::Stdout(std::io::stdout())),
-            Sink::Stderr => Ok(Self::Stderr(std::io::stderr())),
-            Sink::File {
-                path,
-                max_bytes,
-                keep,
-            } => {
-                let file = open_file(path).map_err(|e| {
-                    format!(
-                        "access log {}: cannot open for appending: {e}",
-                        path.display()
-                    )
-                })?;
-                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-                Ok(Self::File {
-                    path: path.clone(),
-                    file: std::io::BufWriter::with_capacity(64 * 1024, file),
-                    size,
-                    max_bytes: *max_bytes,
-                    keep: *keep,
-                })
-            }
-        }
-    }
-
-    fn line(&mut self, line: &[u8]) -> std::io::Result<()> {
-        match self {
-            Self::Stdout(s) => {
-                let mut s = s.lock();
-                s.write_all(line)?;
-                s.write_all(b"\n")
-            }
-            Self::Stderr(s) => {
-                let mut l = Vec::with_capacity(line.len() + 1);
-                l.extend_from_slice(line);
-                l.push(b'\n');
-                s.lock().write_all(&l)
-            }
-            Self::File {
-                path,
-                file,
-                size,
-                max_bytes,
-                keep,
-            } => {
-                if *max_bytes > 0 && *size > 0 && *size + line.len() as u64 + 1 > *max_bytes {
-                    file.flush()?;
-                    rotate(path, *keep)?;
-                    *file = std::io::BufWriter::with_capacity(64 * 1024, open_file(path)?);
-                    *size = 0;
-                }
-                file.write_all(line)?;
-                file.write_all(b"\n")?;
-                *size += line.len() as u64 + 1;
-                Ok(())
-            }
-        }
-    }
-
-    /// Writes `block`, whole lines each ending in a newline.
-    fn lines(&mut self, block: &[u8]) -> std::io::Result<()> {
-        match self {
-            Self::Stdout(s) => s.lock().write_all(block),
-            // Stderr (beside the process's own log) and files: line by line, so a log
-            // line never lands inside one and a file rotates between lines.
-            Self::File {
-                file,
-                size,
-                max_bytes,
-                ..
-            } if *max_bytes == 0 || *size + block.len() as u64 <= *max_bytes => {
-                // No rotation due within the block: one write, no copy.
-                file.flush()?;
-                file.get_mut().write_all(block)?;
-                *size += block.len() as u64;
-                Ok(())
-            }
-            Self::Stderr(_) | Self::File { .. } => {
-                for line in block.split_inclusive(|b| *b == b'\n') {
-                    self.line(line.strip_suffix(b"\n").unwrap_or(line))?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Self::Stdout(s) => s.flush(),
-            Self::Stderr(s) => s.flush(),
-            Self::File { file, .. } => file.flush(),
-        }
-    }
-}
-
-/// `log` → `log.1` → ... → `log.<keep>` (the oldest dropped).
-fn rotate(path: &Path, keep: usize) -> std::io::Result<()> {
-    let numbered = |n: usize| {
-        let mut p = path.as_os_str().to_owned();
-        p.push(format!(".{n}"));
-        PathBuf::from(p)
-    };
-    if keep == 0 {
-        return std::fs::remove_file(path);
-    }
-    let _ = std::fs::remove_file(numbered(keep));
-    for n in (1..keep).rev() {
-        let from = numbered(n);
-        if from.exists() {
-            std::fs::rename(&from, numbered(n + 1))?;
-        }
-    }
-    std::fs::rename(path, numbered(1))
-}
-
-fn writer(shared: &Shared, out: &mut Output, dropped: &AtomicU64, written: &AtomicU64) {
-    let mut failing = false;
-    let mut spare = String::new();
-    loop {
-        let closed = shared.closed.load(Ordering::Relaxed);
-        if !closed {
-            std::thread::park_timeout(WRITE_EVERY);
-        }
-        let (bytes, lines) = {
-            let mut p = shared
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let lines = std::mem::take(&mut p.lines);
-            // The emptied buffer of the last round takes the next lines.
-            spare.clear();
-            (
-                std::mem::replace(&mut p.text, std::mem::take(&mut spare)),
-                lines,
-            )
-        };
-        if lines > 0 {
-            match out.lines(bytes.as_bytes()).and_then(|()| out.flush()) {
-                Ok(()) => {
-                    written.fetch_add(lines as u64, Ordering::Relaxed);
-                    if failing {
-                        failing = false;
-                        tracing::info!("access log: writing again");
-                    }
-                }
-                Err(e) => {
-                    dropped.fetch_add(lines as u64, Ordering::Relaxed);
-                    if !failing {
-                        failing = true;
-                        tracing::warn!(error = %e, "access log: lines could not be written; they are dropped until writing works again");
-                    }
-                }
-            }
-        }
-        spare = bytes;
-        if closed {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -994,7 +679,7 @@ mod tests {
         d.downstream_remote = Some("127.0.0.2:4000".parse().unwrap());
         d.upstream = UpstreamInfo {
             host: Some("127.0.0.3:9080".parse().unwrap()),
-            cluster: Some(Arc::from("inbound|9080||")),
+            cluster: Some(std::sync::Arc::from("inbound|9080||")),
             service_time: Some(Duration::from_millis(2)),
         };
         d.destination_port = Some(9080);
@@ -1129,27 +814,6 @@ mod tests {
             duration: Duration::ZERO,
         }
         .render(f)
-    }
-
-    #[test]
-    fn files_rotate_by_size_and_keep_a_few() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("access.log");
-        let mut out = Output::open(&Sink::File {
-            path: path.clone(),
-            max_bytes: 100,
-            keep: 2,
-        })
-        .unwrap();
-        for i in 0..20 {
-            out.line(format!("{i:040}").as_bytes()).unwrap();
-        }
-        out.flush().unwrap();
-        assert!(path.exists());
-        assert!(dir.path().join("access.log.1").exists());
-        assert!(dir.path().join("access.log.2").exists());
-        assert!(!dir.path().join("access.log.3").exists());
-        assert!(std::fs::metadata(&path).unwrap().len() <= 100);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod settings;
 pub mod spans;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,9 +25,9 @@ use crate::http::{Body, GrpcFramer, ReqBody, Tally};
 use crate::metrics::{ConnLabels, Metrics, RequestLabels, TcpLabels};
 use crate::pipeline::Exchange;
 
-pub use access_log::AccessLog;
 pub use settings::TelemetrySettings;
 pub use spans::SpanKind;
+pub use writer::AccessLog;
 
 /// Which listener an exchange came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,8 @@
 
 use std::path::PathBuf;
 
-use super::access_log::{Encoding, Format, Sink};
+use super::access_log::{Encoding, Format};
+use super::writer::Sink;
 
 /// The MeshConfig keys read here (the rest of MeshConfig is read elsewhere).
 pub const MESH_KEYS: &[&str] = &[
