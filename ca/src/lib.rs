@@ -15,6 +15,8 @@ pub mod certificate;
 pub mod checkpoint;
 pub mod config;
 pub mod federation;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod jwt_svid;
 pub mod kube;
 pub mod limits;

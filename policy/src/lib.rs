@@ -27,6 +27,8 @@
 //! uses the same engine in its data path.
 
 pub mod authz;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod loader;
 pub mod matcher;
 pub mod normalize;

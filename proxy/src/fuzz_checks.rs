@@ -73,14 +73,14 @@ pub fn check_access_log_format(data: &[u8]) {
         d.downstream_remote = "127.0.0.2:4000".parse().ok();
         d.destination_port = Some(9080);
         d.request_headers = format
-            .request_headers()
-            .iter()
-            .map(|h| (h.clone(), "v\"\\\u{1}".to_string()))
+            .headers(false)
+            .into_iter()
+            .map(|h| (h, "v\"\\\u{1}".to_string()))
             .collect();
         d.response_headers = format
-            .response_headers()
-            .iter()
-            .map(|h| (h.clone(), "r\t\u{2028}".to_string()))
+            .headers(true)
+            .into_iter()
+            .map(|h| (h, "r\t\u{2028}".to_string()))
             .collect();
     }
     let labels = ConnLabels::new(
