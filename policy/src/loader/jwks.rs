@@ -35,14 +35,66 @@ pub(super) fn read_files(set: &mut ConfigSet) {
             let Some(path) = jwks_path(uri, &ra.origin.file) else {
                 continue;
             };
-            set.jwks_files.entry(path).or_insert_with_key(|path| {
-                std::fs::read_to_string(path).map(Arc::from).map_err(|e| {
-                    format!(
-                        "cannot read the JWKS file {}: {e}; expected a readable JSON Web Key Set",
-                        path.display()
-                    )
-                })
-            });
+            set.jwks_files
+                .entry(path)
+                .or_insert_with_key(|path| read_jwks(path).map(Arc::from));
         }
+    }
+}
+
+/// The largest JWKS file read (a key set of dozens of RSA keys is a few tens of KiB).
+pub const MAX_JWKS_BYTES: u64 = 1024 * 1024;
+
+/// Reads one JWKS file: a regular file of at most [`MAX_JWKS_BYTES`]. A device, FIFO or
+/// directory (`/dev/zero`, `/dev/stdin`) is refused before it is read, so a config can
+/// never make the loader block or read without end.
+fn read_jwks(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let cannot = |e: &dyn std::fmt::Display| {
+        format!(
+            "cannot read the JWKS file {}: {e}; expected a readable JSON Web Key Set",
+            path.display()
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(|e| cannot(&e))?;
+    if !meta.is_file() {
+        return Err(cannot(&"not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(|e| cannot(&e))?
+        .take(MAX_JWKS_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| cannot(&e))?;
+    if text.len() as u64 > MAX_JWKS_BYTES {
+        return Err(cannot(&format!("larger than {MAX_JWKS_BYTES} bytes")));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_small_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("jwks.json");
+        std::fs::write(&small, "{\"keys\": []}").unwrap();
+        assert_eq!(read_jwks(&small).unwrap(), "{\"keys\": []}");
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; 1024 * 1024 + 1]).unwrap();
+        let e = read_jwks(&big).unwrap_err();
+        assert!(e.contains("larger than 1048576 bytes"), "{e}");
+        for special in ["/dev/zero", "/dev/stdin", "/"] {
+            let e = read_jwks(Path::new(special)).unwrap_err();
+            assert!(e.contains(special), "{e}");
+        }
+        let e = read_jwks(&dir.path().join("missing.json")).unwrap_err();
+        assert!(
+            e.contains("missing.json") && e.contains("expected a readable JSON Web Key Set"),
+            "{e}"
+        );
     }
 }
