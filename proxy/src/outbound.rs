@@ -726,28 +726,7 @@ async fn passthrough(ctx: &Context, mut ex: Exchange) -> Result<Response<Body>, 
                 format!("upstream connect error: passthrough to {host}:{port}: {e}"),
             )
         })?;
-        pipeline::shape_upstream(&mut ex, UpstreamProtocol::Http1);
-        let downstream = hyper::upgrade::on(&mut ex.req);
-        let (req, ex) = ex.send_off();
-        return match h::send_upgrade(stream, req).await {
-            Ok(mut resp) => {
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    h::splice_upgrade(
-                        downstream,
-                        hyper::upgrade::on(&mut resp),
-                        ctx.limits.idle_timeout,
-                    );
-                }
-                pipeline::sanitize_response(&ex, resp)
-            }
-            Err(e) => Err(Reply {
-                flags: "UC",
-                ..ex.reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("upstream reset: {e}"),
-                )
-            }),
-        };
+        return websocket_over(ctx, ex, stream).await;
     }
     pipeline::shape_upstream(&mut ex, UpstreamProtocol::Http1);
     let (req, ex) = ex.send_off();
