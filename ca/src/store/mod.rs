@@ -806,7 +806,26 @@ struct PendingAudit {
 }
 
 async fn write_batch(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Outcome>, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
+    let result = write_batch_on(&mut conn, batch).await;
+    if result.is_err() {
+        // A connection whose batch failed is closed, never reused. After SQLITE_FULL
+        // (a full disk) its transaction can outlive the error: sqlx's ROLLBACK on drop
+        // failed, sqlx still counted the transaction open, and the next batch on that
+        // connection ran as a savepoint inside it. Those batches answered "committed"
+        // while nothing reached the file, and the transaction's write lock kept every
+        // other connection out (found by tests/tests/faults_ca.rs, disk full).
+        conn.close_on_drop();
+    }
+    result
+}
+
+async fn write_batch_on(
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+    batch: &[Job],
+) -> Result<Vec<Outcome>, StoreError> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin().await?;
     // Lock the chain head first: PostgreSQL holds the row lock until commit, so replicas
     // sharing a database append one batch at a time; SQLite takes its write lock here.
     let head = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
@@ -914,7 +933,7 @@ async fn write_batch(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Outcome>, Stor
 /// Records `rows` (issued_certs: serial, spiffe_id, authority, not_after) as revoked
 /// for `reason`; returns their serials. Already revoked ones keep their first record.
 async fn insert_revocations(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     rows: &[sqlx::any::AnyRow],
     reason: &str,
 ) -> Result<Vec<String>, StoreError> {
@@ -943,7 +962,7 @@ async fn insert_revocations(
 }
 
 async fn apply_op(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     op: &Op,
 ) -> Result<(Outcome, Vec<AuditEvent>), StoreError> {
     match op {
