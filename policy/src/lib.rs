@@ -34,6 +34,10 @@ pub mod matcher;
 pub mod normalize;
 pub mod peer_authn;
 pub mod ratelimit;
+/// An independent AuthorizationPolicy evaluator written from Istio's documentation, for
+/// the differential test of [`authz`] (tests only).
+#[cfg(test)]
+mod reference;
 pub mod request_authn;
 pub mod resources;
 pub mod route;

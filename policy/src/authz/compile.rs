@@ -63,6 +63,15 @@ impl Engine {
     }
 }
 
+/// A list field as Istio reads it: `[]` is the same as absent (proto3 has no
+/// empty-but-set list, and istiod skips a field with neither values nor notValues:
+/// `pilot/pkg/security/authz/model/model.go` `insertFront`, and `from`/`to` with no
+/// entries match any source or operation). Matching nothing instead would make
+/// `principals: []` or `from: []` in a DENY rule deny nothing.
+fn set<T>(list: &Option<Vec<T>>) -> Option<&Vec<T>> {
+    list.as_ref().filter(|l| !l.is_empty())
+}
+
 struct Compiler<'a> {
     policy: &'a str,
     origin: &'a Origin,
@@ -155,7 +164,7 @@ impl Compiler<'_> {
         negated: bool,
         make: impl FnOnce(&[String]) -> Clause,
     ) {
-        if let Some(v) = values {
+        if let Some(v) = values.filter(|v| !v.is_empty()) {
             tests.push(Test {
                 clause: make(v),
                 negated,
@@ -204,7 +213,7 @@ impl Compiler<'_> {
             ("remoteIpBlocks", &s.remote_ip_blocks, false, true),
             ("notRemoteIpBlocks", &s.not_remote_ip_blocks, true, true),
         ] {
-            if let Some(v) = values {
+            if let Some(v) = set(values) {
                 let blocks = self.ips(&p(field), v);
                 t.push(Test {
                     clause: if remote {
@@ -230,7 +239,7 @@ impl Compiler<'_> {
         for (field, values, negated) in
             [("ports", &o.ports, false), ("notPorts", &o.not_ports, true)]
         {
-            if let Some(v) = values {
+            if let Some(v) = set(values) {
                 let ports = self.ports(&format!("{path}.{field}"), v);
                 t.push(Test {
                     clause: Clause::Port(ports),
@@ -247,7 +256,7 @@ impl Compiler<'_> {
         for (field, values, negated) in
             [("paths", &o.paths, false), ("notPaths", &o.not_paths, true)]
         {
-            if let Some(v) = values {
+            if let Some(v) = set(values) {
                 let paths = self.paths(&format!("{path}.{field}"), v);
                 t.push(Test {
                     clause: Clause::Path(paths),
@@ -330,7 +339,7 @@ impl Compiler<'_> {
                 }
             })
         };
-        if let Some(v) = &c.values
+        if let Some(v) = set(&c.values)
             && let Some(clause) = make(self, "values", v)
         {
             out.push(Test {
@@ -338,7 +347,7 @@ impl Compiler<'_> {
                 negated: false,
             });
         }
-        if let Some(v) = &c.not_values
+        if let Some(v) = set(&c.not_values)
             && let Some(clause) = make(self, "notValues", v)
         {
             out.push(Test {
@@ -350,7 +359,7 @@ impl Compiler<'_> {
     }
 
     fn rule(&mut self, path: &str, r: &crate::resources::Rule) -> Rule {
-        let from = r.from.as_ref().map(|from| {
+        let from = set(&r.from).map(|from| {
             from.iter()
                 .enumerate()
                 .map(|(i, f)| match &f.source {
@@ -359,7 +368,7 @@ impl Compiler<'_> {
                 })
                 .collect::<Vec<_>>()
         });
-        let to = r.to.as_ref().map(|to| {
+        let to = set(&r.to).map(|to| {
             to.iter()
                 .enumerate()
                 .map(|(i, t)| match &t.operation {

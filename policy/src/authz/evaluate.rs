@@ -177,6 +177,8 @@ fn claim<'a>(claims: &'a serde_json::Value, path: &[String]) -> Option<&'a serde
 }
 
 /// A claim matches when it is a string that matches, or a list with a matching string.
+/// Booleans and numbers never match, as in Istio ("supports both string typed and
+/// list-of-string typed JWT claims"; Envoy's string matcher only sees string values).
 fn claim_matches(v: Option<&serde_json::Value>, ms: &[StringMatch]) -> bool {
     match v {
         Some(serde_json::Value::String(s)) => ms.iter().any(|m| m.matches(s)),
@@ -184,8 +186,6 @@ fn claim_matches(v: Option<&serde_json::Value>, ms: &[StringMatch]) -> bool {
             .iter()
             .filter_map(serde_json::Value::as_str)
             .any(|s| ms.iter().any(|m| m.matches(s))),
-        Some(serde_json::Value::Bool(b)) => ms.iter().any(|m| m.matches(&b.to_string())),
-        Some(serde_json::Value::Number(n)) => ms.iter().any(|m| m.matches(&n.to_string())),
         _ => false,
     }
 }
@@ -237,15 +237,11 @@ impl Clause {
                 .jwt
                 .as_ref()
                 .is_some_and(|c| claim_matches(claim(c, path), ms)),
-            Self::Host(ms) => http.is_some_and(|h| {
-                let host = h.host.as_str();
-                let bare = host
-                    .rsplit_once(':')
-                    .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
-                    .map_or(host, |(h, _)| h);
-                ms.iter()
-                    .any(|m| m.matches_ignore_case(host) || m.matches_ignore_case(bare))
-            }),
+            // The whole `:authority`, port included, as Envoy's header matcher sees it:
+            // `hosts: [a]` does not match `a:8080` (istio/istio#44080: write `a:*` too).
+            Self::Host(ms) => {
+                http.is_some_and(|h| ms.iter().any(|m| m.matches_ignore_case(&h.host)))
+            }
             Self::Method(ms) => http.is_some_and(|h| any(ms, &h.method)),
             Self::Path(ms) => http.is_some() && any(ms, path),
             Self::Header(name, ms) => http
