@@ -810,11 +810,11 @@ async fn write_batch(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Outcome>, Stor
     let result = write_batch_on(&mut conn, batch).await;
     if result.is_err() {
         // A connection whose batch failed is closed, never reused. After SQLITE_FULL
-        // (a full disk) its transaction can outlive the error: sqlx's ROLLBACK on drop
-        // failed, sqlx still counted the transaction open, and the next batch on that
-        // connection ran as a savepoint inside it. Those batches answered "committed"
-        // while nothing reached the file, and the transaction's write lock kept every
-        // other connection out (found by tests/tests/faults_ca.rs, disk full).
+        // (a full disk) a connection was left inside a transaction that never
+        // committed (most likely sqlx's ROLLBACK on drop failed while it still counted
+        // the transaction open, so later batches ran as savepoints inside it): they
+        // answered "committed" while nothing reached the file, and its write lock kept
+        // every other connection out (tests/tests/faults_ca.rs, disk full).
         conn.close_on_drop();
     }
     result
