@@ -172,3 +172,100 @@ fn a_flood_of_config_changes_never_allows_what_the_last_good_set_denies() {
         mesh.get("client", &secret).status == 403 && mesh.get("client", &open).status == 200
     });
 }
+
+/// Resident and peak resident memory (VmRSS, VmHWM) of a process, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Load over the proxy's bound: 200 callers at once, each with its own connection per
+/// request, against a client proxy allowed 32 downstream connections. Every request is
+/// answered 200 or refused by the connection being closed at accept (the caller may
+/// retry; nothing half-done); none gets another status or hangs; the overflow is
+/// counted; both proxies' peak memory stays bounded; afterwards the proxy answers as
+/// before.
+#[test]
+fn over_its_connection_bound_the_proxy_refuses_cleanly_and_holds_its_memory() {
+    let mesh = Mesh::builder()
+        .workload("client", "client")
+        .workload("server", "server")
+        .service(ServiceSpec::new("server", "default").http(8080))
+        .proxy_args(&["--max-connections", "32"])
+        .start();
+    let url = mesh.url("server", "http", "/load");
+    assert_eq!(mesh.get("client", &url).status, 200);
+    let pids: Vec<(String, u32)> = ["client", "server"]
+        .iter()
+        .map(|n| (n.to_string(), mesh.with_proxy(n, |p| p.child.id())))
+        .collect();
+    let before: Vec<(u64, u64)> = pids.iter().map(|(_, p)| memory_kib(*p)).collect();
+
+    let start = Instant::now();
+    let results: Vec<(usize, usize, Vec<String>)> = std::thread::scope(|s| {
+        let callers: Vec<_> = (0..200)
+            .map(|_| {
+                s.spawn(|| {
+                    let (mut ok, mut refused, mut other) = (0, 0, Vec::new());
+                    while start.elapsed() < Duration::from_secs(8) {
+                        match mesh.send("client", &Req::get(&url)) {
+                            Ok(r) if r.status == 200 => ok += 1,
+                            Ok(r) => other.push(format!("status {}", r.status)),
+                            Err(e) => {
+                                let e = format!("{e:#}");
+                                // Closed at accept: reset, or closed before a response.
+                                if e.contains("no response within") {
+                                    other.push(e);
+                                } else {
+                                    refused += 1;
+                                    std::thread::sleep(Duration::from_millis(20));
+                                }
+                            }
+                        }
+                    }
+                    (ok, refused, other)
+                })
+            })
+            .collect();
+        callers.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let ok: usize = results.iter().map(|r| r.0).sum();
+    let refused: usize = results.iter().map(|r| r.1).sum();
+    let other: Vec<&String> = results.iter().flat_map(|r| &r.2).collect();
+    let after: Vec<(u64, u64)> = pids.iter().map(|(_, p)| memory_kib(*p)).collect();
+    let overflow = mesh.metric(
+        "client",
+        "warden_downstream_connections_overflow_total",
+        &[],
+    );
+    eprintln!(
+        "over the bound: {ok} answered 200, {refused} refused at accept ({overflow} overflows counted), {} other; memory KiB (RSS before -> after, peak): {}",
+        other.len(),
+        pids.iter()
+            .zip(before.iter().zip(&after))
+            .map(|((n, _), (b, a))| format!("{n} {} -> {}, peak {}", b.0, a.0, a.1))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    assert!(other.is_empty(), "neither 200 nor refused: {other:?}");
+    assert!(ok > 500, "only {ok} answered");
+    assert!(refused > 0 && overflow > 0.0, "the bound never refused");
+    for ((name, _), (_, peak)) in pids.iter().zip(&after) {
+        assert!(
+            *peak < 128 * 1024,
+            "{name}'s proxy peaked at {peak} KiB under 200 callers"
+        );
+    }
+    eventually(
+        "the proxy answers as before",
+        Duration::from_secs(5),
+        || mesh.get("client", &url).status == 200,
+    );
+}
