@@ -126,20 +126,23 @@ fn proxies_keep_serving_through_an_agent_restart_and_take_the_next_rotation() {
         // The restarted agent's certificates reach both proxies (their streams
         // reconnect), then the rotation after that.
         let mut taken = Vec::new();
+        let mut second = Vec::new();
         for (w, before) in workloads.iter().zip(&first) {
-            let second = eventually(
+            second.push(eventually(
                 format_args!("{w}'s proxy takes the restarted agent's SVID"),
                 Duration::from_secs(20),
                 || {
                     let e = expiry(w);
                     (e > *before).then_some(e)
                 },
-            );
+            ));
             taken.push((w.to_string(), restarted_at.elapsed()));
+        }
+        for (w, second) in workloads.iter().zip(&second) {
             eventually(
                 format_args!("{w}'s proxy takes the next rotation"),
                 Duration::from_secs(20),
-                || expiry(w) > second,
+                || expiry(w) > *second,
             );
         }
         stop.store(true, Ordering::Relaxed);
