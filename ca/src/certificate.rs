@@ -34,10 +34,10 @@ pub struct CertificateService {
 }
 
 /// A refusal: the status for the caller and the audit details.
-struct Denial {
-    status: Status,
+pub(crate) struct Denial {
+    pub(crate) status: Status,
     /// `error` label for `citadel_server_csr_sign_err_count`.
-    label: &'static str,
+    pub(crate) label: &'static str,
     /// The identity the request concerned, when known.
     identity: String,
     /// Whether the refusal still needs an audit row (the store writes its own for
@@ -99,26 +99,7 @@ impl CertificateService {
         req: &IstioCertificateRequest,
         peer: &str,
     ) -> Result<Vec<String>, Denial> {
-        // An empty ImpersonatedIdentity, or the caller's own ID, is no impersonation.
-        let impersonated = match req
-            .metadata
-            .as_ref()
-            .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
-            .map(|v| &v.kind)
-        {
-            None => None,
-            Some(Some(Kind::StringValue(s))) if s.is_empty() || s == caller.id.as_str() => None,
-            Some(Some(Kind::StringValue(s))) => Some(s.as_str()),
-            Some(_) => {
-                return Err(Denial::new(
-                    Status::invalid_argument(
-                        "metadata ImpersonatedIdentity must be a string SPIFFE ID",
-                    ),
-                    "impersonation",
-                    "",
-                ));
-            }
-        };
+        let impersonated = impersonated(req, &caller.id)?;
         if caller.method == AuthMethod::JoinToken && impersonated.is_some() {
             return Err(Denial::new(
                 Status::permission_denied(format!(
@@ -158,56 +139,15 @@ impl CertificateService {
                     Denial::new(status, "impersonation", s)
                 })?,
         };
-        if let Some(signer) = req
-            .metadata
-            .as_ref()
-            .and_then(|m| m.fields.get("CertSigner"))
-        {
-            let name = match &signer.kind {
-                Some(Kind::StringValue(s)) => s.clone(),
-                _ => String::new(),
-            };
-            if !name.is_empty() {
-                return Err(Denial::new(
-                    Status::invalid_argument(format!(
-                        "metadata CertSigner {name:?} is not supported: this CA signs with its own chain only"
-                    )),
-                    "cert_signer",
-                    identity.as_str(),
-                ));
-            }
-        }
-        if let Some(revoked) = &self.revoked
-            && revoked.identity(identity.as_str())
-        {
-            return Err(Denial::new(
-                Status::permission_denied(format!(
-                    "{identity} is revoked; `warden cert unrevoke --spiffe-id {identity}` lifts it"
-                )),
-                "revoked",
-                identity.as_str(),
-            ));
-        }
-        let ttl = requested_ttl(req.validity_duration, self.default_ttl, self.max_ttl, "")
-            .map_err(|msg| Denial::new(Status::invalid_argument(msg), "ttl", identity.as_str()))?;
         let sign_start = Instant::now();
-        let der = csr::decode_pem(&req.csr).map_err(|e| {
-            self.metrics
-                .csr_parsing_err_count
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Denial::new(
-                Status::invalid_argument(e.to_string()),
-                e.metric_label(),
-                identity.as_str(),
-            )
-        })?;
-        let checked = csr::check(&der, &identity).map_err(|e| {
-            Denial::new(
-                Status::invalid_argument(e.to_string()),
-                e.metric_label(),
-                identity.as_str(),
-            )
-        })?;
+        let (ttl, checked) = check_request(
+            req,
+            &identity,
+            self.revoked.as_deref(),
+            &self.metrics,
+            self.default_ttl,
+            self.max_ttl,
+        )?;
         // One authority for the whole request: the leaf and its chain agree even when
         // the authority is replaced meanwhile.
         let authority = self.authority.current();
@@ -287,6 +227,94 @@ impl CertificateService {
         );
         Ok(authority.response_chain(cert.pem))
     }
+}
+
+/// The identity a request asks for other than the caller's own: metadata
+/// `ImpersonatedIdentity`, unless it is empty or the caller's own ID. Reads the request
+/// alone (the `create_certificate` fuzz target runs it).
+pub(crate) fn impersonated<'a>(
+    req: &'a IstioCertificateRequest,
+    caller: &SpiffeId,
+) -> Result<Option<&'a str>, Denial> {
+    match req
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
+        .map(|v| &v.kind)
+    {
+        None => Ok(None),
+        Some(Some(Kind::StringValue(s))) if s.is_empty() || s == caller.as_str() => Ok(None),
+        Some(Some(Kind::StringValue(s))) => Ok(Some(s.as_str())),
+        Some(_) => Err(Denial::new(
+            Status::invalid_argument("metadata ImpersonatedIdentity must be a string SPIFFE ID"),
+            "impersonation",
+            "",
+        )),
+    }
+}
+
+/// The checks of a request's own content once the identity it gets is settled, in
+/// order: metadata `CertSigner`, revocation, the requested lifetime, the CSR (decoded,
+/// then checked against `identity`). No store, no network (the `create_certificate`
+/// fuzz target runs them). Returns the lifetime to sign for and the checked CSR.
+pub(crate) fn check_request(
+    req: &IstioCertificateRequest,
+    identity: &SpiffeId,
+    revoked: Option<&crate::revocation::RevokedSet>,
+    metrics: &Metrics,
+    default_ttl: Duration,
+    max_ttl: Duration,
+) -> Result<(Duration, csr::CheckedCsr), Denial> {
+    if let Some(signer) = req
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("CertSigner"))
+    {
+        let name = match &signer.kind {
+            Some(Kind::StringValue(s)) => s.clone(),
+            _ => String::new(),
+        };
+        if !name.is_empty() {
+            return Err(Denial::new(
+                Status::invalid_argument(format!(
+                    "metadata CertSigner {name:?} is not supported: this CA signs with its own chain only"
+                )),
+                "cert_signer",
+                identity.as_str(),
+            ));
+        }
+    }
+    if let Some(revoked) = revoked
+        && revoked.identity(identity.as_str())
+    {
+        return Err(Denial::new(
+            Status::permission_denied(format!(
+                "{identity} is revoked; `warden cert unrevoke --spiffe-id {identity}` lifts it"
+            )),
+            "revoked",
+            identity.as_str(),
+        ));
+    }
+    let ttl = requested_ttl(req.validity_duration, default_ttl, max_ttl, "")
+        .map_err(|msg| Denial::new(Status::invalid_argument(msg), "ttl", identity.as_str()))?;
+    let der = csr::decode_pem(&req.csr).map_err(|e| {
+        metrics
+            .csr_parsing_err_count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Denial::new(
+            Status::invalid_argument(e.to_string()),
+            e.metric_label(),
+            identity.as_str(),
+        )
+    })?;
+    let checked = csr::check(&der, identity).map_err(|e| {
+        Denial::new(
+            Status::invalid_argument(e.to_string()),
+            e.metric_label(),
+            identity.as_str(),
+        )
+    })?;
+    Ok((ttl, checked))
 }
 
 #[tonic::async_trait]

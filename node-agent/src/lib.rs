@@ -22,6 +22,8 @@ pub mod clock;
 pub mod config;
 pub mod endpoints;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod jwt;
 pub mod kube;
 pub mod manager;

@@ -99,54 +99,96 @@ fn seconds(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What a request to the admin port asks for, from its method, path and query alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// `GET /`.
+    Index,
+    /// `GET /ready`, `GET /healthz/ready`.
+    Ready,
+    /// `GET /stats/prometheus`, `GET /stats?format=prometheus`.
+    Prometheus,
+    /// `GET /stats`.
+    Stats,
+    /// `GET /config_dump`.
+    ConfigDump,
+    /// `GET /certs`.
+    Certs,
+    /// `GET /logging`.
+    GetLogging,
+    /// `POST /logging?level=...`: the one change the port makes.
+    SetLogging,
+    /// A known path with a method it does not take (405).
+    MethodNotAllowed,
+    /// Anything else (404).
+    NotFound,
+}
+
+/// Routes a request: reads are `GET` or `HEAD`, the one change is `POST /logging`.
+pub(crate) fn route(method: &Method, path: &str, query: &str) -> Route {
+    let get = method == Method::GET || method == Method::HEAD;
+    match (path, get) {
+        ("/", true) => Route::Index,
+        ("/ready" | "/healthz/ready", true) => Route::Ready,
+        ("/stats/prometheus", true) => Route::Prometheus,
+        ("/stats", true) if query.contains("format=prometheus") => Route::Prometheus,
+        ("/stats", true) => Route::Stats,
+        ("/config_dump", true) => Route::ConfigDump,
+        ("/certs", true) => Route::Certs,
+        ("/logging", true) => Route::GetLogging,
+        ("/logging", false) if method == Method::POST => Route::SetLogging,
+        (
+            "/" | "/ready" | "/healthz/ready" | "/stats/prometheus" | "/stats" | "/config_dump"
+            | "/certs" | "/logging",
+            false,
+        ) => Route::MethodNotAllowed,
+        _ => Route::NotFound,
+    }
+}
+
+/// The filter `POST /logging?level=<filter>` asks for: the first `level` parameter,
+/// percent-decoded; `None` when it is missing or empty (answered 400, nothing changed).
+pub(crate) fn requested_filter(query: &str) -> Option<String> {
+    url_param(query, "level").filter(|l| !l.is_empty())
+}
+
 impl Admin {
     fn handle<B>(&self, req: &Request<B>) -> Answer {
         let path = req.uri().path();
         let query = req.uri().query().unwrap_or("");
-        let get = req.method() == Method::GET || req.method() == Method::HEAD;
-        match (path, get) {
-            ("/", true) => answer(
+        match route(req.method(), path, query) {
+            Route::Index => answer(
                 StatusCode::OK,
                 "text/plain",
                 "warden-proxy admin\n  /config_dump  resources, registry, certificates, telemetry (JSON)\n  /certs        certificates (JSON)\n  /stats        metrics, name{labels}: value\n  /stats/prometheus\n  /ready\n  /logging      GET: the log filter; POST ?level=<filter>: change it\n",
             ),
-            ("/ready" | "/healthz/ready", true) => {
+            Route::Ready => {
                 let (status, content_type, body) = self.ready.answer();
                 answer(status, content_type, body)
             }
-            ("/stats/prometheus", true) => {
-                answer(StatusCode::OK, PROMETHEUS, self.ctx.metrics.encode())
-            }
-            ("/stats", true) if query.contains("format=prometheus") => {
-                answer(StatusCode::OK, PROMETHEUS, self.ctx.metrics.encode())
-            }
-            ("/stats", true) => answer(
+            Route::Prometheus => answer(StatusCode::OK, PROMETHEUS, self.ctx.metrics.encode()),
+            Route::Stats => answer(
                 StatusCode::OK,
                 "text/plain",
                 envoy_stats(&self.ctx.metrics.encode()),
             ),
-            ("/config_dump", true) => json(&self.config_dump()),
-            ("/certs", true) => json(&self.certs()),
-            ("/logging", true) => json(&serde_json::json!({
+            Route::ConfigDump => json(&self.config_dump()),
+            Route::Certs => json(&self.certs()),
+            Route::GetLogging => json(&serde_json::json!({
                 "filter": warden_common::process::log_filter(),
             })),
-            ("/logging", false) if req.method() == Method::POST => self.logging(query),
-            (
-                "/" | "/ready" | "/healthz/ready" | "/stats/prometheus" | "/stats" | "/config_dump"
-                | "/certs" | "/logging",
-                false,
-            ) => answer(
+            Route::SetLogging => self.logging(query),
+            Route::MethodNotAllowed => answer(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain",
                 format!("{} {path}: method not allowed\n", req.method()),
             ),
-            _ => answer(StatusCode::NOT_FOUND, "text/plain", "not found; see /\n"),
+            Route::NotFound => answer(StatusCode::NOT_FOUND, "text/plain", "not found; see /\n"),
         }
     }
 
     fn logging(&self, query: &str) -> Answer {
-        let level = url_param(query, "level");
-        let Some(level) = level.filter(|l| !l.is_empty()) else {
+        let Some(level) = requested_filter(query) else {
             return answer(
                 StatusCode::BAD_REQUEST,
                 "text/plain",
@@ -242,37 +284,45 @@ impl Admin {
     }
 }
 
-/// One query parameter, percent-decoded.
+/// The first parameter `name` of a query, percent-decoded; `None` when there is none
+/// or when it does not decode to UTF-8 (it is refused, not guessed at).
 fn url_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
-    })
+    query
+        .split('&')
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| percent_decode(v))
+        })
+        .flatten()
 }
 
-fn percent_decode(s: &str) -> String {
+/// `application/x-www-form-urlencoded` decoding: `%` and two hex digits is a byte,
+/// `+` a space, any other `%` itself; `None` when the bytes are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'%' if i + 2 < b.len() => {
+            b'%' if i + 2 < b.len()
+                && b[i + 1].is_ascii_hexdigit()
+                && b[i + 2].is_ascii_hexdigit() =>
+            {
+                // Two hex digits: `from_str_radix` alone would also take a sign (`%+1`).
                 let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
+                if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    out.push(v);
+                    i += 3;
+                    continue;
                 }
+                out.push(b'%');
             }
             b'+' => out.push(b' '),
             c => out.push(c),
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).ok()
 }
 
 /// Prometheus text as Envoy's `/stats` lines: `name{labels}: value`, no comments.
@@ -306,6 +356,15 @@ mod tests {
         );
         assert_eq!(url_param("level=%zz%", "level").as_deref(), Some("%zz%"));
         assert_eq!(url_param("x=1", "level"), None);
+        // Found by the admin_api fuzz target: a sign is not a hex digit (`%+1` was
+        // byte 1; the `%` stays and `+` is a space), and bytes that are not UTF-8 are
+        // refused rather than applied as U+FFFD.
+        assert_eq!(
+            url_param("level=%+1%-f", "level").as_deref(),
+            Some("% 1%-f")
+        );
+        assert_eq!(url_param("level=%ff%fe&level=debug", "level"), None);
+        assert_eq!(requested_filter("level=%C3%A9"), Some("\u{e9}".to_string()));
     }
 
     #[test]

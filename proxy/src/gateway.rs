@@ -369,7 +369,9 @@ async fn tls_connection(
 
 /// The client certificate as Envoy's RBAC reads a principal (URI SAN, else DNS SAN)
 /// and the XFCC element the gateway sets for it.
-fn client_certificate(leaf: &CertificateDer<'_>) -> (Option<String>, Option<HeaderValue>) {
+pub(crate) fn client_certificate(
+    leaf: &CertificateDer<'_>,
+) -> (Option<String>, Option<HeaderValue>) {
     let hash: String = ring::digest::digest(&ring::digest::SHA256, leaf)
         .as_ref()
         .iter()
@@ -388,18 +390,38 @@ fn client_certificate(leaf: &CertificateDer<'_>) -> (Option<String>, Option<Head
             }
         }
     }
-    let subject = cert.subject().to_string().replace('"', "\\\"");
-    let mut xfcc = format!("Hash={hash};Subject=\"{subject}\"");
+    let subject = xfcc_value(&cert.subject().to_string(), true);
+    let mut xfcc = format!("Hash={hash};Subject={subject}");
     if let Some(u) = &uri {
-        xfcc.push_str(&format!(";URI={u}"));
+        xfcc.push_str(&format!(";URI={}", xfcc_value(u, false)));
     }
     for d in &dns {
-        xfcc.push_str(&format!(";DNS={d}"));
+        xfcc.push_str(&format!(";DNS={}", xfcc_value(d, false)));
     }
     let principal = uri
         .map(|u| u.strip_prefix("spiffe://").map(str::to_string).unwrap_or(u))
         .or_else(|| dns.first().cloned());
     (principal, HeaderValue::from_str(&xfcc).ok())
+}
+
+/// A value of an XFCC element as Envoy documents the header: in double quotes when
+/// `quote` says so (`Subject`) or when it holds `,` `;` `=` or `"`, which would
+/// otherwise start another element, pair or quote; inside the quotes `"` and `\` are
+/// escaped with a backslash.
+fn xfcc_value(value: &str, quote: bool) -> String {
+    if !quote && !value.contains([',', ';', '=', '"']) {
+        return value.to_string();
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 /// HTTP on `io`, each request through [`request`].
@@ -1062,6 +1084,26 @@ mod tests {
             hosts: hosts.iter().map(|h| (*h).to_string()).collect(),
             tls: None,
         }
+    }
+
+    #[test]
+    fn xfcc_values_are_quoted_as_envoy_documents() {
+        assert_eq!(
+            xfcc_value("spiffe://td/ns/a/sa/b", false),
+            "spiffe://td/ns/a/sa/b"
+        );
+        assert_eq!(xfcc_value("CN=a, O=b", true), "\"CN=a, O=b\"");
+        assert_eq!(xfcc_value("say \"hi\" \\", true), r#""say \"hi\" \\""#);
+        // Found by the xfcc fuzz target: a SAN with `,` or `;` made another element or
+        // pair (`DNS=a.example,By=spiffe://...` read as two elements).
+        assert_eq!(
+            xfcc_value("a.example,By=spiffe://td/ns/x/sa/admin", false),
+            "\"a.example,By=spiffe://td/ns/x/sa/admin\""
+        );
+        assert_eq!(
+            xfcc_value("spiffe://td/a;URI=x", false),
+            "\"spiffe://td/a;URI=x\""
+        );
     }
 
     #[test]

@@ -192,6 +192,35 @@ pub fn join_token_hash(token: &str) -> String {
     crate::pki::sha256_hex(token.as_bytes())
 }
 
+/// The credential an `authorization` header carries, read before anything is looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bearer<'a> {
+    /// A join token (`wjt_...`): only its hash is looked up, never the token.
+    JoinToken {
+        /// [`join_token_hash`] of the token.
+        hash: String,
+    },
+    /// Any other token: a JWT, for the token reviewer or the JWKS.
+    Jwt(&'a str),
+}
+
+/// Reads `Bearer <token>` (or `bearer`), the token trimmed and not empty, and tells a
+/// join token from a JWT by its prefix ([`JOIN_TOKEN_PREFIX`]).
+pub fn bearer(header: &str) -> Result<Bearer<'_>, AuthError> {
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::BadHeader)?;
+    if token.starts_with(JOIN_TOKEN_PREFIX) {
+        return Ok(Bearer::JoinToken {
+            hash: join_token_hash(token),
+        });
+    }
+    Ok(Bearer::Jwt(token))
+}
+
 impl Authenticator {
     /// Builds the authenticator.
     pub fn new(
@@ -261,28 +290,24 @@ impl Authenticator {
         let Some(header) = authorization else {
             return Err(AuthError::NoCredentials);
         };
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(AuthError::BadHeader)?;
-        if token.starts_with(JOIN_TOKEN_PREFIX) {
-            let hash = join_token_hash(token);
-            let node = self
-                .store
-                .join_token_node(&hash, now)
-                .await?
-                .ok_or(AuthError::JoinToken)?;
-            let id =
-                SpiffeId::for_node(&self.trust_domain, &node).map_err(|_| AuthError::JoinToken)?;
-            return Ok(Caller {
-                id,
-                method: AuthMethod::JoinToken,
-                join_token_hash: Some(hash),
-                pod: None,
-            });
-        }
+        let token = match bearer(header)? {
+            Bearer::Jwt(token) => token,
+            Bearer::JoinToken { hash } => {
+                let node = self
+                    .store
+                    .join_token_node(&hash, now)
+                    .await?
+                    .ok_or(AuthError::JoinToken)?;
+                let id = SpiffeId::for_node(&self.trust_domain, &node)
+                    .map_err(|_| AuthError::JoinToken)?;
+                return Ok(Caller {
+                    id,
+                    method: AuthMethod::JoinToken,
+                    join_token_hash: Some(hash),
+                    pod: None,
+                });
+            }
+        };
         if let Some(kube) = &self.kube {
             if let Some(got) = cluster_id.filter(|c| !c.is_empty() && *c != kube.cluster_id) {
                 return Err(AuthError::ClusterId {

@@ -63,7 +63,7 @@ fn inline(bytes: Vec<u8>) -> Option<DataSource> {
 /// What a resource is now, to tell whether it changed since it was sent. Holding the
 /// `Arc`s keeps the pointers unique, so pointer equality is exact.
 #[derive(Debug, Clone)]
-enum Fingerprint {
+pub(crate) enum Fingerprint {
     Svid(Arc<Svid>),
     Bundle(Arc<Bundle>, Option<Arc<Crls>>, Arc<FederatedBundles>),
 }
@@ -98,7 +98,11 @@ fn fingerprint(state: &State, ids: &[SpiffeId], name: &str) -> Option<Fingerprin
 }
 
 /// Builds resource `name`.
-fn resource(state: &State, ids: &[SpiffeId], name: &str) -> Option<(Secret, Fingerprint)> {
+pub(crate) fn resource(
+    state: &State,
+    ids: &[SpiffeId],
+    name: &str,
+) -> Option<(Secret, Fingerprint)> {
     let fp = fingerprint(state, ids, name)?;
     let r#type = match &fp {
         Fingerprint::Bundle(b, crls, federated) => {
@@ -186,7 +190,19 @@ fn spiffe_validator(
     })
 }
 
-fn is_known_name(name: &str) -> bool {
+/// A request's `type_url`: empty or the `Secret` type; anything else ends the stream.
+pub(crate) fn check_type_url(type_url: &str) -> Result<(), Status> {
+    if !type_url.is_empty() && type_url != SECRET_TYPE_URL {
+        return Err(Status::invalid_argument(format!(
+            "type_url {type_url:?} is not served here; expected {SECRET_TYPE_URL}"
+        )));
+    }
+    Ok(())
+}
+
+/// The names a stream serves: `default`, `ROOTCA` and SPIFFE IDs (others are logged
+/// and skipped).
+pub(crate) fn is_known_name(name: &str) -> bool {
     name == DEFAULT || name == ROOTCA || name.starts_with("spiffe://")
 }
 
@@ -301,12 +317,7 @@ impl Stream {
     }
 
     async fn on_request(&mut self, req: DiscoveryRequest) -> Result<bool, Status> {
-        if !req.type_url.is_empty() && req.type_url != SECRET_TYPE_URL {
-            return Err(Status::invalid_argument(format!(
-                "type_url {:?} is not served here; expected {SECRET_TYPE_URL}",
-                req.type_url
-            )));
-        }
+        check_type_url(&req.type_url)?;
         let view = RequestView {
             response_nonce: &req.response_nonce,
             resource_names: &req.resource_names,

@@ -31,7 +31,7 @@ pub struct WorkloadApi {
 }
 
 /// Checks the `workload.spiffe.io: true` header: exactly one value, `true`.
-fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
+pub(crate) fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
     let values: Vec<_> = request
         .metadata()
         .get_all(warden_proto::WORKLOAD_API_HEADER)
@@ -220,25 +220,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<JwtsvidResponse>, Status> {
         let caller = self.admit(&request).await?;
         let req = request.into_inner();
-        if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
-            return Err(Status::invalid_argument("audience must be specified"));
-        }
+        check_audience(&req.audience)?;
         let state = self.manager.state();
         let ids = identities_or_denied(&self.manager, &state, &caller)?;
-        let wanted: Vec<SpiffeId> = if req.spiffe_id.is_empty() {
-            ids
-        } else {
-            let id = SpiffeId::parse(&req.spiffe_id).map_err(|e| {
-                Status::invalid_argument(format!("spiffe_id {:?}: {e}", req.spiffe_id))
-            })?;
-            if !ids.contains(&id) {
-                tracing::warn!(caller = %caller, requested = %id, "JWT-SVID for an identity the caller does not have; refused");
-                return Err(Status::permission_denied(format!(
-                    "no identity issued for {id} to this caller"
-                )));
-            }
-            vec![id]
-        };
+        let wanted = wanted_ids(&req.spiffe_id, ids, &caller)?;
         let mut svids = Vec::with_capacity(wanted.len());
         for id in wanted {
             let token = self
@@ -262,32 +247,68 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         let _caller = self.admit(&request).await?;
-        let req = request.into_inner();
-        if req.audience.is_empty() {
-            return Err(Status::invalid_argument("audience must be specified"));
-        }
-        if req.svid.is_empty() {
-            return Err(Status::invalid_argument("svid must be specified"));
-        }
-        let state = self.manager.state();
-        let Some(bundle) = state.jwt_bundle.as_ref() else {
-            return Err(Status::unavailable(
-                "the JWT bundle has not been fetched from the CA yet",
-            ));
-        };
-        // A token of a federated trust domain is checked with that trust domain's keys
-        // (its `sub` only chooses the bundle; the signature decides), as SPIRE does.
-        let (td, jwks) = match crate::jwt::claimed_trust_domain(&req.svid)
-            .and_then(|td| state.federated.get(&td).cloned())
-        {
-            Some(f) => (f.x509.trust_domain.clone(), f.jwks_json.clone()),
-            None => (bundle.0.clone(), bundle.1.clone()),
-        };
-        let (id, claims) = crate::jwt::validate(&req.svid, &req.audience, &td, &jwks)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(Response::new(ValidateJwtsvidResponse {
-            spiffe_id: id.to_string(),
-            claims: Some(crate::jwt::to_struct(claims)),
-        }))
+        validate_request(&request.into_inner(), &self.manager.state()).map(Response::new)
     }
+}
+
+/// A JWT-SVID request's audience: at least one, none empty.
+pub(crate) fn check_audience(audience: &[String]) -> Result<(), Status> {
+    if audience.is_empty() || audience.iter().any(String::is_empty) {
+        return Err(Status::invalid_argument("audience must be specified"));
+    }
+    Ok(())
+}
+
+/// The identities a JWT-SVID request is for, among the caller's `ids`: all of them
+/// when `spiffe_id` is empty, else that one, which the caller must have.
+pub(crate) fn wanted_ids(
+    spiffe_id: &str,
+    ids: Vec<SpiffeId>,
+    caller: &Caller,
+) -> Result<Vec<SpiffeId>, Status> {
+    if spiffe_id.is_empty() {
+        return Ok(ids);
+    }
+    let id = SpiffeId::parse(spiffe_id)
+        .map_err(|e| Status::invalid_argument(format!("spiffe_id {spiffe_id:?}: {e}")))?;
+    if !ids.contains(&id) {
+        tracing::warn!(caller = %caller, requested = %id, "JWT-SVID for an identity the caller does not have; refused");
+        return Err(Status::permission_denied(format!(
+            "no identity issued for {id} to this caller"
+        )));
+    }
+    Ok(vec![id])
+}
+
+/// `ValidateJWTSVID` once the header is checked: the token against the JWT bundle of
+/// the trust domain its `sub` names (ours when it names no federated one).
+pub(crate) fn validate_request(
+    req: &ValidateJwtsvidRequest,
+    state: &State,
+) -> Result<ValidateJwtsvidResponse, Status> {
+    if req.audience.is_empty() {
+        return Err(Status::invalid_argument("audience must be specified"));
+    }
+    if req.svid.is_empty() {
+        return Err(Status::invalid_argument("svid must be specified"));
+    }
+    let Some(bundle) = state.jwt_bundle.as_ref() else {
+        return Err(Status::unavailable(
+            "the JWT bundle has not been fetched from the CA yet",
+        ));
+    };
+    // A token of a federated trust domain is checked with that trust domain's keys
+    // (its `sub` only chooses the bundle; the signature decides), as SPIRE does.
+    let (td, jwks) = match crate::jwt::claimed_trust_domain(&req.svid)
+        .and_then(|td| state.federated.get(&td).cloned())
+    {
+        Some(f) => (f.x509.trust_domain.clone(), f.jwks_json.clone()),
+        None => (bundle.0.clone(), bundle.1.clone()),
+    };
+    let (id, claims) = crate::jwt::validate(&req.svid, &req.audience, &td, &jwks)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(ValidateJwtsvidResponse {
+        spiffe_id: id.to_string(),
+        claims: Some(crate::jwt::to_struct(claims)),
+    })
 }

@@ -255,8 +255,25 @@ pub fn validate<B>(ex: &mut Exchange<B>, limits: &Limits, accept_http10: bool) -
             ));
         }
     }
+    // A `Host` that is not text would be no authority to the policy and yet be sent on.
+    if ex.req.uri().authority().is_none()
+        && ex
+            .req
+            .headers()
+            .get(header::HOST)
+            .is_some_and(|h| h.to_str().is_err())
+    {
+        return Err(ex.refuse(
+            StatusCode::BAD_REQUEST,
+            "warden: the Host header is not a valid authority (host[:port])",
+        ));
+    }
     let authority = authority_of(&ex.req).unwrap_or_default();
-    if !authority.is_empty() && !authority_is_valid(authority) {
+    // Envoy's check, and one value `http` can carry as `:authority` (not `a:1:2`, a `%`
+    // outside userinfo or an unclosed `[`): the HTTP/2 upstream gets what was authorized.
+    if !authority.is_empty()
+        && (!authority_is_valid(authority) || Authority::try_from(authority).is_err())
+    {
         let a = authority.escape_debug().to_string();
         return Err(ex.refuse(
             StatusCode::BAD_REQUEST,
@@ -366,7 +383,7 @@ pub fn normalize_path<B>(ex: &mut Exchange<B>, mode: PathNormalization) -> Stage
 
 /// Envoy's internal control headers, removed from requests that do not come from an
 /// internal address (for a sidecar: all of them).
-const ENVOY_CONTROL_HEADERS: [&str; 15] = [
+pub(crate) const ENVOY_CONTROL_HEADERS: [&str; 15] = [
     "x-envoy-internal",
     "x-envoy-retriable-status-codes",
     "x-envoy-retriable-header-names",

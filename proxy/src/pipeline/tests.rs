@@ -66,6 +66,20 @@ fn validate_refuses_what_envoy_refuses() {
         v(Request::builder().uri("/a").header("host", "a b")),
         Some(400)
     );
+    // Found by the http1_head fuzz target: an authority the HTTP/2 upstream request
+    // cannot carry was authorized, then forwarded without any `:authority`.
+    assert_eq!(
+        v(Request::builder().uri("/a").header("host", "a:1:2")),
+        Some(400)
+    );
+    // Found by the http1_head fuzz target: a Host that is not text was no authority
+    // to the policy (empty), yet it was forwarded.
+    assert_eq!(
+        v(Request::builder()
+            .uri("/a")
+            .header("host", HeaderValue::from_bytes(b"svc.ns\xff").unwrap())),
+        Some(400)
+    );
     // HTTP/1.0 when accepted.
     let mut e = ex(h1("GET", "/a").version(Version::HTTP_10));
     assert!(validate(&mut e, &l, true).is_ok());
