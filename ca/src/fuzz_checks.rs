@@ -258,25 +258,10 @@ pub fn check_create_certificate(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     /// Feeds every file of `fuzz/corpus/<target>` and `fuzz/regressions/<target>`.
     fn replay(target: &str, check: fn(&[u8])) {
-        let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-        let mut n = 0;
-        for dir in ["corpus", "regressions"] {
-            let Ok(entries) = std::fs::read_dir(fuzz.join(dir).join(target)) else {
-                continue;
-            };
-            for e in entries {
-                let path = e.unwrap().path();
-                let data = std::fs::read(&path).unwrap();
-                eprintln!("replaying {}", path.display());
-                check(&data);
-                n += 1;
-            }
-        }
-        assert!(n > 0, "no corpus for {target}");
+        let workspace = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        warden_common::testing::replay_fuzz_corpus(workspace, target, check);
     }
 
     #[test]

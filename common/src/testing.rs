@@ -23,7 +23,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::files::pem_encode;
 
+mod fuzz_corpus;
 pub mod kube_api;
+
+pub use fuzz_corpus::replay_fuzz_corpus;
 
 /// Numbers the test CAs' names, so two test CAs are two issuers to webpki.
 static NEXT: AtomicUsize = AtomicUsize::new(0);
