@@ -11,41 +11,6 @@ use std::time::{Duration, Instant};
 use warden_tests::mesh::{Mesh, Req, ServiceSpec, allow_only, echo, spiffe_id};
 use warden_tests::{fails, ok, try_eventually};
 
-/// The authorities, from `warden ca authority list --json`.
-fn authorities(mesh: &Mesh) -> Vec<serde_json::Value> {
-    let out = ok(mesh
-        .ca
-        .lock()
-        .unwrap()
-        .warden(&["ca", "authority", "list", "--json"]));
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn step(mesh: &Mesh, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["ca", "authority"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let out = ok(mesh.ca.lock().unwrap().warden(&all));
-    serde_json::from_str(out.trim()).unwrap()
-}
-
-/// The authority key identifier of a DER certificate, hex.
-fn aki(der: &[u8]) -> String {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, cert) = X509Certificate::from_der(der).unwrap();
-    cert.extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
-                a.key_identifier.as_ref().map(|k| hex::encode(k.0))
-            }
-            _ => None,
-        })
-        .unwrap()
-}
-
 /// openssl verifies `leaf_der` against the CA's `root-cert.pem`.
 fn openssl_verifies(mesh: &Mesh, leaf_der: &[u8]) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
@@ -155,11 +120,14 @@ fn root_rotation_under_load_fails_no_request() {
     let url = mesh.url("server", "http", "/rotating");
     let data_dir = mesh.ca.lock().unwrap().data_dir.clone();
 
-    let before = authorities(&mesh);
+    let before = mesh.authorities();
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0]["state"], "active");
     let first = before[0]["id"].as_str().unwrap().to_string();
-    assert_eq!(aki(&mesh.leaf_der(&client)), first);
+    assert_eq!(
+        warden_tests::authority_key_id(&mesh.leaf_der(&client)),
+        first
+    );
     // Nothing to activate, taint or revoke yet: refused with the reason, nothing changes.
     let err = fails(
         mesh.ca
@@ -192,7 +160,7 @@ fn root_rotation_under_load_fails_no_request() {
             .warden(&["ca", "authority", "taint", "00ff"]),
     );
     assert!(err.contains("no authority \"00ff\""), "{err}");
-    assert_eq!(authorities(&mesh).len(), 1);
+    assert_eq!(mesh.authorities().len(), 1);
 
     let stop = AtomicBool::new(false);
     let start = Instant::now();
@@ -201,12 +169,12 @@ fn root_rotation_under_load_fails_no_request() {
         // Each TCP connection is a new mTLS handshake between the proxies, with the
         // certificates and bundle each holds at that moment.
         let tcp = s.spawn(|| tcp_loop(&mesh, &stop, start));
-        let _stop = StopOnDrop(&stop);
+        let _stop = warden_tests::StopOnDrop(&stop);
         mesh.mark_proxy_log("client");
         mesh.mark_proxy_log("server");
 
         // Prepare: the new root joins every bundle; the old one still signs.
-        let prepared = step(&mesh, &["prepare"]);
+        let prepared = mesh.authority_step(&["prepare"]);
         assert_eq!(prepared["state"], "prepared");
         let second = prepared["id"].as_str().unwrap().to_string();
         assert_ne!(second, first);
@@ -221,7 +189,7 @@ fn root_rotation_under_load_fails_no_request() {
         assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
 
         // Activate: the new root signs; the old one stays trusted.
-        let active = step(&mesh, &["activate"]);
+        let active = mesh.authority_step(&["activate"]);
         assert_eq!(active["id"], second.as_str());
         assert_eq!(active["state"], "active");
         // The CA's serving certificate is now the new root's: curl trusts it with
@@ -239,18 +207,21 @@ fn root_rotation_under_load_fails_no_request() {
             err.contains("still signs the current certificate of"),
             "{err}"
         );
-        assert_eq!(authorities(&mesh).len(), 2);
+        assert_eq!(mesh.authorities().len(), 2);
 
         // Taint: the agent re-issues every SVID the old root signed, now (the SVIDs
         // have an hour left).
-        let tainted = step(&mesh, &["taint", &first]);
+        let tainted = mesh.authority_step(&["taint", &first]);
         assert_eq!(tainted["tainted"], true);
         try_eventually(
             "the agent to re-issue the tainted SVIDs",
             Duration::from_secs(15),
             Duration::from_millis(100),
             || {
-                let now = [aki(&mesh.leaf_der(&client)), aki(&mesh.leaf_der(&server))];
+                let now = [
+                    warden_tests::authority_key_id(&mesh.leaf_der(&client)),
+                    warden_tests::authority_key_id(&mesh.leaf_der(&server)),
+                ];
                 if now.iter().all(|a| *a == second) {
                     Ok(())
                 } else {
@@ -266,7 +237,7 @@ fn root_rotation_under_load_fails_no_request() {
             Duration::from_secs(15),
             Duration::from_millis(200),
             || {
-                let list = authorities(&mesh);
+                let list = mesh.authorities();
                 let old = list
                     .iter()
                     .find(|a| a["id"] == first.as_str())
@@ -284,7 +255,7 @@ fn root_rotation_under_load_fails_no_request() {
         std::thread::sleep(Duration::from_millis(500));
 
         // Revoke: the old root leaves every bundle and its key is deleted.
-        let revoked = step(&mesh, &["revoke", &first]);
+        let revoked = mesh.authority_step(&["revoke", &first]);
         assert_eq!(revoked["state"], "revoked");
         for name in ["client", "server"] {
             mesh.wait_proxy_log(name, Duration::from_secs(10), |v| {
@@ -319,7 +290,7 @@ fn root_rotation_under_load_fails_no_request() {
 
     // The files: one authority, the old key gone, the new key 0600, root-cert.pem the
     // new root only, and openssl verifies the current leaves with it.
-    let list = authorities(&mesh);
+    let list = mesh.authorities();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], second.as_str());
     assert!(!data_dir.join("ca-key.pem").exists());
@@ -347,15 +318,6 @@ fn root_rotation_under_load_fails_no_request() {
         "root rotation: {total} requests and {} new mTLS connections, none failed",
         tcp.ok
     );
-}
-
-/// Sets the flag when dropped, so the loops end when the main thread panics.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 #[test]
@@ -570,7 +532,7 @@ fn envoy_on_both_sides_takes_the_rotation_without_a_failed_request() {
         envoy_server.drain_log().join("\n")
     );
 
-    let first = authorities(&mesh)[0]["id"].as_str().unwrap().to_string();
+    let first = mesh.authorities()[0]["id"].as_str().unwrap().to_string();
     let rootca_updates = |e: &Envoy| e.stat("sds.ROOTCA.update_success");
     let wait_envoys_updated = |before: (u64, u64), what: &str| {
         try_eventually(
@@ -597,9 +559,9 @@ fn envoy_on_both_sides_takes_the_rotation_without_a_failed_request() {
             })
         });
         let b = s.spawn(|| http_loop(&stop, start, || mesh.send("client", &Req::get(&to_envoy))));
-        let _stop = StopOnDrop(&stop);
+        let _stop = warden_tests::StopOnDrop(&stop);
         let before = (rootca_updates(&envoy_client), rootca_updates(&envoy_server));
-        let second = step(&mesh, &["prepare"])["id"]
+        let second = mesh.authority_step(&["prepare"])["id"]
             .as_str()
             .unwrap()
             .to_string();
@@ -610,8 +572,8 @@ fn envoy_on_both_sides_takes_the_rotation_without_a_failed_request() {
             })
             .unwrap_or_else(|l| panic!("proxy {name} never got the 2-root bundle: {l:#?}"));
         }
-        step(&mesh, &["activate"]);
-        step(&mesh, &["taint", &first]);
+        mesh.authority_step(&["activate"]);
+        mesh.authority_step(&["taint", &first]);
         try_eventually(
             "every SVID to be re-issued by the new root",
             Duration::from_secs(15),
@@ -619,7 +581,7 @@ fn envoy_on_both_sides_takes_the_rotation_without_a_failed_request() {
             || {
                 let now: Vec<String> = [&ec, &server, &es]
                     .iter()
-                    .map(|w| aki(&mesh.leaf_der(&w.spiffe_id())))
+                    .map(|w| warden_tests::authority_key_id(&mesh.leaf_der(&w.spiffe_id())))
                     .collect();
                 if now.iter().all(|a| *a == second) {
                     Ok(())
@@ -634,7 +596,7 @@ fn envoy_on_both_sides_takes_the_rotation_without_a_failed_request() {
             Duration::from_secs(15),
             Duration::from_millis(200),
             || {
-                let list = authorities(&mesh);
+                let list = mesh.authorities();
                 let old = list.iter().find(|a| a["id"] == first.as_str()).cloned();
                 if old.is_some_and(|o| o["in_use"] == 0) {
                     Ok(())
@@ -646,7 +608,7 @@ fn envoy_on_both_sides_takes_the_rotation_without_a_failed_request() {
         .unwrap();
         std::thread::sleep(Duration::from_millis(500));
         let before = (rootca_updates(&envoy_client), rootca_updates(&envoy_server));
-        step(&mesh, &["revoke", &first]);
+        mesh.authority_step(&["revoke", &first]);
         wait_envoys_updated(before, "without the old root");
         std::thread::sleep(Duration::from_secs(1));
         stop.store(true, Ordering::Relaxed);
@@ -754,13 +716,16 @@ fn a_new_plugged_in_intermediate_is_taken_up_without_a_failed_request() {
         .start();
     let client = spiffe_id("default", "client");
     let url = mesh.url("server", "http", "/swapping");
-    assert_eq!(aki(&mesh.leaf_der(&client)), first_id);
+    assert_eq!(
+        warden_tests::authority_key_id(&mesh.leaf_der(&client)),
+        first_id
+    );
     let stop = AtomicBool::new(false);
     let start = Instant::now();
     let (http, tcp) = std::thread::scope(|s| {
         let http = s.spawn(|| http_loop(&stop, start, || mesh.send("client", &Req::get(&url))));
         let tcp = s.spawn(|| tcp_loop(&mesh, &stop, start));
-        let _stop = StopOnDrop(&stop);
+        let _stop = warden_tests::StopOnDrop(&stop);
         std::thread::sleep(Duration::from_secs(1));
         // Half a copy: the new key beside the old certificate. Refused, kept.
         copy(&second, &["ca-key.pem"]);
@@ -792,8 +757,8 @@ fn a_new_plugged_in_intermediate_is_taken_up_without_a_failed_request() {
             Duration::from_millis(200),
             || {
                 let now = [
-                    aki(&mesh.leaf_der(&client)),
-                    aki(&mesh.leaf_der(&spiffe_id("default", "server"))),
+                    warden_tests::authority_key_id(&mesh.leaf_der(&client)),
+                    warden_tests::authority_key_id(&mesh.leaf_der(&spiffe_id("default", "server"))),
                 ];
                 if now.iter().all(|a| *a == second_id) {
                     Ok(())

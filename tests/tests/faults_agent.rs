@@ -20,15 +20,6 @@ use warden_tests::{AgentProcess, CaProcess, eventually, my_uid, spawn_logged, wa
 
 const EXPIRY: &str = "warden_svid_expiry_timestamp_seconds";
 
-/// Sets the flag when dropped, so loops end when the test's main thread panics.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// Requests (HTTP through the proxies, or new mTLS connections for TCP) until `stop`;
 /// (successes, failures with when and what).
 fn traffic(
@@ -90,7 +81,7 @@ fn proxies_keep_serving_through_an_agent_restart_and_take_the_next_rotation() {
     let ((http_ok, http_failed), (tcp_ok, tcp_failed), taken) = std::thread::scope(|s| {
         let http = s.spawn(|| traffic(&mesh, &stop, start, false));
         let tcp = s.spawn(|| traffic(&mesh, &stop, start, true));
-        let _stop = StopOnDrop(&stop);
+        let _stop = warden_tests::StopOnDrop(&stop);
         std::thread::sleep(Duration::from_secs(1));
 
         let (data_dir, svid_dir) = {
@@ -158,14 +149,6 @@ fn proxies_keep_serving_through_an_agent_restart_and_take_the_next_rotation() {
     assert!(http_ok > 50 && tcp_ok > 50, "too little traffic");
 }
 
-/// Under CI=true a missing facility fails the test; elsewhere it is skipped loudly.
-fn skip_or_fail(what: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{what} is required under CI=true");
-    }
-    eprintln!("\n*** SKIPPING: {what} ***\n");
-}
-
 /// A network namespace of the test's own, deleted when dropped.
 struct Netns(String);
 
@@ -178,7 +161,9 @@ impl Netns {
             .output()
             .is_ok_and(|o| o.status.success());
         if !made {
-            skip_or_fail("a network namespace of the test's own (`ip netns add`: root)");
+            warden_tests::skip_or_fail(
+                "a network namespace of the test's own (`ip netns add`: root)",
+            );
             return None;
         }
         let ns = Self(name);
@@ -242,7 +227,7 @@ fn rotation_lands_before_expiry_over_a_lossy_slow_network() {
     // a token bucket that holds the link to 512 kbit/s (a certificate chain waits ~50 ms
     // behind its own bytes; a burst of them much longer).
     if Command::new("iptables").arg("--version").output().is_err() {
-        skip_or_fail("iptables (Debian's iptables package)");
+        warden_tests::skip_or_fail("iptables (Debian's iptables package)");
         return;
     }
     ns.exec_ok(&[

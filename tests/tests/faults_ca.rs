@@ -29,14 +29,6 @@ use warden_tests::{CaProcess, Es256Issuer, eventually, ok};
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
-/// Under CI=true a missing facility fails the test; elsewhere it is skipped loudly.
-fn skip_or_fail(what: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{what} is required under CI=true");
-    }
-    eprintln!("\n*** SKIPPING: {what} ***\n");
-}
-
 /// What the clients of a test saw.
 #[derive(Debug, Default)]
 struct Seen {
@@ -369,7 +361,7 @@ fn shared_pg_database() -> Option<(String, String)> {
         let mut conn = match sqlx::PgConnection::connect(&admin).await {
             Ok(c) => c,
             Err(e) => {
-                skip_or_fail(&format!("PostgreSQL at {admin} ({e})"));
+                warden_tests::skip_or_fail(&format!("PostgreSQL at {admin} ({e})"));
                 return None;
             }
         };
@@ -507,7 +499,9 @@ impl PgCluster {
     /// `None` (skipped loudly, or a failure under CI) when initdb is not installed.
     fn init(dir: &Path) -> Option<Self> {
         if pg_tool("initdb").is_none() {
-            skip_or_fail("PostgreSQL's initdb and pg_ctl (Debian's postgresql package)");
+            warden_tests::skip_or_fail(
+                "PostgreSQL's initdb and pg_ctl (Debian's postgresql package)",
+            );
             return None;
         }
         // initdb refuses to run as root: then the cluster belongs to `postgres`.
@@ -706,7 +700,7 @@ impl Tmpfs {
             .output()
             .unwrap();
         if !out.status.success() {
-            skip_or_fail(&format!(
+            warden_tests::skip_or_fail(&format!(
                 "mounting a tmpfs (root): {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             ));

@@ -8,15 +8,6 @@ use std::time::{Duration, Instant};
 use warden_tests::eventually;
 use warden_tests::mesh::{Mesh, Req, ServiceSpec, authorization_policy};
 
-/// Sets the flag when dropped, so loops end when the test's main thread panics.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// The DENY every good set has: `/secret` from anyone.
 fn deny_secret(generation: usize) -> String {
     let rules = r#"[{to: [{operation: {paths: ["/secret", "/secret/*"]}}]}]"#;
@@ -119,7 +110,7 @@ fn a_flood_of_config_changes_never_allows_what_the_last_good_set_denies() {
         let (secret_url, open_url) = (secret.as_str(), open.as_str());
         let secret_loop = s.spawn(move || probe(secret_url));
         let open_loop = s.spawn(move || probe(open_url));
-        let _stop = StopOnDrop(&stop);
+        let _stop = warden_tests::StopOnDrop(&stop);
         // 10 s of writes every 10 ms: good sets (both files) and broken files mixed.
         let mut writes = 0;
         let mut i = 0usize;
@@ -173,19 +164,6 @@ fn a_flood_of_config_changes_never_allows_what_the_last_good_set_denies() {
     });
 }
 
-/// Resident and peak resident memory (VmRSS, VmHWM) of a process, in KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// Load over the proxy's bound: 200 callers at once, each with its own connection per
 /// request, against a client proxy allowed 32 downstream connections. Every request is
 /// answered 200 or refused by the connection being closed at accept (the caller may
@@ -206,7 +184,10 @@ fn over_its_connection_bound_the_proxy_refuses_cleanly_and_holds_its_memory() {
         .iter()
         .map(|n| (n.to_string(), mesh.with_proxy(n, |p| p.child.id())))
         .collect();
-    let before: Vec<(u64, u64)> = pids.iter().map(|(_, p)| memory_kib(*p)).collect();
+    let before: Vec<(u64, u64)> = pids
+        .iter()
+        .map(|(_, p)| warden_tests::memory_kib(*p).unwrap())
+        .collect();
 
     let start = Instant::now();
     let results: Vec<(usize, usize, Vec<String>)> = std::thread::scope(|s| {
@@ -239,7 +220,10 @@ fn over_its_connection_bound_the_proxy_refuses_cleanly_and_holds_its_memory() {
     let ok: usize = results.iter().map(|r| r.0).sum();
     let refused: usize = results.iter().map(|r| r.1).sum();
     let other: Vec<&String> = results.iter().flat_map(|r| &r.2).collect();
-    let after: Vec<(u64, u64)> = pids.iter().map(|(_, p)| memory_kib(*p)).collect();
+    let after: Vec<(u64, u64)> = pids
+        .iter()
+        .map(|(_, p)| warden_tests::memory_kib(*p).unwrap())
+        .collect();
     let overflow = mesh.metric(
         "client",
         "warden_downstream_connections_overflow_total",

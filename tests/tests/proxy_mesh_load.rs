@@ -32,15 +32,6 @@ struct LoopResult {
     hashes: Vec<String>,
 }
 
-/// Sets the flag when dropped, so request loops end when a scope's main thread panics.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// Sends GETs from `client` to `url` until `stop` (at most `max` requests).
 fn request_loop(
     mesh: &Mesh,
@@ -105,7 +96,7 @@ fn policy_changes_under_load_apply_within_a_second_and_bad_ones_are_rejected() {
                 std::thread::sleep(Duration::from_millis(10));
             }
         });
-        let _stop = StopOnDrop(&stop);
+        let _stop = warden_tests::StopOnDrop(&stop);
         std::thread::sleep(Duration::from_millis(700));
 
         // Tighten: only the client principal.
@@ -257,7 +248,7 @@ fn certificate_rotation_under_load_fails_no_request() {
             }
             out
         });
-        let _stop = StopOnDrop(&stop);
+        let _stop = warden_tests::StopOnDrop(&stop);
         // Past the first certificates' expiry, through two rotations or more.
         std::thread::sleep(Duration::from_secs(9));
         stop.store(true, Ordering::Relaxed);

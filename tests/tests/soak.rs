@@ -47,9 +47,9 @@ use serde_json::json;
 use warden_tests::envoy::SIDECAR_NODE_ID;
 use warden_tests::envoy::{Bootstrap, Cluster, Envoy, Listener, UpstreamTls};
 use warden_tests::mesh::{
-    Mesh, Protocol, RawCodec, Req, Resp, ServiceSpec, WorkloadSpec, echo, metric_sum,
+    Mesh, Protocol, Req, Resp, ServiceSpec, WorkloadSpec, echo, grpc_call, metric_sum,
 };
-use warden_tests::{bin, eventually, grpcio_python, interop_script, ok, try_eventually};
+use warden_tests::{bin, eventually, grpcio_python, interop_script, try_eventually};
 
 /// How often the policy set changes.
 const POLICY_EVERY: Duration = Duration::from_secs(10);
@@ -247,32 +247,6 @@ fn short(s: &str) -> String {
 
 fn resp(r: anyhow::Result<Resp>) -> anyhow::Result<(u16, Bytes)> {
     r.map(|r| (r.status, r.body))
-}
-
-/// A unary gRPC call of `method` (raw bytes) through `addr` with `:authority`
-/// `authority`, on a new connection.
-async fn grpc_call(
-    addr: SocketAddr,
-    authority: &str,
-    method: &'static str,
-    msg: Bytes,
-) -> Result<Bytes, tonic::Status> {
-    let unavailable = |e: &dyn std::fmt::Display| tonic::Status::unavailable(e.to_string());
-    let origin: http::Uri = format!("http://{authority}")
-        .parse()
-        .map_err(|e| unavailable(&e))?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| unavailable(&e))?
-        .origin(origin)
-        .connect()
-        .await
-        .map_err(|e| unavailable(&e))?;
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.map_err(|e| unavailable(&e))?;
-    let path = http::uri::PathAndQuery::from_static(method);
-    grpc.unary(tonic::Request::new(msg), path, RawCodec)
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 /// One long-lived h2c connection (re-opened when the proxy closed it).
@@ -569,14 +543,7 @@ fn run_lane(ctx: &Ctx<'_>, lane: &Lane) -> Tally {
 
 /// VmRSS of `pid` in bytes (0 once it is gone).
 fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
+    warden_tests::memory_kib(pid).map_or(0, |(rss, _)| rss * 1024)
 }
 
 /// "SDS: new certificate" lines proxy `name` logged so far.
@@ -605,40 +572,6 @@ fn ca_metric(mesh: &Mesh, name: &str) -> f64 {
 // ---------------------------------------------------------------------------------
 // The root rotation (as in ca_rotation.rs).
 
-fn authorities(mesh: &Mesh) -> Vec<serde_json::Value> {
-    let out = ok(mesh
-        .ca
-        .lock()
-        .unwrap()
-        .warden(&["ca", "authority", "list", "--json"]));
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn step(mesh: &Mesh, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["ca", "authority"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let out = ok(mesh.ca.lock().unwrap().warden(&all));
-    serde_json::from_str(out.trim()).unwrap()
-}
-
-/// The authority key identifier of a DER certificate, hex.
-fn aki(der: &[u8]) -> String {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, cert) = X509Certificate::from_der(der).unwrap();
-    cert.extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
-                a.key_identifier.as_ref().map(|k| hex::encode(k.0))
-            }
-            _ => None,
-        })
-        .unwrap()
-}
-
 /// A counter from the Envoy admin interface at `admin` (0 when absent).
 fn envoy_stat(admin: &str, name: &str) -> u64 {
     let (_, body) = warden_tests::http_get(admin, &format!("/stats?filter=^{name}$"));
@@ -662,7 +595,7 @@ fn rotate_root(mesh: &Mesh, envoys: &[String], start: Instant) -> Vec<(String, f
     let mut at = |what: &str| done.push((what.to_string(), start.elapsed().as_secs_f64()));
     let proxies = mesh.running_proxies();
     let ids: Vec<String> = mesh.workloads.values().map(|w| w.spiffe_id()).collect();
-    let first = authorities(mesh)[0]["id"].as_str().unwrap().to_string();
+    let first = mesh.authorities()[0]["id"].as_str().unwrap().to_string();
     let rootca = || -> Vec<u64> {
         envoys
             .iter()
@@ -703,7 +636,10 @@ fn rotate_root(mesh: &Mesh, envoys: &[String], start: Instant) -> Vec<(String, f
     }
 
     let before = rootca();
-    let second = step(mesh, &["prepare"])["id"].as_str().unwrap().to_string();
+    let second = mesh.authority_step(&["prepare"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_proxies(2);
     wait_envoys(&before, "with the new root");
     at("prepare");
@@ -711,14 +647,14 @@ fn rotate_root(mesh: &Mesh, envoys: &[String], start: Instant) -> Vec<(String, f
     // old one signing.
     std::thread::sleep(ROTATION_DWELL);
 
-    let active = step(mesh, &["activate"]);
+    let active = mesh.authority_step(&["activate"]);
     assert_eq!(active["id"], second.as_str());
     at("activate");
     // The new root signs; certificates of both roots meet in handshakes while the
     // identities rotate on their own.
     std::thread::sleep(ROTATION_DWELL);
 
-    step(mesh, &["taint", &first]);
+    mesh.authority_step(&["taint", &first]);
     try_eventually(
         "every SVID to be signed by the new root",
         Duration::from_secs(30),
@@ -726,7 +662,7 @@ fn rotate_root(mesh: &Mesh, envoys: &[String], start: Instant) -> Vec<(String, f
         || {
             let old: Vec<&String> = ids
                 .iter()
-                .filter(|id| aki(&mesh.leaf_der(id)) != second)
+                .filter(|id| warden_tests::authority_key_id(&mesh.leaf_der(id)) != second)
                 .collect();
             if old.is_empty() {
                 Ok(())
@@ -741,7 +677,7 @@ fn rotate_root(mesh: &Mesh, envoys: &[String], start: Instant) -> Vec<(String, f
         Duration::from_secs(30),
         Duration::from_millis(250),
         || {
-            let list = authorities(mesh);
+            let list = mesh.authorities();
             let old = list.iter().find(|a| a["id"] == first.as_str()).cloned();
             if old.is_some_and(|o| o["in_use"] == 0) {
                 Ok(())
@@ -755,25 +691,15 @@ fn rotate_root(mesh: &Mesh, envoys: &[String], start: Instant) -> Vec<(String, f
     std::thread::sleep(ROTATION_DWELL);
 
     let before = rootca();
-    let revoked = step(mesh, &["revoke", &first]);
+    let revoked = mesh.authority_step(&["revoke", &first]);
     assert_eq!(revoked["state"], "revoked");
     wait_proxies(1);
     wait_envoys(&before, "without the old root");
-    let list = authorities(mesh);
+    let list = mesh.authorities();
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["id"], second.as_str());
     at("revoke");
     done
-}
-
-/// Sets the flag when dropped, so the loops end when the main thread of the scope
-/// ends, panicking or not.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Sets the flag when a thread panics, so everything else stops too.
@@ -1088,7 +1014,7 @@ fn soak() {
             }
             rotate_root(&mesh, &envoy_admins, start)
         });
-        let _stop = StopOnDrop(&stop);
+        let _stop = warden_tests::StopOnDrop(&stop);
 
         let mut open = true;
         let mut next_change = start + POLICY_EVERY;

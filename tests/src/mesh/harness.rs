@@ -715,6 +715,28 @@ impl Mesh {
         });
     }
 
+    /// The CA's authorities, from `warden ca authority list --json`.
+    pub fn authorities(&self) -> Vec<serde_json::Value> {
+        let out = crate::ok(
+            self.ca
+                .lock()
+                .unwrap()
+                .warden(&["ca", "authority", "list", "--json"]),
+        );
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// `warden ca authority ARGS --json`: one step of a rotation; its JSON answer.
+    pub fn authority_step(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["ca", "authority"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let out = crate::ok(self.ca.lock().unwrap().warden(&all));
+        serde_json::from_str(out.trim()).unwrap()
+    }
+
     /// Lines the agent logged since the last call (JSON).
     pub fn agent_log(&self) -> Vec<serde_json::Value> {
         let agent = self.agent.lock().unwrap();

@@ -37,7 +37,7 @@ pub mod clients;
 pub mod harness;
 pub mod spec;
 
-pub use clients::grpc::{RawCodec, grpc_say};
+pub use clients::grpc::{RawCodec, grpc_call, grpc_say};
 pub use clients::http::{Raw, Req, Resp, Wire, raw_http, read_until_quiet, send, try_http_get};
 pub use clients::ws::{self, WsClient};
 pub use clients::{echo, metric_sum};

@@ -55,6 +55,17 @@ pub async fn grpc_say(
     authority: &str,
     msg: Bytes,
 ) -> Result<Bytes, tonic::Status> {
+    grpc_call(addr, authority, "/warden.test.Echo/Say", msg).await
+}
+
+/// A unary call of `method` (raw bytes) with tonic over h2c to `addr`, with
+/// `:authority` `authority`, on a new connection.
+pub async fn grpc_call(
+    addr: SocketAddr,
+    authority: &str,
+    method: &'static str,
+    msg: Bytes,
+) -> Result<Bytes, tonic::Status> {
     let unavailable = |e: &dyn std::fmt::Display| tonic::Status::unavailable(e.to_string());
     let origin: http::Uri = format!("http://{authority}")
         .parse()
@@ -67,7 +78,7 @@ pub async fn grpc_say(
         .map_err(|e| unavailable(&e))?;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(|e| unavailable(&e))?;
-    let path = http::uri::PathAndQuery::from_static("/warden.test.Echo/Say");
+    let path = http::uri::PathAndQuery::from_static(method);
     grpc.unary(tonic::Request::new(msg), path, RawCodec)
         .await
         .map(tonic::Response::into_inner)
