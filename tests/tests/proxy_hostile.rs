@@ -272,6 +272,38 @@ fn hosts_methods_and_raw_paths_are_judged_as_envoy_judges_them() {
         "{seen:?}"
     );
     assert!(!seen[0].to_string().contains("evil.example"), "{seen:?}");
+    // Absolute form without a path is `/` to the policy and to the app (found by the
+    // http1_head fuzz target: the request line sent upstream had no target at all).
+    let (s, r) = one(format!(
+        "GET http://{h}#frag HTTP/1.1\r\nConnection: close\r\n\r\n"
+    ));
+    assert_eq!(s, [200], "{}", r.text);
+    let (s, r) = one(format!(
+        "GET http://{h}?q=1 HTTP/1.1\r\nConnection: close\r\n\r\n"
+    ));
+    assert_eq!(s, [200], "{}", r.text);
+    assert_eq!(
+        app_saw(&mesh),
+        [
+            ("GET".to_string(), "/".to_string()),
+            ("GET".to_string(), "/?q=1".to_string())
+        ]
+    );
+    // Schemes other than http(s), and none at all: 400, as Envoy.
+    for target in [format!("ftp://{h}/public"), format!("://{h}/public")] {
+        let (s, r) = one(format!("GET {target} HTTP/1.1\r\nHost: {h}\r\n\r\n"));
+        assert_eq!(s, [400], "{target}: {}", r.text);
+    }
+    // A Host an HTTP/2 upstream could not carry, and one that is not text (both found
+    // by the http1_head fuzz target): 400.
+    for bad in [&b"a:1:2"[..], &b"svc\xff"[..]] {
+        let mut req = b"GET /public HTTP/1.1\r\nHost: ".to_vec();
+        req.extend_from_slice(bad);
+        req.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+        let r = raw_http(inbound, &req, QUIET);
+        assert_eq!(r.statuses(), [400], "{bad:?}: {}", r.text);
+    }
+    assert!(app_saw(&mesh).is_empty());
     // Two Hosts, a bad Host: 400.
     let (s, _) = one(format!(
         "GET /public HTTP/1.1\r\nHost: {h}\r\nHost: other\r\n\r\n"

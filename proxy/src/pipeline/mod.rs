@@ -292,6 +292,38 @@ pub fn validate<B>(ex: &mut Exchange<B>, limits: &Limits, accept_http10: bool) -
             )
         });
     }
+    if let Some(scheme) = ex.req.uri().scheme_str()
+        && !scheme.eq_ignore_ascii_case("http")
+        && !scheme.eq_ignore_ascii_case("https")
+    {
+        // Envoy's check: a request target names an `http` or `https` resource.
+        let s = scheme.escape_debug().to_string();
+        return Err(ex.refuse(
+            StatusCode::BAD_REQUEST,
+            format!("warden: the request target's scheme {s:?} is not http or https"),
+        ));
+    }
+    if version < Version::HTTP_2 && ex.req.uri().scheme().is_some() {
+        // Absolute form with no path (`http://h`, `http://h#x`, `http://h?q`): its path
+        // is `/` (RFC 9112 3.2.1), written out so that the policy, the normalizer and
+        // the upstream's request line all see the same target. Found by the http1_head
+        // fuzz target: `http` kept such a target's path empty, which the policy read
+        // as `/` and which went upstream as no target at all once the scheme was gone.
+        let pq = path_and_query(ex.req.uri());
+        let explicit = if pq.starts_with('/') {
+            pq.to_string()
+        } else {
+            format!("/{pq}")
+        };
+        let mut parts = std::mem::take(ex.req.uri_mut()).into_parts();
+        parts.path_and_query = PathAndQuery::try_from(explicit).ok();
+        *ex.req.uri_mut() = Uri::from_parts(parts).map_err(|_| {
+            ex.refuse(
+                StatusCode::BAD_REQUEST,
+                "warden: the request target is not a valid absolute URI",
+            )
+        })?;
+    }
     if !ex.req.uri().path().starts_with('/') {
         let target = ex.req.uri().to_string().escape_debug().to_string();
         return Err(Reply {
@@ -528,7 +560,13 @@ pub fn shape_upstream<B>(ex: &mut Exchange<B>, protocol: UpstreamProtocol) {
                 let mut parts = std::mem::take(ex.req.uri_mut()).into_parts();
                 parts.scheme = None;
                 parts.authority = None;
-                if parts.path_and_query.is_none() {
+                // `/` is also what `http` shows for an empty path, which without a
+                // scheme would be written as no request target at all.
+                if parts
+                    .path_and_query
+                    .as_ref()
+                    .is_none_or(|p| p.as_str() == "/")
+                {
                     parts.path_and_query = Some(PathAndQuery::from_static("/"));
                 }
                 *ex.req.uri_mut() =

@@ -80,6 +80,10 @@ fn validate_refuses_what_envoy_refuses() {
             .header("host", HeaderValue::from_bytes(b"svc.ns\xff").unwrap())),
         Some(400)
     );
+    // Found by the http1_head fuzz target: a target with a scheme other than http(s).
+    assert_eq!(v(h1("GET", "://svc.ns:8080/a")), Some(400));
+    assert_eq!(v(h1("GET", "ftp://svc.ns:8080/a")), Some(400));
+    assert_eq!(v(h1("GET", "HTTPS://svc.ns:8080/a")), None);
     // HTTP/1.0 when accepted.
     let mut e = ex(h1("GET", "/a").version(Version::HTTP_10));
     assert!(validate(&mut e, &l, true).is_ok());
@@ -104,6 +108,26 @@ fn the_authority_is_one_value() {
     validate(&mut e, &l, false).unwrap();
     assert_eq!(e.authority, "real.ns");
     assert!(e.req.headers().get(header::HOST).is_none());
+}
+
+#[test]
+fn an_absolute_target_without_a_path_is_slash() {
+    // Found by the http1_head fuzz target: `http://h#x` kept an empty path that the
+    // policy read as `/` and that went upstream as no request target at all.
+    let l = Limits::default();
+    for (target, want) in [
+        ("http://svc.ns:8080", "/"),
+        ("http://svc.ns:8080#frag", "/"),
+        ("http://svc.ns:8080?q=1", "/?q=1"),
+        ("http://svc.ns:8080/a?q", "/a?q"),
+    ] {
+        let mut e = ex(h1("GET", target));
+        validate(&mut e, &l, false).unwrap();
+        assert_eq!(path_and_query(e.req.uri()), want, "{target}");
+        shape_upstream(&mut e, UpstreamProtocol::Http1);
+        assert_eq!(e.req.uri().to_string(), want, "{target}: the request line");
+        assert_eq!(e.req.headers()[header::HOST], "svc.ns:8080");
+    }
 }
 
 #[test]
