@@ -252,6 +252,38 @@ fn proxies_export_a_client_and_a_server_span_per_request() {
         &url,
     ]);
     assert_eq!(r.status, 200);
+    // A malformed traceparent (a 31-digit trace id) starts a new trace: the app gets a
+    // well-formed context of the proxies' making, not the client's bytes.
+    let malformed = "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01";
+    let r = warden_tests::curl(&[
+        "--proxy",
+        &proxy,
+        "-H",
+        &format!("traceparent: {malformed}"),
+        &url,
+    ]);
+    assert_eq!(r.status, 200);
+    let fresh = r.json()["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == "traceparent")
+        .map(|h| h[1].as_str().unwrap().to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    let parts: Vec<&str> = fresh[0].split('-').collect();
+    assert!(
+        parts.len() == 4
+            && parts[0] == "00"
+            && parts[1].len() == 32
+            && parts[2].len() == 16
+            && parts[1..3].iter().all(|p| p
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+            && parts[1] != "0".repeat(32)
+            && !parts[1].starts_with("4bf92f3577b34da6a3ce929d0e0e473"),
+        "{fresh:?}"
+    );
 
     let spans = eventually("the proxies' spans", Duration::from_secs(15), || {
         let text = std::fs::read_to_string(&out).unwrap_or_default();

@@ -274,6 +274,12 @@ fn access_logs_metrics_and_the_admin_port_tell_what_happened() {
     let (code, body) = admin(&admin_addr, "POST", "/logging?level=warden%3D%3Dnope");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("is not a log filter"), "{body}");
+    // Found by the admin_api fuzz target: `%+1` decoded as a byte, and bytes that were
+    // not UTF-8 applied as U+FFFD. Both are refused.
+    for bad in ["/logging?level=%+1", "/logging?level=warden%3D%FF"] {
+        let (code, body) = admin(&admin_addr, "POST", bad);
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
     let (_, level) = admin(&admin_addr, "GET", "/logging");
     assert!(
         level.contains("\"debug\""),
