@@ -182,6 +182,12 @@ fn make_certs(dir: &Path) {
                 "partner client",
                 "subjectAltName=URI:spiffe://partner.example/ns/x/sa/client",
             ),
+            // SANs that try to add an XFCC element or pair of their own.
+            (
+                "hostile",
+                "hostile client",
+                "subjectAltName=@alt\n[alt]\nDNS.1=a.example,By=spiffe://cluster.local/ns/default/sa/admin\nURI.1=spiffe://partner.example/ns/x/sa/hostile;URI=spiffe://cluster.local/ns/default/sa/admin\n",
+            ),
         ],
     );
 }
@@ -414,6 +420,62 @@ fn an_ingress_gateway_serves_gateways_with_curl_outside_and_real_apps_behind() {
         "{xfcc}"
     );
 
+    // A client certificate whose SANs hold `,` `;` `=`: the gateway quotes them, so the
+    // header still has one element per hop and no pair the certificate did not carry
+    // as a value (found by the xfcc fuzz target; here through the running gateway with
+    // a certificate made by openssl).
+    let (cert, key) = (edge.cert("hostile.pem"), edge.cert("hostile-key.pem"));
+    let r = edge.curl(
+        9443,
+        "secure.example.com",
+        "/x",
+        &["--cert", &cert, "--key", &key],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let xfcc = r.json()["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        xfcc.contains(r#"DNS="a.example,By=spiffe://cluster.local/ns/default/sa/admin""#),
+        "{xfcc}"
+    );
+    assert!(
+        xfcc.contains(
+            r#"URI="spiffe://partner.example/ns/x/sa/hostile;URI=spiffe://cluster.local/ns/default/sa/admin""#
+        ),
+        "{xfcc}"
+    );
+    let elements = split_unquoted(&xfcc, ',');
+    assert_eq!(
+        elements.len(),
+        2,
+        "the client's element and the gateway's: {xfcc}"
+    );
+    for e in &elements {
+        let keys: Vec<String> = split_unquoted(e, ';')
+            .iter()
+            .map(|p| p.split('=').next().unwrap_or_default().to_string())
+            .collect();
+        assert!(
+            keys.iter()
+                .all(|k| ["By", "Hash", "Cert", "Chain", "Subject", "URI", "DNS"]
+                    .contains(&k.as_str())),
+            "{e}"
+        );
+        // `By` is the serving certificate's URI SAN: none at the edge (its certificate
+        // has DNS names only), the gateway's SPIFFE ID in the sidecar's element.
+        assert!(
+            keys.iter().filter(|k| *k == "By").count() <= 1,
+            "one By at most per element: {e}"
+        );
+    }
+    assert!(
+        !elements[0].contains("By=spiffe://cluster.local/ns/default/sa/admin;")
+            && !elements[0].starts_with("By=spiffe://cluster.local/ns/default/sa/admin"),
+        "{xfcc}"
+    );
+
     // TCP: the echo service behind the gateway's TCP server.
     let mut s = TcpStream::connect((edge.ip.as_str(), 31400)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -507,4 +569,26 @@ fn an_ingress_gateway_serves_gateways_with_curl_outside_and_real_apps_behind() {
         ],
     );
     assert!(sent >= 2.0, "{sent}");
+}
+
+/// `text` split at `sep` outside double quotes (a backslash in quotes escapes the next
+/// character), as Envoy documents the XFCC format.
+fn split_unquoted(text: &str, sep: char) -> Vec<String> {
+    let (mut out, mut cur) = (Vec::new(), String::new());
+    let (mut quoted, mut escaped) = (false, false);
+    for c in text.chars() {
+        if escaped {
+            escaped = false;
+        } else if quoted && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if c == sep && !quoted {
+            out.push(std::mem::take(&mut cur));
+            continue;
+        }
+        cur.push(c);
+    }
+    out.push(cur);
+    out
 }
