@@ -456,6 +456,90 @@ fn envoy_serves_mtls_with_the_agent_svid_and_rotates_without_failures() {
     eprintln!("test took {:?}", started.elapsed());
 }
 
+/// Issue 17's fault: the agent killed with SIGKILL while Envoy holds its SDS stream and
+/// carries traffic, restarted 4 s later on the same data and socket. Envoy keeps serving
+/// on the certificate it holds, reconnects by itself, takes the restarted agent's
+/// certificate and the rotation after that, and never NACKs or exits.
+#[test]
+fn envoy_keeps_serving_through_an_agent_restart_and_takes_the_next_rotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 12 s SVIDs: the agent is down from ~1 s to ~5 s of the first one's life.
+    let (ca, mut agent) = ca_and_agent(tmp.path(), "12s");
+    let mut envoy = start_envoy(tmp.path(), &agent);
+    let first: BTreeSet<String> = envoy.leaf_serials().into_iter().collect();
+    assert!(!first.is_empty(), "no certificates in /certs");
+
+    let traffic = Traffic::start(&envoy.plain_addr);
+    std::thread::sleep(Duration::from_secs(1));
+    agent.child.kill().unwrap(); // SIGKILL: the SDS stream ends with no goodbye
+    agent.child.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let held: BTreeSet<String> = envoy.leaf_serials().into_iter().collect();
+    assert_eq!(held, first, "Envoy's certificate changed with no agent");
+
+    let restarted_at = Instant::now();
+    let (data_dir, socket) = (agent.data_dir.clone(), agent.socket.clone());
+    drop(agent);
+    // The node SVID it saved is its credential now: no join token.
+    let agent = AgentProcess::start(
+        &ca,
+        &data_dir,
+        &[
+            "--node-name",
+            "node-a",
+            "--svid-ttl",
+            "12s",
+            "--sync-interval",
+            "1s",
+        ],
+    );
+    assert_eq!(agent.socket, socket, "the restarted agent's socket moved");
+    let second = try_eventually(
+        "Envoy takes the restarted agent's certificate",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let now: BTreeSet<String> = envoy.leaf_serials().into_iter().collect();
+            if !now.is_empty() && now.is_disjoint(&first) {
+                Ok(now)
+            } else {
+                Err(format!("/certs {now:?}, first {first:?}"))
+            }
+        },
+    )
+    .unwrap();
+    let taken = restarted_at.elapsed();
+    try_eventually(
+        "Envoy takes the rotation after that",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let now: BTreeSet<String> = envoy.leaf_serials().into_iter().collect();
+            if !now.is_empty() && now.is_disjoint(&second) && now.is_disjoint(&first) {
+                Ok(())
+            } else {
+                Err(format!("/certs {now:?}, second {second:?}"))
+            }
+        },
+    )
+    .unwrap();
+    let (oks, failures) = traffic.finish();
+    eprintln!(
+        "agent restart under Envoy: {oks} requests, {} failed; the restarted agent's certificate in Envoy after {taken:?}",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} requests failed: {failures:#?}\nenvoy log:\n{}",
+        failures.len(),
+        envoy.drain_log().join("\n")
+    );
+    assert!(oks > 100, "only {oks} requests");
+    assert!(envoy.child.try_wait().unwrap().is_none(), "envoy exited");
+    assert_eq!(agent.metric("warden_agent_sds_nacks_total"), 0.0);
+    assert_eq!(envoy.stat("sds.default.update_rejected"), 0);
+}
+
 #[test]
 fn envoy_keeps_serving_while_the_ca_is_down_and_the_agent_recovers() {
     let started = Instant::now();
