@@ -303,6 +303,22 @@ impl Traffic {
     }
 }
 
+/// Ends `traffic` and checks that every request succeeded (more than 100 of them), that
+/// Envoy is still running and that it NACKed nothing.
+fn served_throughout(traffic: Traffic, envoy: &mut EnvoyProcess, agent: &AgentProcess, when: &str) {
+    let (oks, failures) = traffic.finish();
+    eprintln!("{oks} requests {when}; {} failed", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} requests failed: {failures:#?}\nenvoy log:\n{}",
+        failures.len(),
+        envoy.drain_log().join("\n")
+    );
+    assert!(oks > 100, "only {oks} requests");
+    assert!(envoy.child.try_wait().unwrap().is_none(), "envoy exited");
+    assert_eq!(agent.metric("warden_agent_sds_nacks_total"), 0.0);
+}
+
 /// The agent's JSON log lines, kept as they arrive.
 struct AgentLog<'a> {
     rx: &'a mpsc::Receiver<String>,
@@ -523,20 +539,12 @@ fn envoy_keeps_serving_through_an_agent_restart_and_takes_the_next_rotation() {
         },
     )
     .unwrap();
-    let (oks, failures) = traffic.finish();
-    eprintln!(
-        "agent restart under Envoy: {oks} requests, {} failed; the restarted agent's certificate in Envoy after {taken:?}",
-        failures.len()
+    served_throughout(
+        traffic,
+        &mut envoy,
+        &agent,
+        &format!("through an agent restart (its certificate in Envoy after {taken:?})"),
     );
-    assert!(
-        failures.is_empty(),
-        "{} requests failed: {failures:#?}\nenvoy log:\n{}",
-        failures.len(),
-        envoy.drain_log().join("\n")
-    );
-    assert!(oks > 100, "only {oks} requests");
-    assert!(envoy.child.try_wait().unwrap().is_none(), "envoy exited");
-    assert_eq!(agent.metric("warden_agent_sds_nacks_total"), 0.0);
     assert_eq!(envoy.stat("sds.default.update_rejected"), 0);
 }
 
@@ -624,20 +632,12 @@ fn envoy_keeps_serving_while_the_ca_is_down_and_the_agent_recovers() {
         restarted_at.elapsed()
     );
 
-    let (oks, failures) = traffic.finish();
-    eprintln!(
-        "{oks} requests while the CA was down and after; {} failed",
-        failures.len()
+    served_throughout(
+        traffic,
+        &mut envoy,
+        &agent,
+        "while the CA was down and after",
     );
-    assert!(
-        failures.is_empty(),
-        "{} requests failed: {failures:#?}\nenvoy log:\n{}",
-        failures.len(),
-        envoy.drain_log().join("\n")
-    );
-    assert!(oks > 100, "only {oks} requests");
-    assert!(envoy.child.try_wait().unwrap().is_none(), "envoy exited");
-    assert_eq!(agent.metric("warden_agent_sds_nacks_total"), 0.0);
     eprintln!("{}", push_ack_metrics(&agent));
     if std::env::var_os("WARDEN_TEST_ENVOY_LOG").is_some() {
         eprintln!(

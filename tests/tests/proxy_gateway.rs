@@ -218,6 +218,26 @@ impl Edge {
     fn cert(&self, name: &str) -> String {
         self.certs.path().join(name).display().to_string()
     }
+
+    /// The XFCC the app behind the MUTUAL server (9443) saw for a request made with
+    /// the client certificate `name` (`<name>.pem`, `<name>-key.pem`).
+    fn mutual_xfcc(&self, name: &str) -> String {
+        let (cert, key) = (
+            self.cert(&format!("{name}.pem")),
+            self.cert(&format!("{name}-key.pem")),
+        );
+        let r = self.curl(
+            9443,
+            "secure.example.com",
+            "/x",
+            &["--cert", &cert, "--key", &key],
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()["headers"]["x-forwarded-client-cert"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
 }
 
 fn start() -> Option<Edge> {
@@ -403,18 +423,7 @@ fn an_ingress_gateway_serves_gateways_with_curl_outside_and_real_apps_behind() {
     // MUTUAL: no client certificate, no connection; with one, its SPIFFE ID in XFCC.
     let r = edge.curl(9443, "secure.example.com", "/x", &[]);
     assert_eq!(r.status, 0, "{r:?}");
-    let (cert, key) = (edge.cert("client.pem"), edge.cert("client-key.pem"));
-    let r = edge.curl(
-        9443,
-        "secure.example.com",
-        "/x",
-        &["--cert", &cert, "--key", &key],
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    let seen = r.json();
-    let xfcc = seen["headers"]["x-forwarded-client-cert"]
-        .as_str()
-        .unwrap_or_default();
+    let xfcc = edge.mutual_xfcc("client");
     assert!(
         xfcc.contains("spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"),
         "{xfcc}"
@@ -424,18 +433,7 @@ fn an_ingress_gateway_serves_gateways_with_curl_outside_and_real_apps_behind() {
     // header still has one element per hop and no pair the certificate did not carry
     // as a value (found by the xfcc fuzz target; here through the running gateway with
     // a certificate made by openssl).
-    let (cert, key) = (edge.cert("hostile.pem"), edge.cert("hostile-key.pem"));
-    let r = edge.curl(
-        9443,
-        "secure.example.com",
-        "/x",
-        &["--cert", &cert, "--key", &key],
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    let xfcc = r.json()["headers"]["x-forwarded-client-cert"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let xfcc = edge.mutual_xfcc("hostile");
     assert!(
         xfcc.contains(r#"DNS="a.example,By=spiffe://cluster.local/ns/default/sa/admin""#),
         "{xfcc}"
