@@ -23,6 +23,10 @@
 # sampling, exported over OTLP/gRPC to bench/src/otlp_sink.rs, which counts and drops
 # them, on the load core), warden-all (both, 100%). Metrics are always on, as Envoy's
 # stats are.
+# alt / alt-log: the Warden pair (without / with the access log) run from another
+# warden-proxy binary, ALT_PROXY=path, to compare two builds in one run.
+# haproxy-log: the HAProxy pair with its own access log (`option httplog`, one line per
+# request to its standard output, which goes to a file), beside Warden's access log.
 # VIRTUAL_SERVICES=N (and ENDPOINTS=N) give the Warden pair N VirtualServices and
 # DestinationRules, the first for the benchmarked host (see bench.py routes_yaml).
 # Printed per scenario: req/s, p50/p90/p99, added p50 vs direct, proxy CPU µs per

@@ -78,6 +78,7 @@ APP_PORT = 8080
 HOST = f"nginx.{NS}.svc.cluster.local:{APP_PORT}"
 # Pair -> (client listener port, server listener port). Warden's are its defaults.
 PORTS = {"warden": (15001, 15006), "envoy": (16001, 16006), "haproxy": (17001, 17006)}
+PORTS["haproxy-log"] = PORTS["haproxy"]
 # Telemetry variants of the Warden pair (issue 16), on Warden's ports, one after the
 # other: metrics are always on (as Envoy's stats are); `log` adds the JSON access log to
 # a file, `trace1`/`trace100` tracing at 1% / 100% sampling exported over OTLP/gRPC to
@@ -87,7 +88,12 @@ WARDEN_VARIANTS = {
     "warden-trace1": ["trace1"],
     "warden-trace100": ["trace100"],
     "warden-all": ["log", "trace100"],
+    # The same pair with another warden-proxy build (ALT_PROXY=path), to compare two
+    # builds in one run: an optimization against its base, on the same machine state.
+    "alt": ["alt"],
+    "alt-log": ["alt", "log"],
 }
+ALT_PROXY = os.environ.get("ALT_PROXY", "")
 for _v in WARDEN_VARIANTS:
     PORTS[_v] = PORTS["warden"]
 OTLP_SINK = Path(os.environ.get("OTLP_SINK_BIN", OUT / "otlp_sink"))
@@ -542,7 +548,7 @@ def start_envoy_pair(procs, d, ctx):
 
 # ---------------------------------------------------------------- HAProxy pair
 
-def start_haproxy_pair(procs, d, ctx):
+def start_haproxy_pair(procs, d, ctx, log=False):
     out_port, in_port = PORTS["haproxy"]
     hd = d / "haproxy"
     hd.mkdir(exist_ok=True)
@@ -557,14 +563,20 @@ def start_haproxy_pair(procs, d, ctx):
     maxconn 4000
     ssl-default-bind-options ssl-min-ver TLSv1.3
     ssl-default-server-options ssl-min-ver TLSv1.3
-defaults
+{log_global}defaults
     mode http
-    option http-keep-alive
+{log_defaults}    option http-keep-alive
     timeout connect 5s
     timeout client 60s
     timeout server 60s
     timeout http-keep-alive 60s
 """
+    # haproxy-log: HAProxy's own access log (`option httplog`, a line per request) on
+    # its standard output, which the bench sends to a file, as Warden's goes to one.
+    common = common.format(
+        log_global="    log stdout format raw local0\n" if log else "",
+        log_defaults="    log global\n    option httplog\n" if log else "",
+    )
     (hd / "server.cfg").write_text(common + f"""
 frontend inbound
     bind {SERVER_IP}:{in_port} ssl crt {hd}/server.pem ca-file {bundle} verify required ssl-min-ver TLSv1.3
@@ -720,6 +732,11 @@ def start_warden_pair(procs, d, ctx, telemetry=()):
         procs.start("otlp-sink", [OTLP_SINK, OTLP_ADDR], cpu=LOAD_CPU)
         extra += ["--tracing-otlp-endpoint", f"http://{OTLP_ADDR}",
                   "--tracing-sampling", "1" if "trace1" in telemetry else "100"]
+    proxy_bin = BIN_DIR / "warden-proxy"
+    if "alt" in telemetry:
+        if not ALT_PROXY:
+            raise SystemExit("the alt pairs need ALT_PROXY=path/to/warden-proxy")
+        proxy_bin = Path(ALT_PROXY)
     pair = {}
     for role in ("server", "client"):
         args = list(extra)
@@ -727,7 +744,7 @@ def start_warden_pair(procs, d, ctx, telemetry=()):
             args += ["--access-log-file", d / f"access-{role}.log", "--access-log-encoding", "JSON"]
         pair[role] = procs.start(
             f"warden-proxy-{role}",
-            [BIN_DIR / "warden-proxy", "run", "--config-dir", cd, "--workload", role, "--namespace", NS,
+            [proxy_bin, "run", "--config-dir", cd, "--workload", role, "--namespace", NS,
              "--sds-socket", ctx["socket"], "--trust-domain", TD,
              "--outbound-port", out_port, "--health-port", WARDEN_HEALTH_PORT, "--concurrency", "1",
              "--log-format", "json", *args],
@@ -740,7 +757,8 @@ def start_warden_pair(procs, d, ctx, telemetry=()):
     return pair["client"], pair["server"]
 
 
-PAIR_START = {"warden": start_warden_pair, "envoy": start_envoy_pair, "haproxy": start_haproxy_pair}
+PAIR_START = {"warden": start_warden_pair, "envoy": start_envoy_pair, "haproxy": start_haproxy_pair,
+              "haproxy-log": lambda procs, d, ctx: start_haproxy_pair(procs, d, ctx, log=True)}
 for _v, _t in WARDEN_VARIANTS.items():
     PAIR_START[_v] = lambda procs, d, ctx, _t=tuple(_t): start_warden_pair(procs, d, ctx, _t)
 
