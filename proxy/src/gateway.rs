@@ -468,14 +468,13 @@ async fn request(ctx: &Arc<Context>, conn: &Conn, req: Request<Incoming>) -> Res
             if let Some(d) = record.detail() {
                 // The port the gateway's policies saw.
                 d.destination_port = Some(conn.port);
-                d.route_name = Some(routed.route_name.clone());
+                d.route_name = Some(std::borrow::Cow::Owned(routed.route_name.clone()));
             }
-            let name = format!("{}:{}/*", routed.host, routed.port);
             ctx.telemetry.start_span(
                 &mut record,
                 ex.req.headers_mut(),
                 crate::telemetry::SpanKind::Server,
-                Some(name),
+                || Some(format!("{}:{}/*", routed.host, routed.port)),
             );
             let hint = crate::balance::Hint::http(
                 ex.req.headers(),

@@ -448,9 +448,11 @@ async fn request(
     if let Some(d) = record.detail() {
         d.destination_port = target.as_ref().map(|t| t.app_port);
     }
-    let name = target
-        .as_ref()
-        .map(|t| format!("{}:{}/*", t.service.host(), t.service_port));
+    let name = || {
+        target
+            .as_ref()
+            .map(|t| format!("{}:{}/*", t.service.host(), t.service_port))
+    };
     ctx.telemetry
         .start_span(&mut record, ex.req.headers_mut(), SpanKind::Server, name);
     let result = match staged {
@@ -654,7 +656,7 @@ async fn forward(
             if ctx.telemetry.detailed() {
                 resp.extensions_mut().insert(UpstreamInfo {
                     host: Some(app),
-                    cluster: Some(inbound_cluster(target.app_port)),
+                    cluster: Some(target.cluster.clone()),
                     service_time: Some(sent.elapsed()),
                 });
             }
@@ -678,11 +680,6 @@ async fn forward(
             }))
         }
     }
-}
-
-/// Envoy's name for the inbound cluster of an app port.
-fn inbound_cluster(port: u16) -> Arc<str> {
-    Arc::from(format!("inbound|{port}||"))
 }
 
 /// The app listens on the workload's address (the one the caller connected to).
@@ -867,7 +864,7 @@ where
     let _ = upstream.set_nodelay(true);
     if let Some(d) = record.detail() {
         d.upstream.host = Some(app);
-        d.upstream.cluster = Some(inbound_cluster(target.app_port));
+        d.upstream.cluster = Some(target.cluster.clone());
     }
     let (received, sent) = copy_both(&mut io, &mut upstream, ctx.limits.idle_timeout).await;
     ctx.telemetry.tcp_closed(record, &labels, sent, received);

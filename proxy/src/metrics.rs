@@ -407,6 +407,9 @@ pub struct Metrics {
     tcp_sent: Family<TcpLabels, Counter>,
     tcp_received: Family<TcpLabels, Counter>,
     decisions: Family<DecisionLabels, Counter>,
+    /// Each decision series once it exists (outcome x protocol), so a request takes it
+    /// without hashing its labels under the family's lock.
+    decision_series: [std::sync::OnceLock<Counter>; 10],
     rate_limited: Family<Vec<(&'static str, &'static str)>, Counter>,
     config_generation: Gauge,
     config_applied: Counter,
@@ -572,6 +575,7 @@ impl Metrics {
             tcp_sent,
             tcp_received,
             decisions,
+            decision_series: Default::default(),
             rate_limited,
             config_generation,
             config_applied,
@@ -652,9 +656,16 @@ impl Metrics {
     /// Counts an authorization outcome.
     pub fn decision(&self, decision: Outcome, tcp: bool) {
         let protocol = if tcp { "tcp" } else { "http" };
-        self.decisions
-            .get_or_create(&DecisionLabels { decision, protocol })
-            .inc();
+        let slot = decision as usize * 2 + usize::from(tcp);
+        let make = || {
+            self.decisions
+                .get_or_create(&DecisionLabels { decision, protocol })
+                .clone()
+        };
+        match self.decision_series.get(slot) {
+            Some(cell) => cell.get_or_init(make).inc(),
+            None => make().inc(),
+        };
     }
 
     /// Counts a request over a local rate limit: refused (`enforced`) or only counted.

@@ -313,16 +313,15 @@ async fn request(
                 d.route_name = Some(
                     routed
                         .as_ref()
-                        .map_or_else(|| "default".to_string(), |r| r.route_name.clone()),
+                        .map_or(std::borrow::Cow::Borrowed("default"), |r| {
+                            std::borrow::Cow::Owned(r.route_name.clone())
+                        }),
                 );
             }
-            let name = format!("{}:{}/*", route.host, route.port.number);
-            ctx.telemetry.start_span(
-                &mut record,
-                ex.req.headers_mut(),
-                SpanKind::Client,
-                Some(name),
-            );
+            ctx.telemetry
+                .start_span(&mut record, ex.req.headers_mut(), SpanKind::Client, || {
+                    Some(format!("{}:{}/*", route.host, route.port.number))
+                });
             deliver(ctx, &snap, ex, route, routed, &mut labels).await
         }
         Ok(None) => {
@@ -330,13 +329,10 @@ async fn request(
             if let Some(d) = record.detail() {
                 d.upstream.cluster = Some(Arc::from("PassthroughCluster"));
             }
-            let name = format!("{}/*", ex.authority);
-            ctx.telemetry.start_span(
-                &mut record,
-                ex.req.headers_mut(),
-                SpanKind::Client,
-                Some(name),
-            );
+            let authority = &ex.authority;
+            let name = || Some(format!("{authority}/*"));
+            ctx.telemetry
+                .start_span(&mut record, ex.req.headers_mut(), SpanKind::Client, name);
             passthrough(ctx, ex).await
         }
         Err(r) => Err(r),

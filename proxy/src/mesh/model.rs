@@ -342,6 +342,27 @@ pub struct InboundTarget {
     pub service: Arc<Service>,
     /// The service port it was reached by.
     pub service_port: u16,
+    /// Envoy's name for the inbound cluster (`inbound|9080||`), made once with the
+    /// target, for the access log and the span.
+    pub cluster: Arc<str>,
+}
+
+impl InboundTarget {
+    /// The target of `service`'s port `service_port`, served on `app_port`.
+    pub fn new(
+        app_port: u16,
+        protocol: PortProtocol,
+        service: Arc<Service>,
+        service_port: u16,
+    ) -> Self {
+        Self {
+            app_port,
+            protocol,
+            service,
+            service_port,
+            cluster: Arc::from(format!("inbound|{app_port}||")),
+        }
+    }
 }
 
 /// A port the local proxy should listen on for outbound TCP to a service.

@@ -131,6 +131,71 @@ enum Val<'a> {
     Num(u64),
     /// An address, written in place (no string made for it).
     Addr(std::net::SocketAddr),
+    /// An IP address, written in place.
+    Ip(std::net::IpAddr),
+    /// A time, written in place as RFC 3339 with milliseconds.
+    Time(SystemTime),
+}
+
+impl Val<'_> {
+    /// Appends the value (`-`/`null` aside) as text; a string at most `max` bytes (only
+    /// `%REQ(..):N%` and `%RESP(..):N%` carry a length, and their values are strings).
+    fn put(&self, max: Option<usize>, out: &mut String) {
+        match self {
+            Val::None => {}
+            Val::Str(v) => out.push_str(truncate(v, max)),
+            Val::Num(n) => put_u64(*n, out),
+            Val::Addr(a) => put_addr(a, out),
+            Val::Ip(ip) => put_ip(ip, out),
+            Val::Time(t) => rfc3339_ms_into(*t, out),
+        }
+    }
+}
+
+/// Appends `n` in decimal (the formatting machinery costs more than the digits).
+fn put_u64(mut n: u64, out: &mut String) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
+fn put_ip(ip: &std::net::IpAddr, out: &mut String) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                put_u64(u64::from(*o), out);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// `ip:port`, `[ip6]:port`, as `SocketAddr` displays them.
+fn put_addr(a: &std::net::SocketAddr, out: &mut String) {
+    match a {
+        std::net::SocketAddr::V4(v4) => {
+            put_ip(&std::net::IpAddr::V4(*v4.ip()), out);
+            out.push(':');
+            put_u64(u64::from(v4.port()), out);
+        }
+        std::net::SocketAddr::V6(_) => {
+            let _ = write!(out, "{a}");
+        }
+    }
 }
 
 /// A compiled access-log format.
@@ -457,9 +522,39 @@ fn addr(a: Option<std::net::SocketAddr>) -> Val<'static> {
 
 /// RFC 3339 in UTC with milliseconds, as Envoy's default `%START_TIME%`.
 pub fn rfc3339_ms(t: SystemTime) -> String {
+    let mut out = String::with_capacity(24);
+    rfc3339_ms_into(t, &mut out);
+    out
+}
+
+/// [`rfc3339_ms`] appended to `out`. The date and time to the second are made once per
+/// second (per thread) and copied: every access-log line has one.
+fn rfc3339_ms_into(t: SystemTime, out: &mut String) {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
     let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs() as i64;
+    let secs = since.as_secs();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            last.1 = date_time(secs);
+            last.0 = secs;
+        }
+        out.push_str(&last.1);
+    });
     let ms = since.subsec_millis();
+    out.push('.');
+    out.push(char::from(b'0' + (ms / 100) as u8));
+    out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+    out.push(char::from(b'0' + (ms % 10) as u8));
+    out.push('Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` in UTC for `secs` since the epoch.
+fn date_time(secs: u64) -> String {
+    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil date from days since the epoch (Howard Hinnant's algorithm).
@@ -473,7 +568,7 @@ pub fn rfc3339_ms(t: SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         (rem % 3600) / 60,
         rem % 60
@@ -485,7 +580,7 @@ impl Entry<'_> {
         let d = self.record.detail.as_deref();
         let l = self.labels;
         match op {
-            Op::StartTime => Val::Str(Cow::Owned(rfc3339_ms(self.record.start))),
+            Op::StartTime => Val::Time(self.record.start),
             Op::Method => opt(d.and_then(|d| d.method.as_deref())),
             Op::Path => opt(d.and_then(|d| d.path.as_deref())),
             Op::Authority => opt(d.and_then(|d| d.authority.as_deref())),
@@ -532,7 +627,7 @@ impl Entry<'_> {
             Op::DownstreamRemoteAddress => addr(d.and_then(|d| d.downstream_remote)),
             Op::DownstreamRemoteAddressWithoutPort => d
                 .and_then(|d| d.downstream_remote)
-                .map_or(Val::None, |a| Val::Str(Cow::Owned(a.ip().to_string()))),
+                .map_or(Val::None, |a| Val::Ip(a.ip())),
             Op::RequestedServerName => opt(d.and_then(|d| d.sni.as_deref())),
             Op::RouteName => opt(d.and_then(|d| d.route_name.as_deref())),
             Op::TraceId => d
@@ -568,13 +663,7 @@ impl Entry<'_> {
                 Segment::Text(t) => out.push_str(t),
                 Segment::Op(op, max) => match self.value(op) {
                     Val::None => out.push('-'),
-                    Val::Num(n) => {
-                        let _ = write!(out, "{n}");
-                    }
-                    Val::Addr(a) => {
-                        let _ = write!(out, "{a}");
-                    }
-                    Val::Str(v) => out.push_str(truncate(&v, *max)),
+                    v => v.put(*max, out),
                 },
             }
         }
@@ -601,14 +690,15 @@ impl Entry<'_> {
                     match segments.as_slice() {
                         [Segment::Op(op, max)] => match self.value(op) {
                             Val::None => out.push_str("null"),
-                            Val::Num(n) => {
-                                let _ = write!(out, "{n}");
-                            }
-                            // Digits, dots, colons and brackets: nothing to escape.
-                            Val::Addr(a) => {
-                                let _ = write!(out, "\"{a}\"");
-                            }
                             Val::Str(v) => json_string(truncate(&v, *max), out),
+                            Val::Num(n) => put_u64(n, out),
+                            // Addresses and times: digits, dots, colons, dashes and
+                            // brackets, nothing to escape.
+                            v => {
+                                out.push('"');
+                                v.put(*max, out);
+                                out.push('"');
+                            }
                         },
                         _ => {
                             let mut s = String::new();
@@ -636,10 +726,24 @@ fn truncate(s: &str, max: Option<usize>) -> &str {
     }
 }
 
+/// Whether `s` has a byte JSON must escape: checked 16 bytes at a time without an early
+/// exit, which the compiler turns into vector compares (values are mostly ASCII
+/// identities, paths and addresses that need none).
+fn needs_escape(s: &[u8]) -> bool {
+    let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    let mut chunks = s.chunks_exact(16);
+    for chunk in &mut chunks {
+        if chunk.iter().fold(false, |any, &b| any | escaped(b)) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| escaped(b))
+}
+
 fn json_string(s: &str, out: &mut String) {
     out.push('"');
     // Nearly every value needs no escape: copied whole.
-    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+    if !needs_escape(s.as_bytes()) {
         out.push_str(s);
         out.push('"');
         return;
@@ -824,5 +928,77 @@ mod tests {
         );
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(951_782_400_007);
         assert_eq!(rfc3339_ms(t), "2000-02-29T00:00:00.007Z");
+        // The second's text is cached: the next second, and a step back, are right too.
+        let next = t + Duration::from_millis(1_990);
+        assert_eq!(rfc3339_ms(next), "2000-02-29T00:00:01.997Z");
+        assert_eq!(rfc3339_ms(t), "2000-02-29T00:00:00.007Z");
+        let late = SystemTime::UNIX_EPOCH + Duration::from_millis(4_102_444_799_999);
+        assert_eq!(rfc3339_ms(late), "2099-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn escapes_are_found_anywhere_in_a_value() {
+        let base = "spiffe://cluster.local/ns/bench/sa/client-with-a-long-name";
+        assert!(!needs_escape(base.as_bytes()));
+        for at in [0, 5, 15, 16, 17, 31, 32, base.len() - 1] {
+            for bad in [b'"', b'\\', b'\n', 0x00, 0x1f] {
+                let mut v = base.as_bytes().to_vec();
+                v[at] = bad;
+                assert!(needs_escape(&v), "byte {bad:#x} at {at}");
+            }
+        }
+        assert!(!needs_escape("é ü 中 \u{7f}".as_bytes()));
+        let mut out = String::new();
+        json_string("a\"b\\c\nd\u{1}", &mut out);
+        assert_eq!(out, "\"a\\\"b\\\\c\\nd\\u0001\"");
+    }
+
+    #[test]
+    fn numbers_and_addresses_are_written_as_display_writes_them() {
+        for n in [0, 7, 10, 99, 100, 65_535, 1_000_000_007, u64::MAX] {
+            let mut out = String::from("x");
+            put_u64(n, &mut out);
+            assert_eq!(out, format!("x{n}"));
+        }
+        for a in [
+            "127.0.0.1:15006",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.1.20.3:8080",
+            "[::1]:9080",
+            "[fe80::1%2]:80",
+            "[2001:db8::ff00:42:8329]:443",
+        ] {
+            let a: std::net::SocketAddr = a.parse().unwrap();
+            let mut out = String::new();
+            put_addr(&a, &mut out);
+            assert_eq!(out, a.to_string());
+            let mut ip = String::new();
+            put_ip(&a.ip(), &mut ip);
+            assert_eq!(ip, a.ip().to_string());
+        }
+    }
+
+    #[test]
+    fn times_addresses_and_numbers_are_written_in_place() {
+        let (r, labels) = entry_parts();
+        let f = Format::new(
+            Encoding::Text,
+            Some("%START_TIME% %UPSTREAM_HOST% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %RESPONSE_CODE%"),
+        )
+        .unwrap();
+        assert_eq!(
+            e_render(&r, &labels, &f),
+            "2026-12-07T01:02:03.456Z 127.0.0.3:9080 127.0.0.2 200"
+        );
+        let f = Format::new(
+            Encoding::Json,
+            Some("{\"t\": \"%START_TIME%\", \"h\": \"%UPSTREAM_HOST%\", \"n\": \"%BYTES_SENT%\"}"),
+        )
+        .unwrap();
+        assert_eq!(
+            e_render(&r, &labels, &f),
+            "{\"t\":\"2026-12-07T01:02:03.456Z\",\"h\":\"127.0.0.3:9080\",\"n\":0}"
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod settings;
 pub mod spans;
 pub mod writer;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -101,9 +102,9 @@ pub struct Detail {
     /// The upstream.
     pub upstream: UpstreamInfo,
     /// The route's name (VirtualService route, or `default`).
-    pub route_name: Option<String>,
+    pub route_name: Option<Cow<'static, str>>,
     /// Why the proxy answered as it did (`via_upstream`, `rbac_access_denied...`).
-    pub code_details: Option<String>,
+    pub code_details: Option<Cow<'static, str>>,
     /// The service port the request is for.
     pub destination_port: Option<u16>,
     /// `iss/sub` of an accepted JWT.
@@ -190,12 +191,12 @@ impl Record {
             d.code_details = Some(match deciding {
                 Some(m) => {
                     let (ns, name) = m.policy.split_once('/').unwrap_or(("", &m.policy));
-                    format!(
+                    Cow::Owned(format!(
                         "rbac_access_denied_matched_policy[ns[{ns}]-policy[{name}]-rule[{}]]",
                         m.rule
-                    )
+                    ))
                 }
-                None => "rbac_access_denied_matched_policy[none]".to_string(),
+                None => Cow::Borrowed("rbac_access_denied_matched_policy[none]"),
             });
         }
         if let Some(claims) = jwt {
@@ -292,11 +293,13 @@ impl Telemetry {
                 d.upstream = u;
             }
             if d.code_details.is_none() {
-                d.code_details = Some(if d.upstream.host.is_some() && flags == "-" {
-                    "via_upstream".to_string()
-                } else {
-                    "local_reply".to_string()
-                });
+                d.code_details = Some(Cow::Borrowed(
+                    if d.upstream.host.is_some() && flags == "-" {
+                        "via_upstream"
+                    } else {
+                        "local_reply"
+                    },
+                ));
             }
             if let Some(log) = &self.access_log {
                 for name in log.response_headers() {
@@ -323,16 +326,17 @@ impl Telemetry {
 
     /// Starts the exchange's span (when tracing is on) as a child of the trace the
     /// request carries, or a new trace as sampling decides, and writes its context
-    /// into the request's headers for the next hop.
+    /// into the request's headers for the next hop. `name` is only called when tracing
+    /// is on: nothing is formatted for a span that is not made.
     pub fn start_span(
         &self,
         record: &mut Record,
         headers: &mut HeaderMap,
         kind: SpanKind,
-        name: Option<String>,
+        name: impl FnOnce() -> Option<String>,
     ) {
         if let (Some(tracer), Some(d)) = (&self.tracer, record.detail.as_deref_mut()) {
-            d.span = tracer.start_span(headers, kind, name, d);
+            d.span = tracer.start_span(headers, kind, name(), d);
         }
     }
 

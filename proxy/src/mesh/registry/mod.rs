@@ -203,12 +203,12 @@ impl Registry {
     ) -> Option<InboundTarget> {
         let (service, sp) = self.lookup(host, port, &w.namespace, false)?;
         let ep = service.endpoint_at(w.address)?;
-        Some(InboundTarget {
-            app_port: ep.app_port(sp),
-            protocol: sp.protocol,
-            service: service.clone(),
-            service_port: sp.number,
-        })
+        Some(InboundTarget::new(
+            ep.app_port(sp),
+            sp.protocol,
+            service.clone(),
+            sp.number,
+        ))
     }
 
     /// [`Self::inbound_target`] for an Istio SNI `outbound_.<port>_.<subset>_.<host>`.
@@ -227,12 +227,12 @@ impl Registry {
         for (service, ep) in self.services_of(w) {
             for sp in &service.ports {
                 if let Entry::Vacant(v) = by_port.entry(ep.app_port(sp)) {
-                    v.insert(InboundTarget {
-                        app_port: ep.app_port(sp),
-                        protocol: sp.protocol,
-                        service: service.clone(),
-                        service_port: sp.number,
-                    });
+                    v.insert(InboundTarget::new(
+                        ep.app_port(sp),
+                        sp.protocol,
+                        service.clone(),
+                        sp.number,
+                    ));
                 }
             }
         }
