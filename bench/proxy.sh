@@ -23,6 +23,7 @@
 # sampling, exported over OTLP/gRPC to bench/src/otlp_sink.rs, which counts and drops
 # them, on the load core), warden-all (both, 100%). Metrics are always on, as Envoy's
 # stats are.
+# warden-logtext: the access log in Istio's TEXT form instead of JSON.
 # alt / alt-log: the Warden pair (without / with the access log) run from another
 # warden-proxy binary, ALT_PROXY=path, to compare two builds in one run.
 # haproxy-log: the HAProxy pair with its own access log (`option httplog`, one line per
