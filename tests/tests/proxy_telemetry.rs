@@ -111,6 +111,12 @@ fn access_logs_metrics_and_the_admin_port_tell_what_happened() {
     let delete = curl(&["--proxy", &proxy, "-X", "DELETE", &url]);
     assert_eq!(delete.status, 403, "{}", delete.body);
     assert_eq!(delete.body, "RBAC: access denied");
+    // A caller's header that tries to forge the line's fields: quotes and backslashes
+    // past the first 16 bytes, a JSON fragment claiming the request was denied.
+    let forged = r#"curl/8 (forged) pad-pad-pad "},"authz_decision":"deny","x":{"\"#;
+    let forged_ua = format!("user-agent: {forged}");
+    let hostile = curl(&["--proxy", &proxy, "-H", &forged_ua, &url]);
+    assert_eq!(hostile.status, 200, "{}", hostile.body);
 
     let client_id = mesh.workload("client").spiffe_id();
     let web_id = mesh.workload("web").spiffe_id();
@@ -194,6 +200,13 @@ fn access_logs_metrics_and_the_admin_port_tell_what_happened() {
     });
     assert_eq!(denied["response_code"], 403);
     assert_eq!(denied["authz_decision"], "deny");
+    // The forged header is a string in a line that still parses, and changed nothing.
+    let forged_line = line_where(&mesh, "web", "web's line for the forged header", |v| {
+        v["user_agent"] == forged
+    });
+    assert_eq!(forged_line["authz_decision"], "allow", "{forged_line}");
+    assert_eq!(forged_line["method"], "GET", "{forged_line}");
+    assert_eq!(forged_line.get("x"), None, "{forged_line}");
     assert_eq!(denied["authz_policy"], "default/no-delete");
     assert_eq!(
         denied["response_code_details"],
