@@ -81,6 +81,11 @@ impl AccessLog {
     /// Opens `sink` (a file is created 0640: logs are not secrets, but carry
     /// identities) and starts the writer thread.
     pub fn start(format: Format, sink: Sink) -> Result<Self, String> {
+        Self::start_every(format, sink, WRITE_EVERY)
+    }
+
+    /// [`AccessLog::start`] with the writer's period.
+    fn start_every(format: Format, sink: Sink, every: Duration) -> Result<Self, String> {
         let mut out = Output::open(&sink)?;
         let shared = Arc::new(Shared::default());
         let dropped = Arc::new(AtomicU64::new(0));
@@ -88,7 +93,7 @@ impl AccessLog {
         let (sh, d, w) = (shared.clone(), dropped.clone(), written.clone());
         let writer = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer(&sh, &mut out, &d, &w))
+            .spawn(move || writer(&sh, &mut out, &d, &w, every))
             .map_err(|e| format!("cannot start the access log writer: {e}"))?;
         Ok(Self {
             request_headers: format.headers(false),
@@ -114,6 +119,12 @@ impl AccessLog {
 
     /// Adds one line (never waits on the disk).
     pub fn write(&self, entry: &Entry<'_>) {
+        // Rendered straight into the buffer: no line of its own to copy.
+        self.push(|text| entry.render_into(&self.format, text));
+    }
+
+    /// Appends one line that `render` writes (without its newline).
+    fn push(&self, render: impl FnOnce(&mut String)) {
         let mut p = self
             .shared
             .pending
@@ -124,8 +135,7 @@ impl AccessLog {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        // Rendered straight into the buffer: no line of its own to copy.
-        entry.render_into(&self.format, &mut p.text);
+        render(&mut p.text);
         p.text.push('\n');
         p.lines += 1;
         if p.text.len() >= WAKE_AT && !p.woken {
@@ -295,13 +305,19 @@ fn rotate(path: &Path, keep: usize) -> std::io::Result<()> {
     std::fs::rename(path, numbered(1))
 }
 
-fn writer(shared: &Shared, out: &mut Output, dropped: &AtomicU64, written: &AtomicU64) {
+fn writer(
+    shared: &Shared,
+    out: &mut Output,
+    dropped: &AtomicU64,
+    written: &AtomicU64,
+    every: Duration,
+) {
     let mut failing = false;
     let mut spare = String::new();
     loop {
         let closed = shared.closed.load(Ordering::Relaxed);
         if !closed {
-            std::thread::park_timeout(WRITE_EVERY);
+            std::thread::park_timeout(every);
         }
         let (bytes, lines) = {
             let mut p = shared
@@ -366,5 +382,44 @@ mod tests {
         assert!(dir.path().join("access.log.2").exists());
         assert!(!dir.path().join("access.log.3").exists());
         assert!(std::fs::metadata(&path).unwrap().len() <= 100);
+    }
+
+    /// Past [`WAKE_AT`] waiting bytes the writer is woken: with a period of an hour,
+    /// the lines still reach the file (the deadline only bounds a broken wake-up), and
+    /// what is left below the mark is written on close.
+    #[test]
+    fn a_full_block_wakes_the_writer_and_close_writes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let format = Format::new(super::super::access_log::Encoding::Json, None).unwrap();
+        let sink = Sink::File {
+            path: path.clone(),
+            max_bytes: 0,
+            keep: 0,
+        };
+        let log = AccessLog::start_every(format, sink, Duration::from_secs(3600)).unwrap();
+        let line = "x".repeat(1023);
+        let lines = WAKE_AT / 1024 + 1;
+        for _ in 0..lines {
+            log.push(|t| t.push_str(&line));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while log.written.load(Ordering::Relaxed) < lines as u64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a block past WAKE_AT was not written without the timer"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            (lines * 1024) as u64
+        );
+        log.push(|t| t.push_str("last"));
+        log.close();
+        assert_eq!(log.written.load(Ordering::Relaxed), lines as u64 + 1);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("\nlast\n"));
+        assert_eq!(log.dropped.load(Ordering::Relaxed), 0);
     }
 }
