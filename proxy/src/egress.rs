@@ -63,6 +63,8 @@ use rustls_pki_types::{
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::sock::Coalesced;
 use tokio_rustls::{TlsConnector, client};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -428,7 +430,7 @@ pub enum Stream {
     /// Plaintext.
     Plain(TcpStream),
     /// TLS (originated, or the mesh's for `ISTIO_MUTUAL`).
-    Tls(Box<client::TlsStream<TcpStream>>),
+    Tls(Box<client::TlsStream<Coalesced<TcpStream>>>),
 }
 
 impl AsyncRead for Stream {
@@ -973,7 +975,7 @@ pub(crate) async fn connect(
             let name = ServerName::try_from(sni.clone())
                 .map_err(|_| settings_failure(SettingsError::Sni(sni)))?;
             let tcp = dial(ctx, &plan.target, route.connect_timeout).await?;
-            let tls = TlsClient::connect_named(config, name, tcp).await?;
+            let tls = TlsClient::connect_named(config, name, Coalesced::new(tcp)).await?;
             Ok(Stream::Tls(Box::new(tls)))
         }
         Tls::Originate(o) => {
@@ -985,7 +987,9 @@ pub(crate) async fn connect(
                 .server_name(o.sni.as_deref())
                 .map_err(settings_failure)?;
             let tcp = dial(ctx, &plan.target, route.connect_timeout).await?;
-            let tls = TlsConnector::from(config).connect(name, tcp).await?;
+            let tls = TlsConnector::from(config)
+                .connect(name, Coalesced::new(tcp))
+                .await?;
             Ok(Stream::Tls(Box::new(tls)))
         }
     }

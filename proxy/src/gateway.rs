@@ -39,6 +39,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::sock::Coalesced;
 use tokio::task::JoinHandle;
 use tokio_rustls::LazyConfigAcceptor;
 
@@ -209,7 +211,7 @@ async fn connection(
         tcp(ctx, conn, &server, stream, Vec::new()).await;
     } else {
         drop(snap);
-        http(ctx, Arc::new(conn), stream, None).await;
+        http(ctx, Arc::new(conn), Coalesced::new(stream), None).await;
     }
 }
 
@@ -329,7 +331,7 @@ async fn tls_connection(
                 }
             };
             let deadline = tokio::time::Instant::now() + ctx.limits.handshake_timeout;
-            let io = Rewind::with_prefix(hello, stream);
+            let io = Rewind::with_prefix(hello, Coalesced::new(stream));
             let start = match tokio::time::timeout_at(
                 deadline,
                 LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io),

@@ -16,6 +16,8 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::sock::Coalesced;
 use tokio_rustls::LazyConfigAcceptor;
 
 use warden_policy::authz::{Decision, Protocol, Request as PolicyRequest};
@@ -171,7 +173,7 @@ async fn handle_tls(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr, loc
     let deadline = tokio::time::Instant::now() + ctx.limits.handshake_timeout;
     let start = match tokio::time::timeout_at(
         deadline,
-        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream),
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), Coalesced::new(stream)),
     )
     .await
     {
@@ -329,7 +331,7 @@ async fn handle_plaintext(
             refuse_plaintext(&snap, peer, None);
             return;
         }
-        http(ctx, conn, stream, None).await;
+        http(ctx, conn, Coalesced::new(stream), None).await;
         return;
     }
     let Some(target) = &conn.target else {
@@ -646,7 +648,7 @@ async fn forward(
         .send((target.app_port, protocol), protocol, req, || async move {
             let s = TcpStream::connect(app).await?;
             s.set_nodelay(true)?;
-            Ok(s)
+            Ok(Coalesced::new(s))
         })
         .await;
     match result {

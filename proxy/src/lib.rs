@@ -65,6 +65,7 @@ pub mod pool;
 pub mod ratelimit;
 pub mod routing;
 pub mod sds;
+pub mod sock;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;

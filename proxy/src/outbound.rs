@@ -16,6 +16,8 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::sock::Coalesced;
 use tokio::task::JoinHandle;
 
 use crate::balance::{self, Downstream, Held, Hint, Picked};
@@ -56,7 +58,7 @@ async fn http_conn(ctx: &Arc<Context>, stream: TcpStream) {
     let handler = ctx.clone();
     serve_http_connection(
         ctx,
-        stream,
+        Coalesced::new(stream),
         None,
         "outbound",
         conn.map(|c| c.remote),
@@ -240,7 +242,7 @@ pub(crate) async fn connect_tls(
     snap: &Snapshot,
     route: &Route<'_>,
     protocol: Option<UpstreamProtocol>,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+) -> std::io::Result<tokio_rustls::client::TlsStream<Coalesced<TcpStream>>> {
     let config = snap
         .tls
         .get(&route.service.id)
@@ -251,7 +253,7 @@ pub(crate) async fn connect_tls(
         .await?;
     let name = ServerName::try_from(sni_for(route.host, route.port.number))
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let tls = TlsClient::connect_named(config, name, tcp).await?;
+    let tls = TlsClient::connect_named(config, name, Coalesced::new(tcp)).await?;
     Ok(tls)
 }
 
