@@ -19,21 +19,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Vectored writes up to this many bytes in all are copied and sent as one buffer.
 pub const COALESCE_MAX: usize = 16 * 1024;
 
+thread_local! {
+    /// Where several small buffers are joined: one per thread, not per connection (an
+    /// idle connection holds no buffer), borrowed only for the length of one write.
+    static JOINED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `io`, with vectored writes sent as one buffer (see the module's docs).
 #[derive(Debug)]
 pub struct Coalesced<IO> {
     io: IO,
-    /// Where several small buffers are joined; made on first use, kept for reuse.
-    joined: Vec<u8>,
 }
 
 impl<IO> Coalesced<IO> {
     /// Wraps `io`.
     pub fn new(io: IO) -> Self {
-        Self {
-            io,
-            joined: Vec::new(),
-        }
+        Self { io }
     }
 
     /// The stream inside.
@@ -81,13 +82,18 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesced<IO> {
         }
         // A write may take part of the bytes, or none (Pending); the caller then
         // offers what is left again, so nothing is kept between calls.
-        this.joined.clear();
-        this.joined.extend_from_slice(first);
-        this.joined.extend_from_slice(second);
-        for b in parts {
-            this.joined.extend_from_slice(b);
-        }
-        Pin::new(&mut this.io).poll_write(cx, &this.joined)
+        JOINED.with(|joined| {
+            let Ok(mut joined) = joined.try_borrow_mut() else {
+                return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+            };
+            joined.clear();
+            joined.extend_from_slice(first);
+            joined.extend_from_slice(second);
+            for b in parts {
+                joined.extend_from_slice(b);
+            }
+            Pin::new(&mut this.io).poll_write(cx, &joined)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
