@@ -436,8 +436,8 @@ where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (mut sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
-    crate::pool::spawn_connection("upgraded HTTP/1.1", conn.with_upgrades());
-    Ok(sender.send_request(req).await?)
+    let alive = crate::pool::spawn_connection("upgraded HTTP/1.1", conn.with_upgrades());
+    Ok(alive.answer(sender.send_request(req)).await??)
 }
 
 /// Joins an upgraded downstream request and its upstream response (both `101`) and

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
@@ -146,8 +146,15 @@ pub struct Pool<K, B = crate::http::ReqBody> {
 
 #[derive(Debug)]
 struct PoolInner<K, B> {
-    h1: HashMap<K, Vec<Pooled<http1::SendRequest<B>>>>,
+    h1: HashMap<K, Vec<Pooled<H1<B>>>>,
     h2: HashMap<K, Pooled<http2::SendRequest<B>>>,
+}
+
+/// An HTTP/1.1 connection's sender and whether its task still runs.
+#[derive(Debug)]
+struct H1<B> {
+    sender: http1::SendRequest<B>,
+    alive: Alive,
 }
 
 /// A pooled connection's sender, with the requests it carried and when it was last
@@ -230,6 +237,10 @@ pub enum UpstreamError {
     /// The HTTP exchange failed.
     #[error("{0}")]
     Http(#[from] hyper::Error),
+    /// The connection's task ended with the request still waiting for an answer
+    /// (see [`Alive`]).
+    #[error("the upstream connection closed before the request was answered")]
+    Lost,
 }
 
 impl<K, B> Pool<K, B>
@@ -246,7 +257,7 @@ where
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn idle_h1(&self, key: &K, reuse: Reuse) -> Option<Pooled<http1::SendRequest<B>>> {
+    fn idle_h1(&self, key: &K, reuse: Reuse) -> Option<Pooled<H1<B>>> {
         let mut inner = self.lock();
         let list = inner.h1.get_mut(key)?;
         let now = Instant::now();
@@ -256,16 +267,16 @@ where
         while i > 0 {
             i -= 1;
             let p = &list[i];
-            if p.sender.is_closed() || !reuse.allows(p.used, p.last, now) {
+            if p.sender.sender.is_closed() || !reuse.allows(p.used, p.last, now) {
                 list.swap_remove(i);
-            } else if p.sender.is_ready() {
+            } else if p.sender.sender.is_ready() {
                 return Some(list.swap_remove(i));
             }
         }
         None
     }
 
-    fn put_h1(&self, key: K, sender: http1::SendRequest<B>, used: u32, reuse: Reuse) {
+    fn put_h1(&self, key: K, sender: H1<B>, used: u32, reuse: Reuse) {
         if reuse.max_requests.is_some_and(|m| used >= m) {
             // Retired: dropping the sender closes the connection once its response
             // has been read.
@@ -339,7 +350,8 @@ where
             mut sender, used, ..
         }) = self.idle_h1(&key, reuse)
         {
-            match sender.try_send_request(req).await {
+            let sent = sender.sender.try_send_request(req);
+            match sender.alive.answer(sent).await? {
                 Ok(resp) => {
                     self.put_h1(key, sender, used + 1, reuse);
                     return Ok(resp);
@@ -353,9 +365,9 @@ where
         }
         let io = connect().await.map_err(UpstreamError::Connect)?;
         let (mut sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
-        spawn_connection("HTTP/1.1", conn);
-        let resp = sender.send_request(req).await?;
-        self.put_h1(key, sender, 1, reuse);
+        let alive = spawn_connection("HTTP/1.1", conn);
+        let resp = alive.answer(sender.send_request(req)).await??;
+        self.put_h1(key, H1 { sender, alive }, 1, reuse);
         Ok(resp)
     }
 
@@ -424,15 +436,91 @@ where
 }
 
 /// Drives an upstream connection in a task of its own until it ends.
-pub(crate) fn spawn_connection<C>(what: &'static str, conn: C)
+pub(crate) fn spawn_connection<C>(what: &'static str, conn: C) -> Alive
 where
     C: Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
+    let alive = Alive::default();
+    let ended = EndsWith(alive.clone());
     tokio::spawn(async move {
+        let _ended = ended;
         if let Err(e) = conn.await {
             tracing::debug!(connection = what, error = %e, "upstream connection ended");
         }
     });
+    alive
+}
+
+/// Whether an HTTP/1.1 connection's task still runs, for the one request waiting on
+/// the connection at a time.
+///
+/// hyper's client can lose a request handed to a connection just as the connection
+/// closes: the request stays queued in the closed dispatch channel, the sender reports
+/// `is_closed`, and the answer neither comes nor fails, so the caller would wait
+/// forever. Found under load against a listener that closes connections at accept
+/// (tests/faults_proxy.rs): about one request in 50,000 hung. [`Alive::answer`] waits
+/// for the answer or for the task's end, whichever is first.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Alive(Arc<Mutex<AliveState>>);
+
+#[derive(Debug, Default)]
+struct AliveState {
+    ended: bool,
+    waiter: Option<std::task::Waker>,
+}
+
+/// Marks its [`Alive`] ended when dropped (the task returned, or panicked).
+struct EndsWith(Alive);
+
+impl Drop for EndsWith {
+    fn drop(&mut self) {
+        let waiter = {
+            let mut s = self.0.lock();
+            s.ended = true;
+            s.waiter.take()
+        };
+        if let Some(w) = waiter {
+            w.wake();
+        }
+    }
+}
+
+impl Alive {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AliveState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `sent`'s output, or [`UpstreamError::Lost`] if the connection's task ends
+    /// first. An answer the task handed over before it ended is still returned: the
+    /// task hands it over before it ends, and `sent` is polled again after the end is
+    /// seen.
+    pub(crate) async fn answer<R>(
+        &self,
+        sent: impl Future<Output = R>,
+    ) -> Result<R, UpstreamError> {
+        let mut sent = std::pin::pin!(sent);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = sent.as_mut().poll(cx) {
+                return Poll::Ready(Ok(r));
+            }
+            let mut s = self.lock();
+            if s.ended {
+                drop(s);
+                return match sent.as_mut().poll(cx) {
+                    Poll::Ready(r) => Poll::Ready(Ok(r)),
+                    Poll::Pending => Poll::Ready(Err(UpstreamError::Lost)),
+                };
+            }
+            match &mut s.waiter {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                w => *w = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -544,5 +632,54 @@ mod tests {
             get(&pool, addr, Reuse::default()).await;
         }
         assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    /// hyper can leave a request queued on a connection that closed (its answer never
+    /// comes): once the connection's task has ended, the wait ends with `Lost`.
+    #[tokio::test]
+    async fn a_request_waits_no_longer_than_its_connection_lives() {
+        let (end, ended) = tokio::sync::oneshot::channel::<()>();
+        let alive = spawn_connection("test", async move {
+            let _ = ended.await;
+            Ok(())
+        });
+        let waiting = tokio::spawn({
+            let alive = alive.clone();
+            async move { alive.answer(std::future::pending::<()>()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "ended before the connection did");
+        end.send(()).unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("still waiting after the connection's task ended")
+            .unwrap();
+        assert!(matches!(r, Err(UpstreamError::Lost)), "{r:?}");
+        // Already ended: no wait at all.
+        assert!(matches!(
+            alive.answer(std::future::pending::<()>()).await,
+            Err(UpstreamError::Lost)
+        ));
+    }
+
+    /// An answer handed over before the task ended is the answer, not `Lost`; so is one
+    /// that comes while the task still runs.
+    #[tokio::test]
+    async fn an_answer_handed_over_before_the_end_is_kept() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let alive = spawn_connection("test", async move {
+            tx.send(7).unwrap();
+            Ok(())
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(alive.answer(rx).await.unwrap().unwrap(), 7);
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let alive = spawn_connection("test", std::future::pending());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.send(8).unwrap();
+        });
+        assert_eq!(alive.answer(rx).await.unwrap().unwrap(), 8);
     }
 }
