@@ -102,10 +102,9 @@ impl Bound {
 /// (`/ready` says `not ready: waiting for: sds-certificate`).
 const SDS_CERTIFICATE: &str = "sds-certificate";
 
-async fn bind(ip: IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+fn bind(ip: IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::new(ip, port);
-    TcpListener::bind(addr)
-        .await
+    crate::listener::bind(addr)
         .with_context(|| format!("cannot bind the {what} listener on {addr}"))
 }
 
@@ -293,15 +292,15 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
             );
         }
         (
-            Some(bind(ip, inbound_port, "inbound").await?),
-            Some(bind(ip, args.outbound_port, "outbound").await?),
+            Some(bind(ip, inbound_port, "inbound")?),
+            Some(bind(ip, args.outbound_port, "outbound")?),
         )
     };
-    let health = bind(ip, args.health_port, "health").await?;
+    let health = bind(ip, args.health_port, "health")?;
     let stats_listener = if args.stats_port == args.health_port {
         None
     } else {
-        Some(bind(ip, args.stats_port, "stats").await?)
+        Some(bind(ip, args.stats_port, "stats")?)
     };
     let inbound_addr = inbound.as_ref().map(TcpListener::local_addr).transpose()?;
     let outbound_addr = outbound.as_ref().map(TcpListener::local_addr).transpose()?;
@@ -323,7 +322,7 @@ pub async fn build(args: Config) -> anyhow::Result<Bound> {
     let admin_addr = if args.admin_port == 0 {
         None
     } else {
-        let l = bind(ip, args.admin_port, "admin").await?;
+        let l = bind(ip, args.admin_port, "admin")?;
         let addr = l.local_addr()?;
         tokio::spawn(crate::admin::serve(
             l,

@@ -114,7 +114,7 @@ impl GatewayListeners {
                 continue;
             }
             let addr = SocketAddr::new(ctx.local_ip, port);
-            match TcpListener::bind(addr).await {
+            match crate::listener::bind(addr) {
                 Ok(listener) => {
                     tracing::info!(%addr, "gateway listener bound");
                     let certs = self.certs.clone();

@@ -19,6 +19,24 @@ use crate::context::Context;
 /// Concurrent streams per HTTP/2 connection (Envoy's default since 1.36).
 const H2_MAX_STREAMS: u32 = 1024;
 
+/// The listen backlog asked for: Linux caps it at `net.core.somaxconn` (4096 on current
+/// kernels), so the kernel's limit applies, as Envoy's listeners do by default. The
+/// usual 128 (`tokio::net::TcpListener::bind`) fills under a burst of new connections,
+/// and the kernel then drops handshakes that the callers retry only after a second.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// A TCP listener on `addr` with the kernel's full backlog ([`LISTEN_BACKLOG`]).
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind`: a restarted proxy rebinds over its old TIME_WAITs.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Accepts connections on `listener` until draining starts, running `handle` on each
 /// in a task of its own that counts as open for the drain. Past
 /// [`Limits::max_connections`] a new connection is closed at once and counted.
@@ -213,5 +231,38 @@ where
     match ended {
         Ended::Finished(r) => Ended::Finished(r.map_err(Into::into)),
         Ended::HeaderTimeout => Ended::HeaderTimeout,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Connections past the usual backlog of 128 complete their handshakes while
+    /// nothing accepts them: [`bind`] asks for the kernel's full backlog.
+    #[tokio::test]
+    async fn a_burst_past_128_connections_completes_its_handshakes() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        // The kernel admits backlog + 1 before it drops handshakes.
+        let burst = 300.min(somaxconn);
+        if burst <= 129 {
+            eprintln!("net.core.somaxconn is {somaxconn}: nothing past 128 to check");
+            return;
+        }
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..burst {
+            let c = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr));
+            if let Ok(Ok(s)) = c.await {
+                held.push(s);
+            }
+        }
+        assert_eq!(held.len(), burst, "handshakes completed in the backlog");
+        drop(listener);
     }
 }

@@ -1113,7 +1113,7 @@ impl TcpListeners {
                 continue;
             }
             let addr = SocketAddr::new(ctx.local_ip, port);
-            match TcpListener::bind(addr).await {
+            match crate::listener::bind(addr) {
                 Ok(listener) => {
                     tracing::info!(%addr, "outbound TCP listener bound");
                     self.by_port
