@@ -428,7 +428,7 @@ impl Plan {
 #[derive(Debug)]
 pub enum Stream {
     /// Plaintext.
-    Plain(TcpStream),
+    Plain(Coalesced<TcpStream>),
     /// TLS (originated, or the mesh's for `ISTIO_MUTUAL`).
     Tls(Box<client::TlsStream<Coalesced<TcpStream>>>),
 }
@@ -959,9 +959,9 @@ pub(crate) async fn connect(
     protocol: Option<UpstreamProtocol>,
 ) -> io::Result<Stream> {
     match &plan.tls {
-        Tls::Disable => Ok(Stream::Plain(
+        Tls::Disable => Ok(Stream::Plain(Coalesced::new(
             dial(ctx, &plan.target, route.connect_timeout).await?,
-        )),
+        ))),
         Tls::Invalid(e) => Err(settings_failure(e.clone())),
         Tls::IstioMutual { sni } => {
             let config = snap

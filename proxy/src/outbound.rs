@@ -713,7 +713,7 @@ async fn passthrough(ctx: &Context, mut ex: Exchange) -> Result<Response<Body>, 
                 .await
                 .map_err(|_| timed_out())??;
             s.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(s)
+            Ok::<_, std::io::Error>(Coalesced::new(s))
         }
     };
     if ex.websocket {

@@ -68,8 +68,9 @@ pub struct AccessLog {
     request_headers: Vec<HeaderName>,
     response_headers: Vec<HeaderName>,
     shared: Arc<Shared>,
-    /// The writer thread, to wake when a block is full.
+    /// The writer thread, to wake when a block is full or the log closes.
     thread: std::thread::Thread,
+    /// Taken by the first `close`, which waits for the writer to finish.
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Lines dropped because the writer fell behind (or failed).
     pub dropped: Arc<AtomicU64>,
@@ -154,7 +155,7 @@ impl AccessLog {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some(h) = handle {
-            h.thread().unpark();
+            self.thread.unpark();
             let _ = h.join();
         }
     }
