@@ -479,8 +479,11 @@ fn envoy_serves_mtls_with_the_agent_svid_and_rotates_without_failures() {
 #[test]
 fn envoy_keeps_serving_through_an_agent_restart_and_takes_the_next_rotation() {
     let tmp = tempfile::tempdir().unwrap();
-    // 12 s SVIDs: the agent is down from ~1 s to ~5 s of the first one's life.
-    let (ca, mut agent) = ca_and_agent(tmp.path(), "12s");
+    // 20 s SVIDs: the agent is down from ~1 s to ~5 s of the first one's life, and
+    // Envoy reconnects to the restarted agent on its own backoff (jittered, doubling
+    // from 0.5 s), which took 6 s in one CI run: with 12 s SVIDs the first one expired
+    // before the second arrived, and 22 requests failed in between.
+    let (ca, mut agent) = ca_and_agent(tmp.path(), "20s");
     let mut envoy = start_envoy(tmp.path(), &agent);
     let first: BTreeSet<String> = envoy.leaf_serials().into_iter().collect();
     assert!(!first.is_empty(), "no certificates in /certs");
@@ -504,7 +507,7 @@ fn envoy_keeps_serving_through_an_agent_restart_and_takes_the_next_rotation() {
             "--node-name",
             "node-a",
             "--svid-ttl",
-            "12s",
+            "20s",
             "--sync-interval",
             "1s",
         ],
