@@ -9,7 +9,11 @@
 //! response is applied: the last good material stays in force. When the stream ends or
 //! the agent cannot be reached, it reconnects with Envoy's xDS backoff
 //! ([`Backoff::ENVOY`]: full-jitter exponential from 500 ms up to 30 s, reset once a
-//! response arrives), re-sending the last accepted version.
+//! response arrives), re-sending the last accepted version. Unlike Envoy, the wait is
+//! also capped at half of the held certificate's remaining life
+//! ([`Backoff::delay_before`], as the node agent's own CA refreshes): an agent back
+//! after a restart is reached before the certificate the proxy holds expires, where a
+//! doubled 30 s ceiling could leave a short-lived SVID to lapse first.
 //!
 //! The result is published as an [`IdentityWatch`]: `None` until both resources have
 //! arrived, then the latest [`Identity`], replaced whenever either half changes.
@@ -18,7 +22,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
 use envoy_types::pb::envoy::config::core::v3::{DataSource, Node, TypedExtensionConfig, node};
@@ -468,7 +472,15 @@ impl Client {
                     }
                 }
             }
-            let delay = self.config.backoff.delay(attempt, random_unit());
+            let until_expiry = self.svid.as_ref().map_or(Duration::ZERO, |svid| {
+                svid.not_after()
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default()
+            });
+            let delay = self
+                .config
+                .backoff
+                .delay_before(attempt, random_unit(), until_expiry);
             attempt = attempt.saturating_add(1);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}

@@ -422,6 +422,44 @@ async fn reconnects_when_the_stream_ends_and_keeps_the_identity() {
 }
 
 #[tokio::test]
+async fn reconnects_before_the_held_certificate_expires_whatever_the_backoff() {
+    // Envoy's ceiling would let a short-lived SVID lapse while the proxy waits to
+    // reconnect (a 30 s wait against a 12 s SVID after an agent restart). Here the
+    // backoff is an hour, the certificate has 4 s left: the reconnect comes within 2 s.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("sds.sock");
+    let mut streams = serve(&socket);
+    let mut c = config(&socket);
+    c.backoff = Backoff {
+        initial: Duration::from_secs(3600),
+        max: Duration::from_secs(3600),
+    };
+    let sds = Sds::start(c);
+    let mut identity = sds.identity();
+    let mut s = next_stream(&mut streams).await;
+    s.request().await;
+    let ca = TestCa::new();
+    let now = SystemTime::now();
+    let (chain, key) = ca.leaf_pem_with(ID, |p| {
+        p.not_before = (now - Duration::from_secs(60)).into();
+        p.not_after = (now + Duration::from_secs(4)).into();
+    });
+    s.respond(identity_response("v1", "n1", &chain, &key, &ca))
+        .await;
+    changed(&mut identity).await;
+    s.request().await;
+
+    drop(s);
+    let ended = tokio::time::Instant::now();
+    let mut s = tokio::time::timeout(Duration::from_secs(3), streams.recv())
+        .await
+        .expect("no reconnect before the certificate's expiry")
+        .unwrap();
+    assert!(ended.elapsed() < Duration::from_secs(3));
+    assert_eq!(s.request().await.version_info, "v1");
+}
+
+#[tokio::test]
 async fn retries_until_the_agent_is_there() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("sds.sock");
