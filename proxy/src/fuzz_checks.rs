@@ -81,7 +81,7 @@ pub fn check_access_log_format(data: &[u8]) {
     let mut record = Record::new(Direction::Inbound, true);
     record.start = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_605_323_456);
     if let Some(d) = record.detail() {
-        d.method = Some("GET".into());
+        d.method = Some(http::Method::GET);
         d.path = Some("/ratings/0?q=\"x\"\n".into());
         d.protocol = Some(Version::HTTP_11);
         d.authority = Some("ratings:9080".into());

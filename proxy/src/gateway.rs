@@ -687,7 +687,7 @@ fn authorize(
         crate::inbound::record_decision(ctx, &decision, &policy_req, &ex.authority, false);
     record.authz(&decision, allowed, policy_req.jwt.as_ref());
     if let Some(d) = record.detail() {
-        d.authz_workload = Some(format!("{}/{}", mesh.local.namespace, mesh.local.name));
+        d.authz_workload = Some(mesh.local.key.clone());
     }
     if allowed {
         Ok(())
@@ -775,10 +775,7 @@ async fn tcp<IO>(
     let mut record = tcp_record(ctx, &conn);
     record.authz(&decision, allowed, None);
     if let Some(d) = record.detail() {
-        d.authz_workload = Some(format!(
-            "{}/{}",
-            snap.mesh.local.namespace, snap.mesh.local.name
-        ));
+        d.authz_workload = Some(snap.mesh.local.key.clone());
     }
     if !allowed {
         ctx.telemetry

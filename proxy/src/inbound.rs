@@ -599,7 +599,7 @@ fn authorize(
     let allowed = record_decision(ctx, &decision, &policy_req, target.service.host(), false);
     record.authz(&decision, allowed, policy_req.jwt.as_ref());
     if let Some(d) = record.detail() {
-        d.authz_workload = Some(format!("{}/{}", mesh.local.namespace, mesh.local.name));
+        d.authz_workload = Some(mesh.local.key.clone());
     }
     if allowed {
         Ok(())
@@ -847,7 +847,7 @@ where
     let allowed = record_decision(ctx, &decision, &policy_req, &host, true);
     record.authz(&decision, allowed, None);
     if let Some(d) = record.detail() {
-        d.authz_workload = Some(format!("{}/{}", mesh.local.namespace, mesh.local.name));
+        d.authz_workload = Some(mesh.local.key.clone());
     }
     if !allowed {
         ctx.telemetry.tcp_closed(record, &labels, 0, 0);

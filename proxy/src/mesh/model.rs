@@ -309,6 +309,9 @@ pub struct LocalWorkload {
     pub ports: BTreeMap<String, u16>,
     /// Who policies select: namespace and labels.
     pub policy: authz::Workload,
+    /// `namespace/name`, as the access log names the workload whose policies decided
+    /// (made once here, not per request).
+    pub key: Arc<str>,
 }
 
 impl LocalWorkload {

@@ -88,6 +88,12 @@ enum Op {
     BytesSent,
     Duration,
     UpstreamServiceTime,
+    /// `user-agent`, `x-forwarded-for` and `x-request-id` with no alternative (Istio's
+    /// defaults name them): read from what every detailed record keeps, so they are not
+    /// also copied into [`Detail::request_headers`](super::Detail).
+    UserAgent,
+    ForwardedFor,
+    RequestId,
     /// A request header, with an alternative.
     Req(HeaderName, Option<HeaderName>),
     /// A response header.
@@ -152,20 +158,10 @@ impl Val<'_> {
     }
 }
 
-/// Appends `n` in decimal (the formatting machinery costs more than the digits).
-fn put_u64(mut n: u64, out: &mut String) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+/// Appends `n` in decimal (`itoa`: the formatting machinery costs more than the
+/// digits, and every line has a dozen numbers, counting the addresses' octets).
+fn put_u64(n: u64, out: &mut String) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 fn put_ip(ip: &std::net::IpAddr, out: &mut String) {
@@ -206,13 +202,15 @@ pub struct Format(Layout);
 enum Layout {
     /// A line of text.
     Text(Vec<Segment>),
-    /// A JSON object per line: each field's `"name":` (escaped once, here) and value.
+    /// A JSON object per line: each field's `{"name":` (the first) or `,"name":`
+    /// (escaped once, here, with what comes before it) and value.
     Json(Vec<(String, Vec<Segment>)>),
 }
 
-/// `"name":`, escaped.
-fn json_key(name: &str) -> String {
-    let mut k = String::with_capacity(name.len() + 3);
+/// `{"name":` for the first field, `,"name":` for the others, escaped.
+fn json_key(first: bool, name: &str) -> String {
+    let mut k = String::with_capacity(name.len() + 4);
+    k.push(if first { '{' } else { ',' });
     json_string(name, &mut k);
     k.push(':');
     k
@@ -304,7 +302,13 @@ fn op_of(name: &str, arg: Option<&str>) -> Result<Op, String> {
                 return Ok(op);
             }
             let alt = alt.map(|a| header(a, "REQ")).transpose()?;
-            Ok(Op::Req(header(first, "REQ")?, alt))
+            let first = header(first, "REQ")?;
+            Ok(match (first.as_str(), &alt) {
+                ("user-agent", None) => Op::UserAgent,
+                ("x-forwarded-for", None) => Op::ForwardedFor,
+                ("x-request-id", None) => Op::RequestId,
+                _ => Op::Req(first, alt),
+            })
         }
         "RESP" => {
             if arg.eq_ignore_ascii_case("X-ENVOY-UPSTREAM-SERVICE-TIME") {
@@ -427,7 +431,8 @@ impl Format {
             (Encoding::Json, None) => Layout::Json(
                 ISTIO_JSON_FIELDS
                     .iter()
-                    .map(|(k, v)| Ok((json_key(k), compile(v)?)))
+                    .enumerate()
+                    .map(|(i, (k, v))| Ok((json_key(i == 0, k), compile(v)?)))
                     .collect::<Result<_, String>>()?,
             ),
             (Encoding::Json, Some(c)) => {
@@ -437,13 +442,13 @@ impl Format {
                     )
                 })?;
                 let mut fields = Vec::with_capacity(map.len());
-                for (k, v) in map {
+                for (i, (k, v)) in map.into_iter().enumerate() {
                     let text = v.as_str().ok_or_else(|| {
                         format!("accessLogFormat: field {k:?}: expected a format string")
                     })?;
                     let segments =
                         compile(text).map_err(|e| format!("accessLogFormat: field {k:?}: {e}"))?;
-                    fields.push((json_key(&k), segments));
+                    fields.push((json_key(i == 0, &k), segments));
                 }
                 Layout::Json(fields)
             }
@@ -581,7 +586,7 @@ impl Entry<'_> {
         let l = self.labels;
         match op {
             Op::StartTime => Val::Time(self.record.start),
-            Op::Method => opt(d.and_then(|d| d.method.as_deref())),
+            Op::Method => opt(d.and_then(|d| d.method.as_ref()).map(http::Method::as_str)),
             Op::Path => opt(d.and_then(|d| d.path.as_deref())),
             Op::Authority => opt(d.and_then(|d| d.authority.as_deref())),
             Op::Protocol => match d.and_then(|d| d.protocol) {
@@ -603,6 +608,9 @@ impl Entry<'_> {
                 .map_or(Val::None, |t| {
                     Val::Num(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
                 }),
+            Op::UserAgent => opt(d.and_then(|d| d.user_agent.as_deref())),
+            Op::ForwardedFor => opt(d.and_then(|d| d.forwarded_for.as_deref())),
+            Op::RequestId => opt(d.and_then(|d| d.request_id.as_deref())),
             Op::Req(a, b) => {
                 let find = |n: &HeaderName| {
                     d.and_then(|d| d.request_headers.iter().find(|(k, _)| k == n))
@@ -681,11 +689,10 @@ impl Entry<'_> {
         match &format.0 {
             Layout::Text(segments) => self.text(segments, out),
             Layout::Json(fields) => {
-                out.push('{');
-                for (i, (key, segments)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
+                if fields.is_empty() {
+                    out.push('{');
+                }
+                for (key, segments) in fields {
                     out.push_str(key);
                     match segments.as_slice() {
                         [Segment::Op(op, max)] => match self.value(op) {
@@ -775,7 +782,7 @@ mod tests {
         let mut r = Record::new(Direction::Inbound, true);
         r.start = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_605_323_456);
         let d: &mut Detail = r.detail().unwrap();
-        d.method = Some("GET".into());
+        d.method = Some(http::Method::GET);
         d.path = Some("/ratings/0".into());
         d.protocol = Some(Version::HTTP_11);
         d.authority = Some("ratings:9080".into());
@@ -855,6 +862,24 @@ mod tests {
         assert_eq!(
             line,
             "[2026-12-07T01:02:03.456Z] \"GET /ratings/0 HTTP/1.1\" 200 - - - \"-\" 5 48 7 2 \"-\" \"curl/8 \"quoted\"\" \"-\" \"ratings:9080\" \"127.0.0.3:9080\" inbound|9080|| - - 127.0.0.2:4000 - -"
+        );
+    }
+
+    #[test]
+    fn istios_formats_copy_no_request_header_of_their_own() {
+        // Their user-agent, x-forwarded-for and x-request-id come from what every
+        // detailed record keeps; with an alternative, the header is read as named.
+        for encoding in [Encoding::Text, Encoding::Json] {
+            let f = Format::new(encoding, None).unwrap();
+            assert!(f.headers(false).is_empty(), "{encoding:?}");
+        }
+        let f = Format::new(Encoding::Text, Some("%REQ(User-Agent?X-UA)%")).unwrap();
+        assert_eq!(
+            f.headers(false),
+            vec![
+                HeaderName::from_static("user-agent"),
+                HeaderName::from_static("x-ua")
+            ]
         );
     }
 

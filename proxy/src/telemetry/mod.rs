@@ -79,8 +79,8 @@ pub struct AuthzNote {
 /// when both are off.
 #[derive(Debug, Default)]
 pub struct Detail {
-    /// Method (`None` for TCP).
-    pub method: Option<String>,
+    /// Method (`None` for TCP; the standard ones are kept without an allocation).
+    pub method: Option<http::Method>,
     /// Path and query, after normalization.
     pub path: Option<String>,
     /// The downstream's HTTP version (`None` for TCP).
@@ -112,7 +112,7 @@ pub struct Detail {
     /// The authorization decision (inbound and gateway).
     pub authz: Option<AuthzNote>,
     /// `namespace/name` of the workload whose policies decided.
-    pub authz_workload: Option<String>,
+    pub authz_workload: Option<Arc<str>>,
     /// Request headers a custom access-log format names, captured as they were.
     pub request_headers: Vec<(HeaderName, String)>,
     /// Response headers a custom access-log format names.
@@ -219,19 +219,22 @@ impl Record {
         let Some(d) = self.detail.as_deref_mut() else {
             return;
         };
+        const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+        const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         let h = req.headers();
-        let get = |name: &str| {
+        // By `HeaderName`: a `&str` key is parsed into a name on every lookup.
+        let get = |name: &HeaderName| {
             h.get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(ToString::to_string)
         };
-        d.method = Some(req.method().as_str().to_string());
+        d.method = Some(req.method().clone());
         d.path = Some(crate::http::path_and_query(req.uri()).to_string());
         d.protocol = Some(req.version());
         d.authority = (!authority.is_empty()).then(|| authority.to_string());
-        d.user_agent = get("user-agent");
-        d.forwarded_for = get("x-forwarded-for");
-        d.request_id = get("x-request-id");
+        d.user_agent = get(&http::header::USER_AGENT);
+        d.forwarded_for = get(&X_FORWARDED_FOR);
+        d.request_id = get(&X_REQUEST_ID);
         for name in headers {
             if let Some(v) = h.get(name).and_then(|v| v.to_str().ok()) {
                 d.request_headers.push((name.clone(), v.to_string()));

@@ -164,7 +164,7 @@ impl Tracer {
             node_id: &id.node_id,
             request_id: detail.request_id.as_deref(),
             url: &url,
-            method: detail.method.as_deref().unwrap_or(""),
+            method: detail.method.as_ref().map_or("", http::Method::as_str),
             protocol,
             status_code: (code != 0 || detail.protocol.is_none()).then_some(code),
             downstream_cluster: None,

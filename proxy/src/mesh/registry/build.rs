@@ -309,6 +309,7 @@ fn workload_entry(
         return None;
     }
     Some(LocalWorkload {
+        key: format!("{namespace}/{}", meta.name).into(),
         name: meta.name.clone(),
         namespace: namespace.to_string(),
         address: fields.address,

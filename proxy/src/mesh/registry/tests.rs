@@ -855,6 +855,7 @@ spec:
     );
     // Endpoints without an address are nobody's inbound target.
     let unspecified = LocalWorkload {
+        key: "egress/x".into(),
         name: "x".into(),
         namespace: "egress".into(),
         address: "0.0.0.0".parse().unwrap(),
