@@ -616,14 +616,9 @@ impl Entry<'_> {
                     d.and_then(|d| d.request_headers.iter().find(|(k, _)| k == n))
                         .map(|(_, v)| v.as_str())
                 };
-                let v = find(a).or_else(|| b.as_ref().and_then(find));
-                let v = v.or_else(|| match a.as_str() {
-                    "user-agent" => d.and_then(|d| d.user_agent.as_deref()),
-                    "x-forwarded-for" => d.and_then(|d| d.forwarded_for.as_deref()),
-                    "x-request-id" => d.and_then(|d| d.request_id.as_deref()),
-                    _ => None,
-                });
-                opt(v)
+                // With an alternative, both names are in `request_headers` (the format
+                // lists them), the three the record keeps included.
+                opt(find(a).or_else(|| b.as_ref().and_then(find)))
             }
             Op::Resp(a) => opt(d
                 .and_then(|d| d.response_headers.iter().find(|(k, _)| k == a))

@@ -30,6 +30,12 @@ pub use settings::TelemetrySettings;
 pub use spans::SpanKind;
 pub use writer::AccessLog;
 
+/// `x-request-id`, looked up by name: a `&str` key is parsed into a name on every
+/// lookup, and these are read on every request.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-forwarded-for`.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Which listener an exchange came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -219,10 +225,7 @@ impl Record {
         let Some(d) = self.detail.as_deref_mut() else {
             return;
         };
-        const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-        const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         let h = req.headers();
-        // By `HeaderName`: a `&str` key is parsed into a name on every lookup.
         let get = |name: &HeaderName| {
             h.get(name)
                 .and_then(|v| v.to_str().ok())
@@ -492,12 +495,12 @@ impl Pending {
 /// Sets `x-request-id` to a new random UUID when the request has none, as Envoy does
 /// on the edge and on a sidecar's outbound side.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
-    if headers.contains_key("x-request-id") {
+    if headers.contains_key(X_REQUEST_ID) {
         return;
     }
     let id = uuid_v4(random_u128());
     if let Ok(v) = http::HeaderValue::from_bytes(&id) {
-        headers.insert(HeaderName::from_static("x-request-id"), v);
+        headers.insert(X_REQUEST_ID, v);
     }
 }
 
